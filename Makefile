@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make up` and `make test`. Both build the venv first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+STACK ?= local
+PYTEST_ARGS ?=
+
+.PHONY: venv up down test lint fmt clean
+
+# torch==2.13.0 first: it is the CPU build this machine has on disk; the range in
+# pyproject.toml admits it, so the project install adds no CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+up: venv
+	$(VENV)/bin/mlinfra up --stack $(STACK)
+	$(VENV)/bin/mlinfra pipeline --stack $(STACK)
+	$(VENV)/bin/mlinfra status --stack $(STACK)
+
+down: venv
+	$(VENV)/bin/mlinfra down --stack $(STACK)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv lint
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mlinfra .pytest_cache .ruff_cache

@@ -1,0 +1,614 @@
+"""The typed, validated spec of one team environment.
+
+A stack config (`stacks/Pulumi.<stack>.yaml`) is parsed into one `PlatformSpec`. The AWS
+backend (the Pulumi program) and the local backend both read only this spec. This module
+must import without Pulumi: the local environment uses it too.
+
+Config keys are camelCase, as Pulumi configs usually are: `mlinfra:costCenter`,
+`mlinfra:cluster: {gpuPools: [...]}`. The region is Pulumi's own `aws:region`.
+A bad spec raises `SpecError`, one message that names the file, every bad field path
+and what is allowed, before any resource is registered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from components.gpu import allowed_gpu_families, gpu_instance
+
+NAMESPACE = "mlinfra"
+
+# --- names AWS accepts ---------------------------------------------------------------------
+
+# Team and environment end up in bucket, IAM, EKS and SageMaker names: keep them DNS-like.
+_TEAM_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}[a-z0-9]$")
+_ENV_RE = re.compile(r"^(dev|staging|prod|pr-[0-9]{1,6})$")
+# SageMaker resource names (feature groups, model package groups, endpoints):
+# alphanumerics and hyphens, at most 63 characters with the "<team>-<env>-" prefix.
+_SAGEMAKER_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+# Feature names: alphanumerics, hyphens and underscores (SageMaker FeatureName).
+_FEATURE_NAME_RE = re.compile(r"^[a-zA-Z0-9]([-_]*[a-zA-Z0-9]){0,63}$")
+_K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+_COST_CENTER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+
+
+def _matches(pattern: re.Pattern[str], allowed: str):
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not allowed: {allowed}")
+        return value
+
+    return AfterValidator(check)
+
+
+TeamName = Annotated[
+    str, _matches(_TEAM_RE, "2-16 lowercase letters, digits or hyphens, starting with a letter")
+]
+EnvironmentName = Annotated[str, _matches(_ENV_RE, "one of dev, staging, prod, or pr-<number>")]
+ResourceName = Annotated[
+    str,
+    _matches(_SAGEMAKER_NAME_RE, "letters, digits and single hyphens, no leading/trailing hyphen"),
+]
+FeatureName = Annotated[
+    str, _matches(_FEATURE_NAME_RE, "letters, digits, '-' and '_', at most 64 characters")
+]
+K8sName = Annotated[
+    str, _matches(_K8S_NAME_RE, "lowercase letters, digits and hyphens (a Kubernetes name)")
+]
+Region = Annotated[str, _matches(_REGION_RE, "an AWS region such as us-east-1")]
+Email = Annotated[str, _matches(_EMAIL_RE, "an e-mail address")]
+Quantity = Annotated[str, _matches(_QUANTITY_RE, "a Kubernetes quantity such as 4, 500m or 16Gi")]
+CostCenter = Annotated[
+    str, _matches(_COST_CENTER_RE, "1-32 letters, digits, '.', '_' or '-' (a cost-allocation tag)")
+]
+
+
+class _Spec(BaseModel):
+    """Strict: unknown keys are errors (a typo must not silently become a default)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+    )
+
+
+# --- network -------------------------------------------------------------------------------
+
+
+class NetworkSpec(_Spec):
+    """A new VPC across `availabilityZones` zones, or an existing one given by `vpcId`."""
+
+    vpc_id: str | None = None
+    private_subnet_ids: list[str] = Field(default_factory=list)
+    cidr: str = "10.0.0.0/16"
+    availability_zones: int = Field(default=2, ge=2, le=6)
+    # "single": one NAT gateway (cheap, dev); "perAz": one per zone (no cross-AZ outage).
+    nat_gateways: Literal["single", "perAz"] = "single"
+
+    @model_validator(mode="after")
+    def _check(self) -> NetworkSpec:
+        try:
+            net = ipaddress.ip_network(self.cidr, strict=False)
+        except ValueError:
+            net = None
+        if net is None or net.version != 4 or not 16 <= net.prefixlen <= 20:
+            raise ValueError(f"cidr: {self.cidr!r} must be an IPv4 block from /16 to /20")
+        if self.vpc_id is not None and len(self.private_subnet_ids) < 2:
+            raise ValueError(
+                "privateSubnetIds: an existing VPC needs at least two private subnets "
+                "in different availability zones"
+            )
+        return self
+
+
+# --- storage -------------------------------------------------------------------------------
+
+BUCKET_PURPOSES = ("raw", "features", "artifacts", "logs")
+
+
+class StorageSpec(_Spec):
+    # Protected buckets survive `pulumi destroy`. Default: protected in prod only.
+    protect: bool | None = None
+    # Days before objects move to Infrequent Access, and before old versions expire.
+    infrequent_access_after_days: int = Field(default=30, ge=30)
+    noncurrent_version_expiry_days: int = Field(default=90, ge=1)
+    log_retention_days: int = Field(default=365, ge=1)
+
+
+# --- cluster and GPU node pools ------------------------------------------------------------
+
+
+class SystemPoolSpec(_Spec):
+    instance_type: str = "m6i.large"
+    min_size: int = Field(default=2, ge=1)
+    max_size: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SystemPoolSpec:
+        if self.min_size > self.max_size:
+            raise ValueError(
+                f"minSize: {self.min_size} must be <= maxSize ({self.max_size})"
+            )
+        return self
+
+
+class GpuPoolSpec(_Spec):
+    name: K8sName
+    instance_types: list[str] = Field(min_length=1)
+    capacity: Literal["onDemand", "spot"] = "onDemand"
+    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = (
+        "AL2023_x86_64_NVIDIA"
+    )
+    min_size: int = Field(default=0, ge=0)  # 0: scale from zero, pay nothing while idle
+    max_size: int = Field(default=2, ge=1)
+    desired_size: int | None = None  # defaults to minSize
+    disk_size_gib: int = Field(default=200, ge=50, le=16384)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> GpuPoolSpec:
+        errors = []
+        for i, itype in enumerate(self.instance_types):
+            if gpu_instance(itype) is None:
+                errors.append(
+                    f"instanceTypes[{i}]: {itype!r} is not a GPU instance type; "
+                    f"allowed: {allowed_gpu_families()}"
+                )
+        if self.min_size > self.max_size:
+            errors.append(f"minSize: {self.min_size} must be <= maxSize ({self.max_size})")
+        if self.desired_size is not None and not (
+            self.min_size <= self.desired_size <= self.max_size
+        ):
+            errors.append(
+                f"desiredSize: {self.desired_size} must be between minSize ({self.min_size}) "
+                f"and maxSize ({self.max_size})"
+            )
+        gpus = {gpu_instance(t).gpu for t in self.instance_types if gpu_instance(t)}
+        if len(gpus) > 1:
+            errors.append(f"instanceTypes: one GPU model per pool, got {sorted(gpus)}")
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    @property
+    def desired(self) -> int:
+        return self.min_size if self.desired_size is None else self.desired_size
+
+    @property
+    def gpu(self) -> str:
+        return gpu_instance(self.instance_types[0]).gpu  # type: ignore[union-attr]
+
+    @property
+    def gpus_per_node(self) -> int:
+        return min(gpu_instance(t).count for t in self.instance_types)  # type: ignore[union-attr]
+
+
+class NamespaceQuotaSpec(_Spec):
+    """The team namespace's ResourceQuota."""
+
+    gpus: int = Field(default=4, ge=0)
+    cpu: Quantity = "64"
+    memory: Quantity = "256Gi"
+
+
+class ClusterSpec(_Spec):
+    kubernetes_version: str = Field(default="1.33", pattern=r"^1\.[0-9]{2}$")
+    # The API server is private by default; CI reaches it from inside the VPC.
+    public_endpoint: bool = False
+    public_access_cidrs: list[str] = Field(default_factory=list)
+    system_pool: SystemPoolSpec = Field(default_factory=SystemPoolSpec)
+    gpu_pools: list[GpuPoolSpec] = Field(default_factory=list)
+    quota: NamespaceQuotaSpec = Field(default_factory=NamespaceQuotaSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        names = [p.name for p in self.gpu_pools]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"gpuPools: pool names must be unique, repeated: {dupes}")
+        if "system" in names:
+            raise ValueError("gpuPools: 'system' is the system pool's name")
+        if self.public_endpoint and not self.public_access_cidrs:
+            raise ValueError("publicAccessCidrs: a public endpoint needs the CIDRs allowed in")
+        for cidr in self.public_access_cidrs:
+            if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+                raise ValueError(f"publicAccessCidrs: {cidr!r} opens the API to the internet")
+        return self
+
+
+# --- feature store -------------------------------------------------------------------------
+
+FeatureType = Literal["string", "integral", "fractional"]
+
+
+class FeatureSpec(_Spec):
+    name: FeatureName
+    type: FeatureType
+
+
+class FeatureGroupSpec(_Spec):
+    name: ResourceName
+    description: str = ""
+    record_identifier: str
+    event_time: str
+    features: list[FeatureSpec] = Field(min_length=2)
+    online: bool = True
+    offline: bool = True
+    online_ttl_days: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureGroupSpec:
+        types = {f.name: f.type for f in self.features}
+        if len(types) != len(self.features):
+            raise ValueError("features: feature names must be unique")
+        if self.record_identifier not in types:
+            raise ValueError(
+                f"recordIdentifier: {self.record_identifier!r} is not among the features "
+                f"({', '.join(types)})"
+            )
+        if types[self.record_identifier] == "fractional":
+            raise ValueError("recordIdentifier: must be a string or integral feature")
+        if self.event_time not in types:
+            raise ValueError(
+                f"eventTime: {self.event_time!r} is not among the features ({', '.join(types)})"
+            )
+        if types[self.event_time] == "integral":
+            raise ValueError(
+                "eventTime: must be a string (ISO-8601) or fractional (epoch seconds) feature"
+            )
+        if not (self.online or self.offline):
+            raise ValueError("online/offline: a feature group needs at least one store")
+        return self
+
+    @property
+    def feature_types(self) -> dict[str, str]:
+        return {f.name: f.type for f in self.features}
+
+
+# --- model registry ------------------------------------------------------------------------
+
+
+class ApprovalGateSpec(_Spec):
+    """A model version is approved automatically when its metric passes the threshold."""
+
+    metric: str
+    threshold: float
+    mode: Literal["max", "min"] = "max"
+
+
+class ModelGroupSpec(_Spec):
+    name: ResourceName
+    description: str = ""
+    approval_gate: ApprovalGateSpec | None = None
+
+
+class RegistrySpec(_Spec):
+    model_groups: list[ModelGroupSpec] = Field(default_factory=list)
+    # ECR lifecycle: how many tagged images to keep, days before untagged images expire.
+    keep_images: int = Field(default=30, ge=1, le=1000)
+    untagged_image_expiry_days: int = Field(default=7, ge=1)
+
+
+# --- endpoints -----------------------------------------------------------------------------
+
+
+class DataCaptureSpec(_Spec):
+    enabled: bool = True
+    sampling_percent: int = Field(default=20, ge=1, le=100)
+
+
+class EndpointSpec(_Spec):
+    name: ResourceName
+    model_group: str
+    kind: Literal["sagemaker", "kubernetes"] = "sagemaker"
+    image_tag: str = Field(default="0.1.0", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    # A pinned model package version. Prod requires one: prod serves only what was approved
+    # and reviewed. Without one, the endpoint serves `models/<group>/current/model.tar.gz`
+    # from the artifacts bucket, where the pipeline's rollout step puts approved models.
+    model_version: int | None = Field(default=None, ge=1)
+    min_instances: int = Field(default=1, ge=1)
+    max_instances: int = Field(default=2, ge=1)
+    target_invocations_per_instance: int = Field(default=100, ge=1)
+    # SageMaker
+    instance_type: str = Field(default="ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    data_capture: DataCaptureSpec = Field(default_factory=DataCaptureSpec)
+    latency_alarm_ms: int = Field(default=500, ge=1)
+    max_5xx_errors: int = Field(default=5, ge=1, alias="max5xxErrors")  # in 5 minutes
+    # Kubernetes
+    node_pool: str = "system"
+    gpus: int = Field(default=0, ge=0, le=8)
+    cpu: Quantity = "1"
+    memory: Quantity = "2Gi"
+
+    @model_validator(mode="after")
+    def _check(self) -> EndpointSpec:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"minInstances: {self.min_instances} must be <= maxInstances "
+                f"({self.max_instances})"
+            )
+        return self
+
+
+# --- budget --------------------------------------------------------------------------------
+
+
+class BudgetSpec(_Spec):
+    monthly_limit_usd: float = Field(gt=0)
+    alert_emails: list[Email] = Field(min_length=1)
+    # Notify at these percentages of the limit, actual and forecast.
+    thresholds_percent: list[int] = Field(default_factory=lambda: [80, 100])
+
+    @model_validator(mode="after")
+    def _check(self) -> BudgetSpec:
+        if not self.thresholds_percent or any(not 1 <= t <= 1000 for t in self.thresholds_percent):
+            raise ValueError("thresholdsPercent: each threshold must be 1-1000")
+        return self
+
+
+# --- the whole environment -----------------------------------------------------------------
+
+
+class PlatformSpec(_Spec):
+    team: TeamName
+    environment: EnvironmentName
+    cost_center: CostCenter
+    region: Region = "us-east-1"
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    feature_groups: list[FeatureGroupSpec] = Field(default_factory=list)
+    model_registry: RegistrySpec = Field(default_factory=RegistrySpec)
+    endpoints: list[EndpointSpec] = Field(default_factory=list)
+    budget: BudgetSpec
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+    @property
+    def prefix(self) -> str:
+        """Every physical name starts with this."""
+        return f"{self.team}-{self.environment}"
+
+    @property
+    def protect_data(self) -> bool:
+        return self.is_prod if self.storage.protect is None else self.storage.protect
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """Carried by every resource; `team` is the cost-allocation tag budgets filter on."""
+        return {
+            "team": self.team,
+            "environment": self.environment,
+            "cost-center": self.cost_center,
+            "managed-by": "mlinfra",
+        }
+
+    def model_group(self, name: str) -> ModelGroupSpec:
+        return next(g for g in self.model_registry.model_groups if g.name == name)
+
+    def gpu_pool(self, name: str) -> GpuPoolSpec | None:
+        return next((p for p in self.cluster.gpu_pools if p.name == name), None)
+
+
+# --- parsing and errors ---------------------------------------------------------------------
+
+
+class SpecError(ValueError):
+    """A stack config that cannot be deployed: every problem, with its field path."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"invalid stack config {source}:"]
+        lines += [f"  {path}: {message}" for path, message in problems]
+        super().__init__("\n".join(lines))
+
+    @property
+    def fields(self) -> list[str]:
+        return [path for path, _ in self.problems]
+
+
+def _config_key(field: str) -> str:
+    return "aws:region" if field == "region" else f"{NAMESPACE}:{field}"
+
+
+_SUBFIELD_RE = re.compile(r"^([a-zA-Z]+(?:\[\d+\])?(?:\.[a-zA-Z]+(?:\[\d+\])?)*): (.*)$", re.S)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    """('cluster', 'gpuPools', 0, 'instanceTypes') -> 'mlinfra:cluster.gpuPools[0].instanceTypes'."""
+    if not loc:
+        return f"{NAMESPACE}:"
+    out = _config_key(str(loc[0]))
+    for part in loc[1:]:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _cross_checks(spec: PlatformSpec) -> list[tuple[str, str]]:
+    """Checks that span sections; each names the exact field at fault."""
+    problems: list[tuple[str, str]] = []
+    prefix_len = len(spec.prefix) + 1
+
+    def unique(items: list[Any], section: str) -> None:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.name in seen:
+                problems.append((_path((section, i, "name")), f"{item.name!r} is declared twice"))
+            seen.add(item.name)
+
+    def fits(items: list[Any], section: str, limit: int) -> None:
+        for i, item in enumerate(items):
+            if prefix_len + len(item.name) > limit:
+                problems.append(
+                    (
+                        _path((section, i, "name")),
+                        f"{spec.prefix}-{item.name} is longer than AWS allows ({limit}); "
+                        f"use at most {limit - prefix_len} characters",
+                    )
+                )
+
+    unique(spec.feature_groups, "featureGroups")
+    fits(spec.feature_groups, "featureGroups", 64)
+    groups = spec.model_registry.model_groups
+    unique(groups, "modelRegistry")
+    fits(groups, "modelRegistry", 63)
+    unique(spec.endpoints, "endpoints")
+    fits(spec.endpoints, "endpoints", 63)
+
+    group_names = [g.name for g in groups]
+    pool_names = ["system"] + [p.name for p in spec.cluster.gpu_pools]
+    for i, ep in enumerate(spec.endpoints):
+        if ep.model_group not in group_names:
+            problems.append(
+                (
+                    _path(("endpoints", i, "modelGroup")),
+                    f"{ep.model_group!r} is not a declared model group; declared: "
+                    f"{', '.join(group_names) or 'none (add modelRegistry.modelGroups)'}",
+                )
+            )
+        if ep.kind == "kubernetes":
+            if ep.node_pool not in pool_names:
+                problems.append(
+                    (
+                        _path(("endpoints", i, "nodePool")),
+                        f"{ep.node_pool!r} is not a node pool; pools: {', '.join(pool_names)}",
+                    )
+                )
+            elif ep.gpus and spec.gpu_pool(ep.node_pool) is None:
+                problems.append(
+                    (
+                        _path(("endpoints", i, "gpus")),
+                        f"asks for {ep.gpus} GPU(s) on {ep.node_pool!r}, which has none; "
+                        "use a GPU pool",
+                    )
+                )
+            elif ep.gpus and ep.gpus > spec.gpu_pool(ep.node_pool).gpus_per_node:  # type: ignore[union-attr]
+                problems.append(
+                    (
+                        _path(("endpoints", i, "gpus")),
+                        f"asks for {ep.gpus} GPU(s); nodes of {ep.node_pool!r} have "
+                        f"{spec.gpu_pool(ep.node_pool).gpus_per_node}",  # type: ignore[union-attr]
+                    )
+                )
+        if spec.is_prod and ep.kind == "sagemaker":
+            if ep.model_version is None:
+                problems.append(
+                    (
+                        _path(("endpoints", i, "modelVersion")),
+                        "prod endpoints must pin an approved model package version",
+                    )
+                )
+            if not ep.data_capture.enabled:
+                problems.append(
+                    (
+                        _path(("endpoints", i, "dataCapture", "enabled")),
+                        "prod endpoints must capture data (true is allowed)",
+                    )
+                )
+
+    if spec.is_prod:
+        if spec.storage.protect is False:
+            problems.append(
+                (_path(("storage", "protect")), "prod data buckets are always protected")
+            )
+        if spec.cluster.public_endpoint:
+            problems.append(
+                (_path(("cluster", "publicEndpoint")), "prod clusters have a private API only")
+            )
+    return problems
+
+
+def parse_spec(values: dict[str, Any], source: str) -> PlatformSpec:
+    """Build the spec from config values keyed like a stack file (`mlinfra:team`, `aws:region`).
+
+    Values may be JSON strings, as Pulumi hands structured config to a program.
+    Keys of other namespaces (`aws:profile`, `kubernetes:...`) belong to providers and pass.
+    """
+    fields: dict[str, Any] = {}
+    for key, value in values.items():
+        namespace, _, name = key.partition(":")
+        if key == "aws:region":
+            name = "region"
+        elif namespace != NAMESPACE:
+            continue
+        if isinstance(value, str) and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise SpecError(source, [(key, f"is not valid JSON: {exc}")]) from None
+        fields[name] = value
+    try:
+        spec = PlatformSpec.model_validate(fields)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path, msg = _path(err["loc"]), err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key" + (
+                    f"; allowed: {_allowed_keys()}" if len(err["loc"]) == 1 else ""
+                )
+            elif err["type"] == "literal_error":
+                msg = f"{err['input']!r} is not allowed; {msg.lower()}"
+            elif err["type"] == "value_error":
+                # Model validators prefix each problem with the field it is about.
+                for line in msg.split("\n"):
+                    sub = _SUBFIELD_RE.match(line)
+                    problems.append(
+                        (f"{path}.{sub[1]}", sub[2]) if sub else (path, line)
+                    )
+                continue
+            problems.append((path, msg))
+        raise SpecError(source, problems) from None
+    problems = _cross_checks(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def _allowed_keys() -> str:
+    return ", ".join(_config_key(f.alias or n) for n, f in PlatformSpec.model_fields.items())
+
+
+def stack_file(stack: str, stacks_dir: str | Path = "stacks") -> Path:
+    return Path(stacks_dir) / f"Pulumi.{stack}.yaml"
+
+
+def load_stack_file(path: str | Path) -> PlatformSpec:
+    """Parse a `Pulumi.<stack>.yaml` file into the spec."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), [("file", "no such stack config")])
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), [("file", f"is not valid YAML: {exc}")]) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
+        raise SpecError(str(path), [("config", "must be a mapping of config keys")])
+    return parse_spec(doc.get("config") or {}, str(path))
+
+
+def load_stack(stack: str, stacks_dir: str | Path = "stacks") -> PlatformSpec:
+    return load_stack_file(stack_file(stack, stacks_dir))

@@ -1,0 +1,134 @@
+"""The platform descriptor: the one document workloads read to find the platform.
+
+`pulumi up` exports it as the `platform` stack output; the local environment writes the
+same document to `<state>/<stack>/platform.json`. Workloads pick their backends from it
+(`backend: aws` or `backend: local`) and never from ad-hoc flags.
+
+Locations are URIs: `s3://bucket/prefix` on AWS, `file:///abs/path` locally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+DESCRIPTOR_ENV = "MLINFRA_PLATFORM"
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Buckets(_Doc):
+    raw: str
+    features: str
+    artifacts: str
+    logs: str
+
+
+class FeatureGroupRef(_Doc):
+    name: str  # physical name (SageMaker feature group name, or local table name)
+    record_identifier: str
+    event_time: str
+    features: dict[str, Literal["string", "integral", "fractional"]]
+    online: bool
+    offline: bool
+    offline_uri: str | None  # where the offline store's files live
+
+
+class FeatureStore(_Doc):
+    database: str | None  # Glue database of the offline store (None locally)
+    groups: dict[str, FeatureGroupRef]  # keyed by the spec's feature group name
+
+
+class ApprovalGate(_Doc):
+    metric: str
+    threshold: float
+    mode: Literal["max", "min"]  # max: metric must be >= threshold; min: <= threshold
+
+
+class ModelGroupRef(_Doc):
+    name: str  # physical model package group name
+    gate: ApprovalGate | None
+
+
+class Registry(_Doc):
+    model_groups: dict[str, ModelGroupRef]  # keyed by the spec's model group name
+    repositories: dict[str, str]  # "train" / "serve" -> image repository URL
+
+
+class EndpointRef(_Doc):
+    name: str  # physical endpoint name
+    kind: Literal["sagemaker", "kubernetes", "local"]
+    model_group: str  # the spec's model group name
+    url: str | None  # invocation base URL where one exists (kubernetes service, local process)
+
+
+class NodePoolRef(_Doc):
+    name: str
+    node_group: str  # physical node group name ("local" on one machine)
+    instance_types: list[str]
+    gpu: str | None  # GPU model, e.g. "A10G"; None for CPU pools
+    gpus_per_node: int
+
+
+class Cluster(_Doc):
+    name: str
+    namespace: str
+    service_account: str
+    node_pools: dict[str, NodePoolRef]
+
+
+class LocalState(_Doc):
+    root: str  # the stack's state folder
+    online_store: str  # embedded database file of the online feature store
+    registry: str  # folder of the local model registry
+
+
+class PlatformDescriptor(_Doc):
+    version: Literal[1] = 1
+    backend: Literal["aws", "local"]
+    stack: str
+    team: str
+    environment: str
+    region: str
+    buckets: Buckets
+    feature_store: FeatureStore
+    registry: Registry
+    endpoints: dict[str, EndpointRef]  # keyed by the spec's endpoint name
+    cluster: Cluster | None
+    local: LocalState | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically, so a reader never sees half a descriptor."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+
+def load_descriptor(source: str | Path | None = None) -> PlatformDescriptor:
+    """Load the descriptor from a path, or from `$MLINFRA_PLATFORM` (a path or inline JSON).
+
+    Inline JSON is how a SageMaker job or a Kubernetes pod gets it: `pulumi stack output
+    platform --json` is passed through the environment.
+    """
+    if source is None:
+        source = os.environ.get(DESCRIPTOR_ENV)
+        if not source:
+            raise FileNotFoundError(
+                f"no platform descriptor: pass a path or set {DESCRIPTOR_ENV} "
+                "(a path to platform.json, or the JSON itself)"
+            )
+    text = str(source)
+    if text.lstrip().startswith("{"):
+        return PlatformDescriptor.model_validate(json.loads(text))
+    return PlatformDescriptor.model_validate_json(Path(text).read_text())
