@@ -1,0 +1,208 @@
+"""The point-in-time rule: newest feature row at or before the label time, never after."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workloads.pit import point_in_time_join, to_utc
+
+T0 = pd.Timestamp("2024-03-01 12:00:00")
+
+
+def join(labels: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+    return point_in_time_join(
+        labels,
+        features,
+        entity_column="id",
+        label_time_column="label_time",
+        feature_time_column="event_time",
+    )
+
+
+def test_future_row_one_second_later_is_never_used_and_equal_time_is():
+    features = pd.DataFrame(
+        {
+            "id": [1, 1, 1, 2],
+            "event_time": [
+                T0 - pd.Timedelta("1D"),
+                T0,  # exactly the label time of the first label: used
+                T0 + pd.Timedelta("1s"),  # one second after the second label: must not leak
+                T0 + pd.Timedelta("1s"),
+            ],
+            "x": [1.0, 2.0, 3.0, 9.0],
+        }
+    )
+    labels = pd.DataFrame(
+        {
+            "id": [1, 1, 2],
+            "label_time": [T0, T0 + pd.Timedelta("500ms"), T0],
+            "y": [0, 1, 1],
+        }
+    )
+    out = join(labels, features)
+    assert list(out.columns) == ["id", "label_time", "y", "x"]
+    assert out["x"].iloc[0] == 2.0
+    assert out["x"].iloc[1] == 2.0  # the T0+1s row is after T0+500ms
+    assert np.isnan(out["x"].iloc[2])  # entity 2 has only a future row
+
+
+def test_unsorted_input_keeps_label_order_and_columns():
+    rng = np.random.default_rng(1)
+    features = pd.DataFrame(
+        {
+            "id": [3, 1, 2, 1, 3],
+            "event_time": pd.to_datetime(
+                ["2024-01-05", "2024-01-03", "2024-01-01", "2024-01-01", "2024-01-02"]
+            ),
+            "x": [35, 13, 21, 11, 32],
+            "plan": ["c5", "a3", "b1", "a1", "c2"],
+        }
+    )
+    labels = pd.DataFrame(
+        {
+            "label_time": pd.to_datetime(["2024-01-04", "2024-01-02", "2024-01-06", "2024-01-03"]),
+            "id": [3, 1, 3, 1],
+            "y": rng.integers(0, 2, 4),
+        },
+        index=[10, 5, 7, 1],
+    )
+    out = join(labels, features)
+    assert list(out["plan"]) == ["c2", "a1", "c5", "a3"]
+    assert list(out["x"]) == [32, 11, 35, 13]
+    assert out["x"].dtype.kind == "i"  # every label matched: no upcast to float
+    assert list(out["y"]) == list(labels["y"])
+    assert list(out.index) == [0, 1, 2, 3]
+
+
+def test_entities_without_features_get_nulls():
+    features = pd.DataFrame(
+        {"id": ["a"], "event_time": [T0], "n": [5], "s": pd.Series(["v"], dtype="str")}
+    )
+    labels = pd.DataFrame({"id": ["a", "b", None], "label_time": [T0, T0, T0]})
+    out = join(labels, features)
+    assert out["n"].iloc[0] == 5 and out["s"].iloc[0] == "v"
+    assert out["n"].isna().tolist() == [False, True, True]
+    assert out["s"].isna().tolist() == [False, True, True]
+
+
+def test_timezone_aware_and_naive_times_are_compared_in_utc():
+    features = pd.DataFrame(
+        {
+            "id": [1, 1],
+            # naive = UTC: 10:00 and 11:00 UTC
+            "event_time": pd.to_datetime(["2024-06-01 10:00", "2024-06-01 11:00"]),
+            "x": [10, 11],
+        }
+    )
+    # 12:30 in UTC+02:00 is 10:30 UTC: only the 10:00 row is at or before it.
+    labels = pd.DataFrame(
+        {
+            "id": [1, 1],
+            "label_time": pd.Series(
+                [
+                    pd.Timestamp("2024-06-01 12:30", tz="Europe/Berlin"),  # 10:30 UTC
+                    pd.Timestamp("2024-06-01 12:00", tz="Europe/Berlin"),  # 10:00 UTC
+                ]
+            ),
+        }
+    )
+    out = join(labels, features)
+    assert list(out["x"]) == [10, 10]
+    # and the other way round: aware features, naive (UTC) labels
+    aware = features.assign(event_time=features["event_time"].dt.tz_localize("Asia/Tokyo"))
+    # 10:00 and 11:00 Tokyo are 01:00 and 02:00 UTC
+    naive = pd.DataFrame({"id": [1, 1], "label_time": pd.to_datetime(["2024-06-01 01:30"] * 2)})
+    assert list(join(naive, aware)["x"]) == [10, 10]
+    # the label column itself is returned as given
+    assert out["label_time"].dt.tz is not None
+
+
+def test_iso_strings_and_epoch_seconds_are_times():
+    assert to_utc(pd.Series(["2024-01-01T00:00:00Z"]), "t").iloc[0] == pd.Timestamp("2024-01-01")
+    assert to_utc(pd.Series([1704067200.5]), "t").iloc[0] == pd.Timestamp("2024-01-01 00:00:00.5")
+    with pytest.raises(ValueError, match="'t'|t: not a time column"):
+        to_utc(pd.Series(["yesterday-ish"]), "t")
+
+
+def test_ties_take_the_last_written_row():
+    features = pd.DataFrame({"id": [1, 1, 1], "event_time": [T0, T0, T0], "x": [1, 2, 3]})
+    labels = pd.DataFrame({"id": [1], "label_time": [T0]})
+    assert join(labels, features)["x"].iloc[0] == 3
+
+
+def test_multiple_groups_chain_without_leaks():
+    profile = pd.DataFrame(
+        {"id": [1, 1], "event_time": [T0 - pd.Timedelta("2D"), T0 + pd.Timedelta("1s")]}
+    ).assign(plan=["basic", "pro"])
+    activity = pd.DataFrame(
+        {"id": [1, 1], "event_time": [T0 - pd.Timedelta("1D"), T0], "sessions": [4, 7]}
+    )
+    labels = pd.DataFrame({"id": [1], "label_time": [T0]})
+    out = join(join(labels, profile), activity)
+    assert out.iloc[0].to_dict() == {"id": 1, "label_time": T0, "plan": "basic", "sessions": 7}
+
+
+def test_bad_input_names_the_problem():
+    features = pd.DataFrame({"id": [1], "event_time": [T0], "y": [1]})
+    labels = pd.DataFrame({"id": [1], "label_time": [T0], "y": [0]})
+    with pytest.raises(ValueError, match="clash.*y"):
+        join(labels, features)
+    with pytest.raises(ValueError, match="labels: no column 'label_time'"):
+        join(labels.rename(columns={"label_time": "t"}), features.drop(columns="y"))
+    with pytest.raises(ValueError, match="entity column 'id'.*string ids.*number ids"):
+        join(labels.assign(id=["1"]).drop(columns="y"), features)
+    with pytest.raises(ValueError, match="null time at row 1"):
+        join(
+            pd.DataFrame({"id": [1, 1], "label_time": [T0, pd.NaT]}),
+            features.drop(columns="y"),
+        )
+
+
+def naive_join(labels: pd.DataFrame, features: pd.DataFrame) -> list[float]:
+    """The definition, row by row: the last-written row with the newest time <= label time."""
+    out = []
+    for entity, when in zip(labels["id"], labels["label_time"], strict=True):
+        best = None
+        for position, (fid, ftime) in enumerate(
+            zip(features["id"], features["event_time"], strict=True)
+        ):
+            if fid == entity and ftime <= when and (best is None or ftime >= best[0]):
+                best = (ftime, position)
+        out.append(np.nan if best is None else float(features["x"].iloc[best[1]]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_matches_a_brute_force_join_on_random_data(seed):
+    rng = np.random.default_rng(seed)
+    n_features, n_labels = int(rng.integers(0, 60)), int(rng.integers(1, 40))
+    minutes = 30  # a small time range makes exact ties and equal times frequent
+    features = pd.DataFrame(
+        {
+            "id": rng.integers(0, 6, n_features),
+            "event_time": T0 + pd.to_timedelta(rng.integers(0, minutes, n_features), unit="min"),
+            "x": rng.integers(0, 1000, n_features),
+        }
+    )
+    labels = pd.DataFrame(
+        {
+            "id": rng.integers(0, 7, n_labels),
+            "label_time": T0 + pd.to_timedelta(rng.integers(-2, minutes + 2, n_labels), unit="min"),
+        }
+    )
+    if seed % 2:  # the same instants, expressed in another zone
+        labels["label_time"] = (
+            labels["label_time"].dt.tz_localize("UTC").dt.tz_convert("America/New_York")
+        )
+        expected = naive_join(
+            labels.assign(
+                label_time=labels["label_time"].dt.tz_convert("UTC").dt.tz_localize(None)
+            ),
+            features,
+        )
+    else:
+        expected = naive_join(labels, features)
+    got = join(labels, features)["x"].astype(float).tolist()
+    np.testing.assert_array_equal(got, expected)
