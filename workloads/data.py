@@ -1,0 +1,155 @@
+"""Training data: read CSV/Parquet files or folders, and infer the learning task.
+
+A channel is a file or a folder of files (SageMaker copies an S3 prefix into a folder);
+it may also be given as a `file://` or `s3://` URI, which is how a Kubernetes Job passes
+the data location (an `s3://` prefix is downloaded once into a local folder).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+Task = Literal["binary", "multiclass", "regression"]
+TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# An integer label with at most this many distinct values is a class label.
+MAX_INTEGER_CLASSES = 20
+
+
+class DataError(ValueError):
+    """The training data cannot be used; the message says which file or column and why."""
+
+
+def local_channel(location: str | Path) -> Path:
+    """Turn a channel location (path, `file://` or `s3://` URI) into a local path."""
+    text = str(location)
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme == "s3":
+        return _download_s3(parsed.netloc, parsed.path.lstrip("/"))
+    if parsed.scheme and len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
+        raise DataError(f"unsupported data location {text!r}: use a path, file:// or s3://")
+    return Path(text)
+
+
+def _download_s3(bucket: str, prefix: str) -> Path:
+    import boto3  # only needed when data lives in S3
+
+    client = boto3.client("s3")
+    target = Path(tempfile.mkdtemp(prefix="mlinfra-channel-"))
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if key.endswith("/"):
+                continue
+            rel = key[len(prefix) :].lstrip("/") or Path(key).name
+            dest = target / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(dest))
+            count += 1
+    if count == 0:
+        raise DataError(f"no objects under s3://{bucket}/{prefix}")
+    return target
+
+
+def data_files(path: Path) -> list[Path]:
+    """The data files of a channel: the file itself, or every CSV/Parquet file in a folder."""
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() not in SUFFIXES:
+            raise DataError(f"{path}: unsupported file type (expected .csv, .parquet or .pq)")
+        return [path]
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise DataError(f"no .csv or .parquet files in {path}")
+    return files
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    try:
+        if SUFFIXES[path.suffix.lower()] == "csv":
+            frame = pd.read_csv(path)
+        else:
+            frame = pd.read_parquet(path)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: file is empty") from exc
+    except Exception as exc:  # the readers raise many types; all mean "unreadable"
+        raise DataError(f"{path}: cannot read file ({type(exc).__name__}: {exc})") from exc
+    if frame.empty:
+        raise DataError(f"{path}: file has a header but no rows")
+    return frame
+
+
+def load_table(location: str | Path) -> pd.DataFrame:
+    """Read a channel into one DataFrame; all files must have the same columns."""
+    files = data_files(local_channel(location))
+    frames = [read_file(f) for f in files]
+    columns = list(frames[0].columns)
+    for f, frame in zip(files[1:], frames[1:], strict=True):
+        if list(frame.columns) != columns:
+            raise DataError(
+                f"{f}: columns {list(frame.columns)} differ from {files[0]}'s {columns}"
+            )
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def split_target(frame: pd.DataFrame, target: str, source: str) -> tuple[pd.DataFrame, pd.Series]:
+    """Separate features from the label; rows without a label are dropped."""
+    if target not in frame.columns:
+        raise DataError(
+            f"{source}: target column {target!r} not found; columns are {list(frame.columns)}"
+        )
+    labels = frame[target]
+    keep = labels.notna()
+    if not keep.any():
+        raise DataError(f"{source}: target column {target!r} has no values")
+    features = frame.loc[keep].drop(columns=[target]).reset_index(drop=True)
+    if features.shape[1] == 0:
+        raise DataError(f"{source}: no feature columns besides the target {target!r}")
+    return features, labels[keep].reset_index(drop=True)
+
+
+def infer_task(labels: pd.Series, forced: str | None = None) -> Task:
+    """binary / multiclass / regression from the label values, or the forced task checked."""
+    n_unique = labels.nunique()
+    numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
+    if forced is not None:
+        if forced not in TASKS:
+            raise DataError(f"task {forced!r} is not one of {', '.join(TASKS)}")
+        task: Task = forced  # type: ignore[assignment]
+        if task == "regression" and not numeric:
+            raise DataError(f"task regression needs a numeric label, got {labels.dtype}")
+    elif not numeric:
+        task = "binary" if n_unique <= 2 else "multiclass"
+    else:
+        values = labels.to_numpy(dtype=np.float64)
+        integral = bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+        if integral and n_unique <= MAX_INTEGER_CLASSES:
+            task = "binary" if n_unique <= 2 else "multiclass"
+        else:
+            task = "regression"
+    if task != "regression" and n_unique < 2:
+        only = labels.iloc[0]
+        raise DataError(f"the label has a single class ({only!r}); a classifier needs two or more")
+    if task == "binary" and n_unique > 2:
+        raise DataError(f"task binary but the label has {n_unique} classes")
+    if task == "regression":
+        values = labels.to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise DataError("the regression label has non-finite values")
+        if n_unique < 2:
+            raise DataError("the regression label is constant")
+    return task

@@ -1,0 +1,277 @@
+"""The fitted preprocessing: impute, scale numbers, one-hot encode categories.
+
+Fitted on the training data only and saved as JSON inside the model artifact, so serving
+applies exactly the transformation training used. Two ways in, one formula:
+`transform_frame` (training, vectorised pandas) and `prepare_records` / `prepare_rows`
+(serving hot path: plain Python and numpy, no DataFrame per request). Both compute
+`(value - mean) / scale` in float64 and cast to float32, so they agree bit for bit.
+
+Unseen or missing categories encode as all zeros; missing numbers get the training median.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+FORMAT_VERSION = 1
+NUMERIC_TYPES = frozenset({int, float})
+_TRUE = frozenset({"true", "1", "yes", "t", "y"})
+_FALSE = frozenset({"false", "0", "no", "f", "n"})
+
+
+class InputError(ValueError):
+    """A request's records do not match the training columns; the message says where."""
+
+
+@dataclass
+class Column:
+    name: str
+    kind: Literal["numeric", "boolean", "categorical"]
+    median: float = 0.0
+    mean: float = 0.0
+    scale: float = 1.0
+    categories: list[str] = field(default_factory=list)
+    offset: int = 0  # first output slot
+    index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) if self.kind == "categorical" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "categorical":
+            return {"name": self.name, "kind": self.kind, "categories": self.categories}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "median": self.median,
+            "mean": self.mean,
+            "scale": self.scale,
+        }
+
+
+def _column_kind(series: pd.Series) -> Literal["numeric", "boolean", "categorical"]:
+    if pd.api.types.is_bool_dtype(series):
+        return "boolean"
+    if pd.api.types.is_numeric_dtype(series):
+        return "numeric"
+    return "categorical"
+
+
+def _numeric_values(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+class Preprocessor:
+    def __init__(self, columns: list[Column]):
+        self.columns = columns
+        offset = 0
+        for col in columns:
+            col.offset = offset
+            col.index = {c: i for i, c in enumerate(col.categories)}
+            offset += col.width
+        self.output_dim = offset
+        self.feature_columns = [c.name for c in columns]
+        self._names = frozenset(self.feature_columns)
+
+    # -- fitting and (de)serialisation -------------------------------------------------
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, max_categories: int = 50) -> Preprocessor:
+        columns = []
+        for name in frame.columns:
+            series = frame[name]
+            kind = _column_kind(series)
+            if kind == "categorical":
+                counts = series.dropna().astype(str).value_counts()
+                ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                categories = [value for value, _ in ranked[:max_categories]]
+                columns.append(Column(str(name), kind, categories=categories))
+                continue
+            values = _numeric_values(series)
+            present = values[~np.isnan(values)]
+            median = float(np.median(present)) if present.size else 0.0
+            filled = np.where(np.isnan(values), median, values)
+            std = float(filled.std())
+            scale = std if std > 1e-12 and math.isfinite(std) else 1.0
+            columns.append(Column(str(name), kind, median, float(filled.mean()), scale))
+        return cls(columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": FORMAT_VERSION, "columns": [c.to_dict() for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Preprocessor:
+        if doc.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported preprocess.json version {doc.get('version')!r}")
+        return cls([Column(**c) for c in doc["columns"]])
+
+    # -- training path -----------------------------------------------------------------
+
+    def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.feature_columns if c not in frame.columns]
+        if missing:
+            raise InputError(f"missing columns {missing}")
+        out = np.zeros((len(frame), self.output_dim), dtype=np.float32)
+        for col in self.columns:
+            series = frame[col.name]
+            if col.kind == "categorical":
+                codes = series.map(
+                    lambda v, idx=col.index: -1 if pd.isna(v) else idx.get(str(v), -1)
+                )
+                codes = codes.to_numpy(dtype=np.int64)
+                rows = np.nonzero(codes >= 0)[0]
+                out[rows, col.offset + codes[rows]] = 1.0
+            else:
+                values = _numeric_values(series)
+                self._fill_numeric(col, values, np.isnan(values), out)
+        return out
+
+    @staticmethod
+    def _fill_numeric(col: Column, values: np.ndarray, missing: np.ndarray, out: np.ndarray):
+        values = np.where(missing, col.median, values)
+        out[:, col.offset] = (values - col.mean) / col.scale
+
+    # -- serving path ------------------------------------------------------------------
+
+    def prepare_records(self, records: list[dict]) -> np.ndarray:
+        """Validate JSON records ({column: value}) and transform them to a float32 matrix."""
+        if not isinstance(records, list):
+            raise InputError(f"expected a list of records, got {type(records).__name__}")
+        if not records:
+            raise InputError("expected at least one record, got an empty list")
+        names = self._names
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise InputError(f"record {i}: expected an object, got {type(record).__name__}")
+            if record.keys() != names:
+                self._raise_columns(i, record.keys())
+        out = np.zeros((len(records), self.output_dim), dtype=np.float32)
+        for col in self.columns:
+            values = [r[col.name] for r in records]
+            if col.kind == "categorical":
+                self._fill_categorical(col, self._check_strings(col, values), out)
+            elif col.kind == "boolean":
+                self._fill_boolean(col, values, out)
+            else:
+                self._fill_numbers(col, values, out)
+        return out
+
+    def prepare_rows(self, rows: list[list]) -> np.ndarray:
+        """The same for CSV rows in `feature_columns` order; strings are parsed, "" is missing."""
+        if not isinstance(rows, list):
+            raise InputError(f"expected a list of rows, got {type(rows).__name__}")
+        if not rows:
+            raise InputError("expected at least one row, got an empty list")
+        width = len(self.columns)
+        for i, row in enumerate(rows):
+            if not isinstance(row, list | tuple):
+                raise InputError(f"row {i}: expected a list of values, got {type(row).__name__}")
+            if len(row) != width:
+                raise InputError(
+                    f"row {i}: expected {width} values ({', '.join(self.feature_columns)}), "
+                    f"got {len(row)}"
+                )
+        out = np.zeros((len(rows), self.output_dim), dtype=np.float32)
+        for j, col in enumerate(self.columns):
+            values = [None if (v := row[j]) == "" else v for row in rows]
+            if col.kind == "categorical":
+                values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+                self._fill_categorical(col, values, out)
+            elif col.kind == "boolean":
+                self._fill_boolean(col, [_parse_bool(col, i, v) for i, v in enumerate(values)], out)
+            else:
+                parsed = [_parse_number(col, i, v) for i, v in enumerate(values)]
+                self._fill_numbers(col, parsed, out)
+        return out
+
+    def _raise_columns(self, index: int, keys) -> None:
+        missing = [c for c in self.feature_columns if c not in keys]
+        extra = sorted(str(k) for k in keys if k not in self._names)
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected column(s) {', '.join(extra)}")
+        raise InputError(f"record {index}: {'; '.join(parts)}")
+
+    @staticmethod
+    def _check_strings(col: Column, values: list) -> list:
+        if not set(map(type, values)) <= {str, type(None)}:
+            for i, v in enumerate(values):
+                if v is not None and not isinstance(v, str):
+                    raise InputError(
+                        f"record {i}: column {col.name!r} expects a string, "
+                        f"got {type(v).__name__} {v!r}"
+                    )
+        return values
+
+    @staticmethod
+    def _fill_categorical(col: Column, values: list, out: np.ndarray) -> None:
+        get = col.index.get
+        codes = np.fromiter((get(v, -1) for v in values), dtype=np.int64, count=len(values))
+        rows = np.nonzero(codes >= 0)[0]
+        out[rows, col.offset + codes[rows]] = 1.0
+
+    def _fill_numbers(self, col: Column, values: list, out: np.ndarray) -> None:
+        types = set(map(type, values))
+        if not types <= NUMERIC_TYPES:
+            for i, v in enumerate(values):
+                if v is not None and type(v) not in NUMERIC_TYPES:
+                    raise InputError(
+                        f"record {i}: column {col.name!r} expects a number, "
+                        f"got {type(v).__name__} {v!r}"
+                    )
+        try:
+            array = np.array(values, dtype=np.float64)  # None becomes NaN
+        except OverflowError as exc:
+            raise InputError(f"column {col.name!r}: number out of range") from exc
+        finite = np.isfinite(array)
+        if not finite.all():
+            missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+            bad = np.nonzero(~finite & ~missing)[0]
+            if bad.size:
+                i = int(bad[0])
+                raise InputError(
+                    f"record {i}: column {col.name!r} has a non-finite number {values[i]!r}"
+                )
+        else:
+            missing = ~finite
+        self._fill_numeric(col, array, missing, out)
+
+    def _fill_boolean(self, col: Column, values: list, out: np.ndarray) -> None:
+        for i, v in enumerate(values):
+            if v is not None and type(v) is not bool:
+                raise InputError(
+                    f"record {i}: column {col.name!r} expects true or false, "
+                    f"got {type(v).__name__} {v!r}"
+                )
+        array = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+        self._fill_numeric(col, array, np.isnan(array), out)
+
+
+def _parse_number(col: Column, index: int, value: Any) -> float | int | None:
+    if value is None or type(value) in NUMERIC_TYPES:
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise InputError(f"row {index}: column {col.name!r} expects a number, got {value!r}")
+
+
+def _parse_bool(col: Column, index: int, value: Any) -> bool | None:
+    if value is None or type(value) is bool:
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InputError(f"row {index}: column {col.name!r} expects true or false, got {value!r}")
