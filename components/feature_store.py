@@ -1,0 +1,241 @@
+"""The feature store: SageMaker Feature Store feature groups declared from the spec.
+
+One Glue database holds the offline store's tables; each feature group in the spec becomes
+an `aws.sagemaker.FeatureGroup` with an online store (KMS-encrypted, with an optional TTL)
+and an offline store (Parquet in `s3://<features bucket>/offline/<group>`, KMS-encrypted,
+catalogued in Glue) as the spec asks. SageMaker writes the offline store with a role that
+reaches only that prefix, the team key and the team's Glue database.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components.spec import FeatureGroupSpec, PlatformSpec
+
+# Spec feature types -> SageMaker Feature Store FeatureType.
+FEATURE_TYPES = {"string": "String", "integral": "Integral", "fractional": "Fractional"}
+
+# The offline store's table format. "Glue" keeps the offline store plain Parquet files
+# under the group's S3 prefix, which the workloads read directly from `offline_uri`, the
+# same way they read the local backend's files (Iceberg would need an Iceberg reader).
+OFFLINE_TABLE_FORMAT = "Glue"
+
+OFFLINE_PREFIX = "offline"
+
+
+def glue_database_name(spec: PlatformSpec) -> str:
+    """Glue/Athena names take lowercase letters, digits and underscores only."""
+    return f"{spec.prefix}_features".replace("-", "_")
+
+
+def offline_uri(bucket: str, group: str) -> str:
+    return f"s3://{bucket}/{OFFLINE_PREFIX}/{group}"
+
+
+@dataclass
+class FeatureStoreArgs:
+    spec: PlatformSpec
+    features_bucket: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+
+
+class FeatureStore(pulumi.ComponentResource):
+    """A Glue database, the Feature Store role and one feature group per spec group."""
+
+    database_name: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+    group_names: dict[str, pulumi.Output[str]]
+    group_arns: dict[str, pulumi.Output[str]]
+    offline_uris: dict[str, pulumi.Output[str]]
+
+    def __init__(
+        self, name: str, args: FeatureStoreArgs, opts: pulumi.ResourceOptions | None = None
+    ):
+        super().__init__("mlinfra:featurestore:FeatureStore", name, None, opts)
+        spec = args.spec
+        child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOptions(parent=self)
+        # Deleting a feature group drops its online records and its Glue table: prod keeps them.
+        data = pulumi.ResourceOptions(parent=self, protect=spec.protect_data)
+        bucket = pulumi.Output.from_input(args.features_bucket)
+        kms_key_arn = pulumi.Output.from_input(args.kms_key_arn)
+
+        database = aws.glue.CatalogDatabase(
+            f"{name}-offline",
+            name=glue_database_name(spec),
+            description=f"Offline feature store of {spec.prefix}",
+            location_uri=bucket.apply(lambda b: f"s3://{b}/{OFFLINE_PREFIX}/"),
+            tags=spec.tags,
+            opts=data,
+        )
+
+        role = aws.iam.Role(
+            f"{name}-role",
+            name=f"{spec.prefix}-featurestore",
+            description="Assumed by SageMaker Feature Store to write the offline store",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "sagemaker.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            tags=spec.tags,
+            opts=child,
+        )
+        policy = aws.iam.RolePolicy(
+            f"{name}-role-policy",
+            role=role.id,
+            policy=pulumi.Output.all(
+                partition=aws.get_partition_output(opts=invoke).partition,
+                account=aws.get_caller_identity_output(opts=invoke).account_id,
+                region=spec.region,
+                bucket=bucket,
+                kms_key_arn=kms_key_arn,
+                database=database.name,
+            ).apply(lambda a: json.dumps(offline_store_policy(**a))),
+            opts=child,
+        )
+
+        self.database_name = database.name
+        self.role_arn = role.arn
+        self.group_names = {}
+        self.group_arns = {}
+        self.offline_uris = {}
+        for group in spec.feature_groups:
+            fg = aws.sagemaker.FeatureGroup(
+                f"{name}-{group.name}",
+                **feature_group_args(spec, group, bucket, kms_key_arn, database.name, role.arn),
+                # The role must be able to write before SageMaker creates the offline store.
+                opts=pulumi.ResourceOptions.merge(
+                    data, pulumi.ResourceOptions(depends_on=[policy])
+                ),
+            )
+            self.group_names[group.name] = fg.feature_group_name
+            self.group_arns[group.name] = fg.arn
+            if group.offline:
+                self.offline_uris[group.name] = bucket.apply(
+                    lambda b, g=group.name: offline_uri(b, g)
+                )
+
+        self.register_outputs(
+            {
+                "database_name": self.database_name,
+                "role_arn": self.role_arn,
+                "group_names": self.group_names,
+                "group_arns": self.group_arns,
+                "offline_uris": self.offline_uris,
+            }
+        )
+
+
+def feature_group_args(
+    spec: PlatformSpec,
+    group: FeatureGroupSpec,
+    bucket: pulumi.Output[str],
+    kms_key_arn: pulumi.Output[str],
+    database_name: pulumi.Output[str],
+    role_arn: pulumi.Output[str],
+) -> dict:
+    """The inputs of one `aws.sagemaker.FeatureGroup`."""
+    args: dict = {
+        "feature_group_name": f"{spec.prefix}-{group.name}",
+        "description": group.description or None,
+        "record_identifier_feature_name": group.record_identifier,
+        "event_time_feature_name": group.event_time,
+        "feature_definitions": [
+            aws.sagemaker.FeatureGroupFeatureDefinitionArgs(
+                feature_name=f.name, feature_type=FEATURE_TYPES[f.type]
+            )
+            for f in group.features
+        ],
+        "role_arn": role_arn,
+        "tags": spec.tags,
+    }
+    if group.online:
+        ttl = None
+        if group.online_ttl_days is not None:
+            ttl = aws.sagemaker.FeatureGroupOnlineStoreConfigTtlDurationArgs(
+                unit="Days", value=group.online_ttl_days
+            )
+        args["online_store_config"] = aws.sagemaker.FeatureGroupOnlineStoreConfigArgs(
+            enable_online_store=True,
+            security_config=aws.sagemaker.FeatureGroupOnlineStoreConfigSecurityConfigArgs(
+                kms_key_id=kms_key_arn
+            ),
+            ttl_duration=ttl,
+        )
+    if group.offline:
+        args["offline_store_config"] = aws.sagemaker.FeatureGroupOfflineStoreConfigArgs(
+            s3_storage_config=aws.sagemaker.FeatureGroupOfflineStoreConfigS3StorageConfigArgs(
+                s3_uri=bucket.apply(lambda b: offline_uri(b, group.name)),
+                kms_key_id=kms_key_arn,
+            ),
+            data_catalog_config=aws.sagemaker.FeatureGroupOfflineStoreConfigDataCatalogConfigArgs(
+                catalog="AwsDataCatalog",
+                database=database_name,
+                table_name=f"{spec.prefix}-{group.name}".replace("-", "_").lower(),
+            ),
+            disable_glue_table_creation=False,
+            table_format=OFFLINE_TABLE_FORMAT,
+        )
+    return args
+
+
+def offline_store_policy(
+    partition: str, account: str, region: str, bucket: str, kms_key_arn: str, database: str
+) -> dict:
+    """Least privilege for the offline store: its prefix, the team key, the team database."""
+    glue = f"arn:{partition}:glue:{region}:{account}"
+    bucket_arn = f"arn:{partition}:s3:::{bucket}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "OfflineStoreObjects",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:GetObject", "s3:PutObjectAcl"],
+                "Resource": f"{bucket_arn}/{OFFLINE_PREFIX}/*",
+            },
+            {
+                "Sid": "OfflineStoreBucket",
+                "Effect": "Allow",
+                "Action": ["s3:GetBucketAcl", "s3:GetBucketLocation", "s3:ListBucket"],
+                "Resource": bucket_arn,
+            },
+            {
+                "Sid": "TeamKey",
+                "Effect": "Allow",
+                "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
+                "Resource": kms_key_arn,
+            },
+            {
+                "Sid": "OfflineStoreCatalog",
+                "Effect": "Allow",
+                "Action": [
+                    "glue:GetDatabase",
+                    "glue:GetTable",
+                    "glue:GetTables",
+                    "glue:CreateTable",
+                    "glue:UpdateTable",
+                    "glue:GetPartitions",
+                    "glue:BatchCreatePartition",
+                ],
+                "Resource": [
+                    f"{glue}:catalog",
+                    f"{glue}:database/{database}",
+                    f"{glue}:table/{database}/*",
+                ],
+            },
+        ],
+    }

@@ -1,0 +1,699 @@
+"""The service components (feature store, registry, endpoints, budget) under Pulumi mocks.
+
+Every stack file in `stacks/` is rendered: the four components are built from its spec
+with fake bucket names and a fake KMS key, and the tests assert on what they registered.
+A new stack file is tested without touching this file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.runtime.settings
+import pulumi_kubernetes as k8s
+import pytest
+from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from components.budget import Budget, BudgetArgs
+from components.endpoints import (
+    POOL_LABEL,
+    Endpoints,
+    EndpointsArgs,
+    has_instance_storage,
+    model_package_arn,
+)
+from components.feature_store import FeatureStore, FeatureStoreArgs, glue_database_name
+from components.registry import ModelRegistry, ModelRegistryArgs, lifecycle_policy
+from components.spec import PlatformSpec, load_stack_file, parse_spec
+
+STACKS = sorted(Path(__file__).resolve().parent.parent.glob("stacks/Pulumi.*.yaml"))
+ACCOUNT = "123456789012"
+KMS = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/0000-test"
+FEATURES, ARTIFACTS, LOGS = "test-features", "test-artifacts", "test-logs"
+SUBNETS = ["subnet-a", "subnet-b"]
+SG = "sg-endpoints"
+NAMESPACE, SERVICE_ACCOUNT = "team-ns", "team-sa"
+
+# AWS types that take no tags; every other AWS type registered here must carry them.
+NOT_TAGGABLE = {
+    "aws:iam/rolePolicy:RolePolicy",
+    "aws:ecr/lifecyclePolicy:LifecyclePolicy",
+    "aws:appautoscaling/policy:Policy",
+}
+COMPONENT_TYPES = {
+    "mlinfra:featurestore:FeatureStore",
+    "mlinfra:registry:ModelRegistry",
+    "mlinfra:endpoints:Endpoints",
+    "mlinfra:budget:Budget",
+}
+
+
+# --- the harness ---------------------------------------------------------------------------
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    """Resources echo their inputs plus the computed fields the components read."""
+
+    def new_resource(self, args):
+        state = dict(args.inputs)
+        if args.typ.startswith("aws:"):
+            # Autonamed resources get a suffixed name, as the provider would give them.
+            state.setdefault("name", f"{args.name}-a1b2c3d")
+            state["arn"] = f"arn:aws:mock:us-east-1:{ACCOUNT}:{args.name}"
+        if args.typ == "aws:ecr/repository:Repository":
+            state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{state['name']}"
+        return f"{args.name}-id", state
+
+    def call(self, args):
+        return {"accountId": ACCOUNT, "partition": "aws"}, []
+
+
+class _Monitor(MockMonitor):
+    """Keeps each registration's parent, provider and protect flag."""
+
+    def __init__(self, mocks):
+        super().__init__(mocks)
+        self.registered: list[Res] = []
+
+    def RegisterResource(self, request):  # noqa: N802 - the gRPC method name
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registered.append(
+                Res(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    custom=request.custom,
+                    inputs=rpc.deserialize_properties(request.object),
+                    parent=request.parent,
+                    provider=request.provider,
+                    protect=request.protect,
+                )
+            )
+        return response
+
+
+@dataclass
+class Res:
+    type: str
+    name: str
+    urn: str
+    custom: bool
+    inputs: dict[str, Any]
+    parent: str
+    provider: str
+    protect: bool
+
+
+@dataclass
+class Render:
+    spec: PlatformSpec
+    resources: list[Res]
+    outputs: dict[str, Any]
+    logs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def by_type(self, token: str) -> list[Res]:
+        return [r for r in self.resources if r.type == token]
+
+    def named(self, token: str, name: str) -> Res:
+        found = [r for r in self.by_type(token) if r.name == name]
+        assert len(found) == 1, f"expected one {token} {name}, found {len(found)}"
+        return found[0]
+
+
+class _Logs(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        if record.levelno >= logging.WARNING:
+            self.messages.append(record.getMessage())
+
+
+def render(spec: PlatformSpec) -> Render:
+    """Build the four components from `spec` under mocks; resolve their outputs."""
+    logs = _Logs()
+    logger = logging.getLogger("test_services.pulumi")
+    logger.handlers[:] = [logs]
+    logger.propagate = False
+    pulumi.runtime.settings.reset_options(project="mlinfra", stack=spec.prefix, preview=False)
+    monitor = _Monitor(_Mocks())
+    pulumi.runtime.set_mocks(
+        monitor.mocks,
+        project="mlinfra",
+        stack=spec.prefix,
+        preview=False,
+        logger=logger,
+        monitor=monitor,
+    )
+    pulumi.runtime.settings.SETTINGS.rpc_manager.clear()
+    pulumi.runtime.settings.SETTINGS.outputs.clear()
+    built: dict[str, Any] = {}
+
+    def program():
+        features = FeatureStore("features", FeatureStoreArgs(spec, FEATURES, KMS))
+        registry = ModelRegistry("registry", ModelRegistryArgs(spec, KMS))
+        provider = k8s.Provider("cluster", kubeconfig="{}")
+        endpoints = Endpoints(
+            "endpoints",
+            EndpointsArgs(
+                spec,
+                serve_repository_url=registry.repository_urls["serve"],
+                artifacts_bucket=ARTIFACTS,
+                logs_bucket=LOGS,
+                kms_key_arn=KMS,
+                subnet_ids=SUBNETS,
+                security_group_id=SG,
+                model_group_names=registry.group_names,
+                k8s_provider=provider,
+                namespace=NAMESPACE,
+                service_account=SERVICE_ACCOUNT,
+            ),
+        )
+        budget = Budget("budget", BudgetArgs(spec))
+        built.update(features=features, registry=registry, endpoints=endpoints, budget=budget)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _sync_await(run_pulumi_func(program))
+
+    def resolve(value):
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if value is None:
+            return None
+        return _sync_await(pulumi.Output.from_input(value).future())
+
+    fs, reg, eps = built["features"], built["registry"], built["endpoints"]
+    outputs = {
+        "database_name": resolve(fs.database_name),
+        "feature_role_arn": resolve(fs.role_arn),
+        "group_names": resolve(fs.group_names),
+        "offline_uris": resolve(fs.offline_uris),
+        "repository_urls": resolve(reg.repository_urls),
+        "model_group_names": resolve(reg.group_names),
+        "endpoint_names": resolve(eps.endpoint_names),
+        "endpoint_urls": resolve(eps.endpoint_urls),
+        "budget_name": resolve(built["budget"].budget_name),
+    }
+    return Render(
+        spec=spec,
+        resources=monitor.registered,
+        outputs=outputs,
+        logs=logs.messages,
+        warnings=[str(w.message) for w in caught],
+    )
+
+
+_CACHE: dict[Path, Render] = {}
+
+
+@pytest.fixture(params=STACKS, ids=lambda p: p.name.removeprefix("Pulumi.").removesuffix(".yaml"))
+def rendered(request) -> Render:
+    if request.param not in _CACHE:
+        _CACHE[request.param] = render(load_stack_file(request.param))
+    return _CACHE[request.param]
+
+
+def _policy(r: Res) -> dict:
+    return json.loads(r.inputs["policy"])
+
+
+def _statements(doc: dict) -> list[dict]:
+    return [
+        {
+            **s,
+            "Action": [s["Action"]] if isinstance(s["Action"], str) else s["Action"],
+            "Resource": [s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"],
+        }
+        for s in doc["Statement"]
+    ]
+
+
+def _assert_no_wildcard_data_access(doc: dict) -> None:
+    """No `*` actions at all, and S3/KMS/Glue/SageMaker actions never on resource `*`."""
+    for s in _statements(doc):
+        for action in s["Action"]:
+            assert action != "*" and not action.endswith(":*"), s
+            if action.split(":")[0] in {"s3", "kms", "glue", "sagemaker"}:
+                assert "*" not in s["Resource"], s
+
+
+# --- feature store -------------------------------------------------------------------------
+
+
+def test_feature_groups_have_the_stores_the_spec_asks_for(rendered: Render):
+    spec = rendered.spec
+    groups = {
+        r.inputs["featureGroupName"]: r.inputs
+        for r in rendered.by_type("aws:sagemaker/featureGroup:FeatureGroup")
+    }
+    assert sorted(groups) == sorted(f"{spec.prefix}-{g.name}" for g in spec.feature_groups)
+    role = rendered.named("aws:iam/role:Role", "features-role")
+    database = rendered.named("aws:glue/catalogDatabase:CatalogDatabase", "features-offline")
+    assert database.inputs["name"] == glue_database_name(spec)
+    assert database.inputs["locationUri"] == f"s3://{FEATURES}/offline/"
+
+    sagemaker_type = {"string": "String", "integral": "Integral", "fractional": "Fractional"}
+    for group in spec.feature_groups:
+        fg = groups[f"{spec.prefix}-{group.name}"]
+        assert fg["recordIdentifierFeatureName"] == group.record_identifier
+        assert fg["eventTimeFeatureName"] == group.event_time
+        assert {d["featureName"]: d["featureType"] for d in fg["featureDefinitions"]} == {
+            f.name: sagemaker_type[f.type] for f in group.features
+        }
+        assert fg["roleArn"] == rendered.outputs["feature_role_arn"]
+        assert fg["roleArn"].endswith(role.name)
+
+        online = fg.get("onlineStoreConfig")
+        if group.online:
+            assert online["enableOnlineStore"] is True
+            assert online["securityConfig"]["kmsKeyId"] == KMS
+            if group.online_ttl_days:
+                assert online["ttlDuration"] == {"unit": "Days", "value": group.online_ttl_days}
+            else:
+                assert "ttlDuration" not in online
+        else:
+            assert online is None
+
+        offline = fg.get("offlineStoreConfig")
+        if group.offline:
+            uri = f"s3://{FEATURES}/offline/{group.name}"
+            assert offline["s3StorageConfig"] == {"s3Uri": uri, "kmsKeyId": KMS}
+            assert offline["dataCatalogConfig"]["database"] == glue_database_name(spec)
+            assert offline["disableGlueTableCreation"] is False
+            assert offline["tableFormat"] == "Glue"
+            assert rendered.outputs["offline_uris"][group.name] == uri
+        else:
+            assert offline is None
+            assert group.name not in rendered.outputs["offline_uris"]
+        assert rendered.outputs["group_names"][group.name] == f"{spec.prefix}-{group.name}"
+
+
+def test_feature_store_role_is_scoped_to_the_team(rendered: Render):
+    spec = rendered.spec
+    role = rendered.named("aws:iam/role:Role", "features-role")
+    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert [s["Principal"] for s in trust] == [{"Service": "sagemaker.amazonaws.com"}]
+    doc = _policy(rendered.named("aws:iam/rolePolicy:RolePolicy", "features-role-policy"))
+    _assert_no_wildcard_data_access(doc)
+    resources = {res for s in _statements(doc) for res in s["Resource"]}
+    db = glue_database_name(spec)
+    assert resources == {
+        f"arn:aws:s3:::{FEATURES}/offline/*",
+        f"arn:aws:s3:::{FEATURES}",
+        KMS,
+        f"arn:aws:glue:{spec.region}:{ACCOUNT}:catalog",
+        f"arn:aws:glue:{spec.region}:{ACCOUNT}:database/{db}",
+        f"arn:aws:glue:{spec.region}:{ACCOUNT}:table/{db}/*",
+    }
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+def test_ecr_repositories(rendered: Render):
+    spec = rendered.spec
+    repos = {r.inputs["name"]: r for r in rendered.by_type("aws:ecr/repository:Repository")}
+    assert sorted(repos) == [f"{spec.prefix}-serve", f"{spec.prefix}-train"]
+    for repo in repos.values():
+        assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
+        assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+        assert repo.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS", "kmsKey": KMS}]
+        assert repo.inputs["forceDelete"] is (not spec.is_prod)
+
+    policies = rendered.by_type("aws:ecr/lifecyclePolicy:LifecyclePolicy")
+    assert sorted(p.inputs["repository"] for p in policies) == sorted(repos)
+    registry = spec.model_registry
+    for p in policies:
+        rules = {r["selection"]["tagStatus"]: r["selection"] for r in _policy(p)["rules"]}
+        assert rules["untagged"]["countType"] == "sinceImagePushed"
+        assert rules["untagged"]["countNumber"] == registry.untagged_image_expiry_days
+        assert rules["tagged"]["countType"] == "imageCountMoreThan"
+        assert rules["tagged"]["countNumber"] == registry.keep_images
+    assert rendered.outputs["repository_urls"]["serve"].endswith(f"/{spec.prefix}-serve")
+
+
+def test_model_package_groups(rendered: Render):
+    spec = rendered.spec
+    groups = {
+        r.inputs["modelPackageGroupName"]: r
+        for r in rendered.by_type("aws:sagemaker/modelPackageGroup:ModelPackageGroup")
+    }
+    declared = spec.model_registry.model_groups
+    assert sorted(groups) == sorted(f"{spec.prefix}-{g.name}" for g in declared)
+    for g in declared:
+        group = groups[f"{spec.prefix}-{g.name}"]
+        assert group.inputs["modelPackageGroupDescription"]
+        if g.approval_gate:
+            assert g.approval_gate.metric in group.inputs["modelPackageGroupDescription"]
+        assert rendered.outputs["model_group_names"][g.name] == f"{spec.prefix}-{g.name}"
+
+
+def test_lifecycle_policy_rules_are_valid_for_ecr():
+    rules = lifecycle_policy(5, 3)["rules"]
+    assert [r["rulePriority"] for r in rules] == [1, 2]
+    # ECR requires a tag pattern or prefix on rules that select tagged images.
+    assert all(
+        "tagPatternList" in r["selection"] for r in rules if r["selection"]["tagStatus"] == "tagged"
+    )
+
+
+# --- endpoints -----------------------------------------------------------------------------
+
+
+def test_sagemaker_endpoints(rendered: Render):
+    spec = rendered.spec
+    wanted = [ep for ep in spec.endpoints if ep.kind == "sagemaker"]
+    assert len(rendered.by_type("aws:sagemaker/endpoint:Endpoint")) == len(wanted)
+    assert len(rendered.by_type("aws:appautoscaling/target:Target")) == len(wanted)
+    assert len(rendered.by_type("aws:cloudwatch/metricAlarm:MetricAlarm")) == 2 * len(wanted)
+    serve_url = rendered.outputs["repository_urls"]["serve"]
+    for ep in wanted:
+        physical = f"{spec.prefix}-{ep.name}"
+        model = rendered.named("aws:sagemaker/model:Model", physical).inputs
+        container = model["primaryContainer"]
+        group = f"{spec.prefix}-{ep.model_group}"
+        if ep.model_version is not None:
+            assert container == {
+                "modelPackageName": model_package_arn(
+                    "aws", spec.region, ACCOUNT, group, ep.model_version
+                )
+            }
+        else:
+            assert container["image"] == f"{serve_url}:{ep.image_tag}"
+            assert container["modelDataUrl"] == (
+                f"s3://{ARTIFACTS}/models/{ep.model_group}/current/model.tar.gz"
+            )
+        assert model["vpcConfig"] == {"subnets": SUBNETS, "securityGroupIds": [SG]}
+        assert model["enableNetworkIsolation"] is True
+        assert model["tags"] == spec.tags
+
+        config = rendered.named(
+            "aws:sagemaker/endpointConfiguration:EndpointConfiguration", physical
+        ).inputs
+        [variant] = config["productionVariants"]
+        assert variant["instanceType"] == ep.instance_type
+        assert variant["initialInstanceCount"] == ep.min_instances
+        assert variant["modelName"] == f"{physical}-a1b2c3d"
+        if has_instance_storage(ep.instance_type):
+            assert "kmsKeyArn" not in config
+        else:
+            assert config["kmsKeyArn"] == KMS
+        capture = config.get("dataCaptureConfig")
+        if ep.data_capture.enabled:
+            assert capture["enableCapture"] is True
+            assert capture["destinationS3Uri"] == f"s3://{LOGS}/data-capture/{physical}"
+            assert capture["kmsKeyId"] == KMS
+            assert capture["initialSamplingPercentage"] == ep.data_capture.sampling_percent
+            assert {o["captureMode"] for o in capture["captureOptions"]} == {"Input", "Output"}
+        else:
+            assert capture is None
+
+        endpoint = rendered.named("aws:sagemaker/endpoint:Endpoint", physical).inputs
+        assert endpoint["name"] == physical
+        assert endpoint["endpointConfigName"] == f"{physical}-a1b2c3d"
+        assert rendered.outputs["endpoint_names"][ep.name] == physical
+        assert rendered.outputs["endpoint_urls"][ep.name] is None
+
+        target = rendered.named("aws:appautoscaling/target:Target", f"{physical}-scaling")
+        assert target.inputs["resourceId"] == f"endpoint/{physical}/variant/AllTraffic"
+        assert target.inputs["scalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+        assert target.inputs["serviceNamespace"] == "sagemaker"
+        assert (target.inputs["minCapacity"], target.inputs["maxCapacity"]) == (
+            ep.min_instances,
+            ep.max_instances,
+        )
+        policy = rendered.named("aws:appautoscaling/policy:Policy", f"{physical}-invocations")
+        assert policy.inputs["policyType"] == "TargetTrackingScaling"
+        assert policy.inputs["resourceId"] == target.inputs["resourceId"]
+        tracking = policy.inputs["targetTrackingScalingPolicyConfiguration"]
+        assert tracking["targetValue"] == ep.target_invocations_per_instance
+        assert tracking["predefinedMetricSpecification"] == {
+            "predefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+        }
+
+        errors = rendered.named("aws:cloudwatch/metricAlarm:MetricAlarm", f"{physical}-5xx")
+        assert errors.inputs["metricName"] == "Invocation5XXErrors"
+        assert errors.inputs["threshold"] == ep.max_5xx_errors
+        assert errors.inputs["period"] == 300
+        latency = rendered.named("aws:cloudwatch/metricAlarm:MetricAlarm", f"{physical}-latency")
+        assert latency.inputs["metricName"] == "ModelLatency"
+        assert latency.inputs["threshold"] == ep.latency_alarm_ms * 1000  # microseconds
+        for alarm in (errors, latency):
+            assert alarm.inputs["namespace"] == "AWS/SageMaker"
+            assert alarm.inputs["dimensions"] == {
+                "EndpointName": physical,
+                "VariantName": "AllTraffic",
+            }
+
+
+def test_sagemaker_execution_role(rendered: Render):
+    spec = rendered.spec
+    roles = [
+        r for r in rendered.by_type("aws:iam/role:Role") if r.name == "endpoints-sagemaker-role"
+    ]
+    if not any(ep.kind == "sagemaker" for ep in spec.endpoints):
+        assert roles == []
+        return
+    [role] = roles
+    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert [s["Principal"] for s in trust] == [{"Service": "sagemaker.amazonaws.com"}]
+    doc = _policy(
+        rendered.named("aws:iam/rolePolicy:RolePolicy", "endpoints-sagemaker-role-policy")
+    )
+    _assert_no_wildcard_data_access(doc)
+    by_sid = {s["Sid"]: s for s in _statements(doc)}
+    assert by_sid["ReadModels"]["Resource"] == [f"arn:aws:s3:::{ARTIFACTS}/*"]
+    assert by_sid["WriteDataCapture"]["Resource"] == [f"arn:aws:s3:::{LOGS}/data-capture/*"]
+    assert by_sid["TeamKey"]["Resource"] == [KMS]
+    assert by_sid["PullServeImage"]["Resource"] == [
+        f"arn:aws:ecr:{spec.region}:{ACCOUNT}:repository/{spec.prefix}-serve"
+    ]
+
+
+def test_kubernetes_endpoints(rendered: Render):
+    spec = rendered.spec
+    wanted = [ep for ep in spec.endpoints if ep.kind == "kubernetes"]
+    for token in (
+        "kubernetes:apps/v1:Deployment",
+        "kubernetes:core/v1:Service",
+        "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
+    ):
+        assert len(rendered.by_type(token)) == len(wanted), token
+    serve_url = rendered.outputs["repository_urls"]["serve"]
+    for ep in wanted:
+        physical = f"{spec.prefix}-{ep.name}"
+        deployment = rendered.named("kubernetes:apps/v1:Deployment", physical).inputs
+        assert deployment["metadata"]["namespace"] == NAMESPACE
+        pod = deployment["spec"]["template"]["spec"]
+        [serve] = pod["containers"]
+        assert serve["image"] == f"{serve_url}:{ep.image_tag}"
+        assert serve["ports"] == [{"name": "http", "containerPort": 8080}]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert serve[probe]["httpGet"] == {"path": "/ping", "port": "http"}
+        assert serve["resources"]["requests"] == {"cpu": ep.cpu, "memory": ep.memory}
+        assert serve["securityContext"]["readOnlyRootFilesystem"] is True
+        assert serve["securityContext"]["allowPrivilegeEscalation"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["nodeSelector"] == {POOL_LABEL: ep.node_pool}
+        assert pod["serviceAccountName"] == SERVICE_ACCOUNT
+        gpu_toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        if ep.gpus:
+            assert serve["resources"]["limits"]["nvidia.com/gpu"] == str(ep.gpus)
+            assert gpu_toleration in pod["tolerations"]
+        else:
+            assert "nvidia.com/gpu" not in serve["resources"]["limits"]
+            assert gpu_toleration not in pod.get("tolerations", [])
+        # The init container fetches the model the endpoint serves.
+        [fetch] = pod["initContainers"]
+        env = {e["name"]: e["value"] for e in fetch["env"]}
+        if ep.model_version is not None:
+            assert env["MODEL_PACKAGE_ARN"].endswith(
+                f"model-package/{spec.prefix}-{ep.model_group}/{ep.model_version}"
+            )
+        else:
+            assert env["MODEL_DATA_URL"] == (
+                f"s3://{ARTIFACTS}/models/{ep.model_group}/current/model.tar.gz"
+            )
+
+        service = rendered.named("kubernetes:core/v1:Service", physical).inputs
+        assert service["spec"]["type"] == "ClusterIP"
+        assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http"}]
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        hpa = rendered.named("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", physical)
+        assert hpa.inputs["spec"]["scaleTargetRef"]["name"] == physical
+        assert hpa.inputs["spec"]["minReplicas"] == ep.min_instances
+        assert hpa.inputs["spec"]["maxReplicas"] == ep.max_instances
+        [metric] = hpa.inputs["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu"
+
+        assert rendered.outputs["endpoint_names"][ep.name] == physical
+        assert rendered.outputs["endpoint_urls"][ep.name] == (
+            f"http://{physical}.{NAMESPACE}.svc.cluster.local"
+        )
+
+
+# --- budget --------------------------------------------------------------------------------
+
+
+def test_budget(rendered: Render):
+    spec = rendered.spec
+    [budget] = rendered.by_type("aws:budgets/budget:Budget")
+    b = budget.inputs
+    assert (b["budgetType"], b["timeUnit"], b["limitUnit"]) == ("COST", "MONTHLY", "USD")
+    assert float(b["limitAmount"]) == spec.budget.monthly_limit_usd
+    assert b["filterExpression"] == {
+        "ands": [
+            {"tags": {"key": "team", "values": [spec.team], "matchOptions": ["EQUALS"]}},
+            {
+                "tags": {
+                    "key": "environment",
+                    "values": [spec.environment],
+                    "matchOptions": ["EQUALS"],
+                }
+            },
+        ]
+    }
+    sent = {(n["notificationType"], n["threshold"]) for n in b["notifications"]}
+    assert sent == {
+        (kind, t) for t in spec.budget.thresholds_percent for kind in ("ACTUAL", "FORECASTED")
+    }
+    for n in b["notifications"]:
+        assert n["thresholdType"] == "PERCENTAGE"
+        assert n["subscriberEmailAddresses"] == spec.budget.alert_emails
+    assert rendered.outputs["budget_name"] == f"{spec.prefix}-monthly"
+
+
+# --- across the components -----------------------------------------------------------------
+
+
+def test_tags_on_everything_taggable(rendered: Render):
+    tags = rendered.spec.tags
+    for r in rendered.resources:
+        if r.type.startswith("aws:") and r.type not in NOT_TAGGABLE:
+            assert tags.items() <= r.inputs.get("tags", {}).items(), f"{r.type} {r.name}"
+        elif r.type.startswith("kubernetes:") and r.custom and "metadata" in r.inputs:
+            assert tags.items() <= r.inputs["metadata"]["labels"].items(), f"{r.type} {r.name}"
+
+
+def test_children_are_parented_to_their_component(rendered: Render):
+    components = {r.urn: r for r in rendered.resources if r.type in COMPONENT_TYPES}
+    assert len(components) == 4
+    provider = rendered.named("pulumi:providers:kubernetes", "cluster")
+    for r in rendered.resources:
+        if r.type in COMPONENT_TYPES or r.type.startswith("pulumi:providers:"):
+            continue
+        assert r.parent in components, f"{r.type} {r.name} has parent {r.parent}"
+        if r.type.startswith("kubernetes:"):
+            assert components[r.parent].type == "mlinfra:endpoints:Endpoints"
+            assert r.provider.startswith(provider.urn), r.name
+
+
+def test_prod_protects_feature_groups_and_model_groups(rendered: Render):
+    spec = rendered.spec
+    for token in (
+        "aws:sagemaker/featureGroup:FeatureGroup",
+        "aws:glue/catalogDatabase:CatalogDatabase",
+        "aws:sagemaker/modelPackageGroup:ModelPackageGroup",
+    ):
+        for r in rendered.by_type(token):
+            assert r.protect is spec.protect_data, f"{token} {r.name}"
+    for r in rendered.resources:
+        if r.type.startswith("aws:sagemaker/endpoint") or r.type.startswith("aws:ecr"):
+            assert r.protect is False
+
+
+def test_no_deprecation_warnings(rendered: Render):
+    deprecated = [m for m in rendered.logs + rendered.warnings if "deprecat" in m.lower()]
+    assert deprecated == []
+
+
+# --- helpers and bad inputs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "local_nvme"),
+    [
+        ("ml.m5.large", False),
+        ("ml.c6i.xlarge", False),
+        ("ml.inf2.xlarge", False),
+        ("ml.g5.xlarge", True),
+        ("ml.g4dn.xlarge", True),
+        ("ml.m5d.large", True),
+        ("ml.c6id.2xlarge", True),
+        ("ml.p4d.24xlarge", True),
+    ],
+)
+def test_instance_storage_table(instance_type: str, local_nvme: bool):
+    assert has_instance_storage(instance_type) is local_nvme
+
+
+def _spec(endpoint: dict[str, Any]) -> PlatformSpec:
+    return parse_spec(
+        {
+            "mlinfra:team": "ml",
+            "mlinfra:environment": "dev",
+            "mlinfra:costCenter": "cc-1",
+            "mlinfra:modelRegistry": {"modelGroups": [{"name": "churn"}]},
+            "mlinfra:endpoints": [endpoint],
+            "mlinfra:budget": {"monthlyLimitUsd": 10, "alertEmails": ["a@example.com"]},
+        },
+        "test",
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "with_cluster", "field_path"),
+    [
+        (
+            {"name": "churn", "modelGroup": "churn", "kind": "kubernetes"},
+            False,
+            "mlinfra:endpoints[0].kind",
+        ),
+        (
+            {"name": "Churn", "modelGroup": "churn", "kind": "kubernetes"},
+            True,
+            "mlinfra:endpoints[0].name",
+        ),
+    ],
+)
+def test_bad_endpoint_inputs_name_the_field(endpoint, with_cluster, field_path):
+    spec = _spec(endpoint)
+
+    def program():
+        provider = k8s.Provider("cluster", kubeconfig="{}") if with_cluster else None
+        Endpoints(
+            "endpoints",
+            EndpointsArgs(
+                spec,
+                serve_repository_url="repo",
+                artifacts_bucket=ARTIFACTS,
+                logs_bucket=LOGS,
+                kms_key_arn=KMS,
+                subnet_ids=SUBNETS,
+                security_group_id=SG,
+                model_group_names={"churn": "ml-dev-churn"},
+                k8s_provider=provider,
+                namespace=NAMESPACE if with_cluster else None,
+            ),
+        )
+
+    pulumi.runtime.settings.reset_options(project="mlinfra", stack="bad", preview=False)
+    monitor = _Monitor(_Mocks())
+    pulumi.runtime.set_mocks(monitor.mocks, project="mlinfra", stack="bad", monitor=monitor)
+    with pytest.raises(ValueError, match="^" + re.escape(field_path) + ":"):
+        _sync_await(run_pulumi_func(program))
+    assert not any(r.type.startswith("aws:") for r in monitor.registered)
