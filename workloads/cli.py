@@ -1,0 +1,325 @@
+"""`mlinfra`: the local environment's command line (`make up` drives it).
+
+    mlinfra up [--stack local] [--port NAME=PORT]   stand up / reconcile the local platform
+    mlinfra pipeline [--stack local] [--rows N]     the reference lifecycle, end to end
+    mlinfra status [--stack local]                  what is up, where, does it answer /ping
+    mlinfra predict ENDPOINT FILE                   send CSV or JSON rows, print predictions
+    mlinfra down [--stack local] [--purge]          stop the endpoints (data stays)
+
+State lives under `--state-dir` (default `$MLINFRA_STATE_DIR` or `.mlinfra/`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components.spec import SpecError
+from workloads import localenv
+from workloads.platform import PlatformDescriptor, load_descriptor
+
+app = typer.Typer(
+    help="The ML platform of a stack, on this machine: up, pipeline, status, predict, down.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+StackOpt = Annotated[
+    str, typer.Option("--stack", "-s", help="Stack config: stacks/Pulumi.<stack>.yaml")
+]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help=f"State folder (default ${localenv.STATE_ENV} or .mlinfra/)"),
+]
+StacksDirOpt = Annotated[
+    Path, typer.Option("--stacks-dir", help="Folder of the stack configs", hidden=True)
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _parse_ports(values: list[str]) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for value in values:
+        name, sep, port = value.partition("=")
+        if not sep or not name or not port.isdigit():
+            raise _fail(f"--port {value!r}: expected NAME=PORT, e.g. --port churn=8080")
+        ports[name] = int(port)
+    return ports
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def descriptor_table(d: PlatformDescriptor) -> Table:
+    table = Table(title=f"platform {d.stack} ({d.backend}): team {d.team}, {d.environment}")
+    for col in ("part", "name", "where / what"):
+        table.add_column(col, overflow="fold")
+    for purpose, uri in d.buckets.model_dump().items():
+        table.add_row("bucket", purpose, uri)
+    for name, fg in d.feature_store.groups.items():
+        stores = "+".join(s for s, on in (("online", fg.online), ("offline", fg.offline)) if on)
+        table.add_row("feature group", name, f"{fg.name} [{stores}] {fg.offline_uri or ''}")
+    for name, mg in d.registry.model_groups.items():
+        gate = (
+            f"gate {mg.gate.metric} {'>=' if mg.gate.mode == 'max' else '<='} {mg.gate.threshold}"
+            if mg.gate
+            else "manual approval"
+        )
+        table.add_row("model group", name, f"{mg.name}, {gate}")
+    for role, repo in d.registry.repositories.items():
+        table.add_row("repository", role, repo)
+    for name, ep in d.endpoints.items():
+        table.add_row("endpoint", name, f"{ep.url} (model group {ep.model_group})")
+    if d.cluster:
+        table.add_row("cluster", d.cluster.name, f"namespace {d.cluster.namespace}, "
+                      f"service account {d.cluster.service_account}")  # fmt: skip
+        for name, pool in d.cluster.node_pools.items():
+            device = f"{pool.gpus_per_node} x {pool.gpu}" if pool.gpu else "CPU (no GPU here)"
+            table.add_row("node pool", name, f"{', '.join(pool.instance_types)} -> {device}")
+    if d.local:
+        table.add_row("state", "root", d.local.root)
+        table.add_row("state", "online store", d.local.online_store)
+        table.add_row("state", "registry", d.local.registry)
+    return table
+
+
+_STATE_STYLE = {
+    "serving": "green",
+    "waiting for a model": "yellow",
+    "stopped": "dim",
+    "dead": "bold red",
+    "not answering": "bold red",
+}
+
+
+def endpoints_table(statuses: list[localenv.EndpointStatus]) -> Table:
+    table = Table(title="endpoints")
+    for col in ("endpoint", "url", "state", "model version", "pid", "log"):
+        table.add_column(col, overflow="fold")
+    for s in statuses:
+        style = _STATE_STYLE.get(s.state, "")
+        table.add_row(
+            s.name,
+            s.url,
+            f"[{style}]{s.state}[/]",
+            "-" if s.model_version is None else f"v{s.model_version}",
+            "-" if s.pid is None else str(s.pid),
+            str(s.log),
+        )
+    return table
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    stack: StackOpt = "local",
+    state_dir: StateOpt = None,
+    port: Annotated[
+        list[str] | None,
+        typer.Option("--port", "-p", help="Pin an endpoint's port: NAME=PORT (repeatable)"),
+    ] = None,
+    stacks_dir: StacksDirOpt = Path("stacks"),
+) -> None:
+    """Stand up the local environment of a stack (idempotent; restarts dead endpoints)."""
+    ports = _parse_ports(port or [])
+    try:
+        with console.status(f"standing up stack {stack} ..."):
+            result = localenv.up(stack, state_dir, ports=ports, stacks_dir=stacks_dir)
+    except (SpecError, localenv.LocalEnvError) as exc:
+        raise _fail(str(exc)) from None
+    for message in result.messages:
+        console.print(f"- {message}", highlight=False)
+    console.print(descriptor_table(result.descriptor))
+    console.print(endpoints_table(result.endpoints))
+    console.print(f"descriptor: {result.paths.descriptor}", highlight=False)
+    if any(s.state == "waiting for a model" for s in result.endpoints):
+        console.print(f"waiting for a model: run `mlinfra pipeline --stack {stack}`")
+
+
+@app.command()
+def down(
+    stack: StackOpt = "local",
+    state_dir: StateOpt = None,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete the data: buckets, stores, registry")
+    ] = False,
+) -> None:
+    """Stop the endpoint processes; the data stays unless --purge."""
+    try:
+        messages = localenv.down(stack, state_dir, purge=purge)
+    except localenv.LocalEnvError as exc:
+        raise _fail(str(exc)) from None
+    for message in messages:
+        console.print(f"- {message}", highlight=False)
+
+
+@app.command()
+def status(stack: StackOpt = "local", state_dir: StateOpt = None) -> None:
+    """What is up and where; exits 1 if an endpoint process died or does not answer."""
+    paths = localenv.StackPaths.of(stack, state_dir)
+    statuses = localenv.status(stack, state_dir)
+    if not paths.descriptor.is_file():
+        raise _fail(f"stack {stack} is not up ({paths.root} has no platform.json): run mlinfra up")
+    descriptor = load_descriptor(paths.descriptor)
+    console.print(f"stack {stack}: state in {paths.root}", highlight=False)
+    _print_registry(descriptor)
+    console.print(endpoints_table(statuses))
+    bad = [s for s in statuses if s.state in ("dead", "not answering")]
+    for s in bad:
+        console.print(
+            f"[bold red]endpoint {s.name} is {s.state}[/] (process {s.pid}); "
+            f"`mlinfra up --stack {stack}` restarts it; log: {s.log}",
+            highlight=False,
+        )
+    if bad:
+        raise typer.Exit(1)
+
+
+def _print_registry(descriptor: PlatformDescriptor) -> None:
+    from workloads.registry import registry_from_descriptor
+
+    registry = registry_from_descriptor(descriptor)
+    table = Table(title="model registry")
+    for col in ("model group", "versions", "newest", "newest approved"):
+        table.add_column(col)
+    for group in descriptor.registry.model_groups:
+        versions = registry.list_versions(group)
+        approved = registry.latest_approved(group)
+        newest = versions[-1] if versions else None
+        table.add_row(
+            group,
+            str(len(versions)),
+            f"v{newest.version} {newest.status}" if newest else "-",
+            f"v{approved.version}" if approved else "-",
+        )
+    console.print(table)
+
+
+@app.command()
+def predict(
+    endpoint: Annotated[str, typer.Argument(help="Endpoint name in the stack, or a URL")],
+    file: Annotated[Path, typer.Argument(help="CSV (with a header) or JSON rows")],
+    stack: StackOpt = "local",
+    state_dir: StateOpt = None,
+) -> None:
+    """Send the rows of FILE to an endpoint and print the predictions."""
+    url = _endpoint_url(endpoint, stack, state_dir)
+    try:
+        records = read_records(file)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        response = httpx.post(f"{url}/invocations", json={"instances": records}, timeout=60)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {url}: {exc}; is it up? (mlinfra status)") from None
+    if response.status_code != 200:
+        raise _fail(f"{url} answered {response.status_code}: {response.text.strip()}")
+    predictions = response.json()["predictions"]
+    console.print(predictions_table(records, predictions))
+
+
+def _endpoint_url(endpoint: str, stack: str, state_dir: Path | None) -> str:
+    if endpoint.startswith(("http://", "https://")):
+        return endpoint.rstrip("/")
+    paths = localenv.StackPaths.of(stack, state_dir)
+    if not paths.descriptor.is_file():
+        raise _fail(f"stack {stack} is not up ({paths.descriptor} missing): run mlinfra up")
+    descriptor = load_descriptor(paths.descriptor)
+    ref = descriptor.endpoints.get(endpoint)
+    if ref is None or not ref.url:
+        known = ", ".join(descriptor.endpoints) or "none"
+        raise _fail(f"no endpoint {endpoint!r} in stack {stack}; endpoints: {known}")
+    return ref.url
+
+
+def read_records(file: Path) -> list[dict[str, Any]]:
+    """CSV with a header, a JSON list of objects, `{"instances": [...]}`, or JSON lines."""
+    if not file.is_file():
+        raise ValueError(f"{file}: no such file")
+    if file.suffix.lower() == ".csv":
+        try:
+            frame = pd.read_csv(file)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file}: not a readable CSV: {exc}") from None
+        # JSON has no NaN: a missing value travels as null.
+        frame = frame.astype(object).where(frame.notna(), None)
+        records = frame.to_dict(orient="records")
+    else:
+        text = file.read_text()
+        try:
+            doc: Any = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                doc = [json.loads(line) for line in text.splitlines() if line.strip()]
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}: neither JSON nor JSON lines: {exc}") from None
+        if isinstance(doc, dict) and "instances" in doc:
+            doc = doc["instances"]
+        if isinstance(doc, dict):
+            doc = [doc]
+        if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
+            raise ValueError(f"{file}: expected objects {{column: value}}, one per row")
+        records = doc
+    if not records:
+        raise ValueError(f"{file}: no rows")
+    return records
+
+
+def predictions_table(records: list[dict], predictions: list) -> Table:
+    table = Table(title=f"{len(predictions)} predictions")
+    table.add_column("#", justify="right")
+    table.add_column("prediction")
+    table.add_column("probabilities / value")
+    for i, pred in enumerate(predictions):
+        if isinstance(pred, dict):
+            probs = ", ".join(f"{k}: {v:.3f}" for k, v in pred.get("probabilities", {}).items())
+            table.add_row(str(i), str(pred.get("label")), probs)
+        else:
+            table.add_row(str(i), f"{pred:.4g}" if isinstance(pred, float) else str(pred), "")
+    return table
+
+
+@app.command()
+def pipeline(
+    stack: StackOpt = "local",
+    state_dir: StateOpt = None,
+    rows: Annotated[int, typer.Option(help="Label rows of churn data", min=100)] = 20_000,
+    epochs: Annotated[int, typer.Option(help="Most training epochs", min=1)] = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the generated data")] = 0,
+    stacks_dir: StacksDirOpt = Path("stacks"),
+) -> None:
+    """The reference lifecycle: data -> features -> train -> register -> gate -> rollout."""
+    from workloads.pipeline import PipelineError, run_pipeline
+
+    try:
+        run_pipeline(
+            stack,
+            state_dir,
+            rows=rows,
+            epochs=epochs,
+            seed=seed,
+            stacks_dir=stacks_dir,
+            console=console,
+        )
+    except (SpecError, localenv.LocalEnvError, PipelineError) as exc:
+        raise _fail(str(exc)) from None
+
+
+if __name__ == "__main__":
+    app()

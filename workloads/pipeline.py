@@ -1,0 +1,456 @@
+"""The reference lifecycle on the local platform, end to end.
+
+    generate (or load) churn data -> ingest into the feature groups -> point-in-time training
+    set -> train (a subprocess under the SageMaker training contract) -> publish the artifact
+    -> register with its metrics -> approve if it passes the group's gate -> roll out to the
+    endpoint -> sample requests
+
+It reads only the platform descriptor, so the steps are the same ones a cloud run makes.
+
+Resumable: a run's progress is saved in `<state>/<stack>/pipeline/run.json` after every
+step, and a run that was interrupted (a crash, Ctrl-C, a failed training) carries on from
+where it stopped when the pipeline is run again: training resumes from its checkpoint, the
+artifact is published by one atomic rename, and a version is registered only once the
+artifact is complete (a version already registered for the same artifact is reused, never
+registered twice). Data files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from components.spec import load_stack
+from workloads import churn, localenv
+from workloads.platform import PlatformDescriptor, load_descriptor
+
+FEATURE_GROUPS = ("customer-profile", "customer-activity")
+LAUNCHER_ENV = "MLINFRA_TRAIN_LAUNCHER"  # e.g. "torchrun --nproc-per-node 2"
+SAMPLE_REQUESTS = 5
+
+
+class PipelineError(RuntimeError):
+    """A step that cannot complete; the message says which and why."""
+
+
+class RunState(BaseModel):
+    """One pipeline run's progress, saved after every step."""
+
+    run_id: str
+    dataset: str
+    rows: int
+    seed: int
+    epochs: int
+    model_group: str
+    done: list[str] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    model_uri: str | None = None
+    version: int | None = None
+    status: str | None = None
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write through a temporary name in the same folder, then rename: no partial files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        stack: str,
+        state: str | Path | None,
+        *,
+        rows: int,
+        epochs: int,
+        seed: int,
+        stacks_dir: str | Path,
+        console: Console,
+    ):
+        self.stack, self.state, self.stacks_dir = stack, state, stacks_dir
+        self.rows, self.epochs, self.seed = rows, epochs, seed
+        self.console = console
+        self.spec = load_stack(stack, stacks_dir)
+        self.paths = localenv.StackPaths.of(stack, state)
+        if not self.paths.descriptor.is_file():
+            raise PipelineError(
+                f"stack {stack} is not up ({self.paths.descriptor} is missing): "
+                f"run `mlinfra up --stack {stack}` first"
+            )
+        self.descriptor: PlatformDescriptor = load_descriptor(self.paths.descriptor)
+        missing = [g for g in FEATURE_GROUPS if g not in self.descriptor.feature_store.groups]
+        if missing:
+            raise PipelineError(
+                f"stack {stack} declares no feature group(s) {missing}: the churn pipeline needs "
+                f"{', '.join(FEATURE_GROUPS)} (see stacks/Pulumi.local.yaml)"
+            )
+        if not self.spec.endpoints:
+            raise PipelineError(f"stack {stack} declares no endpoint to roll the model out to")
+        self.endpoint = self.spec.endpoints[0]
+        self.group = self.endpoint.model_group
+        self.dataset = f"churn-rows{rows}-seed{seed}"
+        self.buckets = {
+            k: localenv.uri_path(v) for k, v in self.descriptor.buckets.model_dump().items()
+        }
+        self.run_file = self.paths.pipeline / "run.json"
+
+    # --- run state ---------------------------------------------------------------------------
+
+    def load_or_start_run(self) -> RunState:
+        if self.run_file.is_file():
+            run = RunState.model_validate_json(self.run_file.read_text())
+            if (run.dataset, run.epochs) == (self.dataset, self.epochs):
+                self.console.print(
+                    f"resuming run {run.run_id} (done: {', '.join(run.done) or 'nothing'})",
+                    highlight=False,
+                )
+                return run
+            self.console.print(
+                f"an interrupted run {run.run_id} used other settings; starting a new run",
+                highlight=False,
+            )
+        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        run = RunState(
+            run_id=run_id,
+            dataset=self.dataset,
+            rows=self.rows,
+            seed=self.seed,
+            epochs=self.epochs,
+            model_group=self.group,
+        )
+        self.save(run)
+        return run
+
+    def save(self, run: RunState) -> None:
+        _atomic_write(self.run_file, lambda p: p.write_text(run.model_dump_json(indent=2)))
+
+    def run_dir(self, run: RunState) -> Path:
+        return self.paths.pipeline / "runs" / run.run_id
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def generate(self) -> churn.ChurnData:
+        """Generate the data once per (rows, seed) into the raw bucket; later runs load it."""
+        folder = self.buckets["raw"] / "churn" / self.dataset
+        files = {name: folder / f"{name}.parquet" for name in ("profile", "activity", "labels")}
+        if all(f.is_file() for f in files.values()):
+            frames = {name: pd.read_parquet(f) for name, f in files.items()}
+            return churn.ChurnData(**frames)
+        data = churn.generate_churn(self.rows, seed=self.seed)
+        for name, path in files.items():
+            frame: pd.DataFrame = getattr(data, name)
+            _atomic_write(path, lambda p, f=frame: f.to_parquet(p, index=False))
+        return data
+
+    def ingest(self, data: churn.ChurnData) -> dict[str, int]:
+        """Each feature group is ingested once per data set (a marker file says it is done)."""
+        marker_dir = self.paths.pipeline / "ingested"
+        held = sorted({p.parent.name for p in marker_dir.glob("*/*.done")} - {self.dataset})
+        if held:
+            raise PipelineError(
+                f"the feature store already holds data set {held[0]}; its customers would mix "
+                f"with {self.dataset}'s. Use the same --rows/--seed, or start afresh with "
+                f"`mlinfra down --stack {self.stack} --purge` and `mlinfra up`"
+            )
+        store = self.feature_store()
+        counts = {}
+        for group, frame in zip(FEATURE_GROUPS, (data.profile, data.activity), strict=True):
+            marker = marker_dir / self.dataset / f"{group}.done"
+            if marker.is_file():
+                counts[group] = int(marker.read_text())
+                continue
+            counts[group] = store.ingest(group, frame)
+            _atomic_write(marker, lambda p, n=counts[group]: p.write_text(str(n)))
+        return counts
+
+    def training_set(self, data: churn.ChurnData) -> tuple[Path, Path, int, int]:
+        """Point-in-time join of the labels with both groups, split by time, as CSV."""
+        folder = self.buckets["artifacts"] / "datasets" / self.group / self.dataset
+        train_csv = folder / "train" / "train.csv"
+        validation_csv = folder / "validation" / "validation.csv"
+        if train_csv.is_file() and validation_csv.is_file():
+            return train_csv, validation_csv, *self._count_rows(train_csv, validation_csv)
+        joined = self.feature_store().training_set(
+            data.labels,
+            list(FEATURE_GROUPS),
+            entity_column=churn.ENTITY,
+            time_column=churn.TIME,
+        )
+        columns = churn.FEATURES + [churn.TARGET]
+        missing = [c for c in columns if c not in joined.columns]
+        if missing:
+            raise PipelineError(f"the training set lacks columns {missing}")
+        train, validation = churn.time_split(joined)
+        for frame, path in ((train, train_csv), (validation, validation_csv)):
+            _atomic_write(path, lambda p, f=frame: f[columns].to_csv(p, index=False))
+        return train_csv, validation_csv, len(train), len(validation)
+
+    @staticmethod
+    def _count_rows(*files: Path) -> tuple[int, int]:
+        a, b = (sum(1 for _ in f.open()) - 1 for f in files)
+        return a, b
+
+    def train(self, run: RunState, train_csv: Path, validation_csv: Path) -> dict[str, float]:
+        """The training job, as SageMaker would run it: channels, model dir, output, HPs."""
+        run_dir = self.run_dir(run)
+        model_dir, output_dir = run_dir / "model", run_dir / "output"
+        metrics_file = output_dir / "metrics.json"
+        if (model_dir / "meta.json").is_file() and metrics_file.is_file():
+            return json.loads(metrics_file.read_text())["metrics"]  # trained before a crash
+        for folder in (model_dir, output_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        hps = {"target": churn.TARGET, "epochs": self.epochs, "seed": self.seed}
+        hps |= {"batch_size": 256, "hidden_sizes": [64, 32], "patience": 5}
+        env = dict(os.environ)
+        env |= {
+            "SM_CHANNEL_TRAIN": str(train_csv.parent),
+            "SM_CHANNEL_VALIDATION": str(validation_csv.parent),
+            "SM_MODEL_DIR": str(model_dir),
+            "SM_OUTPUT_DATA_DIR": str(output_dir),
+            "SM_CHECKPOINT_DIR": str(run_dir / "checkpoints"),
+            "MLINFRA_CHECKPOINT_DIR": str(run_dir / "checkpoints"),
+            "MLINFRA_FAILURE_FILE": str(run_dir / "failure"),
+            "SM_HPS": json.dumps(hps),
+            "MLINFRA_PLATFORM": str(self.paths.descriptor),
+        }
+        launcher = shlex.split(os.environ.get(LAUNCHER_ENV) or shlex.quote(sys.executable))
+        cmd = [*launcher, "-m", "workloads.train"]
+        log_path = run_dir / "train.log"
+        (run_dir / "failure").unlink(missing_ok=True)
+        with open(log_path, "ab") as log:
+            code = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            failure = run_dir / "failure"
+            reason = failure.read_text().strip() if failure.is_file() else ""
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+            raise PipelineError(
+                f"training failed (exit {code}); run the pipeline again to resume from the "
+                f"last checkpoint.\n{reason or tail}\nlog: {log_path}"
+            )
+        return json.loads(metrics_file.read_text())["metrics"]
+
+    def publish(self, run: RunState) -> str:
+        """Copy the model into the artifacts bucket in one rename: complete or absent."""
+        target = self.buckets["artifacts"] / "models" / self.group / run.run_id
+        if not (target / "meta.json").is_file():
+            for stale in target.parent.glob(f".{target.name}.*.tmp"):  # an interrupted copy
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:6]}.tmp")
+            shutil.copytree(self.run_dir(run) / "model", tmp)
+            try:
+                os.rename(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return localenv.file_uri(target)
+
+    def register(self, run: RunState) -> int:
+        """Register once: a version already made for this artifact is reused."""
+        registry = self.registry()
+        assert run.model_uri is not None
+        for version in registry.list_versions(self.group):
+            if version.model_uri == run.model_uri:
+                return version.version
+        version = registry.register(
+            self.group,
+            run.model_uri,
+            run.metrics,
+            image=f"{self.descriptor.registry.repositories.get('serve', 'local')}:local",
+            description=f"pipeline run {run.run_id}, data {run.dataset}",
+        )
+        return version.version
+
+    def gate(self, run: RunState) -> tuple[str, str]:
+        registry = self.registry()
+        assert run.version is not None
+        current = registry.get(self.group, run.version)
+        if current.status != "PendingManualApproval":
+            return current.status, "decided before"
+        gate = self.descriptor.registry.model_groups[self.group].gate
+        if gate is None:
+            return current.status, "the model group has no gate: approve it by hand"
+        value = run.metrics.get(gate.metric)
+        sign = ">=" if gate.mode == "max" else "<="
+        rule = f"{gate.metric} {sign} {gate.threshold}"
+        if value is None:
+            return current.status, f"metric {gate.metric!r} missing from {sorted(run.metrics)}"
+        if registry.passes_gate(self.group, run.metrics):
+            registry.approve(self.group, run.version, reason=f"gate {rule}: {value:.4f}")
+            return "Approved", f"{gate.metric} {value:.4f} passes {rule}"
+        return current.status, f"{gate.metric} {value:.4f} fails {rule}; left pending"
+
+    def rollout(self) -> list[str]:
+        return localenv.up(self.stack, self.state, stacks_dir=self.stacks_dir).messages
+
+    def sample(self, validation_csv: Path) -> tuple[list[dict], list[Any], list[Any]]:
+        frame = pd.read_csv(validation_csv, nrows=SAMPLE_REQUESTS)
+        truth = frame[churn.TARGET].tolist()
+        features = frame[churn.FEATURES]
+        records = features.astype(object).where(features.notna(), None).to_dict("records")
+        url = self.endpoint_url()
+        response = httpx.post(f"{url}/invocations", json={"instances": records}, timeout=60)
+        if response.status_code != 200:
+            raise PipelineError(f"{url}/invocations answered {response.status_code}: "
+                                f"{response.text.strip()}")  # fmt: skip
+        return records, response.json()["predictions"], truth
+
+    def endpoint_url(self) -> str:
+        descriptor = load_descriptor(self.paths.descriptor)  # up may have moved the port
+        return descriptor.endpoints[self.endpoint.name].url or ""
+
+    # --- backends ----------------------------------------------------------------------------
+
+    def feature_store(self):
+        from workloads.featurestore import feature_store_from_descriptor
+
+        return feature_store_from_descriptor(self.descriptor)
+
+    def registry(self):
+        from workloads.registry import registry_from_descriptor
+
+        return registry_from_descriptor(self.descriptor)
+
+    # --- the whole run -----------------------------------------------------------------------
+
+    def run(self) -> RunState:
+        run = self.load_or_start_run()
+        say = self.console.print
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=False) as progress:
+
+            def step(name: str, text: str) -> Callable[[str], None]:
+                task = progress.add_task(f"{name}: {text}", total=1)
+
+                def finish(result: str) -> None:
+                    progress.update(task, description=f"[green]✓[/] {name}: {result}")
+                    progress.update(task, completed=1)
+                    if name not in run.done:
+                        run.done.append(name)
+                        self.save(run)
+
+                return finish
+
+            finish = step("data", f"churn data, {self.rows} label rows, seed {self.seed}")
+            data = self.generate()
+            finish(
+                f"{len(data.labels)} labels, {len(data.profile)} profile and "
+                f"{len(data.activity)} activity records"
+            )
+
+            finish = step("ingest", "feature groups " + ", ".join(FEATURE_GROUPS))
+            counts = self.ingest(data)
+            finish(", ".join(f"{g}: {n} records" for g, n in counts.items()))
+
+            finish = step("training set", "point-in-time join, split by time")
+            train_csv, validation_csv, n_train, n_val = self.training_set(data)
+            finish(f"{n_train} train / {n_val} validation rows (later period)")
+
+            finish = step("train", f"python -m workloads.train, {self.epochs} epochs at most")
+            run.metrics = self.train(run, train_csv, validation_csv)
+            finish(", ".join(f"{k} {v:.4f}" for k, v in run.metrics.items()))
+
+            finish = step("publish", "model artifact into the artifacts bucket")
+            run.model_uri = self.publish(run)
+            finish(run.model_uri)
+
+            finish = step("register", f"model group {self.group}")
+            run.version = self.register(run)
+            finish(f"{self.group} v{run.version}")
+
+            finish = step("gate", "approval gate of the model group")
+            run.status, why = self.gate(run)
+            finish(f"{run.status}: {why}")
+
+            if run.status == "Approved":
+                finish = step("rollout", f"endpoint {self.endpoint.name}")
+                messages = self.rollout()
+                finish("; ".join(messages) or "already serving it")
+            else:
+                say(f"[yellow]v{run.version} is {run.status}: {why}; the endpoint keeps "
+                    "serving the previous approved version (if any)[/]")  # fmt: skip
+        self._report(run, validation_csv)
+        # Done: the next pipeline run starts a new run (and registers a new version).
+        shutil.move(self.run_file, self.run_dir(run) / "run.json")
+        return run
+
+    def _report(self, run: RunState, validation_csv: Path) -> None:
+        say = self.console.print
+        metrics = Table(title=f"metrics of run {run.run_id} (validation = the later period)")
+        metrics.add_column("metric")
+        metrics.add_column("value", justify="right")
+        for name, value in run.metrics.items():
+            metrics.add_row(name, f"{value:.4f}")
+        say(metrics)
+        say(f"registered: {self.group} v{run.version} ({run.status}) at {run.model_uri}")
+        statuses = {s.name: s for s in localenv.status(self.stack, self.state)}
+        ep = statuses.get(self.endpoint.name)
+        if ep is None or ep.state != "serving":
+            say(f"endpoint {self.endpoint.name}: {ep.state if ep else 'unknown'}")
+            return
+        records, predictions, truth = self.sample(validation_csv)
+        table = Table(
+            title=f"sample requests to {ep.url}/invocations (serving v{ep.model_version})"
+        )
+        for col in (
+            "plan",
+            "sessions_30d",
+            "support_tickets_30d",
+            "predicted",
+            "p(churn)",
+            "actual",
+        ):
+            table.add_column(col)
+        for record, pred, actual in zip(records, predictions, truth, strict=True):
+            probability = pred.get("probabilities", {}).get("1") if isinstance(pred, dict) else None
+            table.add_row(
+                str(record["plan"]),
+                str(record["sessions_30d"]),
+                str(record["support_tickets_30d"]),
+                str(pred.get("label") if isinstance(pred, dict) else pred),
+                "-" if probability is None else f"{probability:.3f}",
+                str(actual),
+            )
+        say(table)
+        say(f"endpoint {ep.name}: {ep.url} (serving {self.group} v{ep.model_version})")
+
+
+def run_pipeline(
+    stack: str = "local",
+    state: str | Path | None = None,
+    *,
+    rows: int = 20_000,
+    epochs: int = 30,
+    seed: int = 0,
+    stacks_dir: str | Path = "stacks",
+    console: Console | None = None,
+) -> RunState:
+    pipeline = Pipeline(
+        stack,
+        state,
+        rows=rows,
+        epochs=epochs,
+        seed=seed,
+        stacks_dir=stacks_dir,
+        console=console or Console(),
+    )
+    return pipeline.run()
