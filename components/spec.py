@@ -571,7 +571,7 @@ def parse_spec(values: dict[str, Any], source: str) -> PlatformSpec:
                     f"; allowed: {_allowed_keys()}" if len(err["loc"]) == 1 else ""
                 )
             elif err["type"] == "literal_error":
-                msg = f"{err['input']!r} is not allowed; {msg.lower()}"
+                msg = f"{err['input']!r} is not allowed; {msg[:1].lower()}{msg[1:]}"
             elif err["type"] == "value_error":
                 # Model validators prefix each problem with the field it is about.
                 for line in msg.split("\n"):

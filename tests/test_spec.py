@@ -1,0 +1,311 @@
+"""The spec: every stack parses, bad configs fail with the exact field, before any resource.
+
+Each bad config starts from a real stack file and changes one thing; its SpecError must
+name exactly that field. The same broken config is then run through the real program
+under Pulumi mocks, which must register nothing at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.mockrun import project_defaults, render_stack
+from components.spec import SpecError, load_stack, load_stack_file, parse_spec
+
+STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
+STACK_FILES = sorted(STACKS_DIR.glob("Pulumi.*.yaml"))
+
+
+def stack_name(path: Path) -> str:
+    return path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+
+
+def config_of(stack: str) -> dict[str, Any]:
+    doc = yaml.safe_load((STACKS_DIR / f"Pulumi.{stack}.yaml").read_text())
+    return copy.deepcopy(doc["config"])
+
+
+def mutated(stack: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    config = config_of(stack)
+    change(config)
+    return config
+
+
+def as_pulumi_config(config: dict[str, Any]) -> dict[str, str]:
+    """What the Pulumi CLI hands the program: project defaults applied, values as strings."""
+    values = {**project_defaults(), **config}
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+@pytest.mark.parametrize("path", STACK_FILES, ids=stack_name)
+def test_every_stack_parses(path: Path):
+    spec = load_stack_file(path)
+    assert spec.prefix == f"{spec.team}-{spec.environment}"
+    assert stack_name(path) in {spec.prefix, "local"}
+
+
+def test_stacks_differ_like_real_teams():
+    specs = {stack_name(p): load_stack_file(p) for p in STACK_FILES}
+    teams = {s.team for name, s in specs.items() if name != "local"}
+    assert len(teams) >= 2
+    for team in teams:
+        dev, prod = specs[f"{team}-dev"], specs[f"{team}-prod"]
+        assert not dev.protect_data and prod.protect_data
+        assert dev.budget.monthly_limit_usd < prod.budget.monthly_limit_usd
+        assert dev.cluster.quota.gpus < prod.cluster.quota.gpus
+
+
+def _walk(path: str) -> tuple[str, list[str | int]]:
+    """'mlinfra:cluster.gpuPools[0].minSize' -> ('mlinfra:cluster', ['gpuPools', 0, 'minSize'])."""
+    key = re.match(r"[^.\[]+", path)[0]  # type: ignore[index]
+    parts = [int(i) if i else name for name, i in re.findall(r"\.(\w+)|\[(\d+)\]", path)]
+    return key, parts
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A change that sets one field of the config."""
+
+    def change(config: dict[str, Any]) -> None:
+        key, parts = _walk(path)
+        if not parts:
+            config[key] = value
+            return
+        node = config[key]
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = value
+
+    return change
+
+
+def _drop(path: str) -> Callable[[dict[str, Any]], None]:
+    def change(config: dict[str, Any]) -> None:
+        key, parts = _walk(path)
+        if not parts:
+            del config[key]
+            return
+        node = config[key]
+        for part in parts[:-1]:
+            node = node[part]
+        del node[parts[-1]]
+
+    return change
+
+
+def _both(*changes: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def change(config: dict[str, Any]) -> None:
+        for one in changes:
+            one(config)
+
+    return change
+
+
+# (stack to start from, the one change, the exact field path SpecError must name)
+BAD_CONFIGS = [
+    ("vision-dev", _set("mlinfra:endpoint", []), "mlinfra:endpoint"),
+    ("vision-dev", _set("mlinfra:team", "Vision_Team"), "mlinfra:team"),
+    ("vision-dev", _set("mlinfra:environment", "production"), "mlinfra:environment"),
+    ("vision-dev", _set("aws:region", "us-east"), "aws:region"),
+    ("vision-dev", _drop("mlinfra:budget"), "mlinfra:budget"),
+    ("vision-dev", _drop("mlinfra:costCenter"), "mlinfra:costCenter"),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].instanceTypes[1]", "m5.2xlarge"),
+        "mlinfra:cluster.gpuPools[0].instanceTypes[1]",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[1].minSize", 5),
+        "mlinfra:cluster.gpuPools[1].minSize",
+    ),
+    (
+        "vision-prod",
+        _set("mlinfra:cluster.gpuPools[1].desiredSize", 20),
+        "mlinfra:cluster.gpuPools[1].desiredSize",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].capacity", "sometimes"),
+        "mlinfra:cluster.gpuPools[0].capacity",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].instanceType", "g5.xlarge"),
+        "mlinfra:cluster.gpuPools[0].instanceType",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[1].name", "train-a10g"),
+        "mlinfra:cluster.gpuPools",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.systemPool.minSize", 9),
+        "mlinfra:cluster.systemPool.minSize",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:featureGroups[0].recordIdentifier", "uuid"),
+        "mlinfra:featureGroups[0].recordIdentifier",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:featureGroups[0].eventTime", "width"),
+        "mlinfra:featureGroups[0].eventTime",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:featureGroups[0].features[2].type", "float"),
+        "mlinfra:featureGroups[0].features[2].type",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:featureGroups[0].name", "image_stats"),
+        "mlinfra:featureGroups[0].name",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:featureGroups[0].name", "x" * 60),
+        "mlinfra:featureGroups[0].name",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:endpoints[0].modelGroup", "ghost"),
+        "mlinfra:endpoints[0].modelGroup",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:endpoints[0].nodePool", "train-h100"),
+        "mlinfra:endpoints[0].nodePool",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:endpoints[0].nodePool", "system"),
+        "mlinfra:endpoints[0].gpus",
+    ),
+    (
+        "nlp-dev",
+        _set("mlinfra:endpoints[0].minInstances", 3),
+        "mlinfra:endpoints[0].minInstances",
+    ),
+    (
+        "nlp-dev",
+        _set("mlinfra:endpoints[0].instanceType", "m5.large"),
+        "mlinfra:endpoints[0].instanceType",
+    ),
+    (
+        "nlp-prod",
+        _set("mlinfra:network.privateSubnetIds", ["subnet-0aa11bb22cc33dd44"]),
+        "mlinfra:network.privateSubnetIds",
+    ),
+    ("vision-prod", _set("mlinfra:network.cidr", "10.20.0.0/8"), "mlinfra:network.cidr"),
+    ("vision-dev", _set("mlinfra:budget.alertEmails", ["finops"]), "mlinfra:budget.alertEmails[0]"),
+    # Prod is stricter than dev: each of these is fine in the dev stack.
+    (
+        "vision-prod",
+        _drop("mlinfra:endpoints[1].modelVersion"),
+        "mlinfra:endpoints[1].modelVersion",
+    ),
+    (
+        "vision-prod",
+        _set("mlinfra:endpoints[1].dataCapture", {"enabled": False}),
+        "mlinfra:endpoints[1].dataCapture.enabled",
+    ),
+    ("vision-prod", _set("mlinfra:storage.protect", False), "mlinfra:storage.protect"),
+    (
+        "vision-prod",
+        _both(
+            _set("mlinfra:cluster.publicEndpoint", True),
+            _set("mlinfra:cluster.publicAccessCidrs", ["203.0.113.0/24"]),
+        ),
+        "mlinfra:cluster.publicEndpoint",
+    ),
+]
+
+
+def _case_id(case: tuple[str, Any, str]) -> str:
+    return f"{case[0]}:{case[2]}"
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=[_case_id(c) for c in BAD_CONFIGS])
+def test_bad_config_names_its_field(case):
+    stack, change, field = case
+    source = f"stacks/Pulumi.{stack}.yaml"
+    with pytest.raises(SpecError) as err:
+        parse_spec(mutated(stack, change), source)
+    assert err.value.fields == [field], str(err.value)
+    assert source in str(err.value)
+    assert field in str(err.value)
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=[_case_id(c) for c in BAD_CONFIGS])
+def test_bad_config_registers_no_resource(case):
+    stack, change, field = case
+    rendered = render_stack(
+        stack, STACKS_DIR, config=as_pulumi_config(mutated(stack, change)), raise_errors=False
+    )
+    assert isinstance(rendered.error, SpecError), rendered.error
+    assert rendered.error.fields == [field]
+    assert rendered.resources == []
+
+
+def test_the_unbroken_config_renders():
+    """The mutation harness itself: the untouched config passes through the same path."""
+    rendered = render_stack(
+        "vision-dev", STACKS_DIR, config=as_pulumi_config(config_of("vision-dev"))
+    )
+    assert rendered.error is None
+    assert len(rendered.resources) > 50
+
+
+def test_prod_rules_do_not_apply_to_dev():
+    config = mutated("vision-prod", _drop("mlinfra:endpoints[1].modelVersion"))
+    config["mlinfra:environment"] = "dev"
+    spec = parse_spec(config, "test")
+    assert spec.endpoints[1].model_version is None
+    with pytest.raises(SpecError):
+        parse_spec({**config, "mlinfra:environment": "prod"}, "test")
+
+
+def test_several_problems_are_reported_together():
+    config = mutated("vision-dev", _set("mlinfra:team", "X"))
+    _set("mlinfra:cluster.gpuPools[0].capacity", "sometimes")(config)
+    with pytest.raises(SpecError) as err:
+        parse_spec(config, "stacks/Pulumi.vision-dev.yaml")
+    assert set(err.value.fields) == {"mlinfra:team", "mlinfra:cluster.gpuPools[0].capacity"}
+
+
+def test_messages_say_what_is_allowed():
+    config = mutated("vision-dev", _set("mlinfra:cluster.gpuPools[0].instanceTypes[0]", "m5.large"))
+    with pytest.raises(SpecError) as err:
+        parse_spec(config, "stacks/Pulumi.vision-dev.yaml")
+    assert "g5.*" in str(err.value) and "m5.large" in str(err.value)
+    config = mutated("vision-dev", _set("mlinfra:cluster.gpuPools[0].capacity", "sometimes"))
+    with pytest.raises(SpecError) as err:
+        parse_spec(config, "stacks/Pulumi.vision-dev.yaml")
+    assert "onDemand" in str(err.value) and "spot" in str(err.value)
+
+
+def test_structured_values_arrive_as_json_strings():
+    """The CLI passes objects and lists as JSON text; the spec takes both forms."""
+    as_text = {
+        k: json.dumps(v) if not isinstance(v, str) else v for k, v in config_of("nlp-dev").items()
+    }
+    assert parse_spec(as_text, "test") == load_stack("nlp-dev", STACKS_DIR)
+    with pytest.raises(SpecError) as err:
+        parse_spec({**as_text, "mlinfra:cluster": "{not json"}, "test")
+    assert err.value.fields == ["mlinfra:cluster"]
+
+
+def test_a_missing_stack_file_is_a_spec_error(tmp_path: Path):
+    with pytest.raises(SpecError) as err:
+        load_stack("nowhere", tmp_path)
+    assert err.value.fields == ["file"]
