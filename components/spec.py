@@ -146,9 +146,7 @@ class SystemPoolSpec(_Spec):
     @model_validator(mode="after")
     def _sizes(self) -> SystemPoolSpec:
         if self.min_size > self.max_size:
-            raise ValueError(
-                f"minSize: {self.min_size} must be <= maxSize ({self.max_size})"
-            )
+            raise ValueError(f"minSize: {self.min_size} must be <= maxSize ({self.max_size})")
         return self
 
 
@@ -156,9 +154,7 @@ class GpuPoolSpec(_Spec):
     name: K8sName
     instance_types: list[str] = Field(min_length=1)
     capacity: Literal["onDemand", "spot"] = "onDemand"
-    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = (
-        "AL2023_x86_64_NVIDIA"
-    )
+    ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
     min_size: int = Field(default=0, ge=0)  # 0: scale from zero, pay nothing while idle
     max_size: int = Field(default=2, ge=1)
     desired_size: int | None = None  # defaults to minSize
@@ -344,8 +340,7 @@ class EndpointSpec(_Spec):
     def _check(self) -> EndpointSpec:
         if self.min_instances > self.max_instances:
             raise ValueError(
-                f"minInstances: {self.min_instances} must be <= maxInstances "
-                f"({self.max_instances})"
+                f"minInstances: {self.min_instances} must be <= maxInstances ({self.max_instances})"
             )
         return self
 
@@ -438,7 +433,10 @@ _SUBFIELD_RE = re.compile(r"^([a-zA-Z]+(?:\[\d+\])?(?:\.[a-zA-Z]+(?:\[\d+\])?)*)
 
 
 def _path(loc: tuple[Any, ...]) -> str:
-    """('cluster', 'gpuPools', 0, 'instanceTypes') -> 'mlinfra:cluster.gpuPools[0].instanceTypes'."""
+    """The config path of a pydantic error location.
+
+    ('cluster', 'gpuPools', 0, 'instanceTypes') -> 'mlinfra:cluster.gpuPools[0].instanceTypes'
+    """
     if not loc:
         return f"{NAMESPACE}:"
     out = _config_key(str(loc[0]))
@@ -576,9 +574,7 @@ def parse_spec(values: dict[str, Any], source: str) -> PlatformSpec:
                 # Model validators prefix each problem with the field it is about.
                 for line in msg.split("\n"):
                     sub = _SUBFIELD_RE.match(line)
-                    problems.append(
-                        (f"{path}.{sub[1]}", sub[2]) if sub else (path, line)
-                    )
+                    problems.append((f"{path}.{sub[1]}", sub[2]) if sub else (path, line))
                 continue
             problems.append((path, msg))
         raise SpecError(source, problems) from None
