@@ -697,3 +697,78 @@ def test_bad_endpoint_inputs_name_the_field(endpoint, with_cluster, field_path):
     with pytest.raises(ValueError, match="^" + re.escape(field_path) + ":"):
         _sync_await(run_pulumi_func(program))
     assert not any(r.type.startswith("aws:") for r in monitor.registered)
+
+
+# --- inside the real program (components.mockrun) ------------------------------------------
+
+_PROGRAM: dict[str, Any] = {}
+
+
+@pytest.fixture(params=[p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in STACKS])
+def program(request):
+    """The whole program (`stacks/__main__.py`) for one stack, rendered under mocks."""
+    from components.mockrun import render_stack
+
+    if request.param not in _PROGRAM:
+        _PROGRAM[request.param] = render_stack(request.param)
+    return _PROGRAM[request.param]
+
+
+def test_program_wires_the_services_to_the_lake_network_and_cluster(program):
+    from workloads.platform import PlatformDescriptor
+
+    descriptor = PlatformDescriptor.model_validate(program.outputs["platform"])
+    spec = load_stack_file(Path("stacks") / f"Pulumi.{program.stack}.yaml")
+    kms = program.one("aws:kms/key:Key", "datalake-key").outputs["arn"]
+    buckets = {k: v.removeprefix("s3://") for k, v in descriptor.buckets.model_dump().items()}
+
+    for fg in program.by_type("aws:sagemaker/featureGroup:FeatureGroup"):
+        offline = fg.inputs.get("offlineStoreConfig")
+        if offline:
+            assert offline["s3StorageConfig"]["s3Uri"].startswith(f"s3://{buckets['features']}/")
+            assert offline["s3StorageConfig"]["kmsKeyId"] == kms
+    for group in spec.feature_groups:
+        ref = descriptor.feature_store.groups[group.name]
+        assert ref.offline_uri == (
+            f"s3://{buckets['features']}/offline/{group.name}" if group.offline else None
+        )
+    for repo in program.by_type("aws:ecr/repository:Repository"):
+        assert repo.inputs["encryptionConfigurations"][0]["kmsKey"] == kms
+
+    for config in program.by_type("aws:sagemaker/endpointConfiguration:EndpointConfiguration"):
+        capture = config.inputs["dataCaptureConfig"]
+        assert capture["destinationS3Uri"].startswith(f"s3://{buckets['logs']}/data-capture/")
+        assert capture["kmsKeyId"] == kms
+    subnets = {s.id for s in program.by_type("aws:ec2/subnet:Subnet")} or set(
+        spec.network.private_subnet_ids
+    )
+    for model in program.by_type("aws:sagemaker/model:Model"):
+        assert set(model.inputs["vpcConfig"]["subnets"]) <= subnets
+        assert len(model.inputs["vpcConfig"]["securityGroupIds"]) == 1
+
+    [provider] = program.by_type("pulumi:providers:kubernetes")
+    endpoints = program.one("mlinfra:endpoints:Endpoints")
+    for r in program.resources:
+        if r.parent == endpoints.urn and r.type.startswith("kubernetes:"):
+            assert r.provider.startswith(provider.urn), r.name
+            assert r.inputs["metadata"]["namespace"] == descriptor.cluster.namespace
+    for ep in spec.endpoints:
+        ref = descriptor.endpoints[ep.name]
+        assert ref.name == f"{spec.prefix}-{ep.name}"
+        if ep.kind == "kubernetes":
+            assert ref.url == (
+                f"http://{spec.prefix}-{ep.name}.{descriptor.cluster.namespace}.svc.cluster.local"
+            )
+        else:
+            assert ref.url is None
+
+
+def test_program_service_resources_are_children_of_their_components(program):
+    owned = {t: program.one(t) for t in COMPONENT_TYPES}
+    for r in program.resources:
+        component = program.component_of(r)
+        if component is not None and component.type in COMPONENT_TYPES:
+            assert r.parent == component.urn, f"{r.type} {r.name}"
+    assert all(c.parent and "pulumi:pulumi:Stack" in c.parent for c in owned.values())
+    assert not [w for w in program.warnings if "deprecat" in w.lower()]
+    assert not [m for _, m in program.logs if "deprecat" in m.lower()]
