@@ -33,7 +33,9 @@ def to_utc(values: pd.Series, what: str) -> pd.Series:
         elif pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(
             values.dtype
         ):
-            out = pd.to_datetime(values, unit="s", utc=True).dt.tz_localize(None)
+            # Whole microseconds first: float seconds times 1e9 would smear the last digits.
+            micros = np.round(values.astype("float64") * 1e6)
+            out = pd.Series(pd.to_datetime(micros, unit="us"), index=values.index)
         else:
             out = pd.to_datetime(values, utc=True, format="ISO8601").dt.tz_localize(None)
     except (ValueError, TypeError, OverflowError) as exc:
