@@ -1,0 +1,385 @@
+"""The inference server over real HTTP on loopback, serving a model trained by workloads.train."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.serve_support import LOAD_DELAY_ENV, PREDICT_DELAY_ENV
+from workloads.model import load_model
+from workloads.serve import MAX_BODY_BYTES, ServeSettings, SettingsError, openapi
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW_LOADER = "tests.serve_support:slow_model"
+
+
+def make_frame(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Mixed column kinds (numbers with gaps, a category, a flag) and a learnable label."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(40, 10, rows).round(1)
+    visits = rng.integers(0, 20, rows)
+    plan = rng.choice(["basic", "pro", "team"], rows)
+    active = rng.random(rows) < 0.5
+    score = 0.08 * (age - 40) + 0.2 * (visits - 10) + (plan == "pro") * 1.0 + active * 0.5
+    label = np.where(score + rng.normal(0, 0.5, rows) > 0.5, "yes", "no")
+    frame = pd.DataFrame(
+        {"age": age, "visits": visits, "plan": plan, "active": active, "label": label}
+    )
+    frame.loc[rng.random(rows) < 0.1, "age"] = np.nan
+    return frame
+
+
+def train_model(tmp: Path, frame: pd.DataFrame, target: str, hidden: str = "32,16") -> Path:
+    data = tmp / "train.csv"
+    frame.to_csv(data, index=False)
+    model_dir = tmp / "model"
+    cmd = [sys.executable, "-m", "workloads.train", "--train", str(data)]
+    cmd += ["--model-dir", str(model_dir), "--output-data-dir", str(tmp / "output")]
+    cmd += ["--checkpoint-dir", str(tmp / "ckpt"), "--failure-file", str(tmp / "failure")]
+    cmd += ["--target", target, "--hp", "epochs=3", "--hp", f"hidden_sizes={hidden}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_model(tmp_path_factory.mktemp("serve-model"), make_frame(300), "label")
+
+
+@pytest.fixture(scope="session")
+def records() -> list[dict]:
+    frame = make_frame(20, seed=1).drop(columns=["label"])
+    recs = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [{k: (bool(v) if k == "active" else v) for k, v in r.items()} for r in recs]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "workloads.serve", "--model-dir", str(model_dir)]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd += ["--threads", "1", *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def first_answer(self, timeout: float = 60) -> httpx.Response:
+        """The first /ping answer once the port is open."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            try:
+                return httpx.get(self.url + "/ping", timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError(f"server did not open its port:\n{self.output()}")
+
+    def wait_ready(self, timeout: float = 60) -> Server:
+        deadline = time.monotonic() + timeout
+        while self.first_answer(timeout).status_code != 200:
+            assert time.monotonic() < deadline, "model did not load"
+            time.sleep(0.05)
+        return self
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stdout.read().decode(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path):
+    srv = Server(model_dir).wait_ready()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_server(model_dir: Path):
+    """Each forward pass takes 0.6 s; waits up to 100 ms to fill a batch."""
+    srv = Server(
+        model_dir, "--loader", SLOW_LOADER, "--max-wait-ms", "100", env={PREDICT_DELAY_ENV: "0.6"}
+    ).wait_ready()
+    yield srv
+    srv.stop()
+
+
+def invoke_json(client: httpx.Client, instances: list, **headers: str) -> httpx.Response:
+    return client.post("/invocations", json={"instances": instances}, headers=headers)
+
+
+def assert_same_predictions(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g["label"] == w["label"]
+        assert g["probabilities"].keys() == w["probabilities"].keys()
+        for k in w["probabilities"]:
+            assert g["probabilities"][k] == pytest.approx(w["probabilities"][k], abs=1e-5)
+
+
+# --- the hosting contract ---------------------------------------------------------------------
+
+
+def test_ping_and_openapi(server: Server) -> None:
+    assert server.client.get("/ping").status_code == 200
+    doc = server.client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/ping", "/invocations"} <= doc["paths"].keys()
+    item = doc["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
+    schema = item["schema"]["properties"]["instances"]["items"]
+    assert schema["required"] == ["age", "visits", "plan", "active"]  # the model's columns
+
+
+def test_json_predictions_match_predictor(server: Server, model_dir: Path, records) -> None:
+    want = load_model(model_dir).predict_records(records)
+    response = invoke_json(server.client, records)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    got = response.json()["predictions"]
+    assert_same_predictions(got, want)
+    assert {p["label"] for p in got} <= {"yes", "no"}
+
+
+def test_csv_predictions_match_json(server: Server, model_dir: Path, records) -> None:
+    predictor = load_model(model_dir)
+    lines = []
+    for r in records:
+        values = ["" if r[c] is None else str(r[c]) for c in predictor.feature_columns]
+        lines.append(",".join(values))
+    response = server.client.post(
+        "/invocations", content="\n".join(lines) + "\n", headers={"content-type": "text/csv"}
+    )
+    assert response.status_code == 200, response.text
+    assert_same_predictions(response.json()["predictions"], predictor.predict_records(records))
+
+
+def test_x_amzn_headers_are_ignored(server: Server, records) -> None:
+    headers = {
+        "X-Amzn-SageMaker-Custom-Attributes": "trace=1",
+        "X-Amzn-Trace-Id": "Root=1-5759e988-bd862e3fe1be46a994272793",
+        "X-Amzn-SageMaker-Target-Model": "model.tar.gz",
+        "Accept": "application/json",
+    }
+    response = invoke_json(server.client, records[:2], **headers)
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 2
+
+
+BIG = b'{"instances": [' + b'{"age": 1.0},' * (MAX_BODY_BYTES // 12) + b"{}]}"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "message"),
+    [
+        (400, b'{"instances": [', {}, "malformed JSON"),
+        (400, b"[1, 2]", {}, '{"instances"'),
+        (400, b'{"instances": []}', {}, "empty list"),
+        (400, b'{"instances": {"age": 1}}', {}, "must be a list"),
+        (400, b'{"instances": [], "extra": 1}', {}, "unexpected top-level keys"),
+        (400, b'{"instances": [{"age": 1, "visits": 2, "plan": "pro"}]}', {}, "active"),
+        (
+            400,
+            b'{"instances": [{"age": 1, "visits": 2, "plan": "pro", "active": true, "x": 1}]}',
+            {},
+            "unexpected column(s) x",
+        ),
+        (
+            400,
+            b'{"instances": [{"age": "old", "visits": 2, "plan": "pro", "active": true}]}',
+            {},
+            "'age' expects a number",
+        ),
+        (400, b"1,2,pro\n", {"content-type": "text/csv"}, "expected 4 values"),
+        (400, b"abc,2,pro,true\n", {"content-type": "text/csv"}, "'age' expects a number"),
+        (400, b"\n\n", {"content-type": "text/csv"}, "empty CSV"),
+        (415, b"<x/>", {"content-type": "application/xml"}, "unsupported Content-Type"),
+        (406, b'{"instances": [{}]}', {"accept": "text/html"}, "Accept: text/html"),
+        (413, BIG, {}, "limit"),
+    ],
+    ids=[
+        "malformed",
+        "not-object",
+        "empty",
+        "not-list",
+        "extra-key",
+        "missing-column",
+        "extra-column",
+        "wrong-type",
+        "csv-width",
+        "csv-type",
+        "csv-empty",
+        "content-type",
+        "accept",
+        "too-big",
+    ],
+)
+def test_bad_input_gets_4xx_and_server_keeps_serving(
+    server: Server, records, status: int, body: bytes, headers: dict, message: str
+) -> None:
+    headers = {"content-type": "application/json", **headers}
+    response = server.client.post("/invocations", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert invoke_json(server.client, records[:1]).status_code == 200
+
+
+def test_body_over_limit_without_content_length(server: Server, records) -> None:
+    def chunks():
+        for _ in range(7):
+            yield b" " * (1024 * 1024)
+
+    response = server.client.post(
+        "/invocations", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+    assert invoke_json(server.client, records[:1]).status_code == 200
+
+
+def test_wrong_method_and_path(server: Server) -> None:
+    assert server.client.get("/invocations").status_code == 405
+    assert server.client.get("/nope").status_code == 404
+
+
+# --- batching, liveness under load, draining ---------------------------------------------
+
+
+def test_batching_merges_requests_and_isolates_bad_ones(slow_server: Server, records) -> None:
+    before = slow_server.client.get("/stats").json()
+    bad = [dict(records[0], visits="many")]
+    bodies = [records[i : i + 1] for i in range(7)] + [bad]
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        clients = [httpx.Client(base_url=slow_server.url, timeout=30) for _ in bodies]
+        answers = list(pool.map(invoke_json, clients, bodies))
+        for c in clients:
+            c.close()
+    assert [a.status_code for a in answers] == [200] * 7 + [400]
+    assert "'visits' expects a number" in answers[-1].json()["error"]
+    stats = slow_server.client.get("/stats").json()
+    assert stats["requests"] - before["requests"] == 8
+    assert stats["rejected"] - before["rejected"] == 1
+    assert stats["max_batch_requests"] >= 2  # concurrent requests shared a forward pass
+    assert stats["batches"] - before["batches"] < 7
+
+
+def test_ping_answers_while_a_slow_batch_runs(slow_server: Server, records) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(invoke_json, httpx.Client(base_url=slow_server.url), records)
+        time.sleep(0.2)  # the batch is now inside its 0.6 s forward pass
+        ping = httpx.get(slow_server.url + "/ping", timeout=2.0)
+        assert ping.status_code == 200
+        assert not pending.done()
+        assert pending.result().status_code == 200
+
+
+def test_ping_503_while_loading_then_sigterm_drains(model_dir: Path, records) -> None:
+    srv = Server(
+        model_dir,
+        "--loader",
+        SLOW_LOADER,
+        env={LOAD_DELAY_ENV: "3", PREDICT_DELAY_ENV: "1.5"},
+    )
+    try:
+        first = srv.first_answer()
+        assert first.status_code == 503 and "loading" in first.json()["error"]
+        early = invoke_json(srv.client, records[:1])
+        assert early.status_code == 503
+        srv.wait_ready()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(invoke_json, httpx.Client(base_url=srv.url, timeout=30), records)
+            time.sleep(0.3)  # in flight: inside the 1.5 s forward pass
+            srv.proc.send_signal(signal.SIGTERM)
+            assert pending.result().status_code == 200  # drained, not dropped
+        assert srv.proc.wait(timeout=30) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(srv.url + "/ping", timeout=2)
+    finally:
+        srv.stop()
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_settings_from_env() -> None:
+    env = {
+        "SM_MODEL_DIR": "/m",
+        "SAGEMAKER_BIND_TO_PORT": "9000",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+        "MLINFRA_SERVE_MAX_BATCH_SIZE": "16",
+        "MLINFRA_SERVE_MAX_WAIT_MS": "0.5",
+        "MLINFRA_SERVE_BATCHING": "off",
+    }
+    s = ServeSettings.from_env(env)
+    assert (s.model_dir, s.port, s.workers, s.max_batch_size) == (Path("/m"), 9000, 3, 16)
+    assert (s.max_wait_ms, s.batching) == (0.5, False)
+    assert ServeSettings.from_env(s.to_env()) == s
+    defaults = ServeSettings.from_env({})
+    assert (defaults.model_dir, defaults.port) == (Path("/opt/ml/model"), 8080)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SAGEMAKER_BIND_TO_PORT": "http"}, "SAGEMAKER_BIND_TO_PORT"),
+        ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "port"),
+        ({"MLINFRA_SERVE_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
+        ({"MLINFRA_SERVE_BATCHING": "maybe"}, "MLINFRA_SERVE_BATCHING"),
+    ],
+)
+def test_bad_settings_name_the_problem(env: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        ServeSettings.from_env(env)
+
+
+def test_missing_model_dir_fails_fast(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "workloads.serve", "--model-dir", str(tmp_path / "none")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "does not exist" in done.stderr
+
+
+def test_openapi_without_model_is_valid_json() -> None:
+    doc = json.loads(json.dumps(openapi(None)))
+    assert "/invocations" in doc["paths"]
