@@ -108,7 +108,7 @@ _STATE_STYLE = {
 
 def endpoints_table(statuses: list[localenv.EndpointStatus]) -> Table:
     table = Table(title="endpoints")
-    for col in ("endpoint", "url", "state", "model version", "pid", "log"):
+    for col in ("endpoint", "url", "state", "model version", "pid"):
         table.add_column(col, overflow="fold")
     for s in statuses:
         style = _STATE_STYLE.get(s.state, "")
@@ -118,7 +118,6 @@ def endpoints_table(statuses: list[localenv.EndpointStatus]) -> Table:
             f"[{style}]{s.state}[/]",
             "-" if s.model_version is None else f"v{s.model_version}",
             "-" if s.pid is None else str(s.pid),
-            str(s.log),
         )
     return table
 

@@ -5,7 +5,7 @@ The same spec that `pulumi up` deploys becomes, under `<state>/<stack>/` (`.mlin
 
     platform.json          the platform descriptor (backend "local"), written atomically
     buckets/<purpose>/     the raw, features, artifacts and logs "buckets"
-    online-store.duckdb    the online feature store (an embedded database)
+    online-store.db    the online feature store (an embedded database)
     registry/              the local model registry
     endpoints/<name>.json  each endpoint's process: pid, port, model version served
     endpoints/<name>.log   its server's log
@@ -89,7 +89,7 @@ class StackPaths:
 
     @property
     def online_store(self) -> Path:
-        return self.root / "online-store.duckdb"
+        return self.root / "online-store.db"
 
     @property
     def registry(self) -> Path:
