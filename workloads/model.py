@@ -40,6 +40,10 @@ class TabularNet(nn.Module):
         layers.append(nn.Linear(width, out_dim))
         self.deep = nn.Sequential(*layers)
         self.wide = nn.Linear(in_dim, out_dim)
+        # The deep path starts at zero: the first epochs fit the linear model, and the hidden
+        # layers only move the output as far as validation loss rewards (early stopping).
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deep(x) + self.wide(x)

@@ -1,0 +1,188 @@
+"""The model artifact and the serving-side preprocessing (no training needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from workloads.model import InputError, TabularNet, load_model, save_model
+from workloads.preprocess import Preprocessor
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "age": [31.0, np.nan, 45.0, 22.0, 60.0, 38.0],
+            "visits": [1, 4, 2, 7, 3, 3],
+            "plan": ["gold", "silver", None, "gold", "bronze", "gold"],
+            "active": [True, False, True, True, False, True],
+        }
+    )
+
+
+def records_of(frame: pd.DataFrame) -> list[dict]:
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in frame.astype(object).to_dict("records")
+    ]
+
+
+def make_model(tmp_path, frame, task="multiclass", classes=("no", "maybe", "yes")):
+    pre = Preprocessor.fit(frame)
+    torch.manual_seed(0)
+    out_dim = 1 if task == "regression" else len(classes)
+    net = TabularNet(pre.output_dim, out_dim, [8], 0.0)
+    torch.nn.init.normal_(net.deep[-1].weight)  # zero-initialised otherwise: give it a shape
+    meta = {
+        "task": task,
+        "target": "y",
+        "classes": None if task == "regression" else list(classes),
+        "in_dim": pre.output_dim,
+        "out_dim": out_dim,
+        "hidden_sizes": [8],
+        "dropout": 0.0,
+        "target_mean": 10.0,
+        "target_scale": 2.0,
+    }
+    return save_model(tmp_path / "model", net, pre, meta, {"accuracy": 0.5}), net, pre
+
+
+def test_three_input_paths_agree_bit_for_bit(frame):
+    pre = Preprocessor.fit(frame)
+    from_frame = pre.transform_frame(frame)
+    from_records = pre.prepare_records(records_of(frame))
+    rows = [["" if v is None else str(v) for v in r.values()] for r in records_of(frame)]
+    from_rows = pre.prepare_rows(rows)
+    assert from_frame.dtype == np.float32
+    assert np.array_equal(from_frame, from_records)
+    assert np.array_equal(from_frame, from_rows)
+
+
+def test_fitted_transformation(frame):
+    pre = Preprocessor.fit(frame)
+    age = pre.columns[0]
+    assert age.median == 38.0  # median of the present values
+    x = pre.prepare_records(
+        [{"age": None, "visits": 3, "plan": "platinum", "active": None}]  # unseen category
+    )
+    assert x[0, 0] == np.float32((38.0 - age.mean) / age.scale)
+    plan = pre.columns[2]
+    assert plan.categories[0] == "gold"  # most frequent first
+    assert not x[0, plan.offset : plan.offset + plan.width].any()  # unseen -> all zeros
+    # numeric columns come out standardised on the training data
+    scaled = pre.transform_frame(frame)[:, 1]
+    assert abs(scaled.mean()) < 1e-6 and abs(scaled.std() - 1) < 1e-5
+
+
+def test_preprocessing_roundtrips_through_json(frame):
+    pre = Preprocessor.fit(frame)
+    again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert np.array_equal(pre.transform_frame(frame), again.transform_frame(frame))
+
+
+GOOD = {"age": 30.0, "visits": 2, "plan": "gold", "active": True}
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ({"age": 1}, "expected a list of records, got dict"),
+        ([], "empty list"),
+        ([GOOD, "x"], "record 1: expected an object"),
+        (
+            [GOOD, {k: v for k, v in GOOD.items() if k != "plan"}],
+            "record 1: missing column(s) plan",
+        ),
+        ([{**GOOD, "zip": "123"}], "record 0: unexpected column(s) zip"),
+        ([GOOD, {**GOOD, "age": "30"}], "record 1: column 'age' expects a number, got str"),
+        ([{**GOOD, "visits": True}], "record 0: column 'visits' expects a number, got bool"),
+        ([{**GOOD, "plan": 3}], "record 0: column 'plan' expects a string, got int"),
+        ([{**GOOD, "active": "yes"}], "record 0: column 'active' expects true or false"),
+        ([GOOD, GOOD, {**GOOD, "age": float("inf")}], "record 2: column 'age' has a non-finite"),
+        ([{**GOOD, "age": float("nan")}], "record 0: column 'age' has a non-finite"),
+    ],
+)
+def test_bad_records_are_named(frame, records, message):
+    pre = Preprocessor.fit(frame)
+    with pytest.raises(InputError) as err:
+        pre.prepare_records(records)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([["30", "2", "gold"]], "row 0: expected 4 values (age, visits, plan, active), got 3"),
+        ([["30", "2", "gold", "true"], ["x", "2", "gold", "true"]], "row 1: column 'age'"),
+        ([["30", "2", "gold", "maybe"]], "row 0: column 'active' expects true or false"),
+        ("30,2,gold,true", "expected a list of rows"),
+    ],
+)
+def test_bad_rows_are_named(frame, rows, message):
+    with pytest.raises(InputError) as err:
+        Preprocessor.fit(frame).prepare_rows(rows)
+    assert message in str(err.value)
+
+
+def test_predictor_classification(tmp_path, frame):
+    model_dir, net, pre = make_model(tmp_path, frame)
+    predictor = load_model(model_dir)
+    assert predictor.feature_columns == ["age", "visits", "plan", "active"]
+    assert predictor.task == "multiclass" and predictor.classes == ["no", "maybe", "yes"]
+    assert predictor.metrics == {"accuracy": 0.5}
+    records = records_of(frame)
+    out = predictor.predict_records(records)
+    assert len(out) == len(records)
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(pre.transform_frame(frame))), 1).numpy()
+    for row, probs in zip(out, expected, strict=True):
+        assert set(row["probabilities"]) == {"no", "maybe", "yes"}
+        assert math.isclose(sum(row["probabilities"].values()), 1.0, rel_tol=1e-5)
+        assert row["label"] == ["no", "maybe", "yes"][int(probs.argmax())]
+        assert np.allclose(list(row["probabilities"].values()), probs, atol=1e-6)
+
+
+def test_predictor_regression_undoes_target_scaling(tmp_path, frame):
+    model_dir, net, pre = make_model(tmp_path, frame, task="regression")
+    out = load_model(model_dir).predict_records(records_of(frame)[:2])
+    with torch.no_grad():
+        raw = net(torch.from_numpy(pre.transform_frame(frame.iloc[:2])))[:, 0].double()
+    assert all(isinstance(v, float) for v in out)
+    assert np.allclose(out, (raw * 2.0 + 10.0).numpy(), atol=1e-5)
+
+
+def test_predict_matrix_checks_width(tmp_path, frame):
+    predictor = load_model(make_model(tmp_path, frame)[0])
+    with pytest.raises(InputError, match="columns"):
+        predictor.predict_matrix(np.zeros((2, 3), dtype=np.float32))
+
+
+def test_save_replaces_atomically_and_failed_save_keeps_old(tmp_path, frame, monkeypatch):
+    model_dir, _, _ = make_model(tmp_path, frame)
+    before = (model_dir / "model.pt").read_bytes()
+    make_model(tmp_path, frame, classes=("a", "b", "c"))  # replace in place
+    assert load_model(model_dir).classes == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp dirs left
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        make_model(tmp_path, frame)
+    assert load_model(model_dir).classes == ["a", "b", "c"]  # the old artifact is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert before  # the first artifact was a real file
+
+
+def test_load_model_names_missing_files(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "meta.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        load_model(tmp_path / "m")
