@@ -12,6 +12,7 @@ and what is allowed, before any resource is registered.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -523,7 +524,7 @@ def _cross_checks(spec: PlatformSpec) -> list[tuple[str, str]]:
                 problems.append(
                     (
                         _path(("endpoints", i, "dataCapture", "enabled")),
-                        "prod endpoints must capture data (true is allowed)",
+                        "prod endpoints must capture data; set it to true",
                     )
                 )
 
@@ -565,9 +566,12 @@ def parse_spec(values: dict[str, Any], source: str) -> PlatformSpec:
         for err in exc.errors():
             path, msg = _path(err["loc"]), err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key" + (
-                    f"; allowed: {_allowed_keys()}" if len(err["loc"]) == 1 else ""
-                )
+                msg = _unknown_key(err["loc"])
+            elif err["type"] == "missing":
+                msg = "is required"
+            elif err["type"] == "string_pattern_mismatch":
+                pattern = err.get("ctx", {}).get("pattern", "")
+                msg = f"{err['input']!r} is not allowed; it must match {pattern}"
             elif err["type"] == "literal_error":
                 msg = f"{err['input']!r} is not allowed; {msg[:1].lower()}{msg[1:]}"
             elif err["type"] == "value_error":
@@ -586,6 +590,52 @@ def parse_spec(values: dict[str, Any], source: str) -> PlatformSpec:
 
 def _allowed_keys() -> str:
     return ", ".join(_config_key(f.alias or n) for n, f in PlatformSpec.model_fields.items())
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The spec model a config location points into (list indexes step into items)."""
+    model: Any = PlatformSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        field = fields.get(str(part)) or model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside `Model`, `Model | None` or `list[Model]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    """'unknown key', with the keys allowed at that place and the likeliest one meant."""
+    if len(loc) == 1:
+        allowed = [
+            k.split(":", 1)[1] if k.startswith(NAMESPACE) else k
+            for k in _allowed_keys().split(", ")
+        ]
+        listing = _allowed_keys()
+    else:
+        model = _model_at(loc[:-1])
+        if model is None:
+            return "unknown key"
+        allowed = [f.alias or n for n, f in model.model_fields.items()]
+        listing = ", ".join(allowed)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown key{hint}; allowed: {listing}"
 
 
 def stack_file(stack: str, stacks_dir: str | Path = "stacks") -> Path:

@@ -292,6 +292,11 @@ def test_messages_say_what_is_allowed():
     with pytest.raises(SpecError) as err:
         parse_spec(config, "stacks/Pulumi.vision-dev.yaml")
     assert "onDemand" in str(err.value) and "spot" in str(err.value)
+    config = mutated("vision-dev", _set("mlinfra:cluster.gpuPools[0].instanceType", "g5.xlarge"))
+    with pytest.raises(SpecError) as err:
+        parse_spec(config, "stacks/Pulumi.vision-dev.yaml")
+    assert "did you mean instanceTypes?" in str(err.value)
+    assert "diskSizeGib" in str(err.value)  # the keys allowed at that place
 
 
 def test_structured_values_arrive_as_json_strings():
