@@ -534,3 +534,7 @@ def plan_command(
     text, code = plan(stack, against=against, as_json=json_output, stacks_dir=stacks_dir)
     print(text, file=sys.stderr if code == 2 else sys.stdout)
     raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # python -m components.plan --stack vision-dev [--against REF]
+    typer.run(plan_command)
