@@ -1,4 +1,5 @@
-"""Test-only model loaders for the server tests (`--loader tests.serve_support:NAME`).
+"""Test helpers for the server and batch tests: a small data set, training a real model
+with `python -m workloads.train`, and test-only model loaders (`--loader tests.serve_support:NAME`).
 
 They wrap the real artifact and make loading or the forward pass slow, so the tests can
 watch /ping during a slow load or a slow batch, and SIGTERM draining, without timing races.
@@ -7,12 +8,18 @@ watch /ping during a slow load or a slow batch, and SIGTERM draining, without ti
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from workloads.model import load_model
 
+ROOT = Path(__file__).resolve().parents[1]
 LOAD_DELAY_ENV = "MLINFRA_TEST_LOAD_DELAY_S"
 PREDICT_DELAY_ENV = "MLINFRA_TEST_PREDICT_DELAY_S"
 
@@ -42,3 +49,33 @@ class SlowPredictor:
 def slow_model(model_dir: str | Path) -> SlowPredictor:
     time.sleep(float(os.environ.get(LOAD_DELAY_ENV, "0")))
     return SlowPredictor(load_model(model_dir), float(os.environ.get(PREDICT_DELAY_ENV, "0")))
+
+
+def make_frame(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Mixed column kinds (numbers with gaps, a category, a flag) and a learnable label."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(40, 10, rows).round(1)
+    visits = rng.integers(0, 20, rows)
+    plan = rng.choice(["basic", "pro", "team"], rows)
+    active = rng.random(rows) < 0.5
+    score = 0.08 * (age - 40) + 0.2 * (visits - 10) + (plan == "pro") * 1.0 + active * 0.5
+    label = np.where(score + rng.normal(0, 0.5, rows) > 0.5, "yes", "no")
+    frame = pd.DataFrame(
+        {"age": age, "visits": visits, "plan": plan, "active": active, "label": label}
+    )
+    frame.loc[rng.random(rows) < 0.1, "age"] = np.nan
+    return frame
+
+
+def train_model(tmp: Path, frame: pd.DataFrame, target: str, hidden: str = "32,16") -> Path:
+    data = tmp / "train.csv"
+    frame.to_csv(data, index=False)
+    model_dir = tmp / "model"
+    cmd = [sys.executable, "-m", "workloads.train", "--train", str(data)]
+    cmd += ["--model-dir", str(model_dir), "--output-data-dir", str(tmp / "output")]
+    cmd += ["--checkpoint-dir", str(tmp / "ckpt"), "--failure-file", str(tmp / "failure")]
+    cmd += ["--target", target, "--hp", "epochs=3", "--hp", f"hidden_sizes={hidden}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return model_dir

@@ -13,46 +13,14 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
 
-from tests.serve_support import LOAD_DELAY_ENV, PREDICT_DELAY_ENV
+from tests.serve_support import LOAD_DELAY_ENV, PREDICT_DELAY_ENV, make_frame, train_model
 from workloads.model import load_model
 from workloads.serve import MAX_BODY_BYTES, ServeSettings, SettingsError, openapi
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_LOADER = "tests.serve_support:slow_model"
-
-
-def make_frame(rows: int, seed: int = 0) -> pd.DataFrame:
-    """Mixed column kinds (numbers with gaps, a category, a flag) and a learnable label."""
-    rng = np.random.default_rng(seed)
-    age = rng.normal(40, 10, rows).round(1)
-    visits = rng.integers(0, 20, rows)
-    plan = rng.choice(["basic", "pro", "team"], rows)
-    active = rng.random(rows) < 0.5
-    score = 0.08 * (age - 40) + 0.2 * (visits - 10) + (plan == "pro") * 1.0 + active * 0.5
-    label = np.where(score + rng.normal(0, 0.5, rows) > 0.5, "yes", "no")
-    frame = pd.DataFrame(
-        {"age": age, "visits": visits, "plan": plan, "active": active, "label": label}
-    )
-    frame.loc[rng.random(rows) < 0.1, "age"] = np.nan
-    return frame
-
-
-def train_model(tmp: Path, frame: pd.DataFrame, target: str, hidden: str = "32,16") -> Path:
-    data = tmp / "train.csv"
-    frame.to_csv(data, index=False)
-    model_dir = tmp / "model"
-    cmd = [sys.executable, "-m", "workloads.train", "--train", str(data)]
-    cmd += ["--model-dir", str(model_dir), "--output-data-dir", str(tmp / "output")]
-    cmd += ["--checkpoint-dir", str(tmp / "ckpt"), "--failure-file", str(tmp / "failure")]
-    cmd += ["--target", target, "--hp", "epochs=3", "--hp", f"hidden_sizes={hidden}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return model_dir
 
 
 @pytest.fixture(scope="session")

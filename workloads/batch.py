@@ -1,0 +1,172 @@
+"""Batch scoring: `python -m workloads.batch INPUT OUTPUT [--model-dir D]`.
+
+INPUT is a CSV or Parquet file, a folder of them, or a `file://` / `s3://` location (read the
+way training reads its channels). Every input column is kept and prediction columns are added:
+`prediction` (the class label, or the number for regression) and, for classification, one
+`probability_<class>` column per class. OUTPUT's suffix picks the format: `.csv`, `.parquet`
+or `.jsonl`. It is written to a temporary file next to it and renamed into place, so a reader
+(or a retried job) never sees half an output.
+
+The model applies exactly the preprocessing training fitted (`Predictor.prepare_rows`, the same
+path the server takes for `text/csv`), in chunks of `--chunk-size` rows.
+
+Exit status: 0 done, 2 bad input (the message names the file, row and column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workloads.data import DataError, data_files, local_channel, read_file
+from workloads.model import InputError, load_model
+
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
+PREDICTION = "prediction"
+PROBABILITY_PREFIX = "probability_"
+
+
+class BatchError(ValueError):
+    """The input or output cannot be used; the message says which and why."""
+
+
+def _rows(frame: pd.DataFrame, columns: list[str]) -> list[list[Any]]:
+    """Feature values as Python objects in column order; missing values become "" (the CSV
+    convention `prepare_rows` reads as missing)."""
+    features = frame[columns].astype(object)
+    return features.where(features.notna(), "").to_numpy().tolist()
+
+
+def _prediction_columns(predictor: Any, predictions: list) -> dict[str, list]:
+    if predictor.task == "regression":
+        return {PREDICTION: predictions}
+    out: dict[str, list] = {PREDICTION: [p["label"] for p in predictions]}
+    for key in (str(c) for c in predictor.classes):
+        out[PROBABILITY_PREFIX + key] = [p["probabilities"][key] for p in predictions]
+    return out
+
+
+def score_frames(
+    predictor: Any, frames: Iterator[tuple[str, pd.DataFrame]], chunk_size: int
+) -> Iterator[pd.DataFrame]:
+    """Score each (source name, frame) in chunks; yields the input chunks plus predictions."""
+    columns = predictor.feature_columns
+    for source, frame in frames:
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise BatchError(
+                f"{source}: missing feature column(s) {', '.join(missing)} "
+                f"(the model expects {', '.join(columns)})"
+            )
+        clash = [c for c in frame.columns if c == PREDICTION or c.startswith(PROBABILITY_PREFIX)]
+        if clash:
+            raise BatchError(f"{source}: input already has output column(s) {clash}")
+        for start in range(0, len(frame), chunk_size):
+            chunk = frame.iloc[start : start + chunk_size]
+            try:
+                predictions = predictor.predict_matrix(
+                    predictor.prepare_rows(_rows(chunk, columns))
+                )
+            except InputError as exc:
+                raise BatchError(
+                    f"{source}: rows from {start} (0-based, no header): {exc}"
+                ) from exc
+            scored = chunk.reset_index(drop=True).assign(
+                **_prediction_columns(predictor, predictions)
+            )
+            yield scored
+
+
+def read_input(location: str | Path) -> Iterator[tuple[str, pd.DataFrame]]:
+    files = data_files(local_channel(location))
+    first: list[str] | None = None
+    for path in files:
+        frame = read_file(path)
+        if first is None:
+            first = list(frame.columns)
+        elif list(frame.columns) != first:
+            raise BatchError(f"{path}: columns {list(frame.columns)} differ from the first file's")
+        yield str(path), frame
+
+
+def write_output(chunks: Iterator[pd.DataFrame], output: Path) -> int:
+    """Write the chunks to `output` atomically; returns the number of rows."""
+    fmt = FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise BatchError(f"{output}: unsupported output type (use .csv, .parquet or .jsonl)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
+    rows = 0
+    try:
+        if fmt == "parquet":
+            # One table at the end: chunks may infer different types for sparse columns.
+            tables = [pa.Table.from_pandas(c, preserve_index=False) for c in chunks]
+            if not tables:
+                raise BatchError("no rows to score")
+            table = pa.concat_tables(tables, promote_options="permissive")
+            pq.write_table(table, tmp)
+            rows = table.num_rows
+        else:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    if fmt == "csv":
+                        f.write(chunk.to_csv(index=False, header=rows == 0).encode())
+                    else:
+                        records = chunk.astype(object).where(chunk.notna(), None)
+                        for record in records.to_dict("records"):
+                            f.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
+                            f.write(b"\n")
+                    rows += len(chunk)
+            if rows == 0:
+                raise BatchError("no rows to score")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows
+
+
+def score(
+    input: str | Path, output: str | Path, model_dir: str | Path, chunk_size: int = 4096
+) -> int:
+    """Score `input` with the model in `model_dir` into `output`; returns the number of rows."""
+    if chunk_size < 1:
+        raise BatchError(f"chunk size must be >= 1, got {chunk_size}")
+    predictor = load_model(model_dir)
+    return write_output(score_frames(predictor, read_input(input), chunk_size), Path(output))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="batch", description="Score a CSV/Parquet file or folder.")
+    p.add_argument("input", help="CSV or Parquet file, a folder of them, file:// or s3://")
+    p.add_argument("output", type=Path, help="output file: .csv, .parquet or .jsonl")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path(os.environ.get("SM_MODEL_DIR") or "/opt/ml/model"),
+        help="the model artifact (env SM_MODEL_DIR, default /opt/ml/model)",
+    )
+    p.add_argument("--chunk-size", type=int, default=4096, help="rows per forward pass")
+    args = p.parse_args(argv)
+    try:
+        rows = score(args.input, args.output, args.model_dir, args.chunk_size)
+    except (BatchError, DataError, FileNotFoundError) as exc:
+        print(f"batch: {exc}", file=sys.stderr)
+        return 2
+    print(f"batch: scored {rows} rows into {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
