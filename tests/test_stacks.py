@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from components.mockrun import Rendered, RenderedResource, render_stack
+from components.mockrun import Rendered, RenderedResource, render_stack, stack_config
 from components.network import INTERFACE_ENDPOINTS
-from components.spec import BUCKET_PURPOSES, PlatformSpec, load_stack_file
+from components.spec import BUCKET_PURPOSES, PlatformSpec, SpecError, load_stack_file
 from workloads.platform import PlatformDescriptor
 
 # Anything the program warns about while it runs fails the test.
@@ -522,3 +523,56 @@ def test_running_the_program_warns_about_nothing(stack):
     noisy = [m for level, m in rendered.logs if level in ("warning", "error")]
     assert noisy == []
     assert not [m for _, m in rendered.logs if "deprecat" in m.lower()]
+
+
+# --- the project file and the mock runner ---------------------------------------------------
+
+PROJECT_FILE = STACKS_DIR.parent / "Pulumi.yaml"
+
+
+def test_project_config_block_is_valid_pulumi_project_config():
+    """What the Pulumi CLI checks in `config:` (project.json schema and Project.Validate)."""
+    doc = yaml.safe_load(PROJECT_FILE.read_text())
+    assert (
+        doc["name"] == "mlinfra" and doc["main"] == "stacks/" and doc["stackConfigDir"] == "stacks"
+    )
+    for key, decl in doc["config"].items():
+        assert ":" not in key, "keys of other namespaces need `value`, not a declaration"
+        assert set(decl) <= {"type", "description", "default", "secret", "items"}, key
+        assert decl.get("description"), key
+        if "type" in decl:
+            assert decl["type"] in {"string", "integer", "boolean", "array"}, key
+            assert decl["type"] != "array" or "items" in decl, key
+
+
+@pytest.mark.parametrize("path", STACK_FILES, ids=stack_name)
+def test_every_stack_sets_every_required_project_key(path: Path):
+    """A declared key without a default must be in every stack, or the CLI refuses to run."""
+    doc = yaml.safe_load(PROJECT_FILE.read_text())
+    required = {k for k, decl in doc["config"].items() if "default" not in decl}
+    config = yaml.safe_load(path.read_text())["config"]
+    assert {f"mlinfra:{k}" for k in required} <= set(config)
+    for key, decl in doc["config"].items():
+        if decl.get("type") == "string" and f"mlinfra:{key}" in config:
+            assert isinstance(config[f"mlinfra:{key}"], str), key
+
+
+def test_stack_config_applies_project_defaults():
+    config = stack_config("local", STACKS_DIR)
+    assert config["mlinfra:network"] == "{}"  # not in the file: Pulumi.yaml's default
+    assert json.loads(config["mlinfra:cluster"])["gpuPools"][0]["name"] == "train-gpu"
+
+
+def test_rendered_lookup_fails_loudly():
+    rendered = _render("vision-dev")
+    with pytest.raises(LookupError):
+        rendered.one(BUCKET)  # four of them
+    with pytest.raises(LookupError):
+        rendered.one("aws:rds/instance:Instance")
+
+
+def test_program_errors_reach_the_caller():
+    config = stack_config("vision-dev", STACKS_DIR)
+    config["mlinfra:team"] = "Bad Team"
+    with pytest.raises(SpecError):
+        render_stack("vision-dev", STACKS_DIR, config=config)
