@@ -437,6 +437,22 @@ def validate_required_tags(args: ResourceValidationArgs, report: ReportViolation
 # --- IAM --------------------------------------------------------------------------------------
 
 
+def unscoped(resource: str) -> bool:
+    """A resource pattern that names every resource of its kind: `*`, `arn:aws:s3:::*`,
+    `arn:aws:kms:us-east-1:123:key/*`. `arn:aws:s3:::team-bucket/*` (the objects of one
+    bucket) and `.../model-package/team-group/*` are scoped."""
+    if resource == "*":
+        return True
+    parts = resource.split(":", 5)
+    if len(parts) < 6 or parts[0] != "arn":
+        return False
+    service, segment = parts[2], parts[5]
+    if service == "s3":  # bucket[/key]: the bucket names the scope
+        return segment.split("/")[0] in ("*", "")
+    kind, _, rest = segment.partition("/")
+    return segment == "*" or (bool(kind) and rest == "*")
+
+
 def _statement_problems(statement: Mapping[str, Any]) -> list[str]:
     if statement.get("Effect") != "Allow":
         return []
@@ -454,10 +470,11 @@ def _statement_problems(statement: Mapping[str, Any]) -> list[str]:
             problems.append(f"{sid}: wildcard action {action} on a data service")
         elif (
             service in DATA_SERVICES
-            and "*" in resources
+            and any(unscoped(r) for r in resources)
             and action.lower() not in RESOURCELESS_ACTIONS
         ):
-            problems.append(f"{sid}: {action} on Resource '*' (scope it to the team's ARNs)")
+            wide = next(r for r in resources if unscoped(r))
+            problems.append(f"{sid}: {action} on Resource {wide!r} (scope it to the team's ARNs)")
     return problems
 
 

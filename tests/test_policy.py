@@ -246,6 +246,8 @@ CASES = [
             (iam(allow("s3:*", "arn:aws:s3:::b/*")), "wildcard action s3:*"),
             (iam(allow("*", "*")), "Action '*'"),
             (iam(allow("kms:Decrypt", "*")), "kms:Decrypt on Resource '*'"),
+            (iam(allow("s3:GetObject", "arn:aws:s3:::*/*")), "arn:aws:s3:::*/*"),
+            (iam(allow("kms:Decrypt", "arn:aws:kms:us-east-1:1:key/*")), "key/*"),
             (iam(allow("sagemaker:Get*", "arn:aws:sagemaker:::x")), "sagemaker:Get*"),
             (iam({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}), "NotAction"),
         ],
@@ -296,6 +298,24 @@ def test_resource_policy_passes_compliant_and_catches_violations(policy, rtype, 
         found = check(policy, rtype, props)
         assert found, f"{policy} missed a violation: {props}"
         assert any(expected in m for m in found), found
+
+
+@pytest.mark.parametrize(
+    ("resource", "wide"),
+    [
+        ("*", True),
+        ("arn:aws:s3:::*", True),
+        ("arn:aws:s3:::*/*", True),
+        ("arn:aws:kms:us-east-1:123:key/*", True),
+        ("arn:aws:sagemaker:us-east-1:123:feature-group/*", True),
+        ("arn:aws:s3:::vision-dev-raw/*", False),
+        ("arn:aws:sagemaker:us-east-1:123:model-package/vision-dev-m/*", False),
+        ("arn:aws:sagemaker:us-east-1:123:feature-group/vision-dev-*", False),
+        ("arn:aws:glue:us-east-1:123:table/db/*", False),
+    ],
+)
+def test_which_resources_are_unscoped(resource: str, wide: bool):
+    assert mp.unscoped(resource) is wide
 
 
 def test_endpoint_kms_not_required_for_instance_storage_types():
