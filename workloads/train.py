@@ -319,6 +319,7 @@ def train(
         info.update(state["info"])
         info["resumed_from_step"] = info["step"]
         log.info("resumed from checkpoint at step %d (epoch %d)", info["step"], info["epoch"])
+    info["world_size"] = ddp.world
 
     model: nn.Module = net
     if ddp.enabled:
@@ -341,7 +342,11 @@ def train(
                     "model": _state_copy(net),
                     "optimizer": optimizer.state_dict(),
                     "best_state": best_state,
-                    "info": {k: v for k, v in info.items() if k != "resumed_from_step"},
+                    "info": {
+                        k: v
+                        for k, v in info.items()
+                        if k not in ("resumed_from_step", "world_size")
+                    },
                 },
             )
 
@@ -355,6 +360,11 @@ def train(
         return bool(stop_tensor.item())
 
     model.train()
+    log.info(
+        "training: %d steps per epoch, from epoch %d",
+        math.ceil(len(sampler) / hp.batch_size),
+        info["epoch"] + 1,
+    )
     while info["epoch"] < hp.epochs:
         started = time.perf_counter()
         sampler.set_epoch(info["epoch"])
@@ -447,6 +457,7 @@ def write_outputs(contract: TrainingContract, data: Prepared, net: nn.Module, in
         "epochs": info["epoch"],
         "best_epoch": info["best_epoch"],
         "resumed_from_step": info["resumed_from_step"],
+        "world_size": info["world_size"],
         "train_rows": len(data.x_train),
         "validation_rows": len(data.x_val),
     }
