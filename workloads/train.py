@@ -497,7 +497,8 @@ def plot_loss_curve(curve: list[dict], path: Path) -> None:
 def write_failure(path: Path, message: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, message + "\n")
+        # A plain write: the file may be a mount (Kubernetes' /dev/termination-log).
+        path.write_text(message + "\n")
     except OSError as exc:
         log.error("cannot write the failure file %s: %s", path, exc)
 

@@ -1,0 +1,258 @@
+"""Render the Kubernetes manifests of a training run on one of the team's node pools.
+
+One node: a plain Job running `torchrun --standalone`. More nodes: an Indexed Job (one pod
+per node, `completions = parallelism = nodes`) plus a headless Service, so pod 0 has a stable
+DNS name (`<job>-0.<service>.<namespace>.svc`) that every pod's torchrun uses as the static
+rendezvous endpoint, with `--node_rank` taken from the pod's completion index.
+
+The container runs the training image's `workloads.train` under the SageMaker contract: the
+data channels are passed as `s3://` URIs (the entrypoint downloads them), the model is copied
+to `MLINFRA_MODEL_URI` when done, and the failure reason goes to the pod's termination log.
+The manifests are plain dicts: `kubectl apply`-able as YAML/JSON, or fed to pulumi-kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from workloads.platform import NodePoolRef, PlatformDescriptor
+
+POOL_LABEL = "mlinfra.io/pool"  # the node label the cluster component puts on each pool
+JOB_LABEL = "mlinfra.io/training-job"
+GPU_RESOURCE = "nvidia.com/gpu"
+RENDEZVOUS_PORT = 29500
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME = 52  # leaves room for Kubernetes' pod-name suffixes under the 63-char limit
+
+
+def render_training_job(
+    descriptor: PlatformDescriptor,
+    *,
+    name: str,
+    pool: str,
+    train_uri: str,
+    validation_uri: str | None = None,
+    hyperparameters: Mapping[str, Any] | None = None,
+    image: str | None = None,
+    nodes: int = 1,
+    model_uri: str | None = None,
+    cpu: str | None = None,
+    memory: str | None = None,
+    checkpoint_claim: str | None = None,
+    backoff_limit: int = 3,
+    active_deadline_seconds: int | None = None,
+) -> list[dict[str, Any]]:
+    """Manifests (Service first when there is one, then the Job) for a training run.
+
+    `image` defaults to the descriptor's train repository at `:latest`; `model_uri` to
+    `<artifacts bucket>/models/<name>`. `checkpoint_claim` names a PersistentVolumeClaim
+    for checkpoints, so a rescheduled pod resumes; without one they live in the pod.
+    """
+    cluster = descriptor.cluster
+    if cluster is None:
+        raise ValueError(f"stack {descriptor.stack!r} has no Kubernetes cluster in its descriptor")
+    if pool not in cluster.node_pools:
+        known = ", ".join(sorted(cluster.node_pools)) or "none"
+        raise ValueError(f"unknown node pool {pool!r}; stack {descriptor.stack!r} has: {known}")
+    if not _NAME.match(name) or len(name) > MAX_NAME:
+        raise ValueError(
+            f"job name {name!r} must be lowercase letters, digits and '-', start with a letter, "
+            f"at most {MAX_NAME} characters"
+        )
+    if nodes < 1:
+        raise ValueError(f"nodes must be at least 1, got {nodes}")
+    if image is None:
+        repository = descriptor.registry.repositories.get("train")
+        if not repository:
+            raise ValueError("no image given and the descriptor has no 'train' repository")
+        image = f"{repository}:latest"
+    node_pool = cluster.node_pools[pool]
+    namespace = cluster.namespace
+    labels = {
+        "app.kubernetes.io/name": "mlinfra-training",
+        "app.kubernetes.io/part-of": "mlinfra",
+        "mlinfra.io/team": descriptor.team,
+        "mlinfra.io/stack": descriptor.stack,
+        JOB_LABEL: name,
+    }
+    master = f"{name}-0.{name}.{namespace}.svc.cluster.local"
+    container = _container(
+        image=image,
+        command=_torchrun(name, nodes, max(1, node_pool.gpus_per_node), master),
+        env=_env(descriptor, name, train_uri, validation_uri, hyperparameters, model_uri, nodes),
+        resources=_resources(node_pool, cpu, memory),
+    )
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": cluster.service_account,
+        "automountServiceAccountToken": False,  # IRSA injects its own token; no API access
+        "restartPolicy": "OnFailure",  # same pod, same emptyDir: a restart finds checkpoints
+        "nodeSelector": {POOL_LABEL: pool},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": _volumes(checkpoint_claim),
+    }
+    if node_pool.gpus_per_node > 0:
+        pod_spec["tolerations"] = [
+            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": backoff_limit,
+        "completions": nodes,
+        "parallelism": nodes,
+        "ttlSecondsAfterFinished": 7 * 24 * 3600,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = active_deadline_seconds
+    manifests: list[dict[str, Any]] = []
+    if nodes > 1:
+        job_spec["completionMode"] = "Indexed"
+        pod_spec["subdomain"] = name  # with the Service: stable DNS per pod
+        manifests.append(_headless_service(name, namespace, labels))
+    manifests.append(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": job_spec,
+        }
+    )
+    return manifests
+
+
+def _torchrun(name: str, nodes: int, procs: int, master: str) -> list[str]:
+    if nodes == 1:
+        head = ["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={procs}"]
+    else:
+        head = [
+            "torchrun",
+            f"--nnodes={nodes}",
+            f"--nproc_per_node={procs}",
+            "--node_rank=$(JOB_COMPLETION_INDEX)",  # Kubernetes expands it from the env
+            "--rdzv_backend=static",
+            f"--rdzv_endpoint={master}:{RENDEZVOUS_PORT}",
+            f"--rdzv_id={name}",
+        ]
+    return [*head, "-m", "workloads.train"]
+
+
+def _env(
+    descriptor: PlatformDescriptor,
+    name: str,
+    train_uri: str,
+    validation_uri: str | None,
+    hyperparameters: Mapping[str, Any] | None,
+    model_uri: str | None,
+    nodes: int,
+) -> list[dict[str, Any]]:
+    model_uri = model_uri or f"{descriptor.buckets.artifacts.rstrip('/')}/models/{name}"
+    values = {
+        "MLINFRA_PLATFORM": descriptor.model_dump_json(),
+        "AWS_REGION": descriptor.region,
+        "SM_CHANNEL_TRAIN": train_uri,
+        "SM_MODEL_DIR": "/opt/ml/model",
+        "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data",
+        "SM_CHECKPOINT_DIR": "/opt/ml/checkpoints",
+        "MLINFRA_FAILURE_FILE": "/dev/termination-log",  # shows up in the pod's status
+        "MLINFRA_MODEL_URI": model_uri,
+        "SM_HPS": json.dumps(dict(hyperparameters or {}), sort_keys=True),
+        "HOME": "/tmp",  # the root filesystem is read-only
+        "MPLCONFIGDIR": "/tmp/matplotlib",
+    }
+    if validation_uri:
+        values["SM_CHANNEL_VALIDATION"] = validation_uri
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
+    if nodes > 1:
+        index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        env.append(
+            {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": index}}}
+        )
+    return env
+
+
+def _resources(pool: NodePoolRef, cpu: str | None, memory: str | None) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, Any] = {}
+    if cpu:
+        requests["cpu"] = cpu
+    if memory:
+        requests["memory"] = limits["memory"] = memory
+    if pool.gpus_per_node > 0:  # extended resources: the limit is the request
+        limits[GPU_RESOURCE] = pool.gpus_per_node
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _container(
+    *,
+    image: str,
+    command: list[str],
+    env: list[dict[str, Any]],
+    resources: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "name": "train",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": env,
+        "resources": resources,
+        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "model", "mountPath": "/opt/ml/model"},
+            {"name": "output", "mountPath": "/opt/ml/output"},
+            {"name": "checkpoints", "mountPath": "/opt/ml/checkpoints"},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},  # NCCL and DataLoader shared memory
+        ],
+    }
+
+
+def _volumes(checkpoint_claim: str | None) -> list[dict[str, Any]]:
+    checkpoints: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": checkpoint_claim}}
+        if checkpoint_claim
+        else {"emptyDir": {}}
+    )
+    return [
+        {"name": "model", "emptyDir": {}},
+        {"name": "output", "emptyDir": {}},
+        {"name": "checkpoints", **checkpoints},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+
+
+def _headless_service(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",
+            "selector": {JOB_LABEL: name},
+            # pod 0 must resolve before it is Ready: the rendezvous happens at start-up
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
+    }
