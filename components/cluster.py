@@ -127,7 +127,7 @@ class GpuCluster(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
-        aws.iam.RolePolicyAttachment(
+        cluster_policy = aws.iam.RolePolicyAttachment(
             f"{name}-cluster-policy",
             role=cluster_role.name,
             policy_arn=f"{MANAGED_POLICY}AmazonEKSClusterPolicy",
@@ -139,6 +139,29 @@ class GpuCluster(pulumi.ComponentResource):
             enable_key_rotation=True,
             deletion_window_in_days=30,
             tags={**tags, "Name": f"{spec.prefix}-eks-secrets"},
+            opts=child,
+        )
+        # The control plane envelope-encrypts secrets with this key and nothing else.
+        key_use = aws.iam.RolePolicy(
+            f"{name}-cluster-secrets-key",
+            role=cluster_role.id,
+            policy=pulumi.Output.json_dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": [
+                                "kms:Encrypt",
+                                "kms:Decrypt",
+                                "kms:ListGrants",
+                                "kms:DescribeKey",
+                            ],
+                            "Resource": secrets_key.arn,
+                        }
+                    ],
+                }
+            ),
             opts=child,
         )
         # EKS creates this group itself, never expiring; owning it sets retention.
@@ -171,7 +194,9 @@ class GpuCluster(pulumi.ComponentResource):
                 bootstrap_cluster_creator_admin_permissions=True,
             ),
             tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[log_group, cluster_policy, key_use]
+            ),
         )
         self.cluster_name = cluster.name
         issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)

@@ -181,6 +181,11 @@ def test_cluster_encrypts_secrets_logs_everything_and_stays_private(stack):
     secrets_key = keys[inputs["encryptionConfig"]["provider"]["keyArn"]]
     assert secrets_key.inputs["enableKeyRotation"] is True
     assert inputs["encryptionConfig"]["resources"] == ["secrets"]
+    role_name = inputs["roleArn"].rsplit("/", 1)[-1]
+    (key_use,) = _by_input(rendered, "aws:iam/rolePolicy:RolePolicy", "role", role_name)
+    (statement,) = _policy(key_use)["Statement"]
+    assert statement["Resource"] == secrets_key.outputs["arn"]
+    assert not any("*" in a for a in _actions(statement))
     assert set(inputs["enabledClusterLogTypes"]) == {
         "api",
         "audit",
