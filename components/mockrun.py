@@ -208,7 +208,7 @@ class PlatformMocks(Mocks):
             return {
                 "id": args.args["id"],
                 "cidrBlock": "10.0.0.0/16",
-                "arn": f"arn:vpc/{args.args['id']}",
+                "arn": f"arn:aws:ec2:{self.region}:{ACCOUNT_ID}:vpc/{args.args['id']}",
             }
         if token == "aws:index/getRegion:getRegion":
             return {"name": self.region, "region": self.region, "id": self.region}
@@ -320,13 +320,13 @@ class _CollectingHandler(logging.Handler):
 
 
 def _plain(value: Any) -> Any:
-    """Inputs as JSON-like Python values (resource references become their URN)."""
+    """Inputs as JSON-like Python values (a resource reference becomes a placeholder)."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, pulumi.Resource):
-        return getattr(value, "_mock_urn", repr(value))
+        return f"<resource {type(value).__name__}>"
     return value
 
 
