@@ -364,3 +364,35 @@ def test_sigterm_writes_a_checkpoint_and_exits_promptly(tmp_path, slow_data):
     checkpoints = list((tmp_path / "ckpt").glob("ckpt-*.pt"))
     assert len(checkpoints) == 1 and step_of(checkpoints[0]) > 0
     assert not (tmp_path / "model").exists()
+
+
+def test_s3_channel_and_model_publish(tmp_path, monkeypatch):
+    """How a Kubernetes Job runs it: data and model locations are s3:// URIs (moto here)."""
+    import boto3
+    from moto import mock_aws
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    frame = real_dataset("iris")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="eu-west-1")
+        for bucket in ("features", "artifacts"):
+            s3.create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+            )
+        s3.put_object(Bucket="features", Key="iris/a.csv", Body=frame.iloc[:80].to_csv(index=False))
+        s3.put_object(Bucket="features", Key="iris/b.csv", Body=frame.iloc[80:].to_csv(index=False))
+        args = train_args(tmp_path, "s3://features/iris/", "--target", "target")
+        rc = main([*args, "--model-uri", "s3://artifacts/models/iris-1", "--hp", "epochs=5"], {})
+        assert rc == 0, (tmp_path / "failure").read_text()
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="artifacts")["Contents"]}
+        assert keys == {
+            f"models/iris-1/{f}"
+            for f in ("model.pt", "preprocess.json", "metrics.json", "meta.json")
+        }
+        report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+        assert report["train_rows"] + report["validation_rows"] == len(frame)
