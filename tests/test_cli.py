@@ -60,7 +60,7 @@ def test_lifecycle_end_to_end(state, tmp_path):
 
     code, out = mlinfra("status", state=state)
     assert code == 0, out
-    assert "serving" in out and "v1 Approved" in out
+    assert "serving" in out and "200 OK" in out and "v1 Approved" in out
 
     # predict: CSV rows (with a missing value) and JSON rows, from the later period.
     validation = next((state / "local" / "buckets" / "artifacts").rglob("validation.csv"))

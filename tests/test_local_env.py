@@ -271,6 +271,11 @@ def test_a_model_below_the_gate_stays_pending_and_is_not_served(tmp_path):
         )
         assert run.status == "PendingManualApproval"
         assert [s.state for s in localenv.status("strict", state)] == ["waiting for a model"]
+        # Other data would mix customers with the data set the feature store holds: refused.
+        with pytest.raises(pipeline.PipelineError, match="already holds data set"):
+            pipeline.run_pipeline(
+                "strict", state, rows=700, epochs=1, stacks_dir=stacks, console=out
+            )
     finally:
         _stop_all(state)
 

@@ -19,6 +19,7 @@ import httpx
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from components.spec import SpecError
@@ -31,8 +32,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+# soft_wrap: messages and paths stay on one line (copyable); tables still fit the terminal.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 StackOpt = Annotated[
     str, typer.Option("--stack", "-s", help="Stack config: stacks/Pulumi.<stack>.yaml")
@@ -47,7 +49,7 @@ StacksDirOpt = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -108,7 +110,7 @@ _STATE_STYLE = {
 
 def endpoints_table(statuses: list[localenv.EndpointStatus]) -> Table:
     table = Table(title="endpoints")
-    for col in ("endpoint", "url", "state", "model version", "pid"):
+    for col in ("endpoint", "url", "state", "/ping", "model version", "pid"):
         table.add_column(col, overflow="fold")
     for s in statuses:
         style = _STATE_STYLE.get(s.state, "")
@@ -116,6 +118,7 @@ def endpoints_table(statuses: list[localenv.EndpointStatus]) -> Table:
             s.name,
             s.url,
             f"[{style}]{s.state}[/]",
+            {None: "-", True: "200 OK", False: "no answer"}[s.answers_ping],
             "-" if s.model_version is None else f"v{s.model_version}",
             "-" if s.pid is None else str(s.pid),
         )
@@ -143,7 +146,7 @@ def up(
     except (SpecError, localenv.LocalEnvError) as exc:
         raise _fail(str(exc)) from None
     for message in result.messages:
-        console.print(f"- {message}", highlight=False)
+        console.print(f"- {escape(message)}", highlight=False)
     console.print(descriptor_table(result.descriptor))
     console.print(endpoints_table(result.endpoints))
     console.print(f"descriptor: {result.paths.descriptor}", highlight=False)
@@ -165,7 +168,7 @@ def down(
     except localenv.LocalEnvError as exc:
         raise _fail(str(exc)) from None
     for message in messages:
-        console.print(f"- {message}", highlight=False)
+        console.print(f"- {escape(message)}", highlight=False)
 
 
 @app.command()
@@ -298,8 +301,8 @@ def predictions_table(records: list[dict], predictions: list) -> Table:
 def pipeline(
     stack: StackOpt = "local",
     state_dir: StateOpt = None,
-    rows: Annotated[int, typer.Option(help="Label rows of churn data", min=100)] = 20_000,
-    epochs: Annotated[int, typer.Option(help="Most training epochs", min=1)] = 30,
+    rows: Annotated[int, typer.Option(help="Label rows of churn data", min=100)] = 10_000,
+    epochs: Annotated[int, typer.Option(help="Most training epochs", min=1)] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the generated data")] = 0,
     stacks_dir: StacksDirOpt = Path("stacks"),
 ) -> None:

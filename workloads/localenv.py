@@ -252,6 +252,7 @@ class EndpointStatus:
     pid: int | None
     model_version: int | None
     log: Path
+    answers_ping: bool | None = None  # None: no process to ask
 
 
 def read_process(paths: StackPaths, name: str) -> EndpointProcess | None:
@@ -333,8 +334,14 @@ def stop_process(pid: int | None, timeout: float = STOP_TIMEOUT_S) -> None:
     raise LocalEnvError(f"process {pid} did not stop")
 
 
-def start_server(paths: StackPaths, name: str, port: int, model_dir: Path) -> int:
-    """Start a detached inference server and wait until it answers /ping."""
+def start_server(paths: StackPaths, record: EndpointProcess) -> EndpointProcess:
+    """Start a detached inference server and wait until it answers /ping.
+
+    Its pid is saved as soon as it exists, so an interrupted `up` never leaves a server
+    that the next `up` or `down` does not know about.
+    """
+    name, port, model_dir = record.name, record.port, record.model_dir
+    assert model_dir is not None
     log_path = paths.endpoint_log(name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "workloads.serve", "--model-dir", str(model_dir)]
@@ -355,18 +362,22 @@ def start_server(paths: StackPaths, name: str, port: int, model_dir: Path) -> in
             env=env,
             start_new_session=True,  # detached: outlives the CLI, stopped as a group
         )
+    record = record.model_copy(update={"pid": proc.pid, "stopped": False})
+    write_process(paths, record)
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            write_process(paths, record.model_copy(update={"pid": None}))
             raise LocalEnvError(
                 f"endpoint {name}: the server exited with code {proc.returncode}; "
                 f"last lines of {log_path}:\n{_tail(log_path)}"
             )
         if ping(url, timeout=1.0):
-            return proc.pid
+            return record
         time.sleep(0.2)
     stop_process(proc.pid)
+    write_process(paths, record.model_copy(update={"pid": None}))
     raise LocalEnvError(
         f"endpoint {name}: no answer on {url}/ping after {START_TIMEOUT_S:.0f} s; "
         f"see {log_path}:\n{_tail(log_path)}"
@@ -511,16 +522,14 @@ def _reconcile_endpoint(
             messages.append(f"endpoint {name}: stopped, no approved model to serve")
         proc = EndpointProcess(name=name, port=port)
         write_process(paths, proc)
-        return EndpointStatus(
-            name, url, "waiting for a model", None, None, paths.endpoint_log(name)
-        )
+        return EndpointStatus(name, url, "waiting for a model", None, None, log)
     healthy = alive and proc.port == port and ping(url)
     if healthy and proc.model_version == version.version:
-        return EndpointStatus(
-            name, url, "serving", proc.pid, proc.model_version, paths.endpoint_log(name)
-        )
+        return EndpointStatus(name, url, "serving", proc.pid, proc.model_version, log, True)
     if proc.pid and not alive:
         messages.append(f"endpoint {name}: process {proc.pid} had died; restarting it")
+    elif alive and proc.port != port:
+        messages.append(f"endpoint {name}: moving from port {proc.port} to {port}")
     elif alive and not healthy:
         messages.append(f"endpoint {name}: process {proc.pid} did not answer /ping; restarting it")
     elif alive:
@@ -530,13 +539,14 @@ def _reconcile_endpoint(
         )
     stop_process(proc.pid if alive else None)
     model_dir = uri_path(version.model_uri)
-    pid = start_server(paths, name, port, model_dir)
-    proc = EndpointProcess(
-        name=name, port=port, pid=pid, model_version=version.version, model_dir=str(model_dir)
+    proc = start_server(
+        paths,
+        EndpointProcess(
+            name=name, port=port, model_version=version.version, model_dir=str(model_dir)
+        ),
     )
-    write_process(paths, proc)
     messages.append(f"endpoint {name}: serving {version.group} v{version.version} at {url}")
-    return EndpointStatus(name, url, "serving", pid, version.version, log)
+    return EndpointStatus(name, url, "serving", proc.pid, version.version, log, True)
 
 
 def _forget_removed_endpoints(spec: PlatformSpec, paths: StackPaths, messages: list[str]) -> None:
@@ -572,14 +582,9 @@ def status(stack: str = "local", state: str | Path | None = None) -> list[Endpoi
             state_: EndpointState = "stopped" if stopped else "waiting for a model"
             out.append(EndpointStatus(name, url, state_, None, proc and proc.model_version, log))
             continue
-        if not pid_alive(proc.pid):
-            out.append(EndpointStatus(name, url, "dead", proc.pid, proc.model_version, log))
-        elif not ping(url):
-            out.append(
-                EndpointStatus(name, url, "not answering", proc.pid, proc.model_version, log)
-            )
-        else:
-            out.append(EndpointStatus(name, url, "serving", proc.pid, proc.model_version, log))
+        answers = pid_alive(proc.pid) and ping(url)
+        state_ = "serving" if answers else "not answering" if pid_alive(proc.pid) else "dead"
+        out.append(EndpointStatus(name, url, state_, proc.pid, proc.model_version, log, answers))
     return out
 
 

@@ -438,8 +438,8 @@ def run_pipeline(
     stack: str = "local",
     state: str | Path | None = None,
     *,
-    rows: int = 20_000,
-    epochs: int = 30,
+    rows: int = 10_000,
+    epochs: int = 20,
     seed: int = 0,
     stacks_dir: str | Path = "stacks",
     console: Console | None = None,
@@ -451,6 +451,6 @@ def run_pipeline(
         epochs=epochs,
         seed=seed,
         stacks_dir=stacks_dir,
-        console=console or Console(),
+        console=console or Console(soft_wrap=True),
     )
     return pipeline.run()
