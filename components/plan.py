@@ -14,7 +14,8 @@ cost comes from the dated price table (`components/prices.json`):
 
 A price missing from the table is reported as unpriced and left out of the totals, never
 counted as zero. `--against REF` renders the same stack at another git revision (its own
-code and config, from `git archive`) and prints the cost delta.
+code and config, from `git archive`, in a child process) and prints the cost delta; both
+sides are priced with this revision's table, so the delta is what the change does.
 """
 
 from __future__ import annotations
