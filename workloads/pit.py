@@ -11,6 +11,9 @@ Time columns may be datetimes (naive = UTC, or tz-aware), ISO-8601 strings, or e
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -20,17 +23,17 @@ _LABEL_INDEX = "__mlinfra_label_row"
 _FEATURE_ROW = "__mlinfra_feature_row"
 _ENTITY = "__mlinfra_entity"
 _TIME = "__mlinfra_time"
-_ROW_SLOTS = 1 << 40  # room for the feature row number below the time in the ASOF key
+# DuckDB's working memory for one join; past it, its sort spills to the temp folder.
+MEMORY_LIMIT = os.environ.get("MLINFRA_PIT_MEMORY_LIMIT", "512MB")
 
 
 def to_utc(values: pd.Series, what: str) -> pd.Series:
     """Normalise a time column to naive UTC datetime64[us] (naive input is taken as UTC)."""
     try:
-        if isinstance(values.dtype, pd.DatetimeTZDtype):
-            out = values.dt.tz_convert("UTC").dt.tz_localize(None)
-        elif pd.api.types.is_datetime64_dtype(values.dtype):
-            out = values
-        elif pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(
+        if pd.api.types.is_datetime64_any_dtype(values.dtype):
+            # tz-aware datetimes are stored as UTC instants: this is a view, not a copy.
+            return pd.Series(values.to_numpy(dtype="datetime64[us]"), index=values.index)
+        if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(
             values.dtype
         ):
             # Whole microseconds first: float seconds times 1e9 would smear the last digits.
@@ -43,6 +46,14 @@ def to_utc(values: pd.Series, what: str) -> pd.Series:
             f"{what}: not a time column (datetimes, ISO-8601 strings or epoch seconds): {exc}"
         ) from None
     return out.astype("datetime64[us]")
+
+
+def _micros(times: pd.Series) -> pa.Array:
+    """Naive UTC datetime64[us] -> int64 microseconds since the epoch (NaT -> null)."""
+    values = times.to_numpy(dtype="datetime64[us]")
+    missing = np.isnat(values)
+    # Without nulls the int64 view goes to Arrow without a copy.
+    return pa.array(values.view(np.int64), mask=missing if missing.any() else None)
 
 
 def _entity_kind(values: pd.Series) -> str:
@@ -99,47 +110,60 @@ def point_in_time_join(
     feature_time = to_utc(features[feature_time_column], f"features column {feature_time_column!r}")
 
     # Only the join keys go to DuckDB; feature values are gathered afterwards by row number,
-    # so wide feature frames are never copied into the engine. The key is (time, row) packed
-    # into one HUGEINT: the ASOF match is the newest time at or before the label's, and among
-    # rows with that same time the last one - deterministic, in a single sort-merge pass.
+    # so wide feature frames are never copied into the engine. Times are int64 microseconds.
     left = pa.table(
         {
             _ENTITY: pa.array(labels[entity_column], from_pandas=True),
-            _TIME: pa.array(label_time, from_pandas=True),
+            _TIME: _micros(label_time),
             _LABEL_INDEX: pa.array(np.arange(len(labels), dtype=np.int64)),
         }
     )
     right = pa.table(
         {
             _ENTITY: pa.array(features[entity_column], from_pandas=True),
-            _TIME: pa.array(feature_time, from_pandas=True),
+            _TIME: _micros(feature_time),
             _FEATURE_ROW: pa.array(np.arange(len(features), dtype=np.int64)),
         }
     )
+    # The ASOF JOIN finds each label's newest feature time at or before its own. Several rows
+    # may share that entity and time; the last one (highest row) is taken, so the answer is
+    # deterministic - resolved only for the matched (entity, time) pairs, a cheap hash join.
     query = f"""
-        SELECT l.{_LABEL_INDEX}, f.{_FEATURE_ROW}
-        FROM (SELECT {_LABEL_INDEX}, {_ENTITY},
-                     epoch_us({_TIME})::HUGEINT * {_ROW_SLOTS} + {_ROW_SLOTS - 1} AS k
-              FROM l) AS l
-        ASOF LEFT JOIN
-             (SELECT {_FEATURE_ROW}, {_ENTITY},
-                     epoch_us({_TIME})::HUGEINT * {_ROW_SLOTS} + {_FEATURE_ROW} AS k
-              FROM r) AS f
-        ON l.{_ENTITY} = f.{_ENTITY} AND l.k >= f.k
-        ORDER BY l.{_LABEL_INDEX}
+        WITH m AS MATERIALIZED (
+            SELECT l.{_LABEL_INDEX}, l.{_ENTITY}, f.{_TIME}
+            FROM l ASOF LEFT JOIN (SELECT {_ENTITY}, {_TIME} FROM r) AS f
+            ON l.{_ENTITY} = f.{_ENTITY} AND l.{_TIME} >= f.{_TIME}
+        ),
+        k AS (SELECT DISTINCT {_ENTITY}, {_TIME} FROM m WHERE {_TIME} IS NOT NULL),
+        w AS (
+            SELECT r.{_ENTITY}, r.{_TIME}, max(r.{_FEATURE_ROW}) AS {_FEATURE_ROW}
+            FROM r JOIN k ON r.{_ENTITY} = k.{_ENTITY} AND r.{_TIME} = k.{_TIME}
+            GROUP BY r.{_ENTITY}, r.{_TIME}
+        )
+        SELECT m.{_LABEL_INDEX}, w.{_FEATURE_ROW}
+        FROM m LEFT JOIN w ON m.{_ENTITY} = w.{_ENTITY} AND m.{_TIME} = w.{_TIME}
     """
-    con = duckdb.connect()
+    config = {"memory_limit": MEMORY_LIMIT, "temp_directory": tempfile.gettempdir()}
+    con = duckdb.connect(config=config)
     try:
         con.register("l", left)
         con.register("r", right)
-        matched = con.sql(query).to_arrow_table().column(_FEATURE_ROW)
+        result = con.sql(query).to_arrow_table()
     finally:
         con.close()
 
-    found = matched.is_valid().to_numpy(zero_copy_only=False)
-    rows = matched.fill_null(0).to_numpy()
-    gathered = features[feature_columns].iloc[rows].reset_index(drop=True)
-    if not found.all():
+    # Back into label order without a sort: scatter each match to its label's position.
+    rows = np.full(len(labels), -1, dtype=np.int64)
+    matched = result.column(_FEATURE_ROW)
+    rows[result.column(_LABEL_INDEX).to_numpy()] = matched.fill_null(-1).to_numpy()
+    found = rows >= 0
+    rows[~found] = 0
+    values = features[feature_columns].reset_index(drop=True)
+    if values.empty:
+        gathered = values.reindex(range(len(labels)))  # no features at all: every row null
+    else:
+        gathered = values.iloc[rows].reset_index(drop=True)
+    if len(values) and not found.all():
         # Unmatched labels get nulls (ints become floats with NaN, as in any pandas left join).
         gathered = gathered.mask(np.broadcast_to(~found[:, None], gathered.shape))
     return pd.concat([labels.reset_index(drop=True), gathered], axis=1)
