@@ -206,3 +206,19 @@ def test_matches_a_brute_force_join_on_random_data(seed):
         expected = naive_join(labels, features)
     got = join(labels, features)["x"].astype(float).tolist()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_no_feature_rows_and_no_labels():
+    empty = pd.DataFrame(
+        {
+            "id": pd.Series([], dtype="int64"),
+            "event_time": pd.Series([], dtype="datetime64[us]"),
+            "x": pd.Series([], dtype="float64"),
+        }
+    )
+    labels = pd.DataFrame({"id": [1, 2], "label_time": [T0, T0]})
+    out = join(labels, empty)
+    assert list(out.columns) == ["id", "label_time", "x"] and out["x"].isna().all()
+    assert join(labels.iloc[:0], empty).empty
+    features = pd.DataFrame({"id": [1], "event_time": [T0], "x": [1.5]})
+    assert join(labels.iloc[:0], features).columns.tolist() == ["id", "label_time", "x"]
