@@ -255,6 +255,17 @@ def test_an_interrupted_pipeline_completes_when_run_again(state, tmp_path, monke
     offline = feature_store_from_descriptor(descriptor).read_offline("customer-activity")
     assert not offline.duplicated(["customer_id", "event_time"]).any()
 
+    # A newer approved version is rolled out by the next up: the server restarts on it.
+    old_pid = localenv.read_process(localenv.StackPaths.of("local", state), "churn").pid
+    v2 = registry.register("churn", versions[0].model_uri, versions[0].metrics)
+    result = localenv.up("local", state, stacks_dir=STACKS)
+    assert result.messages == []  # pending versions are not served
+    registry.approve("churn", v2.version)
+    result = localenv.up("local", state, stacks_dir=STACKS)
+    assert "rolling out churn v2 (was v1)" in result.messages[0]
+    assert [(s.state, s.model_version) for s in result.endpoints] == [("serving", 2)]
+    assert not localenv.pid_alive(old_pid)
+
 
 def test_a_model_below_the_gate_stays_pending_and_is_not_served(tmp_path):
     config = _broken(lambda c: c["mlinfra:modelRegistry"]["modelGroups"][0].update(
