@@ -181,6 +181,9 @@ def test_a_requested_port_in_use_is_named_and_nothing_is_created(tmp_path, taken
     assert not state.exists()
     with pytest.raises(localenv.LocalEnvError, match="unknown endpoint"):
         localenv.up("local", state, stacks_dir=STACKS, ports={"fraud": 9999})
+    with pytest.raises(localenv.LocalEnvError, match="1-65535"):
+        localenv.up("local", state, stacks_dir=STACKS, ports={"churn": 70000})
+    assert not state.exists()
 
 
 def test_a_default_port_in_use_is_replaced_and_kept(state, taken_port, monkeypatch):

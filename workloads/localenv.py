@@ -407,19 +407,12 @@ def _choose_ports(
 ) -> dict[str, int]:
     """Keep each endpoint's port across runs; move it only if something else took it."""
     names = [ep.name for ep in spec.endpoints]
-    unknown = sorted(set(requested) - set(names))
-    if unknown:
-        raise LocalEnvError(
-            f"--port names unknown endpoint(s) {unknown}; endpoints: {', '.join(names) or 'none'}"
-        )
     ports: dict[str, int] = {}
     for i, name in enumerate(names):
         proc = read_process(paths, name)
         ours = proc is not None and pid_alive(proc.pid)
         if name in requested:
             port = requested[name]
-            if not 1 <= port <= 65535:
-                raise LocalEnvError(f"--port {name}={port}: a port is 1-65535")
             mine = ours and proc is not None and proc.port == port
             if not mine and (not port_free(port) or port in ports.values()):
                 raise LocalEnvError(
@@ -440,6 +433,26 @@ def _choose_ports(
     return ports
 
 
+def _check_requested_ports(spec: PlatformSpec, requested: dict[str, int], fresh: bool) -> None:
+    """Bad `--port` values fail before anything is created."""
+    names = [ep.name for ep in spec.endpoints]
+    unknown = sorted(set(requested) - set(names))
+    if unknown:
+        raise LocalEnvError(
+            f"--port names unknown endpoint(s) {unknown}; endpoints: {', '.join(names) or 'none'}"
+        )
+    for name, port in requested.items():
+        if not 1 <= port <= 65535:
+            raise LocalEnvError(f"--port {name}={port}: a port is 1-65535")
+        if fresh and not port_free(port):  # nothing of ours can hold it yet
+            raise LocalEnvError(
+                f"port {port} requested for endpoint {name} is already in use on {HOST}; "
+                "choose another with --port NAME=PORT, or leave it out to pick a free one"
+            )
+    if len(set(requested.values())) < len(requested):
+        raise LocalEnvError(f"--port: two endpoints cannot share a port ({requested})")
+
+
 def up(
     stack: str = "local",
     state: str | Path | None = None,
@@ -451,11 +464,7 @@ def up(
     spec = load_stack(stack, stacks_dir)  # a bad spec raises SpecError before anything exists
     paths = StackPaths.of(stack, state)
     messages: list[str] = []
-    if not paths.root.exists():
-        # Check requested ports before creating anything.
-        for name, port in (ports or {}).items():
-            if not port_free(port):
-                raise LocalEnvError(f"port {port} requested for endpoint {name} is already in use")
+    _check_requested_ports(spec, ports or {}, fresh=not paths.root.exists())
     with locked(paths):
         chosen = _choose_ports(spec, paths, ports or {}, messages)
         descriptor = build_descriptor(spec, stack, paths, chosen)
@@ -482,11 +491,8 @@ def _init_stores(descriptor: PlatformDescriptor) -> None:
     from workloads.featurestore import feature_store_from_descriptor
     from workloads.registry import registry_from_descriptor
 
-    store = feature_store_from_descriptor(descriptor)
-    registry = registry_from_descriptor(descriptor)
-    for obj in (store, registry):
-        with contextlib.suppress(Exception):
-            getattr(obj, "close", lambda: None)()
+    feature_store_from_descriptor(descriptor)  # the local backends create their stores
+    registry_from_descriptor(descriptor)
 
 
 def served_version(spec: PlatformSpec, descriptor: PlatformDescriptor, endpoint: str):
