@@ -1,0 +1,493 @@
+"""Serving benchmark: our server against the in-process limit, TorchServe and BentoML.
+
+    .venv/bin/python benchmarks/serve.py [--duration 6] [--concurrency 1 8 32] [--skip-peers]
+
+Two models, both trained here with `python -m workloads.train` on the churn reference data:
+`reference` (the default network, hidden 128x64: HTTP and JSON handling dominate) and `wide`
+(hidden 2048x2048x2048: the forward pass dominates). Each server runs on 127.0.0.1 and is
+driven by `wrk` (its own process, a closed loop of C connections, one instance per request,
+`apt-get install wrk`) for `--duration` seconds per cell after a short warm-up. Printed side
+by side: requests/s, p50 and p99 latency (ms) at each concurrency, for
+
+- ours, batching on / off: `python -m workloads.serve` (2 worker processes, 1 torch thread each);
+- in-process limit: `prepare_records` + `predict_matrix` with no HTTP: the C outstanding
+  requests split over 2 processes (1 torch thread each), back-to-back batches of C/2 records;
+  latency = one batch;
+- TorchServe 0.12 (batching on: batch size 32, max delay 5 ms, 2 workers) with a handler that
+  loads the same artifact through `workloads.model.load_model`;
+- BentoML 1.4 (adaptive batching on, 2 workers), same artifact, same loader.
+
+The peers live in `benchmarks/.venv-peers` (created on first use: torch==2.13.0 first, then
+torchserve, torch-model-archiver, bentoml, pandas; TorchServe needs Java 17). Results also go to
+`benchmarks/out/serve.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+PEERS = ROOT / "benchmarks" / ".venv-peers"
+PY = sys.executable
+MODELS = {"reference": "128,64", "wide": "2048,2048,2048"}
+WORKERS = 2  # one per core on the 2-core reference machine, for every server
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def training_table(rows: int, seed: int = 0):
+    """The churn reference training set: labels joined point-in-time with both feature groups."""
+    from workloads import churn
+    from workloads.pit import point_in_time_join
+
+    data = churn.generate_churn(rows, seed=seed)
+    joined = data.labels
+    for features in (data.profile, data.activity):
+        joined = point_in_time_join(
+            joined,
+            features,
+            entity_column=churn.ENTITY,
+            label_time_column=churn.TIME,
+            feature_time_column=churn.TIME,
+        )
+    return joined[churn.FEATURES + [churn.TARGET]]
+
+
+def prepare_models() -> dict[str, tuple[Path, dict]]:
+    """Train both models once (kept under benchmarks/out/models); returns dir + a sample row."""
+    from workloads import churn
+
+    table = training_table(4000)
+    sample = table[churn.FEATURES].iloc[0]
+    record = {k: (None if v != v else v) for k, v in sample.astype(object).to_dict().items()}
+    record = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
+    models = {}
+    for name, hidden in MODELS.items():
+        work = OUT / "models" / name
+        model_dir = work / "model"
+        if not (model_dir / "meta.json").is_file():
+            work.mkdir(parents=True, exist_ok=True)
+            rows = 4000 if name == "reference" else 800
+            table.iloc[:rows].to_csv(work / "train.csv", index=False)
+            cmd = [PY, "-m", "workloads.train", "--train", str(work / "train.csv")]
+            cmd += ["--model-dir", str(model_dir), "--output-data-dir", str(work / "output")]
+            cmd += ["--checkpoint-dir", str(work / "ckpt"), "--failure-file", str(work / "fail")]
+            cmd += ["--target", churn.TARGET, "--hp", f"hidden_sizes={hidden}"]
+            cmd += ["--hp", "epochs=10" if name == "reference" else "epochs=1"]
+            print(f"training the {name} model ...", flush=True)
+            subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+        models[name] = (model_dir, record)
+    return models
+
+
+# --- processes and load ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(name: str, cmd: list[str], ready, cwd: Path = ROOT, env: dict | None = None):
+    """Start a server in its own process group, wait until `ready()` is true, stop it after."""
+    log = OUT / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not ready():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{name} did not start (see {log}):\n{tail}")
+                time.sleep(0.3)
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def post_ok(url: str, body: bytes, timeout: float = 5) -> bool:
+    import httpx
+
+    try:
+        r = httpx.post(
+            url, content=body, headers={"content-type": "application/json"}, timeout=timeout
+        )
+        return r.status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def get_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def lua_script(body: bytes) -> Path:
+    path = OUT / "post.lua"
+    text = body.decode().replace("\\", "\\\\").replace("'", "\\'")
+    path.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = '{text}'\n"
+    )
+    return path
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * _UNITS[unit]
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    result = {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+    if errors or sock:
+        result["errors"] = (errors.group(0) if errors else "") + (sock.group(0) if sock else "")
+    return result
+
+
+def drive(name: str, url: str, script: Path, levels: list[int], seconds: float) -> dict:
+    wrk(url, script, max(levels), 2)  # warm-up: worker caches, connection setup, JIT (Java)
+    cells = {}
+    for c in levels:
+        cells[c] = wrk(url, script, c, seconds)
+        cell = cells[c]
+        print(
+            f"  {name:<24} c={c:<3} {cell['rps']:>8.0f} req/s  p50 {cell['p50_ms']:7.2f} ms"
+            f"  p99 {cell['p99_ms']:7.2f} ms {cell.get('errors', '')}",
+            flush=True,
+        )
+    return cells
+
+
+# --- the contenders ---------------------------------------------------------------------------
+
+
+def ours(model_dir: Path, script: Path, body: bytes, levels, seconds, batching: bool) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [PY, "-m", "workloads.serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--workers", str(WORKERS), "--threads", "1"]
+    cmd += ["--batching" if batching else "--no-batching"]
+    name = f"ours, batching {'on' if batching else 'off'}"
+    # Ready = every worker answers: a request per worker (they share the port) until all do.
+    with running(name.replace(", ", "-"), cmd, lambda: post_ok(url + "/invocations", body)):
+        for _ in range(4 * WORKERS):
+            post_ok(url + "/invocations", body, timeout=60)
+        return drive(name, url + "/invocations", script, levels, seconds)
+
+
+INPROC_CODE = """
+import json, sys, time, torch
+from workloads.model import load_model
+model_dir, batch, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+torch.set_num_threads(1)
+p = load_model(model_dir)
+records = [json.loads(sys.argv[4]) for _ in range(batch)]
+for _ in range(20):
+    p.predict_matrix(p.prepare_records(records))
+times, end = [], time.perf_counter() + seconds
+while time.perf_counter() < end:
+    t = time.perf_counter()
+    p.predict_matrix(p.prepare_records(records))
+    times.append(time.perf_counter() - t)
+print(json.dumps({"rows": batch * len(times), "elapsed": sum(times), "times": times}))
+"""
+
+
+def in_process(model_dir: Path, record: dict, levels, seconds) -> dict:
+    """The model's batched prepare + forward with no HTTP: C outstanding single-row requests
+    split over up to WORKERS processes (1 torch thread each, like the servers), each running
+    back-to-back batches of C / processes records. Latency = one batch."""
+    cells = {}
+    for c in levels:
+        procs = min(WORKERS, c)
+        args = [str(model_dir), str(c // procs), str(seconds), json.dumps(record)]
+        running_ = [
+            subprocess.Popen([PY, "-c", INPROC_CODE, *args], cwd=ROOT, stdout=subprocess.PIPE)
+            for _ in range(procs)
+        ]
+        outs = [json.loads(p.communicate()[0]) for p in running_]
+        times = sorted(t for o in outs for t in o["times"])
+        cells[c] = {
+            "rps": sum(o["rows"] / o["elapsed"] for o in outs),
+            "p50_ms": 1e3 * times[len(times) // 2],
+            "p99_ms": 1e3 * times[int(len(times) * 0.99)],
+        }
+        cell = cells[c]
+        print(
+            f"  {'in-process limit':<24} c={c:<3} {cell['rps']:>8.0f} req/s  p50 "
+            f"{cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms",
+            flush=True,
+        )
+    return cells
+
+
+TS_HANDLER = '''
+"""TorchServe handler for an mlinfra model artifact (written by benchmarks/serve.py)."""
+import json
+import sys
+
+sys.path.insert(0, {root!r})
+
+import numpy as np
+import torch
+
+from workloads.model import load_model
+
+MODEL_DIR = {model_dir!r}
+_predictor = None
+
+
+def handle(data, context):
+    global _predictor
+    if _predictor is None:
+        torch.set_num_threads(1)
+        _predictor = load_model(MODEL_DIR)
+    if data is None:
+        return None
+    out, mats, index = [None] * len(data), [], []
+    for i, row in enumerate(data):  # one entry per request in TorchServe's batch
+        body = row.get("body") or row.get("data")
+        if isinstance(body, (bytes, bytearray)):
+            body = json.loads(body)
+        try:
+            mats.append(_predictor.prepare_records(body["instances"]))
+            index.append(i)
+        except Exception as exc:
+            out[i] = json.dumps({{"error": str(exc)}})
+    if mats:
+        preds = _predictor.predict_matrix(np.concatenate(mats))
+        start = 0
+        for i, m in zip(index, mats):
+            out[i] = json.dumps({{"predictions": preds[start : start + len(m)]}})
+            start += len(m)
+    return out
+'''
+
+
+def torchserve(name: str, model_dir: Path, script: Path, body: bytes, levels, seconds) -> dict:
+    work = OUT / "torchserve" / name
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "store").mkdir(parents=True)
+    handler = work / "handler.py"
+    handler.write_text(TS_HANDLER.format(root=str(ROOT), model_dir=str(model_dir)))
+    subprocess.run(
+        [PEERS / "bin" / "torch-model-archiver", "--model-name", name, "--version", "1.0"]
+        + ["--handler", str(handler), "--export-path", str(work / "store")]
+        + ["--archive-format", "no-archive", "--force"],
+        check=True,
+        capture_output=True,
+    )
+    port, mgmt, metrics = free_port(), free_port(), free_port()
+    models = {
+        name: {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": name,
+                "minWorkers": WORKERS,
+                "maxWorkers": WORKERS,
+                "batchSize": 32,
+                "maxBatchDelay": 5,
+                "responseTimeout": 120,
+            }
+        }
+    }
+    (work / "config.properties").write_text(
+        f"inference_address=http://127.0.0.1:{port}\n"
+        f"management_address=http://127.0.0.1:{mgmt}\n"
+        f"metrics_address=http://127.0.0.1:{metrics}\n"
+        f"model_store={work / 'store'}\n"
+        f"load_models={name}\n"
+        f"models={json.dumps(models)}\n"
+        "disable_token_authorization=true\n"
+        "install_py_dep_per_model=false\n"
+        "async_logging=true\n"
+        "job_queue_size=1000\n"
+        "default_workers_per_model=2\n"
+    )
+    cmd = [str(PEERS / "bin" / "torchserve"), "--start", "--foreground", "--ncs"]
+    cmd += ["--model-store", str(work / "store"), "--ts-config", str(work / "config.properties")]
+    cmd += ["--disable-token-auth"]
+    url = f"http://127.0.0.1:{port}/predictions/{name}"
+    env = {"PATH": f"{PEERS / 'bin'}:{os.environ['PATH']}", "LOG_LOCATION": str(work / "logs")}
+    env["METRICS_LOCATION"] = str(work / "logs")
+    with running(f"torchserve-{name}", cmd, lambda: post_ok(url, body), cwd=work, env=env):
+        return drive("TorchServe, batching on", url, script, levels, seconds)
+
+
+BENTO_SERVICE = '''
+"""BentoML service for an mlinfra model artifact (written by benchmarks/serve.py)."""
+import sys
+
+sys.path.insert(0, {root!r})
+
+import bentoml
+
+from workloads.model import load_model
+
+
+@bentoml.service(workers={workers}, traffic={{"timeout": 120, "max_concurrency": 1024}})
+class Model:
+    def __init__(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.predictor = load_model({model_dir!r})
+
+    @bentoml.api(route="/invocations", batchable=True, max_batch_size=32, max_latency_ms=1000)
+    def invocations(self, instances: list[dict]) -> list:
+        return self.predictor.predict_records(instances)
+'''
+
+
+def bentoml(name: str, model_dir: Path, script: Path, body: bytes, levels, seconds) -> dict:
+    work = OUT / "bentoml" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "service.py").write_text(
+        BENTO_SERVICE.format(root=str(ROOT), model_dir=str(model_dir), workers=WORKERS)
+    )
+    port = free_port()
+    cmd = [str(PEERS / "bin" / "bentoml"), "serve", "service:Model", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port)]
+    env = {"BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(work / "home")}
+    env["PATH"] = f"{PEERS / 'bin'}:{os.environ['PATH']}"
+    url = f"http://127.0.0.1:{port}/invocations"
+    with running(f"bentoml-{name}", cmd, lambda: post_ok(url, body), cwd=work, env=env):
+        for _ in range(4 * WORKERS):
+            post_ok(url, body, timeout=60)
+        return drive("BentoML, batching on", url, script, levels, seconds)
+
+
+def ensure_peers() -> str | None:
+    """Create the peers' venv if needed; returns why the peers cannot run, or None."""
+    if shutil.which("java") is None:
+        return "TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)"
+    if not (PEERS / "bin" / "torchserve").exists() or not (PEERS / "bin" / "bentoml").exists():
+        print(f"creating {PEERS} ...", flush=True)
+        pip = [str(PEERS / "bin" / "pip"), "install", "--quiet"]
+        steps = [
+            [sys.executable, "-m", "venv", str(PEERS)],
+            [*pip, "torch==2.13.0"],  # first: the CPU build; nothing below replaces it
+            [*pip, "torchserve", "torch-model-archiver", "bentoml", "pandas", "numpy"],
+        ]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                return f"installing the peers failed: {' '.join(step)}: {done.stderr[-500:]}"
+    return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per cell")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--skip-peers", action="store_true", help="only ours and the in-process limit")
+    args = p.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("benchmarks/serve.py needs wrk: apt-get install wrk")
+    OUT.mkdir(parents=True, exist_ok=True)
+    peers_problem = None if not args.skip_peers else "skipped (--skip-peers)"
+    peers_problem = peers_problem or ensure_peers()
+    models = prepare_models()
+    levels, seconds = args.concurrency, args.duration
+    results: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "duration_s": seconds,
+        "models": {},
+    }
+    for name in args.models:
+        model_dir, record = models[name]
+        body = json.dumps({"instances": [record]}).encode()
+        script = lua_script(body)
+        print(f"\n== {name} model ({MODELS[name]} hidden), one instance per request", flush=True)
+        rows = {}
+        rows["ours, batching on"] = ours(model_dir, script, body, levels, seconds, True)
+        rows["ours, batching off"] = ours(model_dir, script, body, levels, seconds, False)
+        rows["in-process limit"] = in_process(model_dir, record, levels, seconds)
+        if peers_problem is None:
+            for label, run in (("TorchServe, batching on", torchserve), ("BentoML", bentoml)):
+                try:
+                    rows[label] = run(name, model_dir, script, body, levels, seconds)
+                except Exception as exc:  # report and go on: one peer failing is a result too
+                    print(f"  {label}: FAILED: {exc}", flush=True)
+                    rows[label] = {"error": str(exc)[:500]}
+        results["models"][name] = rows
+        print_table(name, rows, levels)
+    if peers_problem:
+        print(f"\npeers not run: {peers_problem}")
+        results["peers_problem"] = peers_problem
+    (OUT / "serve.json").write_text(json.dumps(results, indent=2))
+
+
+def print_table(name: str, rows: dict, levels: list[int]) -> None:
+    head = "".join(f" | c={c}: req/s  p50  p99 (ms)" for c in levels)
+    print(f"\n{name}\n{'server':<24}{head}")
+    for label, cells in rows.items():
+        if "error" in cells:
+            print(f"{label:<24} | failed: {cells['error'][:80]}")
+            continue
+        line = "".join(
+            f" | {cells[c]['rps']:>10.0f} {cells[c]['p50_ms']:6.2f} {cells[c]['p99_ms']:7.2f}"
+            for c in levels
+        )
+        print(f"{label:<24}{line}")
+
+
+if __name__ == "__main__":
+    main()
