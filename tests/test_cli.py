@@ -57,6 +57,10 @@ def test_lifecycle_end_to_end(state, tmp_path):
     assert code == 0, out
     assert "register: churn v1" in out and "Approved" in out
     assert f"endpoint churn: http://127.0.0.1:{port} (serving churn v1)" in out
+    sample_file = state / "local" / "sample-requests.csv"
+    assert f"mlinfra predict churn {sample_file}" in out
+    code, out = mlinfra("predict", "churn", str(sample_file), state=state)
+    assert code == 0 and "5 predictions" in out
 
     code, out = mlinfra("status", state=state)
     assert code == 0, out

@@ -114,6 +114,7 @@ class Pipeline:
             k: localenv.uri_path(v) for k, v in self.descriptor.buckets.model_dump().items()
         }
         self.run_file = self.paths.pipeline / "run.json"
+        self.sample_file = self.paths.root / "sample-requests.csv"
 
     # --- run state ---------------------------------------------------------------------------
 
@@ -306,6 +307,8 @@ class Pipeline:
         frame = pd.read_csv(validation_csv, nrows=SAMPLE_REQUESTS)
         truth = frame[churn.TARGET].tolist()
         features = frame[churn.FEATURES]
+        # The same rows as a file for `mlinfra predict` (features only, as a client sends).
+        _atomic_write(self.sample_file, lambda p: features.to_csv(p, index=False))
         records = features.astype(object).where(features.notna(), None).to_dict("records")
         url = self.endpoint_url()
         response = httpx.post(f"{url}/invocations", json={"instances": records}, timeout=60)
@@ -432,6 +435,7 @@ class Pipeline:
             )
         say(table)
         say(f"endpoint {ep.name}: {ep.url} (serving {self.group} v{ep.model_version})")
+        say(f"try it: mlinfra predict {ep.name} {self.sample_file} --stack {self.stack}")
 
 
 def run_pipeline(
