@@ -61,6 +61,9 @@ def test_lifecycle_end_to_end(state, tmp_path):
     assert f"mlinfra predict churn {sample_file}" in out
     code, out = mlinfra("predict", "churn", str(sample_file), state=state)
     assert code == 0 and "5 predictions" in out
+    code, out = mlinfra("predict", "churn", str(sample_file), "--json", state=state)
+    predictions = json.loads(out)["predictions"]
+    assert len(predictions) == 5 and {p["label"] for p in predictions} <= {0, 1}
 
     code, out = mlinfra("status", state=state)
     assert code == 0, out

@@ -180,6 +180,12 @@ def status(stack: StackOpt = "local", state_dir: StateOpt = None) -> None:
         raise _fail(f"stack {stack} is not up ({paths.root} has no platform.json): run mlinfra up")
     descriptor = load_descriptor(paths.descriptor)
     console.print(f"stack {stack}: state in {paths.root}", highlight=False)
+    console.print(f"  descriptor    {paths.descriptor}", highlight=False)
+    console.print(f"  buckets       {paths.buckets}", highlight=False)
+    if descriptor.local:
+        console.print(f"  online store  {descriptor.local.online_store}", highlight=False)
+        console.print(f"  registry      {descriptor.local.registry}", highlight=False)
+    console.print(f"  endpoint logs {paths.endpoints}", highlight=False)
     _print_registry(descriptor)
     console.print(endpoints_table(statuses))
     bad = [s for s in statuses if s.state in ("dead", "not answering")]
@@ -219,6 +225,9 @@ def predict(
     file: Annotated[Path, typer.Argument(help="CSV (with a header) or JSON rows")],
     stack: StackOpt = "local",
     state_dir: StateOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the endpoint's JSON answer as it is")
+    ] = False,
 ) -> None:
     """Send the rows of FILE to an endpoint and print the predictions."""
     url = _endpoint_url(endpoint, stack, state_dir)
@@ -232,6 +241,9 @@ def predict(
         raise _fail(f"cannot reach {url}: {exc}; is it up? (mlinfra status)") from None
     if response.status_code != 200:
         raise _fail(f"{url} answered {response.status_code}: {response.text.strip()}")
+    if as_json:
+        print(response.text)  # plain stdout: for scripts and pipes
+        return
     predictions = response.json()["predictions"]
     console.print(predictions_table(records, predictions))
 
