@@ -5,7 +5,7 @@ The same spec that `pulumi up` deploys becomes, under `<state>/<stack>/` (`.mlin
 
     platform.json          the platform descriptor (backend "local"), written atomically
     buckets/<purpose>/     the raw, features, artifacts and logs "buckets"
-    online-store.db    the online feature store (an embedded database)
+    online-store.db        the online feature store (an embedded database)
     registry/              the local model registry
     endpoints/<name>.json  each endpoint's process: pid, port, model version served
     endpoints/<name>.log   its server's log
@@ -567,8 +567,11 @@ def _forget_removed_endpoints(spec: PlatformSpec, paths: StackPaths, messages: l
         messages.append(f"endpoint {state_file.stem}: removed from the spec, stopped")
 
 
-def rollout(stack: str, state: str | Path | None = None, *, stacks_dir: str | Path = "stacks"):
-    """Bring every endpoint to the version it should serve (after an approval)."""
+def rollout(
+    stack: str, state: str | Path | None = None, *, stacks_dir: str | Path = "stacks"
+) -> UpResult:
+    """Bring every endpoint to the version it should serve (after an approval): a restart
+    on the same port, so the URL in the descriptor stays valid."""
     return up(stack, state, stacks_dir=stacks_dir)
 
 
@@ -588,8 +591,9 @@ def status(stack: str = "local", state: str | Path | None = None) -> list[Endpoi
             state_: EndpointState = "stopped" if stopped else "waiting for a model"
             out.append(EndpointStatus(name, url, state_, None, proc and proc.model_version, log))
             continue
-        answers = pid_alive(proc.pid) and ping(url)
-        state_ = "serving" if answers else "not answering" if pid_alive(proc.pid) else "dead"
+        alive = pid_alive(proc.pid)
+        answers = alive and ping(url)
+        state_ = "serving" if answers else "not answering" if alive else "dead"
         out.append(EndpointStatus(name, url, state_, proc.pid, proc.model_version, log, answers))
     return out
 

@@ -301,7 +301,7 @@ class Pipeline:
         return current.status, f"{gate.metric} {value:.4f} fails {rule}; left pending"
 
     def rollout(self) -> list[str]:
-        return localenv.up(self.stack, self.state, stacks_dir=self.stacks_dir).messages
+        return localenv.rollout(self.stack, self.state, stacks_dir=self.stacks_dir).messages
 
     def sample(self, validation_csv: Path) -> tuple[list[dict], list[Any], list[Any]]:
         frame = pd.read_csv(validation_csv, nrows=SAMPLE_REQUESTS)
