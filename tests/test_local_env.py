@@ -270,7 +270,7 @@ def test_an_interrupted_pipeline_completes_when_run_again(state, tmp_path, monke
     assert not localenv.pid_alive(old_pid)
 
 
-def test_a_model_below_the_gate_stays_pending_and_is_not_served(tmp_path):
+def test_a_model_below_the_gate_stays_pending_until_approved_by_hand(tmp_path):
     config = _broken(lambda c: c["mlinfra:modelRegistry"]["modelGroups"][0].update(
         approvalGate={"metric": "accuracy", "threshold": 0.999}
     ))  # fmt: skip
@@ -290,6 +290,20 @@ def test_a_model_below_the_gate_stays_pending_and_is_not_served(tmp_path):
             pipeline.run_pipeline(
                 "strict", state, rows=700, epochs=1, stacks_dir=stacks, console=out
             )
+
+        def approve(*args: str):
+            argv = ["approve", *args, "--stack", "strict", "--state-dir", str(state)]
+            argv += ["--stacks-dir", str(stacks)]
+            return runner.invoke(app, argv, env={"COLUMNS": "200"})
+
+        result = approve("fraud", "1")
+        assert result.exit_code == 1 and "'fraud' is not declared" in result.output
+        result = approve("churn", "7")
+        assert result.exit_code == 1 and "no version 7" in result.output
+        result = approve("churn", "1")
+        assert result.exit_code == 0, result.output
+        assert "churn v1: Approved" in result.output and "serving churn v1" in result.output
+        assert [s.state for s in localenv.status("strict", state)] == ["serving"]
     finally:
         _stop_all(state)
 

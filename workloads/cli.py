@@ -310,6 +310,33 @@ def predictions_table(records: list[dict], predictions: list) -> Table:
 
 
 @app.command()
+def approve(
+    model_group: Annotated[str, typer.Argument(help="Model group name in the stack's spec")],
+    version: Annotated[int, typer.Argument(help="Version to approve", min=1)],
+    reason: Annotated[str, typer.Option(help="Why (kept with the version)")] = "manual",
+    stack: StackOpt = "local",
+    state_dir: StateOpt = None,
+    stacks_dir: StacksDirOpt = Path("stacks"),
+) -> None:
+    """Approve a model version by hand (one the gate left pending), then roll it out."""
+    from workloads.registry import registry_from_descriptor
+
+    paths = localenv.StackPaths.of(stack, state_dir)
+    if not paths.descriptor.is_file():
+        raise _fail(f"stack {stack} is not up ({paths.descriptor} missing): run mlinfra up")
+    registry = registry_from_descriptor(load_descriptor(paths.descriptor))
+    try:
+        approved = registry.approve(model_group, version, reason=reason)
+        result = localenv.rollout(stack, state_dir, stacks_dir=stacks_dir)
+    except (KeyError, ValueError, SpecError, localenv.LocalEnvError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{model_group} v{approved.version}: {approved.status}", highlight=False)
+    for message in result.messages:
+        console.print(f"- {escape(message)}", highlight=False)
+    console.print(endpoints_table(result.endpoints))
+
+
+@app.command()
 def pipeline(
     stack: StackOpt = "local",
     state_dir: StateOpt = None,

@@ -288,8 +288,9 @@ class Pipeline:
         if current.status != "PendingManualApproval":
             return current.status, "decided before"
         gate = self.descriptor.registry.model_groups[self.group].gate
+        by_hand = f"mlinfra approve {self.group} {run.version} --stack {self.stack}"
         if gate is None:
-            return current.status, "the model group has no gate: approve it by hand"
+            return current.status, f"the model group has no gate: approve by hand ({by_hand})"
         value = run.metrics.get(gate.metric)
         sign = ">=" if gate.mode == "max" else "<="
         rule = f"{gate.metric} {sign} {gate.threshold}"
@@ -298,7 +299,7 @@ class Pipeline:
         if registry.passes_gate(self.group, run.metrics):
             registry.approve(self.group, run.version, reason=f"gate {rule}: {value:.4f}")
             return "Approved", f"{gate.metric} {value:.4f} passes {rule}"
-        return current.status, f"{gate.metric} {value:.4f} fails {rule}; left pending"
+        return current.status, f"{gate.metric} {value:.4f} fails {rule}; left pending ({by_hand})"
 
     def rollout(self) -> list[str]:
         return localenv.rollout(self.stack, self.state, stacks_dir=self.stacks_dir).messages
