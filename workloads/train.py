@@ -106,6 +106,28 @@ def _json_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def holdout_split(
+    labels: pd.Series, task: str, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded validation/train row indices; stratified by class for classification, so a
+    small validation set still has every class in proportion."""
+    rng = np.random.default_rng(seed)
+    if task == "regression":
+        groups = [np.arange(len(labels))]
+    else:
+        groups = [np.flatnonzero(labels.to_numpy() == c) for c in pd.unique(labels)]
+    val, train = [], []
+    for rows in groups:
+        rows = rng.permutation(rows)
+        n_val = round(fraction * len(rows)) if len(rows) > 1 else 0
+        val.append(rows[:n_val])
+        train.append(rows[n_val:])
+    val_idx, train_idx = np.concatenate(val), np.concatenate(train)
+    if len(val_idx) == 0:
+        val_idx, train_idx = train_idx[:1], train_idx[1:]
+    return np.sort(val_idx), rng.permutation(train_idx)
+
+
 def prepare_data(contract: TrainingContract) -> Prepared:
     hp = contract.hyperparameters
     features, labels = split_target(load_table(contract.train), hp.target, contract.train)
@@ -122,9 +144,7 @@ def prepare_data(contract: TrainingContract) -> Prepared:
     else:  # hold out a seeded random share of the train channel
         if len(features) < 4:
             raise DataError(f"{contract.train}: {len(features)} rows are too few to train on")
-        order = np.random.default_rng(hp.seed).permutation(len(features))
-        n_val = max(1, round(hp.validation_fraction * len(features)))
-        val_idx, train_idx = order[:n_val], order[n_val:]
+        val_idx, train_idx = holdout_split(labels, task, hp.validation_fraction, hp.seed)
         val_features = features.iloc[val_idx].reset_index(drop=True)
         val_labels = labels.iloc[val_idx].reset_index(drop=True)
         features = features.iloc[train_idx].reset_index(drop=True)
