@@ -121,6 +121,7 @@ def test_bad_records_are_named(frame, records, message):
         ([["30", "2", "gold"]], "row 0: expected 4 values (age, visits, plan, active), got 3"),
         ([["30", "2", "gold", "true"], ["x", "2", "gold", "true"]], "row 1: column 'age'"),
         ([["30", "2", "gold", "maybe"]], "row 0: column 'active' expects true or false"),
+        ([["30", "2", "gold", "1"], ["inf", "2", "", ""]], "row 1: column 'age' has a non-finite"),
         ("30,2,gold,true", "expected a list of rows"),
     ],
 )

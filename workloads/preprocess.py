@@ -159,7 +159,7 @@ class Preprocessor:
             elif col.kind == "boolean":
                 self._fill_boolean(col, values, out)
             else:
-                self._fill_numbers(col, values, out)
+                self._fill_numbers(col, values, out, "record")
         return out
 
     def prepare_rows(self, rows: list[list]) -> np.ndarray:
@@ -187,7 +187,7 @@ class Preprocessor:
                 self._fill_boolean(col, [_parse_bool(col, i, v) for i, v in enumerate(values)], out)
             else:
                 parsed = [_parse_number(col, i, v) for i, v in enumerate(values)]
-                self._fill_numbers(col, parsed, out)
+                self._fill_numbers(col, parsed, out, "row")
         return out
 
     def _raise_columns(self, index: int, keys) -> None:
@@ -218,13 +218,13 @@ class Preprocessor:
         rows = np.nonzero(codes >= 0)[0]
         out[rows, col.offset + codes[rows]] = 1.0
 
-    def _fill_numbers(self, col: Column, values: list, out: np.ndarray) -> None:
+    def _fill_numbers(self, col: Column, values: list, out: np.ndarray, what: str) -> None:
         types = set(map(type, values))
         if not types <= NUMERIC_TYPES:
             for i, v in enumerate(values):
                 if v is not None and type(v) not in NUMERIC_TYPES:
                     raise InputError(
-                        f"record {i}: column {col.name!r} expects a number, "
+                        f"{what} {i}: column {col.name!r} expects a number, "
                         f"got {type(v).__name__} {v!r}"
                     )
         try:
@@ -238,7 +238,7 @@ class Preprocessor:
             if bad.size:
                 i = int(bad[0])
                 raise InputError(
-                    f"record {i}: column {col.name!r} has a non-finite number {values[i]!r}"
+                    f"{what} {i}: column {col.name!r} has a non-finite number {values[i]!r}"
                 )
         else:
             missing = ~finite

@@ -451,6 +451,7 @@ def train(
 
 def write_outputs(contract: TrainingContract, data: Prepared, net: nn.Module, info: dict) -> dict:
     hp = contract.hyperparameters
+    net = net.cpu()  # the artifact and its metrics are computed on CPU, as serving runs it
     metrics = evaluate(net, data, torch.device("cpu"))
     meta = {
         "format": 1,
@@ -481,7 +482,7 @@ def write_outputs(contract: TrainingContract, data: Prepared, net: nn.Module, in
         "train_rows": len(data.x_train),
         "validation_rows": len(data.x_val),
     }
-    save_model(contract.model_dir, net.cpu(), data.preprocessor, meta, metrics)
+    save_model(contract.model_dir, net, data.preprocessor, meta, metrics)
     contract.output_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(contract.output_dir / "metrics.json", json.dumps(report, indent=2))
     plot_loss_curve(info["curve"], contract.output_dir / "loss_curve.png")
