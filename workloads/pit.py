@@ -143,7 +143,11 @@ def point_in_time_join(
         SELECT m.{_LABEL_INDEX}, w.{_FEATURE_ROW}
         FROM m LEFT JOIN w ON m.{_ENTITY} = w.{_ENTITY} AND m.{_TIME} = w.{_TIME}
     """
-    config = {"memory_limit": MEMORY_LIMIT, "temp_directory": tempfile.gettempdir()}
+    config = {
+        "memory_limit": MEMORY_LIMIT,
+        "temp_directory": tempfile.gettempdir(),
+        "preserve_insertion_order": False,  # the rows are put back in order below
+    }
     con = duckdb.connect(config=config)
     try:
         con.register("l", left)
@@ -158,12 +162,15 @@ def point_in_time_join(
     rows[result.column(_LABEL_INDEX).to_numpy()] = matched.fill_null(-1).to_numpy()
     found = rows >= 0
     rows[~found] = 0
-    values = features[feature_columns].reset_index(drop=True)
-    if values.empty:
-        gathered = values.reindex(range(len(labels)))  # no features at all: every row null
+    if len(features) == 0:  # no feature rows at all: every value null
+        gathered = features[feature_columns].reset_index(drop=True).reindex(range(len(labels)))
     else:
-        gathered = values.iloc[rows].reset_index(drop=True)
-    if len(values) and not found.all():
-        # Unmatched labels get nulls (ints become floats with NaN, as in any pandas left join).
-        gathered = gathered.mask(np.broadcast_to(~found[:, None], gathered.shape))
+        # Column by column: one take per column, nulls only where a label found no row
+        # (ints become floats with NaN, as in any pandas left join).
+        missing = None if found.all() else ~found
+        columns = {}
+        for column in feature_columns:
+            values = features[column].iloc[rows].reset_index(drop=True)
+            columns[column] = values if missing is None else values.mask(missing)
+        gathered = pd.DataFrame(columns, index=pd.RangeIndex(len(labels)))
     return pd.concat([labels.reset_index(drop=True), gathered], axis=1)
