@@ -15,7 +15,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from components.spec import SpecError
+from components.spec import SpecError, load_stack
 from workloads import localenv, pipeline
 from workloads.cli import app
 from workloads.platform import load_descriptor
@@ -100,6 +100,26 @@ def test_descriptor_is_what_workloads_read(state, monkeypatch):
     _waiting_up(state, ports={"churn": localenv.free_port()})
     monkeypatch.setenv("MLINFRA_PLATFORM", str(state / "local" / "platform.json"))
     assert load_descriptor().stack == "local"
+
+
+def test_pinned_versions_and_removed_endpoints(tmp_path):
+    stacks, state = tmp_path / "stacks", tmp_path / "state"
+    pinned = _broken(lambda c: c["mlinfra:endpoints"][0].update(modelVersion=1))
+    _write_stack(stacks, "local", pinned)
+    result = localenv.up("local", state, stacks_dir=stacks, ports={"churn": localenv.free_port()})
+    registry = registry_from_descriptor(result.descriptor)
+    registry.register("churn", (tmp_path / "model").as_uri(), {"accuracy": 0.5})
+    # Pinned to v1, which is registered but not approved: nothing is served.
+    result = localenv.up("local", state, stacks_dir=stacks)
+    assert [s.state for s in result.endpoints] == ["waiting for a model"]
+    assert localenv.served_version(load_stack("local", stacks), result.descriptor, "churn") is None
+
+    # The endpoint leaves the spec: up forgets it (as pulumi up would delete it).
+    _write_stack(stacks, "local", _broken(lambda c: c.pop("mlinfra:endpoints")))
+    result = localenv.up("local", state, stacks_dir=stacks)
+    assert result.descriptor.endpoints == {}
+    assert result.messages == ["endpoint churn: removed from the spec, stopped"]
+    assert not (state / "local" / "endpoints" / "churn.json").exists()
 
 
 # --- bad stack configs: one message naming the file and field; nothing created -----------
