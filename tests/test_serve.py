@@ -46,8 +46,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "workloads.serve", "--model-dir", str(model_dir)]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        cmd += ["--threads", "1", *args]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--threads", "1"]
+        cmd += args if "--workers" in args else ("--workers", "1", *args)
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -351,3 +351,30 @@ def test_missing_model_dir_fails_fast(tmp_path: Path) -> None:
 def test_openapi_without_model_is_valid_json() -> None:
     doc = json.loads(json.dumps(openapi(None)))
     assert "/invocations" in doc["paths"]
+
+
+def test_two_workers_share_the_port_and_stop_cleanly(model_dir: Path, records) -> None:
+    srv = Server(model_dir, "--workers", "2")
+    try:
+        srv.wait_ready()
+        pids = set()
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:  # new connections reach both
+            with httpx.Client(base_url=srv.url, timeout=30) as fresh:
+                assert invoke_json(fresh, records[:1]).status_code in (200, 503)
+                pids.add(fresh.get("/stats").json().get("pid"))
+        assert len(pids - {None}) == 2
+        # The port is taken: a second server says so instead of sharing it.
+        taken = subprocess.run(
+            [sys.executable, "-m", "workloads.serve", "--model-dir", str(model_dir)]
+            + ["--host", "127.0.0.1", "--port", str(srv.port), "--workers", "2"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert taken.returncode != 0 and "cannot listen" in taken.stderr
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=40) == 0
+    finally:
+        srv.stop()

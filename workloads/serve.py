@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -765,7 +766,96 @@ def _exit_zero(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"serve: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(sock: socket.socket) -> None:
+    """Run one server process on a bound socket until SIGTERM; drains, then returns."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        "workloads.serve:create_app",
+        factory=True,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        backlog=4096,
+        timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
+        timeout_keep_alive=75,  # longer than a load balancer's idle timeout (60 s)
+    )
+    # uvicorn drains on SIGTERM, then raises the signal again with the handler found at start;
+    # this one turns that into a clean exit 0 (SageMaker and Kubernetes read 143 as a crash).
+    signal.signal(signal.SIGTERM, _exit_zero)
+    sock.listen(4096)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _worker(host: str, port: int) -> None:
+    """A worker process: its own SO_REUSEPORT socket, so the kernel spreads connections
+    evenly over the workers (one shared socket lets one worker accept most of them, and
+    its batcher then carries most of the load while the other idles)."""
+    _configure_logging()
+    _serve(_bind(host, port, reuse_port=True))
+
+
+def _supervise(settings: ServeSettings) -> int:
+    """Start the worker processes; on SIGTERM/SIGINT pass it on and wait for them to drain.
+    A worker that dies on its own stops the server (exit 1) so the platform restarts it."""
+    import multiprocessing
+
+    # Fail fast if the port is taken: SO_REUSEPORT would otherwise share it silently.
+    _bind(settings.host, settings.port, reuse_port=False).close()
+    ctx = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    procs = [
+        ctx.Process(target=_worker, args=(settings.host, settings.port), name=f"worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
+    code = 0
+    while not stopping.wait(0.5):
+        dead = [p for p in procs if not p.is_alive()]
+        if dead:
+            log.error("worker %s exited with %s; stopping", dead[0].name, dead[0].exitcode)
+            code = 1
+            break
+    for proc in procs:
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S + 5
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            code = 1
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     if settings.loader == DEFAULT_LOADER and not settings.model_dir.is_dir():
         raise SystemExit(
@@ -777,27 +867,10 @@ def main(argv: list[str] | None = None) -> None:
     # Idle OpenMP threads sleep instead of spinning: spinning steals the core that the event
     # loop (and the other workers) need between batches. Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # uvicorn drains on SIGTERM, then raises the signal again with the handler found at start;
-    # this one turns that into a clean exit 0 (SageMaker and Kubernetes read 143 as a crash).
-    signal.signal(signal.SIGTERM, _exit_zero)
-    import uvicorn
-
-    uvicorn.run(
-        "workloads.serve:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        backlog=4096,
-        timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
-        timeout_keep_alive=75,  # longer than a load balancer's idle timeout (60 s)
-    )
+    if settings.workers == 1:
+        _serve(_bind(settings.host, settings.port, reuse_port=False))
+        return 0
+    return _supervise(settings)
 
 
 if __name__ == "__main__":
