@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from components.plan import plan_command
 from components.spec import SpecError
 from workloads import localenv
 from workloads.platform import PlatformDescriptor, load_descriptor
@@ -364,3 +365,7 @@ def pipeline(
 
 if __name__ == "__main__":
     app()
+
+
+# The offline plan (resource tree, policies, monthly cost) lives with the components.
+app.command("plan")(plan_command)
