@@ -121,10 +121,11 @@ class Preprocessor:
         for col in self.columns:
             series = frame[col.name]
             if col.kind == "categorical":
-                codes = series.map(
-                    lambda v, idx=col.index: -1 if pd.isna(v) else idx.get(str(v), -1)
-                )
-                codes = codes.to_numpy(dtype=np.int64)
+                present = series.notna().to_numpy()
+                codes = np.full(len(series), -1, dtype=np.int64)
+                if present.any():  # dict lookup of str(value), as prepare_records does
+                    found = series[present].astype(str).map(col.index)
+                    codes[present] = found.fillna(-1).to_numpy(dtype=np.int64)
                 rows = np.nonzero(codes >= 0)[0]
                 out[rows, col.offset + codes[rows]] = 1.0
             else:

@@ -307,6 +307,10 @@ def train(
         net.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
     )
     loss_fn = nn.MSELoss() if data.task == "regression" else nn.CrossEntropyLoss()
+
+    def squeeze(out: torch.Tensor) -> torch.Tensor:  # regression: one output column
+        return out[:, 0] if data.task == "regression" else out
+
     amp_dtype = None
     if device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -328,6 +332,7 @@ def train(
         "curve": [],
         "samples": 0,
         "seconds": 0.0,
+        "cpu_seconds": 0.0,  # this process's CPU time: steadier than wall time on a shared host
         "epoch_loss": 0.0,
         "resumed_from_step": 0,
     }
@@ -386,34 +391,44 @@ def train(
         info["epoch"] + 1,
     )
     while info["epoch"] < hp.epochs:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         sampler.set_epoch(info["epoch"])
         order = torch.tensor(list(sampler), dtype=torch.long, device=device)
-        batches = order.split(hp.batch_size)
+        # One gather per epoch (this rank's share, shuffled), then each step is a slice view:
+        # cheaper than gathering random rows every step.
+        x_epoch, y_epoch = x_train[order], y_train[order]
         loss_sum = torch.zeros((), device=device)
-        for batch in batches[info["batch"] :]:
-            xb, yb = x_train[batch], y_train[batch]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(xb)
-                loss = loss_fn(out[:, 0] if data.task == "regression" else out, yb)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        for start in range(info["batch"] * hp.batch_size, len(order), hp.batch_size):
+            xb = x_epoch[start : start + hp.batch_size]
+            yb = y_epoch[start : start + hp.batch_size]
+            if amp_dtype is None:
+                loss = loss_fn(squeeze(model(xb)), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            else:
+                with torch.autocast(device.type, dtype=amp_dtype):
+                    loss = loss_fn(squeeze(model(xb)), yb)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             loss_sum += loss.detach()
             info["step"] += 1
             info["batch"] += 1
-            info["samples"] += len(batch) * ddp.world
+            info["samples"] += len(xb) * ddp.world
             stopping = should_stop()  # every rank calls it: it may be a collective
             if stopping or info["step"] % hp.checkpoint_steps == 0:
                 info["epoch_loss"] += float(loss_sum)
                 loss_sum.zero_()
                 info["seconds"] += time.perf_counter() - started
-                started = time.perf_counter()
+                info["cpu_seconds"] += time.process_time() - cpu_started
+                started, cpu_started = time.perf_counter(), time.process_time()
                 checkpoint()
                 if stopping:
                     log.info("SIGTERM: checkpoint written at step %d, stopping", info["step"])
                     return None
+        del x_epoch, y_epoch  # before the next epoch's copy is made
         info["epoch_loss"] += float(loss_sum)
         train_loss = info["epoch_loss"] / max(1, info["batch"])
         val_loss = evaluate(net, data, device)["validation_loss"] if ddp.main else 0.0
@@ -436,6 +451,7 @@ def train(
             info["bad_epochs"] += 1
         info.update(epoch=info["epoch"] + 1, batch=0, epoch_loss=0.0)
         info["seconds"] += time.perf_counter() - started
+        info["cpu_seconds"] += time.process_time() - cpu_started
         if info["bad_epochs"] >= hp.patience:
             log.info("early stopping after epoch %d (best %d)", info["epoch"], info["best_epoch"])
             break
@@ -474,6 +490,8 @@ def write_outputs(contract: TrainingContract, data: Prepared, net: nn.Module, in
         "metrics": metrics,
         "loss_curve": info["curve"],
         "samples_per_second": samples_per_second,
+        "train_seconds": info["seconds"],
+        "train_cpu_seconds": info["cpu_seconds"],
         "steps": info["step"],
         "epochs": info["epoch"],
         "best_epoch": info["best_epoch"],
