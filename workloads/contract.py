@@ -17,21 +17,54 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# name: (command-line flag, environment variables in priority order, SageMaker default)
-PATHS: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "train": ("--train", ("SM_CHANNEL_TRAIN",), "/opt/ml/input/data/train"),
-    "validation": ("--validation", ("SM_CHANNEL_VALIDATION",), None),
-    "model_dir": ("--model-dir", ("SM_MODEL_DIR",), "/opt/ml/model"),
-    "output_dir": ("--output-data-dir", ("SM_OUTPUT_DATA_DIR",), "/opt/ml/output/data"),
+# name: (command-line flag, environment variables in priority order, SageMaker default, help)
+PATHS: dict[str, tuple[str, tuple[str, ...], str | None, str]] = {
+    "train": (
+        "--train",
+        ("SM_CHANNEL_TRAIN",),
+        "/opt/ml/input/data/train",
+        "training data: a CSV/Parquet file or folder, file:// or s3:// URI",
+    ),
+    "validation": (
+        "--validation",
+        ("SM_CHANNEL_VALIDATION",),
+        None,
+        "validation data (default /opt/ml/input/data/validation if present, else a held-out "
+        "share of the train channel)",
+    ),
+    "model_dir": ("--model-dir", ("SM_MODEL_DIR",), "/opt/ml/model", "the model artifact"),
+    "output_dir": (
+        "--output-data-dir",
+        ("SM_OUTPUT_DATA_DIR",),
+        "/opt/ml/output/data",
+        "metrics.json and loss_curve.png",
+    ),
     "checkpoint_dir": (
         "--checkpoint-dir",
         ("MLINFRA_CHECKPOINT_DIR", "SM_CHECKPOINT_DIR"),
         "/opt/ml/checkpoints",
+        "checkpoints, resumed from on restart",
     ),
-    "failure_file": ("--failure-file", ("MLINFRA_FAILURE_FILE",), None),
-    "hyperparameters_file": ("--hyperparameters-file", ("MLINFRA_HYPERPARAMETERS_FILE",), None),
+    "failure_file": (
+        "--failure-file",
+        ("MLINFRA_FAILURE_FILE",),
+        None,
+        "where the failure reason goes (default $SM_OUTPUT_DIR/failure, /opt/ml/output/failure)",
+    ),
+    "hyperparameters_file": (
+        "--hyperparameters-file",
+        ("MLINFRA_HYPERPARAMETERS_FILE",),
+        None,
+        "used when SM_HPS is unset (default $SM_INPUT_CONFIG_DIR/hyperparameters.json, "
+        "/opt/ml/input/config/hyperparameters.json)",
+    ),
     # Optional: where to copy the finished artifact (s3:// or file://), for Kubernetes Jobs.
-    "model_uri": ("--model-uri", ("MLINFRA_MODEL_URI",), None),
+    "model_uri": (
+        "--model-uri",
+        ("MLINFRA_MODEL_URI",),
+        None,
+        "copy the finished artifact here (s3:// or file://)",
+    ),
 }
 SM_VALIDATION_DEFAULT = "/opt/ml/input/data/validation"
 
@@ -126,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train",
         description="Train a tabular PyTorch model (SageMaker training contract).",
     )
-    for name, (flag, envs, default) in PATHS.items():
+    for name, (flag, envs, default, text) in PATHS.items():
         where = f"env {' / '.join(envs)}" + (f", default {default}" if default else "")
-        parser.add_argument(flag, dest=name, default=None, help=f"{name} ({where})")
+        parser.add_argument(flag, dest=name, default=None, help=f"{text} ({where})")
     parser.add_argument(
         "--hp",
         action="append",
@@ -147,7 +180,7 @@ def resolve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
     args = build_parser().parse_args(argv)
 
     def pick(name: str) -> str | None:
-        flag, envs, default = PATHS[name]
+        _, envs, default, _ = PATHS[name]
         value = getattr(args, name)
         if value:
             return value
