@@ -82,15 +82,14 @@ class Predictor:
             if self.task == "regression":
                 values = (out[:, 0].double() * self._y_scale + self._y_mean).tolist()
                 return values
-            probs = torch.softmax(out, dim=1).tolist()
+            probs = torch.softmax(out, dim=1)
+            best = probs.argmax(dim=1).tolist()
+            rows = probs.tolist()
         classes, keys = self.classes, self._class_keys
-        result = []
-        for row in probs:
-            best = max(range(len(row)), key=row.__getitem__)
-            result.append(
-                {"label": classes[best], "probabilities": dict(zip(keys, row, strict=True))}
-            )
-        return result
+        return [
+            {"label": classes[b], "probabilities": dict(zip(keys, row, strict=True))}
+            for b, row in zip(best, rows, strict=True)
+        ]
 
     def predict_records(self, records: list[dict]) -> list:
         return self.predict_matrix(self.prepare_records(records))

@@ -11,7 +11,9 @@ Unseen or missing categories encode as all zeros; missing numbers get the traini
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -78,6 +80,15 @@ class Preprocessor:
         self.output_dim = offset
         self.feature_columns = [c.name for c in columns]
         self._names = frozenset(self.feature_columns)
+        # The numeric columns are handled together on the serving path: one numpy call for
+        # all of them instead of one per column.
+        numeric = [c for c in columns if c.kind == "numeric"]
+        self._numeric = numeric
+        self._numeric_getter = operator.itemgetter(*[c.name for c in numeric]) if numeric else None
+        self._numeric_slots = np.array([c.offset for c in numeric], dtype=np.int64)
+        self._medians = np.array([c.median for c in numeric], dtype=np.float64)
+        self._means = np.array([c.mean for c in numeric], dtype=np.float64)
+        self._scales = np.array([c.scale for c in numeric], dtype=np.float64)
 
     # -- fitting and (de)serialisation -------------------------------------------------
 
@@ -153,15 +164,39 @@ class Preprocessor:
             if record.keys() != names:
                 self._raise_columns(i, record.keys())
         out = np.zeros((len(records), self.output_dim), dtype=np.float32)
+        if not self._fill_all_numbers(records, out):  # a bad value: find and name it
+            for col in self._numeric:
+                self._fill_numbers(col, [r[col.name] for r in records], out, "record")
         for col in self.columns:
-            values = [r[col.name] for r in records]
             if col.kind == "categorical":
+                values = [r[col.name] for r in records]
                 self._fill_categorical(col, self._check_strings(col, values), out)
             elif col.kind == "boolean":
-                self._fill_boolean(col, values, out)
-            else:
-                self._fill_numbers(col, values, out, "record")
+                self._fill_boolean(col, [r[col.name] for r in records], out)
         return out
+
+    def _fill_all_numbers(self, records: list[dict], out: np.ndarray) -> bool:
+        """All numeric columns at once; False if some value is not a finite number or None."""
+        if self._numeric_getter is None:
+            return True
+        rows = list(map(self._numeric_getter, records))
+        if len(self._numeric) == 1:
+            rows = [(v,) for v in rows]
+        types = set(map(type, itertools.chain.from_iterable(rows)))
+        if not types - {type(None)} <= NUMERIC_TYPES:
+            return False
+        try:
+            array = np.array(rows, dtype=np.float64)  # None becomes NaN
+        except OverflowError:
+            return False
+        finite = np.isfinite(array)
+        if not finite.all():
+            # Non-finite entries are rare: each must be a None (missing), not a NaN or inf.
+            if any(rows[i][j] is not None for i, j in np.argwhere(~finite).tolist()):
+                return False
+            array = np.where(finite, array, self._medians)
+        out[:, self._numeric_slots] = (array - self._means) / self._scales
+        return True
 
     def prepare_rows(self, rows: list[list]) -> np.ndarray:
         """The same for CSV rows in `feature_columns` order; strings are parsed, "" is missing."""
