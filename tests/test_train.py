@@ -397,3 +397,22 @@ def test_s3_channel_and_model_publish(tmp_path, monkeypatch):
         }
         report = json.loads((tmp_path / "out" / "metrics.json").read_text())
         assert report["train_rows"] + report["validation_rows"] == len(frame)
+
+
+def test_holdout_split_is_stratified_and_disjoint():
+    from workloads.train import holdout_split
+
+    labels = pd.Series(["a"] * 90 + ["b"] * 10)
+    val, train = holdout_split(labels, "binary", 0.2, seed=3)
+    assert len(val) == 20 and len(train) == 80
+    assert set(val).isdisjoint(train) and set(val) | set(train) == set(range(100))
+    assert (labels[val] == "b").sum() == 2  # the rare class keeps its share
+    again, _ = holdout_split(labels, "binary", 0.2, seed=3)
+    assert np.array_equal(val, again)  # seeded: every rank and every restart agree
+
+
+def test_file_uri_channel(tmp_path):
+    real_dataset("wine").to_csv(tmp_path / "wine.csv", index=False)
+    uri = (tmp_path / "wine.csv").as_uri()
+    rc = main(train_args(tmp_path, uri, "--target", "target", "--hp", "epochs=2"), env={})
+    assert rc == 0 and load_model(tmp_path / "model").task == "multiclass"
