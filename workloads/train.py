@@ -343,7 +343,7 @@ def train(
         best_state = state["best_state"]
         info.update(state["info"])
         info["resumed_from_step"] = info["step"]
-        log.info("resumed from checkpoint at step %d (epoch %d)", info["step"], info["epoch"])
+        log.info("resumed from checkpoint at step %d (epoch %d)", info["step"], info["epoch"] + 1)
     info["world_size"] = ddp.world
 
     model: nn.Module = net
