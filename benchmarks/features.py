@@ -20,7 +20,9 @@ the parent reads each child's peak RSS from `os.wait4`.
 
 A child that runs past `--timeout` or over `--memory-cap-gb` is stopped and reported so.
 Seconds are medians over `--repeats` runs, end to end from the parquet files; "join" is the
-part after the data is in memory. Results also go to `benchmarks/out/features-<scale>.json`.
+part after the data is in memory; "child CPU" is the child's user+sys time (all threads,
+imports included), which other load on a shared machine disturbs less than wall time.
+Results also go to `benchmarks/out/features-<rows>-<labels>.json`.
 """
 
 from __future__ import annotations
@@ -269,7 +271,11 @@ def run_child(engine: str, folder: Path, timeout: float, memory_cap_gb: float) -
         stderr.seek(0)
         lines = [ln for ln in stdout.read().splitlines() if ln.startswith("{")]
         err = stderr.read()
-    result = {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    result = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,  # the whole child: imports, load, join
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+    }
     if timed_out:
         result["error"] = f"stopped after the {timeout:.0f} s timeout"
     elif proc.returncode != 0 or not lines:
@@ -302,7 +308,7 @@ def bench(
             runs.append(run)
             shown = run.get("error") or (
                 f"{run['load_s'] + run['join_s']:.2f} s (join {run['join_s']:.2f} s), "
-                f"peak RSS {run['peak_rss_mb']:.0f} MB"
+                f"child CPU {run['cpu_s']:.2f} s, peak RSS {run['peak_rss_mb']:.0f} MB"
             )
             print(f"  {engine:<7} run {i + 1}/{n}: {shown}", flush=True)
             if "error" in run:
@@ -312,6 +318,7 @@ def bench(
             results[engine] = {
                 "seconds": statistics.median(r["load_s"] + r["join_s"] for r in ok),
                 "join_seconds": statistics.median(r["join_s"] for r in ok),
+                "cpu_seconds": statistics.median(r["cpu_s"] for r in ok),
                 "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in ok),
                 "runs": len(ok),
                 "summary": ok[-1]["summary"],
@@ -338,24 +345,39 @@ def bench(
 
 
 def report(results: dict[str, dict]) -> None:
-    print(f"  {'engine':<8}{'seconds':>10}{'join s':>10}{'peak RSS MB':>14}{'vs ours':>10}")
+    print(
+        f"  {'engine':<8}{'seconds':>10}{'join s':>10}{'child CPU s':>13}{'peak RSS MB':>14}"
+        f"{'vs ours':>10}"
+    )
     ours = results.get("ours", {}).get("seconds")
     for engine, r in results.items():
         if "error" in r:
-            print(f"  {engine:<8}{'-':>10}{'-':>10}{r['peak_rss_mb']:>14.0f}  {r['error']}")
+            print(
+                f"  {engine:<8}{'-':>10}{'-':>10}{'-':>13}{r['peak_rss_mb']:>14.0f}  {r['error']}"
+            )
             continue
         ratio = f"{r['seconds'] / ours:.1f}x" if ours else "-"
         print(
             f"  {engine:<8}{r['seconds']:>10.2f}{r['join_seconds']:>10.2f}"
-            f"{r['peak_rss_mb']:>14.0f}{ratio:>10}"
+            f"{r['cpu_seconds']:>13.2f}{r['peak_rss_mb']:>14.0f}{ratio:>10}"
         )
-    fingerprints = {e: json.dumps(r["summary"]) for e, r in results.items() if "summary" in r}
-    if len(set(fingerprints.values())) > 1:
-        print("  RESULTS DIFFER between engines:")
-        for engine, fp in fingerprints.items():
-            print(f"    {engine}: {fp}")
-    elif fingerprints:
-        print(f"  all engines agree: {next(iter(fingerprints.values()))}")
+    summaries = {e: r["summary"] for e, r in results.items() if "summary" in r}
+    if not summaries:
+        return
+    reference = summaries.get("ours") or next(iter(summaries.values()))
+    print(f"  result of ours: {json.dumps(reference)}")
+    matched_keys = ("matched", "f_num1_sum", "f_int_sum", "f_cat_pro")
+    for engine, summary in summaries.items():
+        if summary == reference:
+            print(f"  {engine}: the same result")
+        elif all(summary[k] == reference[k] for k in matched_keys):
+            print(
+                f"  {engine}: the same matched rows and values, but {summary['rows']:,} rows "
+                f"instead of {reference['rows']:,} (some label rows that match no feature row "
+                "are missing from it)"
+            )
+        else:
+            print(f"  {engine}: A DIFFERENT RESULT: {json.dumps(summary)}")
 
 
 def machine() -> str:
