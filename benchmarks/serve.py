@@ -1,13 +1,16 @@
 """Serving benchmark: our server against the in-process limit, TorchServe and BentoML.
 
-    .venv/bin/python benchmarks/serve.py [--duration 6] [--concurrency 1 8 32] [--skip-peers]
+    .venv/bin/python benchmarks/serve.py [--duration 3] [--rounds 3] [--concurrency 1 8 32]
+        [--models reference wide] [--skip-peers]
 
 Two models, both trained here with `python -m workloads.train` on the churn reference data:
 `reference` (the default network, hidden 128x64: HTTP and JSON handling dominate) and `wide`
 (hidden 2048x2048x2048: the forward pass dominates). Each server runs on 127.0.0.1 and is
 driven by `wrk` (its own process, a closed loop of C connections, one instance per request,
-`apt-get install wrk`) for `--duration` seconds per cell after a short warm-up. Printed side
-by side: requests/s, p50 and p99 latency (ms) at each concurrency, for
+`apt-get install wrk`). All servers run at once and are driven round robin (every server, every
+concurrency, `--rounds` times, `--duration` seconds each, after a warm-up); each figure is the
+median over the rounds, so load bursts from other work on a shared machine hit everyone alike.
+Printed side by side: requests/s, p50 and p99 latency (ms) at each concurrency, for
 
 - ours, batching on / off: `python -m workloads.serve` (2 worker processes, 1 torch thread each);
 - in-process limit: `prepare_records` + `predict_matrix` with no HTTP: the C outstanding
@@ -36,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +48,9 @@ PEERS = ROOT / "benchmarks" / ".venv-peers"
 PY = sys.executable
 MODELS = {"reference": "128,64", "wide": "2048,2048,2048"}
 WORKERS = 2  # one per core on the 2-core reference machine, for every server
+OURS_ON, OURS_OFF, LIMIT = "ours, batching on", "ours, batching off", "in-process limit"
+TORCHSERVE, BENTOML = "TorchServe, batching on", "BentoML, batching on"
+ORDER = [OURS_ON, OURS_OFF, LIMIT, TORCHSERVE, BENTOML]
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -198,35 +205,93 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
     return result
 
 
-def drive(name: str, url: str, script: Path, levels: list[int], seconds: float) -> dict:
-    wrk(url, script, max(levels), 2)  # warm-up: worker caches, connection setup, JIT (Java)
-    cells = {}
-    for c in levels:
-        cells[c] = wrk(url, script, c, seconds)
-        cell = cells[c]
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def measure(servers: dict[str, str], script: Path, levels: list[int], seconds: float, rounds: int):
+    """Round robin: every server, every concurrency, `rounds` times; each figure is the median
+    over the rounds. Interleaving spreads the shared machine's load bursts over everyone."""
+    for url in servers.values():
+        wrk(url, script, max(levels), 2)  # warm-up: caches, connections, the JVM's JIT
+    samples: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in servers}
+    pings: list[float] = []
+    for r in range(rounds):
+        for name, url in servers.items():
+            for c in levels:
+                if name == OURS_ON and c == max(levels):
+                    with ping_probe(url.rsplit("/", 1)[0] + "/ping") as probe:
+                        cell = wrk(url, script, c, seconds)
+                    pings += probe
+                else:
+                    cell = wrk(url, script, c, seconds)
+                samples[name][c].append(cell)
+                print(
+                    f"  round {r + 1}: {name:<24} c={c:<3} {cell['rps']:>8.0f} req/s  p50 "
+                    f"{cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms "
+                    f"{cell.get('errors', '')}",
+                    flush=True,
+                )
+    rows: dict = {}
+    for name, by_c in samples.items():
+        rows[name] = {}
+        for c, cells in by_c.items():
+            rows[name][c] = {k: median([x[k] for x in cells]) for k in ("rps", "p50_ms", "p99_ms")}
+            errors = [x["errors"] for x in cells if "errors" in x]
+            if errors:
+                rows[name][c]["errors"] = errors
+    if pings:
+        rows[OURS_ON]["ping_max_ms"] = max(pings)
         print(
-            f"  {name:<24} c={c:<3} {cell['rps']:>8.0f} req/s  p50 {cell['p50_ms']:7.2f} ms"
-            f"  p99 {cell['p99_ms']:7.2f} ms {cell.get('errors', '')}",
-            flush=True,
+            f"  /ping while '{OURS_ON}' ran at c={max(levels)}: max {max(pings):.1f} ms "
+            f"over {len(pings)} probes"
         )
-    return cells
+    return rows
 
 
-# --- the contenders ---------------------------------------------------------------------------
-
-
-def ours(model_dir: Path, script: Path, body: bytes, levels, seconds, batching: bool) -> dict:
+@contextlib.contextmanager
+def ours(model_dir: Path, body: bytes, batching: bool) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [PY, "-m", "workloads.serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--workers", str(WORKERS), "--threads", "1"]
     cmd += ["--batching" if batching else "--no-batching"]
-    name = f"ours, batching {'on' if batching else 'off'}"
-    # Ready = every worker answers: a request per worker (they share the port) until all do.
-    with running(name.replace(", ", "-"), cmd, lambda: post_ok(url + "/invocations", body)):
-        for _ in range(4 * WORKERS):
+    name = f"ours-batching-{'on' if batching else 'off'}"
+    # Ready = a prediction answers; then a few more so that every worker has loaded.
+    with running(name, cmd, lambda: post_ok(url + "/invocations", body)):
+        for _ in range(8 * WORKERS):
             post_ok(url + "/invocations", body, timeout=60)
-        return drive(name, url + "/invocations", script, levels, seconds)
+        yield url + "/invocations"
+
+
+@contextlib.contextmanager
+def ping_probe(url: str):
+    """GET /ping every 100 ms on a fresh connection while the load runs; yields latencies (ms)."""
+    import threading
+
+    import httpx
+
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.wait(0.1):
+            t = time.perf_counter()
+            try:
+                ok = httpx.get(url, timeout=10).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append((time.perf_counter() - t) * 1e3 if ok else float("inf"))
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join()
 
 
 INPROC_CODE = """
@@ -318,7 +383,8 @@ def handle(data, context):
 '''
 
 
-def torchserve(name: str, model_dir: Path, script: Path, body: bytes, levels, seconds) -> dict:
+@contextlib.contextmanager
+def torchserve(name: str, model_dir: Path, body: bytes) -> Iterator[str]:
     work = OUT / "torchserve" / name
     shutil.rmtree(work, ignore_errors=True)
     (work / "store").mkdir(parents=True)
@@ -365,7 +431,9 @@ def torchserve(name: str, model_dir: Path, script: Path, body: bytes, levels, se
     env = {"PATH": f"{PEERS / 'bin'}:{os.environ['PATH']}", "LOG_LOCATION": str(work / "logs")}
     env["METRICS_LOCATION"] = str(work / "logs")
     with running(f"torchserve-{name}", cmd, lambda: post_ok(url, body), cwd=work, env=env):
-        return drive("TorchServe, batching on", url, script, levels, seconds)
+        for _ in range(8 * WORKERS):
+            post_ok(url, body, timeout=60)
+        yield url
 
 
 BENTO_SERVICE = '''
@@ -393,7 +461,8 @@ class Model:
 '''
 
 
-def bentoml(name: str, model_dir: Path, script: Path, body: bytes, levels, seconds) -> dict:
+@contextlib.contextmanager
+def bentoml(name: str, model_dir: Path, body: bytes) -> Iterator[str]:
     work = OUT / "bentoml" / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -407,9 +476,9 @@ def bentoml(name: str, model_dir: Path, script: Path, body: bytes, levels, secon
     env["PATH"] = f"{PEERS / 'bin'}:{os.environ['PATH']}"
     url = f"http://127.0.0.1:{port}/invocations"
     with running(f"bentoml-{name}", cmd, lambda: post_ok(url, body), cwd=work, env=env):
-        for _ in range(4 * WORKERS):
+        for _ in range(8 * WORKERS):
             post_ok(url, body, timeout=60)
-        return drive("BentoML, batching on", url, script, levels, seconds)
+        yield url
 
 
 def ensure_peers() -> str | None:
@@ -433,7 +502,8 @@ def ensure_peers() -> str | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=6.0, help="seconds per cell")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per cell and round")
+    p.add_argument("--rounds", type=int, default=3, help="round-robin rounds (median taken)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--skip-peers", action="store_true", help="only ours and the in-process limit")
@@ -449,6 +519,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "duration_s": seconds,
+        "rounds": args.rounds,
         "models": {},
     }
     for name in args.models:
@@ -456,17 +527,23 @@ def main() -> None:
         body = json.dumps({"instances": [record]}).encode()
         script = lua_script(body)
         print(f"\n== {name} model ({MODELS[name]} hidden), one instance per request", flush=True)
-        rows = {}
-        rows["ours, batching on"] = ours(model_dir, script, body, levels, seconds, True)
-        rows["ours, batching off"] = ours(model_dir, script, body, levels, seconds, False)
-        rows["in-process limit"] = in_process(model_dir, record, levels, seconds)
-        if peers_problem is None:
-            for label, run in (("TorchServe, batching on", torchserve), ("BentoML", bentoml)):
-                try:
-                    rows[label] = run(name, model_dir, script, body, levels, seconds)
-                except Exception as exc:  # report and go on: one peer failing is a result too
-                    print(f"  {label}: FAILED: {exc}", flush=True)
-                    rows[label] = {"error": str(exc)[:500]}
+        with contextlib.ExitStack() as stack:
+            servers = {
+                OURS_ON: stack.enter_context(ours(model_dir, body, True)),
+                OURS_OFF: stack.enter_context(ours(model_dir, body, False)),
+            }
+            failed = {}
+            if peers_problem is None:
+                for label, peer in ((TORCHSERVE, torchserve), (BENTOML, bentoml)):
+                    try:  # one peer failing to start is a result too: report it, go on
+                        servers[label] = stack.enter_context(peer(name, model_dir, body))
+                    except Exception as exc:
+                        print(f"  {label}: FAILED to start: {exc}", flush=True)
+                        failed[label] = {"error": str(exc)[:500]}
+            rows = measure(servers, script, levels, seconds, args.rounds)
+        rows[LIMIT] = in_process(model_dir, record, levels, seconds * args.rounds)
+        rows.update(failed)
+        rows = {k: rows[k] for k in ORDER if k in rows}
         results["models"][name] = rows
         print_table(name, rows, levels)
     if peers_problem:
