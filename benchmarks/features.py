@@ -16,7 +16,7 @@ the parent reads each child's peak RSS from `os.wait4`.
 - pandas: `pandas.merge_asof(..., by=entity, direction="backward")` (needs both sides sorted)
 - feast:  a Feast repo in a temp dir (`offline_store: file`, a FileSource on the parquet file,
           `get_historical_features(...).to_df()`), in its own venv `benchmarks/.venv-feast`,
-          created here if missing (`pip install feast psutil`).
+          created here if missing (`pip install feast`).
 
 A child that runs past `--timeout` or over `--memory-cap-gb` is stopped and reported so.
 Seconds are medians over `--repeats` runs, end to end from the parquet files; "join" is the
@@ -227,12 +227,10 @@ def child(engine: str, folder: Path) -> None:
 def ensure_feast_venv() -> None:
     if FEAST_PY.exists():
         return
-    print(f"creating {FEAST_VENV} (pip install feast psutil) ...", flush=True)
+    print(f"creating {FEAST_VENV} (pip install feast) ...", flush=True)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(FEAST_VENV)], check=True)
-    subprocess.run(
-        [str(FEAST_PY), "-m", "pip", "install", "--quiet", "feast>=0.40", "psutil"], check=True
-    )
+    subprocess.run([str(FEAST_PY), "-m", "pip", "install", "--quiet", "feast>=0.40"], check=True)
 
 
 def run_child(engine: str, folder: Path, timeout: float, memory_cap_gb: float) -> dict:
