@@ -396,6 +396,12 @@ class LocalFeatureStore(_Groups):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, folder / name)
+            # Make the rename itself durable: a crash after ingest returns keeps the file.
+            descriptor = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
         finally:
             tmp.unlink(missing_ok=True)
 
