@@ -14,7 +14,6 @@ a service account bound by IRSA to a role that reaches only the team's data.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components.iam import assume_role_policy
 from components.network import Network
 from components.spec import GpuPoolSpec, PlatformSpec
 from components.storage import DataLake
@@ -84,21 +84,6 @@ def autoscaler_tags(
     if gpus:
         tags[f"k8s.io/cluster-autoscaler/node-template/resources/{GPU_TAINT_KEY}"] = str(gpus)
     return tags
-
-
-def assume_role_policy(service: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": service},
-                    "Action": "sts:AssumeRole",
-                }
-            ],
-        }
-    )
 
 
 class GpuCluster(pulumi.ComponentResource):

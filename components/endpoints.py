@@ -19,6 +19,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components.iam import assume_role_policy
 from components.registry import repository_name
 from components.spec import EndpointSpec, PlatformSpec
 
@@ -158,18 +159,7 @@ class Endpoints(pulumi.ComponentResource):
             f"{name}-sagemaker-role",
             name=f"{spec.prefix}-endpoints",
             description="Assumed by the team's SageMaker endpoints",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "sagemaker.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+            assume_role_policy=assume_role_policy("sagemaker.amazonaws.com"),
             tags=spec.tags,
             opts=child,
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from components.iam import assume_role_policy
 from components.spec import FeatureGroupSpec, PlatformSpec
 
 # Spec feature types -> SageMaker Feature Store FeatureType.
@@ -78,18 +79,7 @@ class FeatureStore(pulumi.ComponentResource):
             f"{name}-role",
             name=f"{spec.prefix}-featurestore",
             description="Assumed by SageMaker Feature Store to write the offline store",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "sagemaker.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+            assume_role_policy=assume_role_policy("sagemaker.amazonaws.com"),
             tags=spec.tags,
             opts=child,
         )
