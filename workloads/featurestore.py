@@ -43,24 +43,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workloads.pit import point_in_time_join, to_utc
-from workloads.platform import FeatureGroupRef, PlatformDescriptor
+from workloads.platform import FeatureGroupRef, NotDeclaredError, PlatformDescriptor
 
 
 class FeatureValidationError(ValueError):
     """A DataFrame that does not match its feature group's declaration."""
 
 
-class UnknownFeatureGroupError(KeyError):
-    def __init__(self, group: str, declared: list[str]):
-        self.group = group
-        self.declared = declared
-        super().__init__(group)
-
-    def __str__(self) -> str:
-        return (
-            f"feature group {self.group!r} is not declared in the platform; declared: "
-            f"{', '.join(self.declared) or 'none'}"
-        )
+class UnknownFeatureGroupError(NotDeclaredError):
+    kind = "feature group"
 
 
 class FeatureStoreClient(Protocol):

@@ -115,6 +115,23 @@ class PlatformDescriptor(_Doc):
         os.replace(tmp, path)
 
 
+class NotDeclaredError(KeyError):
+    """A name the workload asked for that the platform does not declare."""
+
+    kind = "name"
+
+    def __init__(self, name: str, declared: list[str]):
+        self.name = name
+        self.declared = declared
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} {self.name!r} is not declared in the platform; declared: "
+            f"{', '.join(self.declared) or 'none'}"
+        )
+
+
 def load_descriptor(source: str | Path | None = None) -> PlatformDescriptor:
     """Load the descriptor from a path, or from `$MLINFRA_PLATFORM` (a path or inline JSON).
 

@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from workloads.platform import ApprovalGate, ModelGroupRef, PlatformDescriptor
+from workloads.platform import ApprovalGate, ModelGroupRef, NotDeclaredError, PlatformDescriptor
 
 Status = Literal["PendingManualApproval", "Approved", "Rejected"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -50,17 +50,8 @@ class RegistryError(ValueError):
     """A request the registry refuses: unknown version, bad status, bad metrics."""
 
 
-class UnknownGroupError(KeyError):
-    def __init__(self, group: str, declared: list[str]):
-        self.group = group
-        self.declared = declared
-        super().__init__(group)
-
-    def __str__(self) -> str:
-        return (
-            f"model group {self.group!r} is not declared in the platform; declared: "
-            f"{', '.join(self.declared) or 'none'}"
-        )
+class UnknownGroupError(NotDeclaredError):
+    kind = "model group"
 
 
 class ModelRegistry(Protocol):
