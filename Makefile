@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 STACK ?= local
 PYTEST_ARGS ?=
 
-.PHONY: venv up down test lint fmt clean
+.PHONY: venv up down purge test lint fmt clean bench-train bench-serve bench-features
 
 # torch==2.13.0 first: it is the CPU build this machine has on disk; the range in
 # pyproject.toml admits it, so the project install adds no CUDA packages.
@@ -28,6 +28,9 @@ up: venv
 down: venv
 	$(VENV)/bin/mlinfra down --stack $(STACK)
 
+purge: venv
+	$(VENV)/bin/mlinfra down --stack $(STACK) --purge
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -38,6 +41,16 @@ fmt: venv
 
 test: venv lint
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# Benchmarks print figures; see benchmarks/README.md. bench-serve needs wrk and Java 17.
+bench-train: venv
+	$(PY) benchmarks/train.py
+
+bench-serve: venv
+	$(PY) benchmarks/serve.py
+
+bench-features: venv
+	$(PY) benchmarks/features.py --small-rows 1e6,3e6
 
 clean:
 	rm -rf $(VENV) .mlinfra .pytest_cache .ruff_cache
