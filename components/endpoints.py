@@ -122,6 +122,7 @@ class Endpoints(pulumi.ComponentResource):
 
         sagemaker = [ep for ep in spec.endpoints if ep.kind == "sagemaker"]
         self._role = self._execution_role(name, sagemaker) if sagemaker else None
+        self._alarm_topic = self._alarm_topic_for(name) if sagemaker else None
 
         self.endpoint_names = {}
         self.endpoint_urls = {}
@@ -151,6 +152,52 @@ class Endpoints(pulumi.ComponentResource):
         )
 
     # --- SageMaker ------------------------------------------------------------------------
+
+    def _alarm_topic_for(self, name: str) -> aws.sns.Topic:
+        """Where endpoint alarms go: an encrypted topic mailing the team's alert recipients.
+
+        CloudWatch may publish to it only for this account's alarms, and may use the team key
+        for that (the data lake's key policy lets it).
+        """
+        spec, child = self._args.spec, pulumi.ResourceOptions(parent=self)
+        topic = aws.sns.Topic(
+            f"{name}-alarms",
+            name=f"{spec.prefix}-endpoint-alarms",
+            kms_master_key_id=self._args.kms_key_arn,
+            tags=spec.tags,
+            opts=child,
+        )
+        aws.sns.TopicPolicy(
+            f"{name}-alarms-policy",
+            arn=topic.arn,
+            policy=pulumi.Output.all(topic.arn, self._account).apply(
+                lambda a: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Sid": "CloudWatchAlarmsOfThisAccount",
+                                "Effect": "Allow",
+                                "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                                "Action": "sns:Publish",
+                                "Resource": a[0],
+                                "Condition": {"StringEquals": {"aws:SourceAccount": a[1]}},
+                            }
+                        ],
+                    }
+                )
+            ),
+            opts=child,
+        )
+        for i, email in enumerate(spec.budget.alert_emails):
+            aws.sns.TopicSubscription(
+                f"{name}-alarms-{i}",
+                topic=topic.arn,
+                protocol="email",
+                endpoint=email,
+                opts=child,
+            )
+        return topic
 
     def _execution_role(self, name: str, endpoints: list[EndpointSpec]) -> aws.iam.Role:
         spec, args = self._args.spec, self._args
@@ -298,6 +345,8 @@ class Endpoints(pulumi.ComponentResource):
             threshold=float(ep.max_5xx_errors),
             comparison_operator="GreaterThanThreshold",
             treat_missing_data="notBreaching",  # no traffic is no error
+            alarm_actions=[self._alarm_topic.arn],
+            ok_actions=[self._alarm_topic.arn],
             tags=spec.tags,
             opts=child,
         )
@@ -318,6 +367,8 @@ class Endpoints(pulumi.ComponentResource):
             threshold=float(ep.latency_alarm_ms * 1000),  # ModelLatency is in microseconds
             comparison_operator="GreaterThanThreshold",
             treat_missing_data="notBreaching",
+            alarm_actions=[self._alarm_topic.arn],
+            ok_actions=[self._alarm_topic.arn],
             tags=spec.tags,
             opts=child,
         )

@@ -226,7 +226,8 @@ def _lifecycle_rules(
 
 
 def _key_policy(account: pulumi.Output[str]) -> dict[str, Any]:
-    """The account administers the key through IAM; S3 log delivery may encrypt with it."""
+    """The account administers the key through IAM; S3 log delivery and CloudWatch alarms
+    (to the encrypted alarm topic) may encrypt with it."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -242,6 +243,15 @@ def _key_policy(account: pulumi.Output[str]) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Principal": {"Service": S3_LOGGING_SERVICE},
                 "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+            },
+            {
+                # Endpoint alarms publish to the team's encrypted alarm topic.
+                "Sid": "CloudWatchAlarmsToEncryptedTopic",
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                "Action": ["kms:GenerateDataKey*", "kms:Decrypt"],
                 "Resource": "*",
                 "Condition": {"StringEquals": {"aws:SourceAccount": account}},
             },

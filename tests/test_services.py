@@ -49,6 +49,8 @@ NOT_TAGGABLE = {
     "aws:iam/rolePolicy:RolePolicy",
     "aws:ecr/lifecyclePolicy:LifecyclePolicy",
     "aws:appautoscaling/policy:Policy",
+    "aws:sns/topicPolicy:TopicPolicy",
+    "aws:sns/topicSubscription:TopicSubscription",
 }
 COMPONENT_TYPES = {
     "mlinfra:featurestore:FeatureStore",
@@ -381,6 +383,24 @@ def test_sagemaker_endpoints(rendered: Render):
     assert len(rendered.by_type("aws:appautoscaling/target:Target")) == len(wanted)
     assert len(rendered.by_type("aws:cloudwatch/metricAlarm:MetricAlarm")) == 2 * len(wanted)
     serve_url = rendered.outputs["repository_urls"]["serve"]
+    topics = rendered.by_type("aws:sns/topic:Topic")
+    if not wanted:
+        assert topics == []
+        return
+    # Alarms mail the team through one topic encrypted with the team key.
+    [topic] = topics
+    topic_arn = f"arn:aws:mock:us-east-1:{ACCOUNT}:{topic.name}"  # as the mocks answer
+    assert topic.inputs["name"] == f"{spec.prefix}-endpoint-alarms"
+    assert topic.inputs["kmsMasterKeyId"] == KMS
+    subscriptions = rendered.by_type("aws:sns/topicSubscription:TopicSubscription")
+    assert sorted(s.inputs["endpoint"] for s in subscriptions) == sorted(spec.budget.alert_emails)
+    assert {s.inputs["protocol"] for s in subscriptions} == {"email"}
+    assert {s.inputs["topic"] for s in subscriptions} == {topic_arn}
+    [policy_resource] = rendered.by_type("aws:sns/topicPolicy:TopicPolicy")
+    [topic_policy] = json.loads(policy_resource.inputs["policy"])["Statement"]
+    assert topic_policy["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert topic_policy["Action"] == "sns:Publish"
+    assert topic_policy["Resource"] == topic_arn
     for ep in wanted:
         physical = f"{spec.prefix}-{ep.name}"
         model = rendered.named("aws:sagemaker/model:Model", physical).inputs
@@ -453,6 +473,8 @@ def test_sagemaker_endpoints(rendered: Render):
         assert latency.inputs["metricName"] == "ModelLatency"
         assert latency.inputs["threshold"] == ep.latency_alarm_ms * 1000  # microseconds
         for alarm in (errors, latency):
+            assert alarm.inputs["alarmActions"] == [topic_arn]
+            assert alarm.inputs["okActions"] == [topic_arn]
             assert alarm.inputs["namespace"] == "AWS/SageMaker"
             assert alarm.inputs["dimensions"] == {
                 "EndpointName": physical,

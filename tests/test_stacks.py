@@ -401,6 +401,26 @@ def test_data_buckets_log_access_into_the_logs_bucket(stack):
     }
 
 
+def test_team_key_lets_only_log_delivery_and_alarms_use_it_besides_the_account(stack):
+    spec, rendered = stack
+    lake = rendered.one("mlinfra:storage:DataLake")
+    (key,) = [k for k in rendered.children(lake) if k.type == "aws:kms/key:Key"]
+    statements = {s["Sid"]: s for s in _policy(key)["Statement"]}
+    assert set(statements) == {
+        "AccountAdministersThroughIam",
+        "S3ServerAccessLogDelivery",
+        "CloudWatchAlarmsToEncryptedTopic",
+    }
+    alarms = statements["CloudWatchAlarmsToEncryptedTopic"]
+    assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert sorted(alarms["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert "aws:SourceAccount" in alarms["Condition"]["StringEquals"]
+    # The alarm topic (there when SageMaker endpoints are) is encrypted with that key.
+    topics = rendered.by_type("aws:sns/topic:Topic")
+    assert len(topics) == (1 if any(e.kind == "sagemaker" for e in spec.endpoints) else 0)
+    assert all(t.inputs["kmsMasterKeyId"] == key.outputs["arn"] for t in topics)
+
+
 def test_prod_data_is_protected_and_dev_data_is_disposable(stack):
     spec, rendered = stack
     lake = rendered.one("mlinfra:storage:DataLake")
