@@ -13,7 +13,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -24,17 +23,12 @@ sys.path.insert(0, str(ROOT / "policy"))
 import mlinfra_policies as mp  # noqa: E402
 from pulumi_policy import EnforcementLevel  # noqa: E402
 
-from components.mockrun import render_stack  # noqa: E402
+from tests.stack_support import STACK_NAMES as STACKS  # noqa: E402
+from tests.stack_support import rendered_stack as rendered  # noqa: E402
 
-STACKS = sorted(p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
 POLICY = {p.name: p for p in mp.POLICIES}
 TAGS = {"team": "vision", "environment": "dev", "cost-center": "cc-1", "managed-by": "mlinfra"}
 PROD_TAGS = {**TAGS, "environment": "prod"}
-
-
-@cache
-def rendered(stack: str):
-    return render_stack(stack, ROOT / "stacks")
 
 
 def check(policy: str, resource_type: str, props: dict, config: dict | None = None) -> list[str]:

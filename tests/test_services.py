@@ -723,17 +723,13 @@ def test_bad_endpoint_inputs_name_the_field(endpoint, with_cluster, field_path):
 
 # --- inside the real program (components.mockrun) ------------------------------------------
 
-_PROGRAM: dict[str, Any] = {}
-
 
 @pytest.fixture(params=[p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in STACKS])
 def program(request):
     """The whole program (`stacks/__main__.py`) for one stack, rendered under mocks."""
-    from components.mockrun import render_stack
+    from tests.stack_support import rendered_stack
 
-    if request.param not in _PROGRAM:
-        _PROGRAM[request.param] = render_stack(request.param)
-    return _PROGRAM[request.param]
+    return rendered_stack(request.param)
 
 
 def test_program_wires_the_services_to_the_lake_network_and_cluster(program):

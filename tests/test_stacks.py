@@ -23,13 +23,12 @@ import yaml
 from components.mockrun import Rendered, RenderedResource, render_stack, stack_config
 from components.network import INTERFACE_ENDPOINTS
 from components.spec import BUCKET_PURPOSES, PlatformSpec, SpecError, load_stack_file
+from tests.stack_support import STACK_FILES, STACKS_DIR, rendered_stack, stack_name
 from workloads.platform import PlatformDescriptor
 
 # Anything the program warns about while it runs fails the test.
 pytestmark = pytest.mark.filterwarnings("error")
 
-STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
-STACK_FILES = sorted(STACKS_DIR.glob("Pulumi.*.yaml"))
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -37,18 +36,9 @@ LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 BUCKET = "aws:s3/bucket:Bucket"
 
 
-def stack_name(path: Path) -> str:
-    return path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-
-
-@functools.cache
-def _render(stack: str) -> Rendered:
-    return render_stack(stack, STACKS_DIR)
-
-
 @pytest.fixture(params=STACK_FILES, ids=stack_name)
 def stack(request) -> tuple[PlatformSpec, Rendered]:
-    return load_stack_file(request.param), _render(stack_name(request.param))
+    return load_stack_file(request.param), rendered_stack(stack_name(request.param))
 
 
 def _by_input(rendered: Rendered, token: str, key: str, value: Any) -> list[RenderedResource]:
@@ -589,7 +579,7 @@ def test_stack_config_applies_project_defaults():
 
 
 def test_rendered_lookup_fails_loudly():
-    rendered = _render("vision-dev")
+    rendered = rendered_stack("vision-dev")
     with pytest.raises(LookupError):
         rendered.one(BUCKET)  # four of them
     with pytest.raises(LookupError):
