@@ -354,7 +354,9 @@ def test_two_workers_share_the_port_and_stop_cleanly(model_dir: Path, records) -
         srv.wait_ready()
         pids = set()
         deadline = time.monotonic() + 60
-        while len(pids) < 2 and time.monotonic() < deadline:  # new connections reach both
+        # New connections reach both; a worker still loading its model answers /stats
+        # without a pid, so keep asking until both have answered with theirs.
+        while len(pids - {None}) < 2 and time.monotonic() < deadline:
             with httpx.Client(base_url=srv.url, timeout=30) as fresh:
                 assert invoke_json(fresh, records[:1]).status_code in (200, 503)
                 pids.add(fresh.get("/stats").json().get("pid"))
