@@ -30,7 +30,7 @@ POOL_LABEL = "mlinfra.io/pool"
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_DIR = "/opt/ml/model"
 # A non-root user the serving image runs as (any UID works: the root filesystem is read-only).
-RUN_AS_USER = 10001
+RUN_AS_USER = 1000  # the `mlinfra` user of docker/serve.Dockerfile
 HPA_CPU_UTILIZATION = 70
 SCALE_IN_COOLDOWN_S = 300  # scale in slowly: a cold instance takes minutes to serve
 SCALE_OUT_COOLDOWN_S = 60

@@ -240,15 +240,31 @@ def test_local_crash_before_commit_leaves_no_half_registered_version(tmp_path):
 
 
 def test_sagemaker_package_carries_image_artifact_and_metrics(sagemaker):
-    version = sagemaker.register("churn", "s3://a/models/churn/model.tar.gz", {"accuracy": 0.8})
+    version = sagemaker.register(
+        "churn", "s3://a/models/churn/model.tar.gz", {"accuracy": 0.8}, image=IMAGE
+    )
     package = sagemaker.client.describe_model_package(ModelPackageName=version.arn)
     assert package["ModelPackageGroupName"] == "demo-dev-churn"
     container = package["InferenceSpecification"]["Containers"][0]
-    image = IMAGE.replace("0.1.0", "latest")
-    assert container == {"Image": image, "ModelDataUrl": version.model_uri}
+    assert container == {"Image": IMAGE, "ModelDataUrl": version.model_uri}
     assert package["CustomerMetadataProperties"] == {"metric:accuracy": "0.8"}
     assert package["ModelApprovalStatus"] == "PendingManualApproval"
     assert version.arn.endswith("/demo-dev-churn/1")
+
+
+def test_sagemaker_image_comes_from_the_serve_repository_at_a_named_tag(aws_env):
+    with mock_aws():
+        session = boto3.Session(region_name="us-east-1")
+        session.client("sagemaker").create_model_package_group(
+            ModelPackageGroupName=GROUPS["churn"].name
+        )
+        untagged = registry_from_descriptor(descriptor("aws"), session=session)
+        # Immutable tags: no `latest` to guess, so an image must be named.
+        with pytest.raises(RegistryError, match="image"):
+            untagged.register("churn", "s3://a/model.tar.gz", {"accuracy": 0.8})
+        tagged = registry_from_descriptor(descriptor("aws"), session=session, serve_image_tag="2.0")
+        version = tagged.register("churn", "s3://a/model.tar.gz", {"accuracy": 0.8})
+        assert version.image == IMAGE.replace("0.1.0", "2.0")
 
 
 def test_sagemaker_status_change_always_sends_the_status():

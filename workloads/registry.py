@@ -446,9 +446,14 @@ class SageMakerModelRegistry(_Groups):
 
 
 def registry_from_descriptor(
-    descriptor: PlatformDescriptor, session: Any = None
+    descriptor: PlatformDescriptor, session: Any = None, serve_image_tag: str | None = None
 ) -> LocalModelRegistry | SageMakerModelRegistry:
-    """The registry backend the descriptor names (`backend: local` or `backend: aws`)."""
+    """The registry backend the descriptor names (`backend: local` or `backend: aws`).
+
+    On AWS a model package names its serving image: `serve_image_tag` picks it from the
+    team's serve repository (tags are immutable, so there is no `latest` to fall back on);
+    without it, `register` needs `image=`.
+    """
     groups = descriptor.registry.model_groups
     if descriptor.backend == "local":
         if descriptor.local is None:
@@ -461,5 +466,5 @@ def registry_from_descriptor(
     return SageMakerModelRegistry(
         groups,
         client=session.client("sagemaker", region_name=descriptor.region),
-        default_image=f"{repo}:latest" if repo else None,
+        default_image=f"{repo}:{serve_image_tag}" if repo and serve_image_tag else None,
     )
