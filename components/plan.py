@@ -263,6 +263,8 @@ def _from_rendered(rendered: Any) -> list[Resource]:
 
 def render(stack: str, stacks_dir: str | Path = "stacks") -> tuple[list[Resource], str]:
     """(resources, region) of a stack in this working tree."""
+    if importlib.util.find_spec("pulumi") is None:
+        raise PlanError("the plan runs the Pulumi program: pip install 'mlinfra[infra]' first")
     from components.mockrun import render_stack  # imports Pulumi: only when planning
 
     path = Path(stacks_dir) / f"Pulumi.{stack}.yaml"
