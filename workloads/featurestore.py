@@ -228,10 +228,7 @@ class _Groups:
         self.groups = dict(groups)
 
     def ref(self, group: str) -> FeatureGroupRef:
-        try:
-            return self.groups[group]
-        except KeyError:
-            raise UnknownFeatureGroupError(group, sorted(self.groups)) from None
+        return UnknownFeatureGroupError.lookup(self.groups, group)
 
     def _online(self, group: str) -> FeatureGroupRef:
         ref = self.ref(group)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 DESCRIPTOR_ENV = "MLINFRA_PLATFORM"
+T = TypeVar("T")
 
 
 class _Doc(BaseModel):
@@ -124,6 +126,14 @@ class NotDeclaredError(KeyError):
         self.name = name
         self.declared = declared
         super().__init__(name)
+
+    @classmethod
+    def lookup(cls, declared: Mapping[str, T], name: str) -> T:
+        """`declared[name]`, or this error naming what is declared."""
+        try:
+            return declared[name]
+        except KeyError:
+            raise cls(name, sorted(declared)) from None
 
     def __str__(self) -> str:
         return (

@@ -110,10 +110,7 @@ class _Groups:
         self.groups = dict(groups)
 
     def ref(self, group: str) -> ModelGroupRef:
-        try:
-            return self.groups[group]
-        except KeyError:
-            raise UnknownGroupError(group, sorted(self.groups)) from None
+        return UnknownGroupError.lookup(self.groups, group)
 
     def passes_gate(self, group: str, metrics: Mapping[str, float]) -> bool:
         return gate_passes(self.ref(group).gate, metrics)
