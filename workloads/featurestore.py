@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from workloads.pit import point_in_time_join, to_utc
 from workloads.platform import FeatureGroupRef, NotDeclaredError, PlatformDescriptor
+from workloads.transactions import write_transaction
 
 
 class FeatureValidationError(ValueError):
@@ -412,9 +413,7 @@ class LocalFeatureStore(_Groups):
             }
             rid = self._id(ref, record[ref.record_identifier])
             rows.append((ref.name, rid, int(micros.iloc[i]), json.dumps(values)))
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with write_transaction(self._connect) as con:
             # The newest event time wins; an equal time overwrites (the later write wins).
             con.executemany(
                 "INSERT INTO records VALUES (?, ?, ?, ?) "
@@ -423,13 +422,6 @@ class LocalFeatureStore(_Groups):
                 "WHERE excluded.event_time_us >= records.event_time_us",
                 rows,
             )
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
 
     def get_record(self, group: str, record_id: Any) -> dict[str, Any] | None:
         return self.get_records(group, [record_id])[0]

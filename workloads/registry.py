@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol, get_args
 from pydantic import BaseModel, ConfigDict
 
 from workloads.platform import ApprovalGate, ModelGroupRef, NotDeclaredError, PlatformDescriptor
+from workloads.transactions import write_transaction
 
 Status = Literal["PendingManualApproval", "Approved", "Rejected"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -192,9 +193,7 @@ class LocalModelRegistry(_Groups):
             raise RegistryError("model_uri is empty: register the artifact's location")
         clean = _clean_metrics(metrics)
         now = datetime.now(UTC).isoformat()
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with write_transaction(self._connect) as con:
             (version,) = con.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE group_name = ?",
                 (physical,),
@@ -216,13 +215,6 @@ class LocalModelRegistry(_Groups):
                 "INSERT INTO transitions VALUES (?, ?, ?, ?, ?)",
                 (physical, version, "PendingManualApproval", "registered", now),
             )
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
         return self.get(group, version)
 
     def set_status(self, group: str, version: int, status: str, reason: str = "") -> ModelVersion:
@@ -230,27 +222,17 @@ class LocalModelRegistry(_Groups):
         _check_version(version)
         if status not in STATUSES:
             raise RegistryError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with write_transaction(self._connect) as con:
             updated = con.execute(
                 "UPDATE versions SET status = ? WHERE group_name = ? AND version = ?",
                 (status, physical, version),
             ).rowcount
-            if not updated:
-                con.execute("ROLLBACK")
+            if not updated:  # the transaction rolls back on the way out
                 raise RegistryError(self._unknown(con, group, physical, version))
             con.execute(
                 "INSERT INTO transitions VALUES (?, ?, ?, ?, ?)",
                 (physical, version, status, reason, datetime.now(UTC).isoformat()),
             )
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
         return self.get(group, version)
 
     def approve(self, group: str, version: int, reason: str = "") -> ModelVersion:
