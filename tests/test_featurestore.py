@@ -319,18 +319,6 @@ def runtime_client():
     )
 
 
-@pytest.fixture
-def aws_env(monkeypatch):
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
 def sm_store(runtime=None, s3=None, **kwargs) -> SageMakerFeatureStore:
     return SageMakerFeatureStore(
         groups("s3://feat/fs"), runtime=runtime or runtime_client(), s3=s3, **kwargs

@@ -73,18 +73,6 @@ def local(tmp_path) -> LocalModelRegistry:
 
 
 @pytest.fixture
-def aws_env(monkeypatch):
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-@pytest.fixture
 def sagemaker(aws_env):
     with mock_aws():
         client = boto3.client("sagemaker", region_name="us-east-1")
