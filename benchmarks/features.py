@@ -12,7 +12,7 @@ from the same parquet files and produces the same left join (newest feature row 
 each label's time, per entity), in a fresh child process, so its peak memory is its own:
 the parent reads each child's peak RSS from `os.wait4`.
 
-- ours:   `workloads.pit.point_in_time_join` (DuckDB ASOF JOIN)
+- ours:   `workloads.features.pit.point_in_time_join` (DuckDB ASOF JOIN)
 - pandas: `pandas.merge_asof(..., by=entity, direction="backward")` (needs both sides sorted)
 - feast:  a Feast repo in a temp dir (`offline_store: file`, a FileSource on the parquet file,
           `get_historical_features(...).to_df()`), in its own venv `benchmarks/.venv-feast`,
@@ -113,7 +113,7 @@ def load(folder: Path):
 
 
 def run_ours(folder: Path):
-    from workloads.pit import point_in_time_join
+    from workloads.features.pit import point_in_time_join
 
     t0 = time.perf_counter()
     labels, features = load(folder)

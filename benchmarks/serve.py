@@ -17,7 +17,7 @@ Printed side by side: requests/s, p50 and p99 latency (ms) at each concurrency, 
   requests split over 2 processes (1 torch thread each), back-to-back batches of C/2 records;
   latency = one batch;
 - TorchServe 0.12 (batching on: batch size 32, max delay 5 ms, 2 workers) with a handler that
-  loads the same artifact through `workloads.model.load_model`;
+  loads the same artifact through `workloads.training.artifact.load_model`;
 - BentoML 1.4 (adaptive batching on, 2 workers), same artifact, same loader.
 
 The peers live in `benchmarks/.venv-peers` (created on first use: torch==2.13.0 first, then
@@ -58,8 +58,8 @@ ORDER = [OURS_ON, OURS_OFF, LIMIT, TORCHSERVE, BENTOML]
 
 def training_table(rows: int, seed: int = 0):
     """The churn reference training set: labels joined point-in-time with both feature groups."""
-    from workloads import churn
-    from workloads.pit import point_in_time_join
+    from workloads.features.pit import point_in_time_join
+    from workloads.local import churn
 
     data = churn.generate_churn(rows, seed=seed)
     joined = data.labels
@@ -76,7 +76,7 @@ def training_table(rows: int, seed: int = 0):
 
 def prepare_models() -> dict[str, tuple[Path, dict]]:
     """Train both models once (kept under benchmarks/out/models); returns dir + a sample row."""
-    from workloads import churn
+    from workloads.local import churn
 
     table = training_table(4000)
     sample = table[churn.FEATURES].iloc[0]
@@ -296,7 +296,7 @@ def ping_probe(url: str):
 
 INPROC_CODE = """
 import json, sys, time, torch
-from workloads.model import load_model
+from workloads.training.artifact import load_model
 model_dir, batch, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 torch.set_num_threads(1)
 p = load_model(model_dir)
@@ -350,7 +350,7 @@ sys.path.insert(0, {root!r})
 import numpy as np
 import torch
 
-from workloads.model import load_model
+from workloads.training.artifact import load_model
 
 MODEL_DIR = {model_dir!r}
 _predictor = None
@@ -444,7 +444,7 @@ sys.path.insert(0, {root!r})
 
 import bentoml
 
-from workloads.model import load_model
+from workloads.training.artifact import load_model
 
 
 @bentoml.service(workers={workers}, traffic={{"timeout": 120, "max_concurrency": 1024}})

@@ -1,5 +1,5 @@
 # The training image: SageMaker runs `docker run <image> train`; a Kubernetes Job runs
-# `torchrun ... -m workloads.train` (see workloads/k8s_job.py). Both use the SageMaker contract.
+# `torchrun ... -m workloads.train` (see workloads/jobs/kubernetes_manifest.py). Both use the SageMaker contract.
 #
 #   docker build -f docker/train.Dockerfile -t mlinfra-train .    # from the repository root
 FROM python:3.11-slim
@@ -23,6 +23,6 @@ RUN pip install . \
        /opt/ml/checkpoints \
     && useradd --uid 1000 --user-group --no-create-home --home-dir /tmp mlinfra
 
-# Root by default, as SageMaker expects; Kubernetes pods run it as uid 1000 (see k8s_job.py).
+# Root by default, as SageMaker expects; Kubernetes pods run it as uid 1000 (see workloads/jobs/kubernetes_manifest.py).
 WORKDIR /opt/ml
 CMD ["train"]

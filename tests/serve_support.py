@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workloads.model import load_model
+from workloads.training.artifact import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_DELAY_ENV = "MLINFRA_TEST_LOAD_DELAY_S"

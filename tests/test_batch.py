@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from tests.serve_support import ROOT, make_frame, train_model
-from workloads.batch import BatchError, score
-from workloads.data import DataError
-from workloads.model import load_model
+from workloads.serving.batch import BatchError, score
+from workloads.training.artifact import load_model
+from workloads.training.data import DataError
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def as_records(frame: pd.DataFrame, columns: list[str]) -> list[dict]:
 
 
 def run_batch(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "workloads.batch", *args]
+    cmd = [sys.executable, "-m", "workloads.serving.batch", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

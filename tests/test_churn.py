@@ -10,7 +10,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
 from components.spec import load_stack
-from workloads import churn
+from workloads.local import churn
 
 
 @pytest.fixture(scope="module")

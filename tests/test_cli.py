@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from workloads import churn, localenv
 from workloads.cli import app, read_records
+from workloads.local import churn
+from workloads.local import env as localenv
 
 STACKS = Path(__file__).resolve().parent.parent / "stacks"
 runner = CliRunner()

@@ -16,7 +16,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from workloads.featurestore import (
+from workloads.features.store import (
     FeatureValidationError,
     LocalFeatureStore,
     SageMakerFeatureStore,

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from workloads.k8s_job import render_training_job
+from workloads.jobs.kubernetes_manifest import render_training_job
 from workloads.platform import PlatformDescriptor, load_descriptor
 
 

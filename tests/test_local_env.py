@@ -16,10 +16,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from components.spec import SpecError, load_stack
-from workloads import localenv, pipeline
 from workloads.cli import app
+from workloads.local import env as localenv
+from workloads.local import pipeline
 from workloads.platform import load_descriptor
-from workloads.registry import registry_from_descriptor
+from workloads.registry.store import registry_from_descriptor
 
 STACKS = Path(__file__).resolve().parent.parent / "stacks"
 LOCAL = yaml.safe_load((STACKS / "Pulumi.local.yaml").read_text())
@@ -273,7 +274,7 @@ def test_an_interrupted_pipeline_completes_when_run_again(state, tmp_path, monke
     assert leftovers == []
 
     # Ingested once per data set: the offline store holds each record once.
-    from workloads.featurestore import feature_store_from_descriptor
+    from workloads.features.store import feature_store_from_descriptor
 
     offline = feature_store_from_descriptor(descriptor).read_offline("customer-activity")
     assert not offline.duplicated(["customer_id", "event_time"]).any()

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from workloads.model import InputError, TabularNet, load_model, save_model
-from workloads.preprocess import Preprocessor
+from workloads.training.artifact import InputError, TabularNet, load_model, save_model
+from workloads.training.tasks.tabular.preprocess import Preprocessor
 
 
 @pytest.fixture

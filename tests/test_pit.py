@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workloads.pit import point_in_time_join, to_utc
+from workloads.features.pit import point_in_time_join, to_utc
 
 T0 = pd.Timestamp("2024-03-01 12:00:00")
 

@@ -23,7 +23,7 @@ from workloads.platform import (
     PlatformDescriptor,
     Registry,
 )
-from workloads.registry import (
+from workloads.registry.store import (
     LocalModelRegistry,
     RegistryError,
     SageMakerModelRegistry,
@@ -198,7 +198,7 @@ def test_local_crash_before_commit_leaves_no_half_registered_version(tmp_path):
     code = textwrap.dedent(
         f"""
         import os
-        from workloads.registry import LocalModelRegistry
+        from workloads.registry.store import LocalModelRegistry
         from tests.test_registry import GROUPS
 
         class Dying:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.serve_support import LOAD_DELAY_ENV, PREDICT_DELAY_ENV, make_frame, train_model
-from workloads.model import load_model
-from workloads.serve import MAX_BODY_BYTES, ServeSettings, SettingsError, openapi
+from workloads.serving.server import MAX_BODY_BYTES, ServeSettings, SettingsError, openapi
+from workloads.training.artifact import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_LOADER = "tests.serve_support:slow_model"

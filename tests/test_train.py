@@ -24,9 +24,9 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from workloads.contract import ContractError, parse_hyperparameters, resolve
-from workloads.model import load_model
-from workloads.train import main
+from workloads.training.artifact import load_model
+from workloads.training.contract import ContractError, parse_hyperparameters, resolve
+from workloads.training.harness import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -400,7 +400,7 @@ def test_s3_channel_and_model_publish(tmp_path, monkeypatch):
 
 
 def test_holdout_split_is_stratified_and_disjoint():
-    from workloads.train import holdout_split
+    from workloads.training.harness import holdout_split
 
     labels = pd.Series(["a"] * 90 + ["b"] * 10)
     val, train = holdout_split(labels, "binary", 0.2, seed=3)

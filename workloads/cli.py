@@ -24,7 +24,7 @@ from rich.table import Table
 
 from components.plan import plan_command
 from components.spec import SpecError
-from workloads import localenv
+from workloads.local import env as localenv
 from workloads.platform import PlatformDescriptor, load_descriptor
 
 app = typer.Typer(
@@ -201,7 +201,7 @@ def status(stack: StackOpt = "local", state_dir: StateOpt = None) -> None:
 
 
 def _print_registry(descriptor: PlatformDescriptor) -> None:
-    from workloads.registry import registry_from_descriptor
+    from workloads.registry.store import registry_from_descriptor
 
     registry = registry_from_descriptor(descriptor)
     table = Table(title="model registry")
@@ -320,7 +320,7 @@ def approve(
     stacks_dir: StacksDirOpt = Path("stacks"),
 ) -> None:
     """Approve a model version by hand (one the gate left pending), then roll it out."""
-    from workloads.registry import registry_from_descriptor
+    from workloads.registry.store import registry_from_descriptor
 
     paths = localenv.StackPaths.of(stack, state_dir)
     if not paths.descriptor.is_file():
@@ -347,7 +347,7 @@ def pipeline(
     stacks_dir: StacksDirOpt = Path("stacks"),
 ) -> None:
     """The reference lifecycle: data -> features -> train -> register -> gate -> rollout."""
-    from workloads.pipeline import PipelineError, run_pipeline
+    from workloads.local.pipeline import PipelineError, run_pipeline
 
     try:
         run_pipeline(

@@ -37,7 +37,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from components.spec import load_stack
-from workloads import churn, localenv
+from workloads.local import churn
+from workloads.local import env as localenv
 from workloads.platform import PlatformDescriptor, load_descriptor
 
 FEATURE_GROUPS = ("customer-profile", "customer-activity")
@@ -325,12 +326,12 @@ class Pipeline:
     # --- backends ----------------------------------------------------------------------------
 
     def feature_store(self):
-        from workloads.featurestore import feature_store_from_descriptor
+        from workloads.features.store import feature_store_from_descriptor
 
         return feature_store_from_descriptor(self.descriptor)
 
     def registry(self):
-        from workloads.registry import registry_from_descriptor
+        from workloads.registry.store import registry_from_descriptor
 
         return registry_from_descriptor(self.descriptor)
 

@@ -488,8 +488,8 @@ def up(
 
 def _init_stores(descriptor: PlatformDescriptor) -> None:
     """Create the feature store's tables and the registry's groups (both idempotent)."""
-    from workloads.featurestore import feature_store_from_descriptor
-    from workloads.registry import registry_from_descriptor
+    from workloads.features.store import feature_store_from_descriptor
+    from workloads.registry.store import registry_from_descriptor
 
     feature_store_from_descriptor(descriptor)  # the local backends create their stores
     registry_from_descriptor(descriptor)
@@ -497,7 +497,7 @@ def _init_stores(descriptor: PlatformDescriptor) -> None:
 
 def served_version(spec: PlatformSpec, descriptor: PlatformDescriptor, endpoint: str):
     """The model version an endpoint should serve: its pinned one, else the newest approved."""
-    from workloads.registry import registry_from_descriptor
+    from workloads.registry.store import registry_from_descriptor
 
     ep = next(e for e in spec.endpoints if e.name == endpoint)
     registry = registry_from_descriptor(descriptor)

@@ -1,4 +1,4 @@
-"""Batch scoring: `python -m workloads.batch INPUT OUTPUT [--model-dir D]`.
+"""Batch scoring: `python -m workloads.serving.batch INPUT OUTPUT [--model-dir D]`.
 
 INPUT is a CSV or Parquet file, a folder of them, or a `file://` / `s3://` location (read the
 way training reads its channels). Every input column is kept and prediction columns are added:
@@ -28,8 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workloads.data import DataError, data_files, local_channel, read_file
-from workloads.model import InputError, load_model
+from workloads.training.artifact import InputError, load_model
+from workloads.training.data import DataError, data_files, local_channel, read_file
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
 PREDICTION = "prediction"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workloads.preprocess import InputError, Preprocessor
+from workloads.training.tasks.tabular.preprocess import InputError, Preprocessor
 
 __all__ = ["InputError", "Predictor", "TabularNet", "load_model", "save_model"]
 

@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol, get_args
 from pydantic import BaseModel, ConfigDict
 
 from workloads.platform import ApprovalGate, ModelGroupRef, NotDeclaredError, PlatformDescriptor
-from workloads.transactions import write_transaction
+from workloads.storage import write_transaction
 
 Status = Literal["PendingManualApproval", "Approved", "Rejected"]
 STATUSES: tuple[str, ...] = get_args(Status)

@@ -12,7 +12,7 @@ Two backends behind one interface, picked from the platform descriptor:
   concurrent readers and writers in several processes (WAL, one transaction per ingest).
 
 Both validate a DataFrame against the group's declared features before writing anything,
-and both build training sets with `workloads.pit.point_in_time_join`. Groups are addressed
+and both build training sets with `workloads.features.pit.point_in_time_join`. Groups are addressed
 by the spec's logical feature group name.
 
 Types: `integral` values come back as ints, `fractional` as floats, `string` as str; the event
@@ -42,9 +42,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workloads.pit import point_in_time_join, to_utc
+from workloads.features.pit import point_in_time_join, to_utc
 from workloads.platform import FeatureGroupRef, NotDeclaredError, PlatformDescriptor
-from workloads.transactions import write_transaction
+from workloads.storage import write_transaction
 
 
 class FeatureValidationError(ValueError):

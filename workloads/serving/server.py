@@ -1,0 +1,877 @@
+"""The inference server: SageMaker's hosting contract over a plain ASGI app on uvicorn.
+
+`python -m workloads.serve [--model-dir D] [--port P] [--host H]` (console script `serve`).
+
+- Listens on 8080, or `SAGEMAKER_BIND_TO_PORT`, or `--port`; loads the artifact from
+  `--model-dir`, `SM_MODEL_DIR` or `/opt/ml/model` with `workloads.training.artifact.load_model`.
+- `GET /ping`: 503 while the model loads, 200 once it is loaded.
+- `POST /invocations`: `application/json` `{"instances": [{column: value}, ...]}` or `text/csv`
+  rows in `feature_columns` order without a header; answers `{"predictions": [...]}`.
+- `GET /openapi.json` (the API description), `GET /stats` (batching counters of this worker),
+  `GET /execution-parameters` (what SageMaker batch transform asks for).
+
+Why this shape: the request path is a hand-written ASGI app (no framework routing or request
+objects) on uvicorn with httptools and uvloop, with orjson for JSON, and several worker
+processes share the port. Model work (validation, preprocessing, the forward pass, encoding the
+answer) runs on one batcher thread per worker, never on the event loop thread, so `/ping`
+answers while a batch runs. The batcher merges the requests that are waiting, up to a maximum
+batch size (rows) and a maximum wait, validates each request on its own (one bad request gets
+its own 400 and never fails the others), runs one forward pass and hands each request its rows.
+On SIGTERM uvicorn stops accepting, finishes in-flight requests (at most 30 s), and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import importlib
+import io
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+log = logging.getLogger("mlinfra.serve")
+
+MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
+DRAIN_TIMEOUT_S = 30
+DEFAULT_LOADER = "workloads.training.artifact:load_model"
+
+# Environment variables; every one also has a command-line flag.
+ENV_MODEL_DIR = "SM_MODEL_DIR"
+ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
+ENV_WORKERS = "SAGEMAKER_MODEL_SERVER_WORKERS"
+ENV_HOST = "MLINFRA_SERVE_HOST"
+ENV_MAX_BATCH = "MLINFRA_SERVE_MAX_BATCH_SIZE"
+ENV_MAX_WAIT = "MLINFRA_SERVE_MAX_WAIT_MS"
+ENV_BATCHING = "MLINFRA_SERVE_BATCHING"
+ENV_THREADS = "MLINFRA_SERVE_THREADS"
+ENV_LOADER = "MLINFRA_SERVE_LOADER"
+
+JSON = b"application/json"
+CSV = b"text/csv"
+
+
+class SettingsError(ValueError):
+    """A bad flag or environment value; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model_dir: Path = Path("/opt/ml/model")
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    max_batch_size: int = 64  # rows per forward pass
+    max_wait_ms: float = 2.0  # how long a batch waits for more requests once one arrived
+    batching: bool = True  # off: every request is its own forward pass
+    threads: int = 1  # torch intra-op threads per worker
+    loader: str = DEFAULT_LOADER  # "module:function" taking the model dir, returning a Predictor
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port must be 1..65535, got {self.port}")
+        for name in ("workers", "max_batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise SettingsError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if ":" not in self.loader:
+            raise SettingsError(f"loader must be 'module:function', got {self.loader!r}")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServeSettings:
+        env = dict(os.environ if env is None else env)
+        workers = _env(env, ENV_WORKERS, int, os.cpu_count() or 1)  # SageMaker's default
+        return cls(
+            model_dir=Path(env.get(ENV_MODEL_DIR) or "/opt/ml/model"),
+            host=env.get(ENV_HOST) or "0.0.0.0",
+            port=_env(env, ENV_PORT, int, 8080),
+            workers=workers,
+            max_batch_size=_env(env, ENV_MAX_BATCH, int, 64),
+            max_wait_ms=_env(env, ENV_MAX_WAIT, float, 2.0),
+            batching=_env(env, ENV_BATCHING, _parse_bool, True),
+            threads=_env(env, ENV_THREADS, int, max(1, (os.cpu_count() or 1) // workers)),
+            loader=env.get(ENV_LOADER) or DEFAULT_LOADER,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` return these settings (for worker processes)."""
+        return {
+            ENV_MODEL_DIR: str(self.model_dir),
+            ENV_HOST: self.host,
+            ENV_PORT: str(self.port),
+            ENV_WORKERS: str(self.workers),
+            ENV_MAX_BATCH: str(self.max_batch_size),
+            ENV_MAX_WAIT: repr(self.max_wait_ms),
+            ENV_BATCHING: "1" if self.batching else "0",
+            ENV_THREADS: str(self.threads),
+            ENV_LOADER: self.loader,
+        }
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected one of 1/0/true/false/yes/no/on/off, got {text!r}")
+
+
+def _env(env: dict[str, str], name: str, parse: Callable[[str], Any], default: Any) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"environment variable {name}={raw!r} is invalid: {exc}") from None
+
+
+def load_callable(spec: str) -> Callable[[Path], Any]:
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise SettingsError(f"cannot load the model loader {spec!r}: {exc}") from None
+
+
+def _input_error_type() -> type[Exception]:
+    from workloads.training.artifact import InputError
+
+    return InputError
+
+
+# --------------------------------------------------------------------------------------------
+# The batcher: one thread per worker process that does all model work.
+
+
+@dataclass(slots=True)
+class _Job:
+    kind: str  # "json" (records) or "csv" (rows)
+    payload: list
+    rows: int
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    """Counters of the batcher, read by `GET /stats` (per worker process)."""
+
+    requests: int = 0
+    rejected: int = 0  # requests that failed validation or prediction
+    batches: int = 0
+    rows: int = 0
+    max_batch_requests: int = 0
+    max_batch_rows: int = 0
+    batch_requests: Counter = field(default_factory=Counter)  # requests per batch -> count
+
+    def record(self, requests: int, rows: int, rejected: int) -> None:
+        self.requests += requests + rejected
+        self.rejected += rejected
+        if requests:
+            self.batches += 1
+            self.rows += rows
+            self.max_batch_requests = max(self.max_batch_requests, requests)
+            self.max_batch_rows = max(self.max_batch_rows, rows)
+            self.batch_requests[requests] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "requests": self.requests,
+            "rejected": self.rejected,
+            "batches": self.batches,
+            "rows": self.rows,
+            "max_batch_requests": self.max_batch_requests,
+            "max_batch_rows": self.max_batch_rows,
+            "batch_requests_histogram": {str(k): v for k, v in sorted(self.batch_requests.items())},
+        }
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class Batcher:
+    """Merges queued requests into one forward pass on its own thread."""
+
+    def __init__(
+        self,
+        predictor: Any,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        input_error: type[Exception],
+        threads: int = 1,
+    ) -> None:
+        self.predictor = predictor
+        self.threads = threads
+        self.loop = loop
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.input_error = input_error
+        self.stats = BatchStats()
+        # /invocations requests between arrival and answer; kept by the event loop thread.
+        self.open_requests = 0
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="mlinfra-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: str, payload: list) -> asyncio.Future:
+        future = self.loop.create_future()
+        self._queue.put(_Job(kind, payload, len(payload), future))
+        return future
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)  # set on the thread that runs the forward passes
+        carry: _Job | None = None
+        while True:
+            job = carry or self._queue.get()
+            carry = None
+            if job is None:
+                return
+            jobs, rows = [job], job.rows
+            deadline = time.monotonic() + self.max_wait_s
+            stopping = False
+            while rows < self.max_batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    # Wait only for requests that are already being received: with none in
+                    # flight (say, one client) waiting would only add latency.
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self.open_requests <= len(jobs):
+                        break
+                    try:
+                        nxt = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                if nxt is None:
+                    stopping = True
+                    break
+                if rows + nxt.rows > self.max_batch_size:
+                    carry = nxt  # keeps the batch within the limit; it leads the next batch
+                    break
+                jobs.append(nxt)
+                rows += nxt.rows
+            try:
+                self._process(jobs)
+            except Exception:  # never let the thread die: that would wedge every request
+                log.exception("batch failed")
+                self._deliver([(j.future, 500, _error("internal error")) for j in jobs])
+            if stopping:
+                if carry is not None:
+                    self._process([carry])
+                return
+
+    def _prepare(self, job: _Job) -> np.ndarray:
+        if job.kind == "json":
+            return self.predictor.prepare_records(job.payload)
+        return self.predictor.prepare_rows(job.payload)
+
+    def _process(self, jobs: list[_Job]) -> None:
+        results: list[tuple[asyncio.Future, int, bytes]] = []
+        ready: list[tuple[_Job, np.ndarray]] = []
+        for job in jobs:  # validate each request on its own
+            try:
+                ready.append((job, self._prepare(job)))
+            except self.input_error as exc:
+                results.append((job.future, 400, _error(str(exc))))
+            except Exception as exc:
+                log.exception("preparing a request failed")
+                results.append((job.future, 500, _error(f"internal error: {exc}")))
+        rows = 0
+        if ready:
+            mats = [m for _, m in ready]
+            x = mats[0] if len(mats) == 1 else np.concatenate(mats)
+            rows = x.shape[0]
+            try:
+                preds = self.predictor.predict_matrix(x)
+            except Exception:
+                # Isolate the culprit: run each request alone so only it fails.
+                log.exception("batched prediction failed; retrying request by request")
+                for job, m in ready:
+                    results.append(self._predict_one(job, m))
+            else:
+                start = 0
+                for job, m in ready:
+                    end = start + m.shape[0]
+                    body = orjson.dumps(
+                        {"predictions": preds[start:end]}, option=orjson.OPT_SERIALIZE_NUMPY
+                    )
+                    results.append((job.future, 200, body))
+                    start = end
+        ok = sum(1 for r in results if r[1] == 200)
+        self.stats.record(ok, rows if ok else 0, len(results) - ok)
+        self._deliver(results)
+
+    def _predict_one(self, job: _Job, m: np.ndarray) -> tuple[asyncio.Future, int, bytes]:
+        try:
+            preds = self.predictor.predict_matrix(m)
+        except Exception as exc:
+            return job.future, 500, _error(f"prediction failed: {exc}")
+        body = orjson.dumps({"predictions": preds}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return job.future, 200, body
+
+    def _deliver(self, results: list[tuple[asyncio.Future, int, bytes]]) -> None:
+        # One wake-up of the event loop per batch, not one per request.
+        try:
+            self.loop.call_soon_threadsafe(_set_results, results)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _set_results(results: list[tuple[asyncio.Future, int, bytes]]) -> None:
+    for future, status, body in results:
+        if not future.done():
+            future.set_result((status, body))
+
+
+# --------------------------------------------------------------------------------------------
+# The ASGI app.
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _media_type(value: bytes) -> bytes:
+    return value.split(b";", 1)[0].strip().lower()
+
+
+def _accepts_json(accept: bytes | None) -> bool:
+    """True if an Accept header admits application/json (absent header admits anything)."""
+    if not accept:
+        return True
+    for part in accept.split(b","):
+        pieces = part.split(b";")
+        media = pieces[0].strip().lower()
+        quality = 1.0
+        for param in pieces[1:]:
+            key, _, value = param.strip().partition(b"=")
+            if key.strip() == b"q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0 and media in (JSON, b"application/*", b"*/*", b""):
+            return True
+    return False
+
+
+def parse_csv(body: bytes) -> list[list[str]]:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _HTTPError(400, f"text/csv body is not valid UTF-8: {exc}") from None
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    except csv.Error as exc:
+        raise _HTTPError(400, f"malformed CSV: {exc}") from None
+    if not rows:
+        raise _HTTPError(400, "empty CSV body: send one row per instance, without a header")
+    return rows
+
+
+def parse_json(body: bytes) -> list:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _HTTPError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict) or "instances" not in doc:
+        raise _HTTPError(400, 'expected a JSON object {"instances": [{column: value, ...}, ...]}')
+    extra = sorted(set(doc) - {"instances"})
+    if extra:
+        raise _HTTPError(400, f"unexpected top-level keys {extra}: only 'instances' is allowed")
+    instances = doc["instances"]
+    if not isinstance(instances, list):
+        raise _HTTPError(400, f"'instances' must be a list, got {type(instances).__name__}")
+    if not instances:
+        raise _HTTPError(400, "'instances' is an empty list: send at least one instance")
+    return instances
+
+
+class InferenceApp:
+    """ASGI application; `create_app()` builds it from the environment."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.predictor: Any = None
+        self.batcher: Batcher | None = None
+        self.load_error: str | None = None
+        self._loader_thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start_loading(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Load the model on a thread so /ping answers 503 (not nothing) while it loads."""
+        self._loader_thread = threading.Thread(
+            target=self._load, args=(loop,), name="mlinfra-loader", daemon=True
+        )
+        self._loader_thread.start()
+
+    def _load(self, loop: asyncio.AbstractEventLoop) -> None:
+        s = self.settings
+        try:
+            predictor = load_callable(s.loader)(s.model_dir)
+            self.batcher = Batcher(
+                predictor,
+                loop,
+                max_batch_size=s.max_batch_size if s.batching else 1,
+                max_wait_s=s.max_wait_ms / 1000 if s.batching else 0.0,
+                input_error=_input_error_type(),
+                threads=s.threads,
+            )
+            self.predictor = predictor
+            log.info(
+                "model loaded from %s (%d features, task %s); batching %s",
+                s.model_dir,
+                len(predictor.feature_columns),
+                getattr(predictor, "task", "?"),
+                f"on: max {s.max_batch_size} rows, {s.max_wait_ms} ms" if s.batching else "off",
+            )
+        except Exception as exc:
+            log.exception("loading the model from %s failed", s.model_dir)
+            self.load_error = f"loading the model from {s.model_dir} failed: {exc}"
+
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.start_loading(asyncio.get_running_loop())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == "/invocations":
+                if method != "POST":
+                    raise _HTTPError(405, f"{method} /invocations: use POST")
+                status, body = await self._invoke(scope, receive)
+            elif path == "/ping":
+                _require(method, "GET", path)
+                status, body = self._ping()
+            elif path == "/openapi.json":
+                _require(method, "GET", path)
+                status, body = 200, orjson.dumps(openapi(self.predictor))
+            elif path == "/stats":
+                _require(method, "GET", path)
+                stats = self.batcher.stats.as_dict() if self.batcher else {}
+                status, body = 200, orjson.dumps(stats)
+            elif path == "/execution-parameters":
+                _require(method, "GET", path)
+                status, body = 200, orjson.dumps(self._execution_parameters())
+            else:
+                raise _HTTPError(404, f"no such path {path!r}: use POST /invocations or GET /ping")
+        except _HTTPError as exc:
+            status, body = exc.status, _error(exc.message)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", JSON), (b"content-length", b"%d" % len(body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
+
+    def _ping(self) -> tuple[int, bytes]:
+        if self.batcher is not None:
+            return 200, b'{"status":"ok"}'
+        if self.load_error:
+            return 500, _error(self.load_error)
+        return 503, _error("model is loading")
+
+    def _execution_parameters(self) -> dict[str, Any]:
+        return {
+            "MaxConcurrentTransforms": self.settings.workers * 8,
+            "BatchStrategy": "MULTI_RECORD",
+            "MaxPayloadInMB": MAX_BODY_BYTES // (1024 * 1024),
+        }
+
+    async def _invoke(self, scope: dict, receive: Callable) -> tuple[int, bytes]:
+        content_type = accept = length = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"accept":
+                accept = value
+            elif name == b"content-length":
+                length = value
+        if not _accepts_json(accept):
+            raise _HTTPError(406, f"cannot answer Accept: {accept.decode('latin-1')}; "
+                             "this server answers application/json")  # fmt: skip
+        media = _media_type(content_type) if content_type else b""
+        if media not in (JSON, CSV):
+            shown = content_type.decode("latin-1") if content_type else "(none)"
+            raise _HTTPError(
+                415, f"unsupported Content-Type {shown}: use application/json or text/csv"
+            )
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise _HTTPError(
+                413, f"body of {int(length)} bytes is over the {MAX_BODY_BYTES} byte limit"
+            )
+        batcher = self.batcher
+        if batcher is None:
+            raise _HTTPError(503, self.load_error or "model is loading; retry when /ping is 200")
+        batcher.open_requests += 1
+        try:
+            body = await _read_body(receive)
+            if media == JSON:
+                future = batcher.submit("json", parse_json(body))
+            else:
+                future = batcher.submit("csv", parse_csv(body))
+            return await future
+        finally:
+            batcher.open_requests -= 1
+
+
+def _require(method: str, allowed: str, path: str) -> None:
+    if method not in (allowed, "HEAD"):
+        raise _HTTPError(405, f"{method} {path}: use {allowed}")
+
+
+async def _read_body(receive: Callable) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _HTTPError(400, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _HTTPError(413, f"body is over the {MAX_BODY_BYTES} byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def openapi(predictor: Any = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 description; names the model's feature columns once it is loaded."""
+    columns = list(getattr(predictor, "feature_columns", []) or [])
+    instance: dict[str, Any] = {
+        "type": "object",
+        "description": "raw feature values as in the training file, without the target",
+        "additionalProperties": False,
+    }
+    if columns:
+        instance["properties"] = {c: {"type": ["number", "string", "null"]} for c in columns}
+        instance["required"] = columns
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+    def err(text: str) -> dict[str, Any]:
+        return {"description": text, "content": error}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mlinfra inference server", "version": "1.0.0"},
+        "paths": {
+            "/ping": {
+                "get": {
+                    "summary": "Health check (SageMaker hosting contract)",
+                    "responses": {"200": {"description": "model loaded"}, "503": err("loading")},
+                }
+            },
+            "/invocations": {
+                "post": {
+                    "summary": "Predict",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["instances"],
+                                    "properties": {
+                                        "instances": {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "items": instance,
+                                        }
+                                    },
+                                }
+                            },
+                            "text/csv": {
+                                "schema": {
+                                    "type": "string",
+                                    "description": "rows in feature column order, no header: "
+                                    + ",".join(columns),
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "one prediction per instance",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Predictions"}
+                                }
+                            },
+                        },
+                        "400": err("bad input"),
+                        "406": err("unsupported Accept"),
+                        "413": err("body over 6 MB"),
+                        "415": err("unsupported Content-Type"),
+                        "503": err("model not loaded yet"),
+                    },
+                }
+            },
+            "/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
+            "/stats": {"get": {"responses": {"200": {"description": "batching counters"}}}},
+            "/execution-parameters": {
+                "get": {"responses": {"200": {"description": "batch transform parameters"}}}
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                "Predictions": {
+                    "type": "object",
+                    "required": ["predictions"],
+                    "properties": {
+                        "predictions": {
+                            "type": "array",
+                            "items": {
+                                "oneOf": [
+                                    {"type": "number", "description": "regression"},
+                                    {
+                                        "type": "object",
+                                        "description": "classification",
+                                        "properties": {
+                                            "label": {},
+                                            "probabilities": {
+                                                "type": "object",
+                                                "additionalProperties": {"type": "number"},
+                                            },
+                                        },
+                                    },
+                                ]
+                            },
+                        }
+                    },
+                },
+            }
+        },
+    }
+
+
+def create_app() -> InferenceApp:
+    """uvicorn factory: each worker process builds its app from the environment."""
+    _configure_logging()  # worker processes are spawned: they do not inherit the parent's setup
+    return InferenceApp(ServeSettings.from_env())
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+
+
+def parse_args(argv: list[str] | None = None) -> ServeSettings:
+    try:
+        base = ServeSettings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"serve: {exc}") from None
+    p = argparse.ArgumentParser(prog="serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", type=Path, default=base.model_dir, help=f"${ENV_MODEL_DIR}")
+    p.add_argument("--host", default=base.host, help=f"${ENV_HOST} (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=base.port, help=f"${ENV_PORT} (default 8080)")
+    p.add_argument("--workers", type=int, default=base.workers, help=f"${ENV_WORKERS}")
+    p.add_argument(
+        "--max-batch-size", type=int, default=base.max_batch_size, help=f"${ENV_MAX_BATCH}"
+    )
+    p.add_argument("--max-wait-ms", type=float, default=base.max_wait_ms, help=f"${ENV_MAX_WAIT}")
+    p.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=base.batching,
+        help=f"${ENV_BATCHING} (default on)",
+    )
+    p.add_argument("--threads", type=int, default=None, help=f"${ENV_THREADS} torch threads/worker")
+    p.add_argument("--loader", default=base.loader, help=f"${ENV_LOADER} module:function")
+    args = p.parse_args(argv)
+    threads = args.threads
+    if threads is None:  # the environment's value, else share the cores between the workers
+        threads = base.threads if os.environ.get(ENV_THREADS) else None
+        threads = threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
+    try:
+        return ServeSettings(
+            model_dir=args.model_dir,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            batching=args.batching,
+            threads=threads,
+            loader=args.loader,
+        )
+    except SettingsError as exc:
+        p.error(str(exc))
+        raise  # unreachable: p.error exits
+
+
+def _configure_logging() -> None:
+    if not log.handlers and not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+
+
+def _exit_zero(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"serve: cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(sock: socket.socket) -> None:
+    """Run one server process on a bound socket until SIGTERM; drains, then returns."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        "workloads.serving.server:create_app",
+        factory=True,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        backlog=4096,
+        timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
+        timeout_keep_alive=75,  # longer than a load balancer's idle timeout (60 s)
+    )
+    # uvicorn drains on SIGTERM, then raises the signal again with the handler found at start;
+    # this one turns that into a clean exit 0 (SageMaker and Kubernetes read 143 as a crash).
+    signal.signal(signal.SIGTERM, _exit_zero)
+    sock.listen(4096)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _worker(host: str, port: int) -> None:
+    """A worker process: its own SO_REUSEPORT socket, so the kernel spreads connections
+    evenly over the workers (one shared socket lets one worker accept most of them, and
+    its batcher then carries most of the load while the other idles)."""
+    _configure_logging()
+    _serve(_bind(host, port, reuse_port=True))
+
+
+def _supervise(settings: ServeSettings) -> int:
+    """Start the worker processes; on SIGTERM/SIGINT pass it on and wait for them to drain.
+    A worker that dies on its own stops the server (exit 1) so the platform restarts it."""
+    import multiprocessing
+
+    # Fail fast if the port is taken: SO_REUSEPORT would otherwise share it silently.
+    _bind(settings.host, settings.port, reuse_port=False).close()
+    ctx = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    procs = [
+        ctx.Process(target=_worker, args=(settings.host, settings.port), name=f"worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    log.info("serving on %s:%d with %d workers", settings.host, settings.port, settings.workers)
+    code = 0
+    while not stopping.wait(0.5):
+        dead = [p for p in procs if not p.is_alive()]
+        if dead:
+            log.error("worker %s exited with %s; stopping", dead[0].name, dead[0].exitcode)
+            code = 1
+            break
+    for proc in procs:
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S + 5
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            code = 1
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    if settings.loader == DEFAULT_LOADER and not settings.model_dir.is_dir():
+        raise SystemExit(
+            f"serve: model dir {settings.model_dir} does not exist "
+            f"(set --model-dir or ${ENV_MODEL_DIR})"
+        )
+    _configure_logging()
+    os.environ.update(settings.to_env())  # worker processes rebuild the settings from it
+    # Idle OpenMP threads sleep instead of spinning: spinning steals the core that the event
+    # loop (and the other workers) need between batches. Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if settings.workers == 1:
+        _serve(_bind(settings.host, settings.port, reuse_port=False))
+        return 0
+    return _supervise(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
