@@ -30,8 +30,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workloads.training.artifact import TabularNet  # noqa: E402
 from workloads.training.harness import main as train_main  # noqa: E402
+from workloads.training.tasks.tabular import TabularNet  # noqa: E402
 
 
 def make_dataset(path: Path, rows: int, seed: int = 0) -> None:

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from workloads.training.artifact import InputError, TabularNet, load_model, save_model
+from workloads.training.artifact import load_model, save_artifact
+from workloads.training.tasks.base import InputError
+from workloads.training.tasks.tabular import TabularNet
 from workloads.training.tasks.tabular.preprocess import Preprocessor
 
 
@@ -33,16 +35,29 @@ def records_of(frame: pd.DataFrame) -> list[dict]:
     ]
 
 
-def make_model(tmp_path, frame, task="multiclass", classes=("no", "maybe", "yes")):
+class _SavedTask:
+    """What `save_artifact` asks of a task: write its files, return its meta."""
+
+    def __init__(self, pre: Preprocessor, meta: dict):
+        self.pre, self.meta = pre, meta
+
+    def save(self, directory, model):
+        (directory / "preprocess.json").write_text(json.dumps(self.pre.to_dict()))
+        return self.meta
+
+
+def make_model(tmp_path, frame, task="multiclass", classes=("no", "maybe", "yes"), format=2):
+    """A tabular artifact as the harness writes it (format 2: task "tabular" plus the
+    problem), or as format 1 did (the problem recorded as the task, no format key)."""
     pre = Preprocessor.fit(frame)
     torch.manual_seed(0)
     out_dim = 1 if task == "regression" else len(classes)
     net = TabularNet(pre.output_dim, out_dim, [8], 0.0)
     torch.nn.init.normal_(net.deep[-1].weight)  # zero-initialised otherwise: give it a shape
     meta = {
-        "task": task,
         "target": "y",
         "classes": None if task == "regression" else list(classes),
+        "feature_columns": pre.feature_columns,
         "in_dim": pre.output_dim,
         "out_dim": out_dim,
         "hidden_sizes": [8],
@@ -50,7 +65,17 @@ def make_model(tmp_path, frame, task="multiclass", classes=("no", "maybe", "yes"
         "target_mean": 10.0,
         "target_scale": 2.0,
     }
-    return save_model(tmp_path / "model", net, pre, meta, {"accuracy": 0.5}), net, pre
+    model_dir = tmp_path / "model"
+    if format == 1:
+        model_dir.mkdir(exist_ok=True)
+        torch.save(net.state_dict(), model_dir / "model.pt")
+        (model_dir / "preprocess.json").write_text(json.dumps(pre.to_dict()))
+        (model_dir / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+        (model_dir / "meta.json").write_text(json.dumps({"format": 1, "task": task, **meta}))
+        return model_dir, net, pre
+    saved = _SavedTask(pre, {"problem": task, **meta})
+    save_artifact(model_dir, saved, net, {"task": "tabular"}, {"accuracy": 0.5})
+    return model_dir, net, pre
 
 
 def test_three_input_paths_agree_bit_for_bit(frame):
@@ -131,8 +156,9 @@ def test_bad_rows_are_named(frame, rows, message):
     assert message in str(err.value)
 
 
-def test_predictor_classification(tmp_path, frame):
-    model_dir, net, pre = make_model(tmp_path, frame)
+@pytest.mark.parametrize("format", [1, 2])
+def test_predictor_classification(tmp_path, frame, format):
+    model_dir, net, pre = make_model(tmp_path, frame, format=format)
     predictor = load_model(model_dir)
     assert predictor.feature_columns == ["age", "visits", "plan", "active"]
     assert predictor.task == "multiclass" and predictor.classes == ["no", "maybe", "yes"]
@@ -149,8 +175,9 @@ def test_predictor_classification(tmp_path, frame):
         assert np.allclose(list(row["probabilities"].values()), probs, atol=1e-6)
 
 
-def test_predictor_regression_undoes_target_scaling(tmp_path, frame):
-    model_dir, net, pre = make_model(tmp_path, frame, task="regression")
+@pytest.mark.parametrize("format", [1, 2])
+def test_predictor_regression_undoes_target_scaling(tmp_path, frame, format):
+    model_dir, net, pre = make_model(tmp_path, frame, task="regression", format=format)
     out = load_model(model_dir).predict_records(records_of(frame)[:2])
     with torch.no_grad():
         raw = net(torch.from_numpy(pre.transform_frame(frame.iloc[:2])))[:, 0].double()
@@ -186,4 +213,14 @@ def test_load_model_names_missing_files(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "meta.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="model.pt"):
+        load_model(tmp_path / "m")
+    for name in ("model.pt", "metrics.json"):
+        (tmp_path / "m" / name).write_text("{}")
+    with pytest.raises(FileNotFoundError, match="does not name the task"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "meta.json").write_text('{"task": "tabular"}')
+    with pytest.raises(FileNotFoundError, match="preprocess.json"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "meta.json").write_text('{"task": "nosuch.module:Task"}')
+    with pytest.raises(FileNotFoundError, match="cannot load task 'nosuch.module:Task'"):
         load_model(tmp_path / "m")

@@ -152,7 +152,7 @@ def test_outputs_follow_the_contract(tmp_path):
     }
     assert main([], env=env) == 0
     report = json.loads((p["out"] / "metrics.json").read_text())
-    assert report["task"] == "multiclass"
+    assert report["task"] == "tabular" and report["problem"] == "multiclass"
     assert set(report["metrics"]) >= {"accuracy", "log_loss"}
     assert report["samples_per_second"] > 0
     assert 1 <= len(report["loss_curve"]) <= 40
@@ -177,7 +177,7 @@ def test_validation_channel_and_string_labels(tmp_path):
     )
     assert main([*args, "--hp", "target=target", "--hp", "epochs=30"], env={}) == 0
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert report["validation_rows"] == len(frame) - 450 and report["task"] == "binary"
+    assert report["validation_rows"] == len(frame) - 450 and report["problem"] == "binary"
     predictor = load_model(tmp_path / "model")
     assert predictor.classes == ["benign", "malignant"]
     out = predictor.predict_records(records(frame.drop(columns="target").iloc[450:460]))
@@ -400,7 +400,7 @@ def test_s3_channel_and_model_publish(tmp_path, monkeypatch):
 
 
 def test_holdout_split_is_stratified_and_disjoint():
-    from workloads.training.harness import holdout_split
+    from workloads.training.tasks.tabular import stratified_holdout as holdout_split
 
     labels = pd.Series(["a"] * 90 + ["b"] * 10)
     val, train = holdout_split(labels, "binary", 0.2, seed=3)

@@ -28,8 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workloads.training.artifact import InputError, load_model
+from workloads.training.artifact import load_model
 from workloads.training.data import DataError, data_files, local_channel, read_file
+from workloads.training.tasks.base import InputError
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
 PREDICTION = "prediction"

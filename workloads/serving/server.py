@@ -151,7 +151,7 @@ def load_callable(spec: str) -> Callable[[Path], Any]:
 
 
 def _input_error_type() -> type[Exception]:
-    from workloads.training.artifact import InputError
+    from workloads.training.tasks.base import InputError
 
     return InputError
 

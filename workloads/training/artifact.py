@@ -1,9 +1,11 @@
-"""The model artifact: the network, how it is saved, and the `Predictor` serving loads.
+"""The model artifact: how it is written atomically, published, and loaded through its task.
 
 A model dir holds plain files: `model.pt` (a state_dict, loaded with `weights_only=True`),
-`preprocess.json` (the fitted preprocessing), `meta.json` (task, classes, columns, network
-shape) and `metrics.json` (validation metrics, read by the registry). It is written into a
-temporary folder next to the target and renamed into place, so a reader never sees half of it.
+`meta.json` (the task that made it, and what that task needs to rebuild the model),
+`metrics.json` (validation metrics, read by the registry) and the task's own files (the
+tabular task's `preprocess.json`, ...). It is written into a temporary folder next to the
+target and renamed into place, so a reader never sees half of it. `load_model` builds the
+predictor through the task recorded in meta.json: every task gets serving for free.
 """
 
 from __future__ import annotations
@@ -15,122 +17,84 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from workloads.training.tasks.tabular.preprocess import InputError, Preprocessor
+__all__ = ["FORMAT", "load_model", "publish_model", "save_artifact"]
 
-__all__ = ["InputError", "Predictor", "TabularNet", "load_model", "save_model"]
-
-ARTIFACT_FILES = ("model.pt", "preprocess.json", "metrics.json", "meta.json")
-
-
-class TabularNet(nn.Module):
-    """An MLP plus a linear ("wide") path: the network is never worse than a linear model
-    at the start, and early stopping keeps whatever the hidden layers add."""
-
-    def __init__(self, in_dim: int, out_dim: int, hidden: list[int], dropout: float = 0.0):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_dim
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, out_dim))
-        self.deep = nn.Sequential(*layers)
-        self.wide = nn.Linear(in_dim, out_dim)
-        # The deep path starts at zero: the first epochs fit the linear model, and the hidden
-        # layers only move the output as far as validation loss rewards (early stopping).
-        nn.init.zeros_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.deep(x) + self.wide(x)
+FORMAT = 2  # 1: tabular only, the problem type recorded as "task"
+BASE_FILES = ("model.pt", "metrics.json", "meta.json")
 
 
-class Predictor:
-    """A loaded model: validate and transform raw records, run the forward pass, format."""
-
-    def __init__(self, net: TabularNet, preprocessor: Preprocessor, meta: dict[str, Any]):
-        self.net = net.eval()
-        self.preprocessor = preprocessor
-        self.meta = meta
-        self.task: str = meta["task"]
-        self.classes: list | None = meta.get("classes")
-        self.feature_columns: list[str] = preprocessor.feature_columns
-        self.target: str = meta["target"]
-        self.metrics: dict[str, float] = meta.get("metrics", {})
-        self._class_keys = [str(c) for c in self.classes] if self.classes else None
-        self._y_mean = float(meta.get("target_mean", 0.0))
-        self._y_scale = float(meta.get("target_scale", 1.0))
-
-    def prepare_records(self, records: list[dict]) -> np.ndarray:
-        return self.preprocessor.prepare_records(records)
-
-    def prepare_rows(self, rows: list[list]) -> np.ndarray:
-        return self.preprocessor.prepare_rows(rows)
-
-    def predict_matrix(self, x: np.ndarray) -> list:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.preprocessor.output_dim:
-            raise InputError(
-                f"expected a matrix with {self.preprocessor.output_dim} columns, got {x.shape}"
-            )
-        with torch.inference_mode():
-            out = self.net(torch.from_numpy(x))
-            if self.task == "regression":
-                values = (out[:, 0].double() * self._y_scale + self._y_mean).tolist()
-                return values
-            probs = torch.softmax(out, dim=1)
-            best = probs.argmax(dim=1).tolist()
-            rows = probs.tolist()
-        classes, keys = self.classes, self._class_keys
-        return [
-            {"label": classes[b], "probabilities": dict(zip(keys, row, strict=True))}
-            for b, row in zip(best, rows, strict=True)
-        ]
-
-    def predict_records(self, records: list[dict]) -> list:
-        return self.predict_matrix(self.prepare_records(records))
+class ArtifactError(FileNotFoundError):
+    """A folder that is not a usable model artifact; the message says what is missing."""
 
 
-def load_model(model_dir: str | Path) -> Predictor:
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
-    missing = [f for f in ARTIFACT_FILES if not (model_dir / f).is_file()]
+    missing = [f for f in BASE_FILES if not (model_dir / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{model_dir} is not a model artifact: missing {missing}")
-    meta = json.loads((model_dir / "meta.json").read_text())
-    meta["metrics"] = json.loads((model_dir / "metrics.json").read_text())
-    preprocessor = Preprocessor.from_dict(json.loads((model_dir / "preprocess.json").read_text()))
-    net = TabularNet(meta["in_dim"], meta["out_dim"], meta["hidden_sizes"], meta["dropout"])
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    return Predictor(net, preprocessor, meta)
+        raise ArtifactError(f"{model_dir} is not a model artifact: missing {missing}")
+    try:
+        meta = json.loads((model_dir / "meta.json").read_text())
+        meta["metrics"] = json.loads((model_dir / "metrics.json").read_text())
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(
+            f"{model_dir}: meta.json or metrics.json is not valid JSON: {exc}"
+        ) from None
+    if not isinstance(meta, dict) or "task" not in meta:
+        raise ArtifactError(f"{model_dir}/meta.json does not name the task that made the model")
+    return meta
 
 
-def save_model(
+def load_model(model_dir: str | Path) -> Any:
+    """The predictor of an artifact, built by the task that made it."""
+    from workloads.training.tasks import TaskLoadError, load_task
+
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    try:
+        task, implied = load_task(str(meta["task"]))
+    except TaskLoadError as exc:
+        raise ArtifactError(f"{model_dir}: {exc}") from None
+    missing = [f for f in getattr(task, "artifact_files", ()) if not (model_dir / f).exists()]
+    if missing:
+        raise ArtifactError(f"{model_dir} is not a model artifact: missing {missing}")
+    return task.load_predictor(model_dir, implied | meta)
+
+
+def save_artifact(
     model_dir: str | Path,
-    net: nn.Module,
-    preprocessor: Preprocessor,
+    task: Any,
+    model: nn.Module,
     meta: dict[str, Any],
     metrics: dict[str, float],
 ) -> Path:
-    """Write the artifact atomically: a temp dir next to `model_dir`, then a rename."""
+    """Write the artifact atomically: a temp dir next to `model_dir`, then a rename.
+
+    `meta` is what the harness records (the task reference, hyperparameters...); the task
+    adds its own files and meta through `task.save`.
+    """
     model_dir = Path(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = model_dir.parent / f".{model_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, tmp / "model.pt")
-        (tmp / "preprocess.json").write_text(json.dumps(preprocessor.to_dict()))
+        full_meta = {"format": FORMAT, **meta, **task.save(tmp, model)}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
         _swap_in(tmp, model_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model_dir
+
+
+def _files(model_dir: Path) -> list[str]:
+    """The artifact's files, meta.json last: its presence marks a complete artifact."""
+    names = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.name != "meta.json")
+    return [*names, "meta.json"]
 
 
 def _swap_in(tmp: Path, model_dir: Path) -> None:
@@ -157,7 +121,7 @@ def _replace_files(tmp: Path, model_dir: Path) -> None:
     # Each file is renamed atomically; meta.json goes last, and load_model needs it,
     # so a reader sees either the old artifact or the complete new one's files.
     (model_dir / "meta.json").unlink(missing_ok=True)
-    for name in ARTIFACT_FILES:
+    for name in _files(tmp):
         part = model_dir / f".{name}.part"  # copy, as the mount may be another filesystem
         shutil.copyfile(tmp / name, part)
         os.replace(part, model_dir / name)
@@ -181,7 +145,7 @@ def publish_model(model_dir: str | Path, uri: str) -> str:
 
         client = boto3.client("s3")
         prefix = parsed.path.strip("/")
-        for name in ARTIFACT_FILES:  # meta.json is last: its presence marks a whole artifact
+        for name in _files(model_dir):  # meta.json is last: its presence marks a whole artifact
             key = f"{prefix}/{name}" if prefix else name
             client.upload_file(str(model_dir / name), parsed.netloc, key)
     else:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -65,6 +65,13 @@ PATHS: dict[str, tuple[str, tuple[str, ...], str | None, str]] = {
         None,
         "copy the finished artifact here (s3:// or file://)",
     ),
+    # Optional: where checkpoints are synced, so a pod rescheduled elsewhere resumes.
+    "checkpoint_uri": (
+        "--checkpoint-uri",
+        ("MLINFRA_CHECKPOINT_URI",),
+        None,
+        "sync checkpoints to and from here (s3:// or file://)",
+    ),
 }
 SM_VALIDATION_DEFAULT = "/opt/ml/input/data/validation"
 
@@ -73,44 +80,27 @@ class ContractError(ValueError):
     """A bad path or hyperparameter; the message names it."""
 
 
-class Hyperparameters(BaseModel):
+class HarnessSettings(BaseModel):
+    """What the harness itself reads from the hyperparameters; a task adds its own."""
+
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field(min_length=1)
-    task: Literal["binary", "multiclass", "regression"] | None = None
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 64])
-    dropout: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
+    task: str = "tabular"  # a built-in task name, or "package.module:factory"
+    epochs: int = Field(200, ge=1, le=1_000_000)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=10)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     patience: int = Field(15, ge=1)  # epochs without a better validation loss before stopping
     validation_fraction: float = Field(0.2, gt=0, lt=1)  # held out when there is no channel
     checkpoint_steps: int = Field(500, ge=1)
-    max_categories: int = Field(50, ge=1)  # one-hot width cap per categorical column
-
-    @field_validator("hidden_sizes", mode="before")
-    @classmethod
-    def _sizes(cls, value: Any) -> Any:
-        if isinstance(value, int):
-            return [value]
-        if isinstance(value, str):  # "128,64", "[128, 64]" or "128"
-            text = value.strip().strip("[]")
-            return [int(p) for p in text.replace(" ", ",").split(",") if p] if text else []
-        return value
-
-    @field_validator("hidden_sizes")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(v < 1 for v in value):
-            raise ValueError("hidden sizes must be positive")
-        return value
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
+    data_workers: int | None = Field(None, ge=0, le=64)  # DataLoader workers; None: the task's
 
     @field_validator("task", mode="before")
     @classmethod
-    def _no_task(cls, value: Any) -> Any:
-        return None if value in ("", "auto", "none", "null") else value
+    def _task(cls, value: Any) -> Any:
+        return "tabular" if value in (None, "", "auto", "none", "null") else value
 
 
 def _decode(value: Any) -> Any:
@@ -123,23 +113,70 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def parse_hyperparameters(values: Mapping[str, Any], source: str) -> Hyperparameters:
-    # SageMaker adds its own keys (sagemaker_program, sagemaker_region, ...): not ours.
-    cleaned = {k: _decode(v) for k, v in values.items() if not k.startswith("sagemaker_")}
+def _validate(model: type[BaseModel], values: Mapping[str, Any], source: str, known: list[str]):
     try:
-        return Hyperparameters.model_validate(cleaned)
+        return model.model_validate(values)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "(hyperparameters)"
             if err["type"] == "extra_forbidden":
-                known = ", ".join(Hyperparameters.model_fields)
-                problems.append(f"unknown hyperparameter {name!r} (known: {known})")
+                problems.append(f"unknown hyperparameter {name!r} (known: {', '.join(known)})")
             elif err["type"] == "missing":
                 problems.append(f"hyperparameter {name!r} is required")
             else:
                 problems.append(f"hyperparameter {name!r}: {err['msg']} (got {err['input']!r})")
         raise ContractError(f"{source}: " + "; ".join(problems)) from None
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The hyperparameters, parsed: the harness settings, the task and its own params.
+
+    `values` keeps them as given (decoded), so a contract can be handed on unchanged
+    (`TrainingContract.to_env`).
+    """
+
+    values: dict[str, Any]
+    settings: HarnessSettings
+    task: Any  # the task class (see workloads.training.tasks.base.Task)
+    params: BaseModel  # the task's own hyperparameters, validated by its `Params`
+
+    def __getattr__(self, name: str) -> Any:  # hp.epochs, hp.target: whichever part has it
+        for part in ("settings", "params"):
+            model = self.__dict__.get(part)
+            if model is not None and name in type(model).model_fields:
+                return getattr(model, name)
+        raise AttributeError(name)
+
+    def dump(self) -> dict[str, Any]:
+        """Every hyperparameter in effect (defaults included), as JSON values."""
+        return self.settings.model_dump(mode="json") | self.params.model_dump(mode="json")
+
+
+def parse_hyperparameters(values: Mapping[str, Any], source: str) -> Hyperparameters:
+    """Validate the harness settings, load the task they name, validate the task's params.
+
+    A task may set its own defaults for harness settings the user left unset
+    (`Task.harness_defaults`, e.g. a lower learning rate for a Transformer).
+    """
+    from workloads.training.tasks import TaskLoadError, load_task
+
+    # SageMaker adds its own keys (sagemaker_program, sagemaker_region, ...): not ours.
+    cleaned = {k: _decode(v) for k, v in values.items() if not k.startswith("sagemaker_")}
+    harness_keys = set(HarnessSettings.model_fields)
+    given = {k: v for k, v in cleaned.items() if k in harness_keys}
+    try:
+        task, implied = load_task(str(given.get("task") or "tabular"))
+    except TaskLoadError as exc:
+        raise ContractError(f"{source}: hyperparameter 'task': {exc}") from None
+    given["task"] = task.name if implied else (given.get("task") or task.name)
+    settings_in = dict(getattr(task, "harness_defaults", {})) | given
+    known = sorted(harness_keys | set(task.Params.model_fields))
+    settings = _validate(HarnessSettings, settings_in, source, known)
+    params_in = implied | {k: v for k, v in cleaned.items() if k not in harness_keys}
+    params = _validate(task.Params, params_in, source, known)
+    return Hyperparameters(dict(cleaned), settings, task, params)
 
 
 @dataclass(frozen=True)
@@ -152,12 +189,32 @@ class TrainingContract:
     failure_file: Path
     model_uri: str | None
     hyperparameters: Hyperparameters
+    checkpoint_uri: str | None = None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `resolve` give back this contract: the inverse of
+        `resolve`, used by every job backend to start the training container."""
+        env = {
+            "SM_CHANNEL_TRAIN": self.train,
+            "SM_MODEL_DIR": str(self.model_dir),
+            "SM_OUTPUT_DATA_DIR": str(self.output_dir),
+            "MLINFRA_CHECKPOINT_DIR": str(self.checkpoint_dir),
+            "MLINFRA_FAILURE_FILE": str(self.failure_file),
+            "SM_HPS": json.dumps(self.hyperparameters.values, sort_keys=True),
+        }
+        optional = {
+            "SM_CHANNEL_VALIDATION": self.validation,
+            "MLINFRA_MODEL_URI": self.model_uri,
+            "MLINFRA_CHECKPOINT_URI": self.checkpoint_uri,
+        }
+        return env | {k: v for k, v in optional.items() if v}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train",
-        description="Train a tabular PyTorch model (SageMaker training contract).",
+        description="Train a PyTorch model (SageMaker training contract): a built-in task "
+        "(tabular, ...) or a team's own (--hp task=package.module:factory).",
     )
     for name, (flag, envs, default, text) in PATHS.items():
         where = f"env {' / '.join(envs)}" + (f", default {default}" if default else "")
@@ -170,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a hyperparameter, overriding SM_HPS / hyperparameters.json (repeatable)",
     )
     parser.add_argument("--target", help="shortcut for --hp target=NAME")
-    parser.add_argument("--task", help="shortcut for --hp task=binary|multiclass|regression")
+    parser.add_argument(
+        "--task", help="shortcut for --hp task=NAME (tabular, binary, multiclass, regression, ...)"
+    )
     return parser
 
 
@@ -219,6 +278,7 @@ def resolve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
         failure_file=Path(failure),
         model_uri=pick("model_uri"),
         hyperparameters=parse_hyperparameters(values, source),
+        checkpoint_uri=pick("checkpoint_uri"),
     )
 
 

@@ -1,4 +1,4 @@
-"""Training data: read CSV/Parquet files or folders, and infer the learning task.
+"""Training data: read CSV/Parquet files or folders, and infer the problem type of a label.
 
 A channel is a file or a folder of files (SageMaker copies an S3 prefix into a folder);
 it may also be given as a `file://` or `s3://` URI, which is how a Kubernetes Job passes
@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-Task = Literal["binary", "multiclass", "regression"]
-TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
+Problem = Literal["binary", "multiclass", "regression"]
+PROBLEMS: tuple[str, ...] = ("binary", "multiclass", "regression")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # An integer label with at most this many distinct values is a class label.
 MAX_INTEGER_CLASSES = 20
@@ -122,16 +122,16 @@ def split_target(frame: pd.DataFrame, target: str, source: str) -> tuple[pd.Data
     return features, labels[keep].reset_index(drop=True)
 
 
-def infer_task(labels: pd.Series, forced: str | None = None) -> Task:
-    """binary / multiclass / regression from the label values, or the forced task checked."""
+def infer_problem(labels: pd.Series, forced: str | None = None) -> Problem:
+    """binary / multiclass / regression from the label values, or the forced problem checked."""
     n_unique = labels.nunique()
     numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
     if forced is not None:
-        if forced not in TASKS:
-            raise DataError(f"task {forced!r} is not one of {', '.join(TASKS)}")
-        task: Task = forced  # type: ignore[assignment]
+        if forced not in PROBLEMS:
+            raise DataError(f"problem {forced!r} is not one of {', '.join(PROBLEMS)}")
+        task: Problem = forced  # type: ignore[assignment]
         if task == "regression" and not numeric:
-            raise DataError(f"task regression needs a numeric label, got {labels.dtype}")
+            raise DataError(f"problem regression needs a numeric label, got {labels.dtype}")
     elif not numeric:
         task = "binary" if n_unique <= 2 else "multiclass"
     else:
@@ -145,7 +145,7 @@ def infer_task(labels: pd.Series, forced: str | None = None) -> Task:
         only = labels.iloc[0]
         raise DataError(f"the label has a single class ({only!r}); a classifier needs two or more")
     if task == "binary" and n_unique > 2:
-        raise DataError(f"task binary but the label has {n_unique} classes")
+        raise DataError(f"problem binary but the label has {n_unique} classes")
     if task == "regression":
         values = labels.to_numpy(dtype=np.float64)
         if not np.all(np.isfinite(values)):

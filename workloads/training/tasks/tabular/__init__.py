@@ -1,0 +1,274 @@
+"""The tabular task: CSV/Parquet rows, a target column, an MLP with a linear path.
+
+Problems: binary and multiclass classification, regression (`problem`, inferred from the
+label when unset). The fitted preprocessing (imputation, scaling, one-hot with unseen
+categories handled) is saved in the artifact; serving applies exactly it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from workloads.training.data import DataError, infer_problem, load_table, split_target
+from workloads.training.tasks.base import TaskBase, TaskParams, eval_batches
+from workloads.training.tasks.tabular.model import Predictor, TabularNet
+from workloads.training.tasks.tabular.preprocess import Preprocessor
+
+__all__ = ["TabularParams", "TabularTask", "Predictor", "TabularNet"]
+
+
+class TabularParams(TaskParams):
+    target: str = Field(min_length=1)
+    problem: Literal["binary", "multiclass", "regression"] | None = None  # None: inferred
+    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_categories: int = Field(50, ge=1, le=100_000)  # one-hot width cap per category column
+
+    @field_validator("hidden_sizes", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        if isinstance(value, int):
+            return [value]
+        if isinstance(value, str):  # "128,64", "[128, 64]" or "128"
+            text = value.strip().strip("[]")
+            return [int(p) for p in text.replace(" ", ",").split(",") if p] if text else []
+        return value
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 1 or v > 65_536 for v in value):
+            raise ValueError("hidden sizes must be positive and at most 65536")
+        return value
+
+    @field_validator("problem", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return None if value in ("", "auto", "none", "null") else value
+
+
+@dataclass
+class Table:
+    """A channel's labelled rows: features and the label, and where they came from."""
+
+    features: pd.DataFrame
+    labels: pd.Series
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> Table:
+        return Table(
+            self.features.iloc[index].reset_index(drop=True),
+            self.labels.iloc[index].reset_index(drop=True),
+            self.source,
+        )
+
+
+def _json_value(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    pos = y == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(score).rank().to_numpy()  # average ranks for ties (Mann-Whitney U)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def stratified_holdout(
+    labels: pd.Series, problem: str, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded validation/train row indices; stratified by class for classification, so a
+    small validation set still has every class in proportion."""
+    rng = np.random.default_rng(seed)
+    if problem == "regression":
+        groups = [np.arange(len(labels))]
+    else:
+        groups = [np.flatnonzero(labels.to_numpy() == c) for c in pd.unique(labels)]
+    val, train = [], []
+    for rows in groups:
+        rows = rng.permutation(rows)
+        n_val = round(fraction * len(rows)) if len(rows) > 1 else 0
+        val.append(rows[:n_val])
+        train.append(rows[n_val:])
+    val_idx, train_idx = np.concatenate(val), np.concatenate(train)
+    if len(val_idx) == 0:
+        val_idx, train_idx = train_idx[:1], train_idx[1:]
+    return np.sort(val_idx), rng.permutation(train_idx)
+
+
+class TabularTask(TaskBase):
+    name: ClassVar[str] = "tabular"
+    Params = TabularParams
+    artifact_files: ClassVar[tuple[str, ...]] = ("preprocess.json",)
+    params: TabularParams
+
+    def __init__(self, params: TabularParams, settings: Any) -> None:
+        super().__init__(params, settings)
+        self.problem: str | None = params.problem
+        self.classes: list | None = None
+        self.preprocessor: Preprocessor | None = None
+        self.target_mean, self.target_scale = 0.0, 1.0
+        self.rows: tuple[int, int] = (0, 0)
+
+    # -- data -------------------------------------------------------------------------
+
+    def read_channel(self, location: str) -> Table:
+        features, labels = split_target(load_table(location), self.params.target, location)
+        return Table(features, labels, location)
+
+    def split(self, data: Table, fraction: float, seed: int) -> tuple[Table, Table]:
+        if len(data) < 4:
+            raise DataError(f"{data.source}: {len(data)} rows are too few to train on")
+        self.problem = infer_problem(data.labels, self.problem)
+        val_idx, train_idx = stratified_holdout(data.labels, self.problem, fraction, seed)
+        return data.take(train_idx), data.take(val_idx)
+
+    def fit_preprocessing(self, train: Table, validation: Table) -> None:
+        if list(validation.features.columns) != list(train.features.columns):
+            raise DataError(
+                f"{validation.source}: columns {list(validation.features.columns)} differ "
+                f"from the train channel's {list(train.features.columns)}"
+            )
+        self.problem = infer_problem(train.labels, self.problem)
+        self.preprocessor = Preprocessor.fit(train.features, self.params.max_categories)
+        self.rows = (len(train), len(validation))
+        if self.problem == "regression":
+            y = train.labels.to_numpy(dtype=np.float64)
+            self.target_mean, self.target_scale = float(y.mean()), float(y.std()) or 1.0
+            return
+        both = pd.concat([train.labels, validation.labels], ignore_index=True)
+        classes = sorted(pd.unique(both).tolist())
+        if self.problem == "binary" and len(classes) > 2:
+            raise DataError(
+                f"problem binary but the train and validation labels have classes {classes}"
+            )
+        if train.labels.nunique() < 2:
+            raise DataError(f"the training labels have a single class ({train.labels.iloc[0]!r})")
+        self.classes = [_json_value(c) for c in classes]
+
+    def _tensors(self, table: Table) -> TensorDataset:
+        assert self.preprocessor is not None, "fit_preprocessing first"
+        x = torch.from_numpy(self.preprocessor.transform_frame(table.features))
+        if self.problem == "regression":
+            y = table.labels.to_numpy(dtype=np.float64)
+            scaled = ((y - self.target_mean) / self.target_scale).astype(np.float32)
+            return TensorDataset(x, torch.from_numpy(scaled))
+        index = {c: i for i, c in enumerate(self.classes or [])}
+        return TensorDataset(x, torch.tensor(table.labels.map(index).to_numpy(dtype=np.int64)))
+
+    def datasets(self, train: Table, validation: Table) -> tuple[Dataset, Dataset]:
+        return self._tensors(train), self._tensors(validation)
+
+    # -- model ------------------------------------------------------------------------
+
+    @property
+    def out_dim(self) -> int:
+        return 1 if self.problem == "regression" else len(self.classes or [])
+
+    def build_model(self) -> nn.Module:
+        assert self.preprocessor is not None, "fit_preprocessing first"
+        return TabularNet(
+            self.preprocessor.output_dim,
+            self.out_dim,
+            self.params.hidden_sizes,
+            self.params.dropout,
+        )
+
+    def compute_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        out = model(x)
+        if self.problem == "regression":
+            return nn.functional.mse_loss(out[:, 0], y)
+        return nn.functional.cross_entropy(out, y)
+
+    def compute_metrics(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> dict[str, float]:
+        outs, ys = [], []
+        model.eval()
+        with torch.inference_mode():
+            for x, y in eval_batches(dataset, device):
+                outs.append(model(x).float().cpu())
+                ys.append(y.cpu())
+        model.train()
+        outputs, y_all = torch.cat(outs), torch.cat(ys)
+        if self.problem == "regression":
+            scale, mean = self.target_scale, self.target_mean
+            pred = outputs[:, 0].double().numpy() * scale + mean
+            true = y_all.double().numpy() * scale + mean
+            resid = true - pred
+            ss_tot = float(((true - true.mean()) ** 2).sum())
+            mse = float((resid**2).mean())
+            return {
+                "r2": 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 0.0,
+                "rmse": math.sqrt(mse),
+                "mae": float(np.abs(resid).mean()),
+                "validation_loss": mse / scale**2,
+            }
+        y = y_all.numpy()
+        logp = torch.log_softmax(outputs, dim=1).numpy()
+        metrics = {
+            "accuracy": float((logp.argmax(axis=1) == y).mean()),
+            "log_loss": float(-logp[np.arange(len(y)), y].mean()),
+        }
+        if self.problem == "binary":
+            metrics["auc"] = _auc(y, logp[:, 1])
+        metrics["validation_loss"] = metrics["log_loss"]
+        return metrics
+
+    # -- run identity and reporting ------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        assert self.preprocessor is not None
+        return {"in": self.preprocessor.output_dim, "n": self.rows[0], "problem": self.problem}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "problem": self.problem,
+            "train_rows": self.rows[0],
+            "validation_rows": self.rows[1],
+            "inputs": self.preprocessor.output_dim if self.preprocessor else 0,
+        }
+
+    # -- artifact ---------------------------------------------------------------------
+
+    def save(self, directory: Path, model: nn.Module) -> dict[str, Any]:
+        assert self.preprocessor is not None
+        (directory / "preprocess.json").write_text(json.dumps(self.preprocessor.to_dict()))
+        return {
+            "problem": self.problem,
+            "target": self.params.target,
+            "classes": self.classes,
+            "feature_columns": self.preprocessor.feature_columns,
+            "in_dim": self.preprocessor.output_dim,
+            "out_dim": self.out_dim,
+            "hidden_sizes": self.params.hidden_sizes,
+            "dropout": self.params.dropout,
+            "target_mean": self.target_mean,
+            "target_scale": self.target_scale,
+        }
+
+    @classmethod
+    def load_predictor(cls, directory: Path, meta: dict[str, Any]) -> Predictor:
+        pre = Preprocessor.from_dict(json.loads((directory / "preprocess.json").read_text()))
+        net = TabularNet(meta["in_dim"], meta["out_dim"], meta["hidden_sizes"], meta["dropout"])
+        net.load_state_dict(
+            torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+        )
+        return Predictor(net, pre, meta)

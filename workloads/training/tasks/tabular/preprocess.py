@@ -20,14 +20,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from workloads.training.tasks.base import InputError
+
+__all__ = ["Column", "InputError", "Preprocessor"]
+
 FORMAT_VERSION = 1
 NUMERIC_TYPES = frozenset({int, float})
 _TRUE = frozenset({"true", "1", "yes", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "f", "n"})
-
-
-class InputError(ValueError):
-    """A request's records do not match the training columns; the message says where."""
 
 
 @dataclass

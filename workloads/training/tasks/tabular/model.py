@@ -1,0 +1,81 @@
+"""The tabular network and the predictor serving loads from a tabular artifact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workloads.training.tasks.tabular.preprocess import InputError, Preprocessor
+
+
+class TabularNet(nn.Module):
+    """An MLP plus a linear ("wide") path: the network is never worse than a linear model
+    at the start, and early stopping keeps whatever the hidden layers add."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: list[int], dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, out_dim))
+        self.deep = nn.Sequential(*layers)
+        self.wide = nn.Linear(in_dim, out_dim)
+        # The deep path starts at zero: the first epochs fit the linear model, and the hidden
+        # layers only move the output as far as validation loss rewards (early stopping).
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deep(x) + self.wide(x)
+
+
+class Predictor:
+    """A loaded model: validate and transform raw records, run the forward pass, format."""
+
+    def __init__(self, net: TabularNet, preprocessor: Preprocessor, meta: dict[str, Any]):
+        self.net = net.eval()
+        self.preprocessor = preprocessor
+        self.meta = meta
+        # Format 1 artifacts named the problem "task".
+        self.task: str = meta.get("problem") or meta["task"]
+        self.classes: list | None = meta.get("classes")
+        self.feature_columns: list[str] = preprocessor.feature_columns
+        self.target: str = meta["target"]
+        self.metrics: dict[str, float] = meta.get("metrics", {})
+        self._class_keys = [str(c) for c in self.classes] if self.classes else None
+        self._y_mean = float(meta.get("target_mean", 0.0))
+        self._y_scale = float(meta.get("target_scale", 1.0))
+
+    def prepare_records(self, records: list[dict]) -> np.ndarray:
+        return self.preprocessor.prepare_records(records)
+
+    def prepare_rows(self, rows: list[list]) -> np.ndarray:
+        return self.preprocessor.prepare_rows(rows)
+
+    def predict_matrix(self, x: np.ndarray) -> list:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.preprocessor.output_dim:
+            raise InputError(
+                f"expected a matrix with {self.preprocessor.output_dim} columns, got {x.shape}"
+            )
+        with torch.inference_mode():
+            out = self.net(torch.from_numpy(x))
+            if self.task == "regression":
+                values = (out[:, 0].double() * self._y_scale + self._y_mean).tolist()
+                return values
+            probs = torch.softmax(out, dim=1)
+            best = probs.argmax(dim=1).tolist()
+            rows = probs.tolist()
+        classes, keys = self.classes, self._class_keys
+        return [
+            {"label": classes[b], "probabilities": dict(zip(keys, row, strict=True))}
+            for b, row in zip(best, rows, strict=True)
+        ]
+
+    def predict_records(self, records: list[dict]) -> list:
+        return self.predict_matrix(self.prepare_records(records))
