@@ -74,7 +74,7 @@ def test_the_task_is_loaded_with_its_own_params_and_defaults():
 
 def test_trains_under_torchrun_registers_and_serves(tmp_path, data):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += train_cmd(data, tmp_path, "--hp", "epochs=5", "--hp", "channels=8")
+    cmd += train_cmd(data, tmp_path, "--hp", "epochs=8", "--hp", "channels=8")
     done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())

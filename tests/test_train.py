@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,11 @@ def baseline_and_split(name: str, tmp_path: Path):
     frame = real_dataset(name)
     train, test = train_test_split(frame, test_size=0.3, random_state=0)
     train.to_csv(tmp_path / "train.csv", index=False)
+    return fit_baseline(name, train, test)
+
+
+def fit_baseline(name: str, train: pd.DataFrame, test: pd.DataFrame):
+    """Logistic or ridge regression with imputation, scaling and one-hot encoding."""
     x, y = train.drop(columns="target"), train["target"]
     numeric = [c for c in x.columns if c != "bucket"]
     columns = make_column_transformer(
@@ -116,13 +122,30 @@ def test_score(predictor, x_test, y_test, score) -> float:
 test_score.__test__ = False  # a helper, not a test
 
 
+SEEDS = 5
+
+
 @pytest.mark.parametrize("name", ["breast_cancer", "wine", "digits", "diabetes"])
-def test_reaches_linear_baseline_on_real_data(tmp_path, name):
-    x_test, y_test, score, baseline = baseline_and_split(name, tmp_path)
-    assert main(train_args(tmp_path, tmp_path / "train.csv", "--target", "target"), env={}) == 0
-    predictor = load_model(tmp_path / "model")
-    ours = test_score(predictor, x_test, y_test, score)
-    assert ours >= baseline - 0.02, f"{name}: {ours:.3f} vs linear baseline {baseline:.3f}"
+def test_defaults_never_lose_to_a_linear_model(tmp_path, name):
+    """Default hyperparameters, 5 seeds of a 75/25 stratified split: the mean held-out score
+    is at least the linear baseline's mean minus 0.01 (benchmarks/linear_baseline.py prints
+    the same table)."""
+    frame = real_dataset(name)
+    regression = name == "diabetes"
+    ours, linear = [], []
+    for seed in range(SEEDS):
+        train, test = train_test_split(
+            frame, test_size=0.25, random_state=seed, stratify=None if regression else frame.target
+        )
+        x_test, y_test, score, baseline = fit_baseline(name, train, test)
+        train.to_csv(tmp_path / "train.csv", index=False)
+        args = train_args(tmp_path, tmp_path / "train.csv", "--target", "target")
+        assert main([*args, "--hp", f"seed={seed}"], env={}) == 0
+        ours.append(test_score(load_model(tmp_path / "model"), x_test, y_test, score))
+        linear.append(baseline)
+        shutil.rmtree(tmp_path / "ckpt", ignore_errors=True)
+    mean_ours, mean_linear = float(np.mean(ours)), float(np.mean(linear))
+    assert mean_ours >= mean_linear - 0.01, f"{name}: {ours} vs linear {linear}"
 
 
 def test_outputs_follow_the_contract(tmp_path):

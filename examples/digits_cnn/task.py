@@ -94,7 +94,12 @@ class DigitsPredictor:
 class DigitsTask(TaskBase):
     name = "digits-cnn"
     Params = DigitsParams
-    harness_defaults: ClassVar[dict[str, Any]] = {"epochs": 30, "batch_size": 64, "patience": 5}
+    harness_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 30,
+        "batch_size": 64,
+        "learning_rate": 3e-3,
+        "patience": 5,
+    }
     channels_last = True
     artifact_files = ("digits.json",)
 

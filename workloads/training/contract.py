@@ -87,7 +87,8 @@ class HarnessSettings(BaseModel):
 
     task: str = "tabular"  # a built-in task name, or "package.module:factory"
     epochs: int = Field(200, ge=1, le=1_000_000)
-    batch_size: int = Field(128, ge=1, le=1_000_000)
+    # None: from the training rows (about 10 steps an epoch, 32 to 128; see harness)
+    batch_size: int | None = Field(None, ge=1, le=1_000_000)
     learning_rate: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(1e-4, ge=0, le=10)
     seed: int = Field(0, ge=0, le=2**32 - 1)

@@ -84,6 +84,7 @@ class Run:
     val_set: Dataset
     ddp: Dist
     fingerprint: str
+    batch_size: int
 
 
 class StopFlag:
@@ -115,7 +116,14 @@ def prepare(contract: TrainingContract, ddp: Dist) -> Run:
     train_set, val_set = task.datasets(train, validation)
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError(f"{contract.train}: no rows to train or validate on")
-    return Run(contract, task, train_set, val_set, ddp, run_fingerprint(contract, task))
+    batch_size = hp.settings.batch_size or auto_batch_size(len(train_set))
+    return Run(contract, task, train_set, val_set, ddp, run_fingerprint(contract, task), batch_size)
+
+
+def auto_batch_size(train_rows: int) -> int:
+    """About ten steps an epoch, a power of two from 32 to 128: small data sets get enough
+    optimizer steps between early-stopping checks; larger ones keep the throughput."""
+    return int(min(128, max(32, 2 ** math.floor(math.log2(max(train_rows, 1) / 10)))))
 
 
 def run_fingerprint(contract: TrainingContract, task: Any) -> str:
@@ -129,7 +137,8 @@ def run_fingerprint(contract: TrainingContract, task: Any) -> str:
 def _batches(run: Run, order: list[int], start: int) -> Iterator[Any]:
     """This rank's batches of an epoch, from batch number `start` on (resume mid-epoch)."""
     settings, device = run.contract.hyperparameters.settings, run.ddp.device
-    size, rest = settings.batch_size, order[start * settings.batch_size :]
+    size = run.batch_size
+    rest = order[start * size :]
     channels_last = device.type == "cuda" and run.task.channels_last
     if isinstance(run.train_set, TensorDataset):
         # In memory: one gather per epoch (this rank's share, shuffled), then each batch is
@@ -232,7 +241,7 @@ def train(run: Run, stop: StopFlag) -> tuple[nn.Module, TrainState] | None:
     model.train()
     log.info(
         "training: %d steps per epoch, from epoch %d",
-        math.ceil(len(sampler) / settings.batch_size),
+        math.ceil(len(sampler) / run.batch_size),
         state.epoch + 1,
     )
     while state.epoch < settings.epochs:
@@ -333,6 +342,7 @@ def write_outputs(run: Run, net: nn.Module, state: TrainState) -> dict[str, Any]
         "best_epoch": state.best_epoch,
         "resumed_from_step": state.resumed_from_step,
         "world_size": run.ddp.world,
+        "batch_size": run.batch_size,
     }
     save_artifact(contract.model_dir, task, net, meta, metrics)
     contract.output_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,8 @@ __all__ = ["TabularParams", "TabularTask", "Predictor", "TabularNet"]
 class TabularParams(TaskParams):
     target: str = Field(min_length=1)
     problem: Literal["binary", "multiclass", "regression"] | None = None  # None: inferred
-    hidden_sizes: list[int] = Field(default_factory=lambda: [128, 64])
+    # None: sized from the training rows (`auto_hidden_sizes`); [] is a linear model.
+    hidden_sizes: list[int] | None = None
     dropout: float = Field(0.1, ge=0, lt=1)
     max_categories: int = Field(50, ge=1, le=100_000)  # one-hot width cap per category column
 
@@ -40,15 +41,17 @@ class TabularParams(TaskParams):
     def _sizes(cls, value: Any) -> Any:
         if isinstance(value, int):
             return [value]
-        if isinstance(value, str):  # "128,64", "[128, 64]" or "128"
+        if isinstance(value, str):  # "128,64", "[128, 64]" or "128"; "auto" is None
+            if value.strip() in ("auto", "none", "null"):
+                return None
             text = value.strip().strip("[]")
             return [int(p) for p in text.replace(" ", ",").split(",") if p] if text else []
         return value
 
     @field_validator("hidden_sizes")
     @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(v < 1 or v > 65_536 for v in value):
+    def _positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(v < 1 or v > 65_536 for v in value):
             raise ValueError("hidden sizes must be positive and at most 65536")
         return value
 
@@ -90,6 +93,15 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def auto_hidden_sizes(train_rows: int) -> list[int]:
+    """Hidden layers sized from the data: about sqrt(rows) units (a power of two, 16 to 128),
+    one layer under 2000 rows, two above. On small data a wide network fits noise that
+    early stopping on a small validation split cannot see; the linear path carries the rest.
+    """
+    width = int(min(128, max(16, 2 ** round(math.log2(math.sqrt(max(train_rows, 1)))))))
+    return [width] if train_rows < 2000 else [width, width // 2]
+
+
 def stratified_holdout(
     labels: pd.Series, problem: str, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +137,7 @@ class TabularTask(TaskBase):
         self.preprocessor: Preprocessor | None = None
         self.target_mean, self.target_scale = 0.0, 1.0
         self.rows: tuple[int, int] = (0, 0)
+        self.hidden_sizes: list[int] = list(params.hidden_sizes or [])
 
     # -- data -------------------------------------------------------------------------
 
@@ -148,6 +161,8 @@ class TabularTask(TaskBase):
         self.problem = infer_problem(train.labels, self.problem)
         self.preprocessor = Preprocessor.fit(train.features, self.params.max_categories)
         self.rows = (len(train), len(validation))
+        if self.params.hidden_sizes is None:
+            self.hidden_sizes = auto_hidden_sizes(len(train))
         if self.problem == "regression":
             y = train.labels.to_numpy(dtype=np.float64)
             self.target_mean, self.target_scale = float(y.mean()), float(y.std()) or 1.0
@@ -186,7 +201,7 @@ class TabularTask(TaskBase):
         return TabularNet(
             self.preprocessor.output_dim,
             self.out_dim,
-            self.params.hidden_sizes,
+            self.hidden_sizes,
             self.params.dropout,
         )
 
@@ -244,6 +259,7 @@ class TabularTask(TaskBase):
             "train_rows": self.rows[0],
             "validation_rows": self.rows[1],
             "inputs": self.preprocessor.output_dim if self.preprocessor else 0,
+            "hidden_sizes": self.hidden_sizes,
         }
 
     # -- artifact ---------------------------------------------------------------------
@@ -258,7 +274,7 @@ class TabularTask(TaskBase):
             "feature_columns": self.preprocessor.feature_columns,
             "in_dim": self.preprocessor.output_dim,
             "out_dim": self.out_dim,
-            "hidden_sizes": self.params.hidden_sizes,
+            "hidden_sizes": self.hidden_sizes,
             "dropout": self.params.dropout,
             "target_mean": self.target_mean,
             "target_scale": self.target_scale,
