@@ -226,6 +226,8 @@ attempt("ingest", lambda: store.ingest("customer-profile", data.profile))
 attempt("open store", lambda: feature_store_from_descriptor(descriptor))
 out["approve"] = cli("approve", "churn", "1", "--stacks-dir", stacks)
 out["status"] = cli("status")
+out["up_full"] = cli("up", "--stacks-dir", stacks)
+out["pipeline"] = cli("pipeline", "--rows", "200", "--stacks-dir", stacks)
 out["unchanged"] = files() == before
 out["temp_files"] = [str(p) for p in state.rglob("*") if ".tmp" in p.name]
 (disk / "filler").unlink()
@@ -271,12 +273,17 @@ def test_a_real_full_disk_gives_one_line_and_changes_nothing(tmp_path):
     }
     for step, path in expect.items():
         assert out[step].startswith(f"no space left on device while writing {path}"), out[step]
-    for command in ("approve", "status"):
+    for command, name in [
+        ("approve", "registry.db"),
+        ("status", "registry.db"),
+        ("up_full", ".db"),
+        ("pipeline", "run.json"),
+    ]:
         result = out[command]
         assert result["code"] == 1, result
         lines = result["out"].strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: no space left on device while")
-        assert "registry.db" in lines[0] and "Traceback" not in result["out"]
+        assert name in lines[0] and "Traceback" not in result["out"]
     assert out["unchanged"] is True and out["temp_files"] == []
     assert out["versions"] == [1]
     assert out["status_after"] == "Approved"  # the store works again once there is room

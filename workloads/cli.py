@@ -30,7 +30,7 @@ from workloads.local import env as localenv
 from workloads.local.pipeline import PipelineError, run_pipeline
 from workloads.platform import NotDeclaredError, PlatformDescriptor
 from workloads.registry.store import RegistryError, registry_from_descriptor
-from workloads.storage import StorageError
+from workloads.storage import NoSpaceError, StorageError, is_no_space
 
 app = typer.Typer(
     help="The ML platform of a stack, on this machine: up, pipeline, status, predict, down.",
@@ -76,6 +76,10 @@ def _one_line_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # a full disk outside the atomic writes (a folder, a log line)
+        if not is_no_space(exc):
+            raise
+        raise _fail(str(NoSpaceError(exc.filename or "a file of the stack"))) from None
 
 
 def _parse_ports(values: list[str]) -> dict[str, int]:
