@@ -87,6 +87,18 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _link_new(tmp: Path, path: Path) -> None:
+    """Put `tmp` at `path` unless something is there (`FileExistsError`)."""
+    try:
+        os.link(tmp, path)  # atomic, and fails if anything is there
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: check, then rename
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.rename(tmp, path)
+
+
 @contextmanager
 def atomic_path(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
     """A temporary path beside `path`: the caller writes a file (or builds a folder) there.
@@ -108,7 +120,7 @@ def atomic_path(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
             elif tmp.is_dir():
                 os.rename(tmp, path)  # fails if a non-empty folder is there
             else:
-                os.link(tmp, path)  # fails if anything is there
+                _link_new(tmp, path)
             _fsync(path.parent)
     finally:
         _remove(tmp)

@@ -140,11 +140,13 @@ def read_descriptor(paths: StackPaths) -> PlatformDescriptor:
         )
     try:
         return load_descriptor(paths.descriptor)
-    except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+    except (ValidationError, ValueError) as exc:
         raise CorruptStoreError(
             f"{paths.descriptor} is not a readable platform descriptor "
             f"({_first_line(exc)}): `mlinfra up --stack {stack}` writes it again from the spec"
         ) from None
+    except OSError as exc:
+        raise StorageError(f"{paths.descriptor} cannot be read: {exc.strerror}") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -283,6 +285,8 @@ def read_process(paths: StackPaths, name: str) -> EndpointProcess | None:
         return None
     try:
         return EndpointProcess.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise StorageError(f"{path} cannot be read: {exc.strerror}") from None
     except ValidationError as exc:
         stack = paths.root.name
         raise CorruptStoreError(

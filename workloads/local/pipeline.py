@@ -257,14 +257,10 @@ class Pipeline:
         log_path = run_dir / "train.log"
         (run_dir / "failure").unlink(missing_ok=True)
         with open(log_path, "ab") as log:
-            # SIGTERM when the pipeline dies, however it dies: the trainer checkpoints and
-            # stops, and the next run resumes from that checkpoint.
+            # SIGTERM when the pipeline dies, however it dies (a SIGKILL too): the trainer
+            # checkpoints and stops, and the next run resumes from that checkpoint.
             code = subprocess.call(
-                cmd,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent(),  # noqa: PLW1509 (libc resolved before the fork)
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
             )
         if code != 0:
             failure = run_dir / "failure"
