@@ -1,13 +1,19 @@
 """The local environment: the descriptor it writes, idempotence, bad stack configs, ports in
-use, and a pipeline interrupted at several steps that completes when run again."""
+use, a pipeline interrupted at several steps that completes when run again, one pipeline
+per stack (its trainer dies with it), and damaged state files (named, never mistaken for an
+empty store, never a reason to stop a serving endpoint)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,7 @@ from components.spec import SpecError, load_stack
 from workloads.cli import app
 from workloads.local import env as localenv
 from workloads.local import pipeline
+from workloads.local.process import LockHeldError, exclusive
 from workloads.platform import load_descriptor
 from workloads.registry.store import registry_from_descriptor
 
@@ -281,7 +288,10 @@ def test_an_interrupted_pipeline_completes_when_run_again(state, tmp_path, monke
 
     # A newer approved version is rolled out by the next up: the server restarts on it.
     old_pid = localenv.read_process(localenv.StackPaths.of("local", state), "churn").pid
-    v2 = registry.register("churn", versions[0].model_uri, versions[0].metrics)
+    # A second artifact (a copy: the registry gives one artifact one version).
+    copy = localenv.uri_path(versions[0].model_uri).with_name("copy")
+    shutil.copytree(localenv.uri_path(versions[0].model_uri), copy)
+    v2 = registry.register("churn", copy.as_uri(), versions[0].metrics)
     result = localenv.up("local", state, stacks_dir=STACKS)
     assert result.messages == []  # pending versions are not served
     registry.approve("churn", v2.version)
@@ -332,3 +342,179 @@ def test_a_model_below_the_gate_stays_pending_until_approved_by_hand(tmp_path):
 def test_pipeline_needs_up_first(tmp_path):
     with pytest.raises(pipeline.PipelineError, match="mlinfra up"):
         pipeline.run_pipeline("local", tmp_path, rows=200, stacks_dir=STACKS)
+
+
+# --- two pipelines at once; a pipeline SIGKILLed mid-training -------------------------------
+
+SLOW_TRAINER = """
+import os, sys, time
+pid_file = sys.argv[1]
+with open(pid_file + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.replace(pid_file + ".tmp", pid_file)
+time.sleep(120)
+"""
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie has died
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_one_pipeline_per_stack_and_its_trainer_dies_with_it(state, tmp_path):
+    localenv.up("local", state, stacks_dir=STACKS, ports={"churn": localenv.free_port()})
+    script, trainer_pid = tmp_path / "slow_trainer.py", tmp_path / "trainer.pid"
+    script.write_text(SLOW_TRAINER)
+    env = {**os.environ, pipeline.LAUNCHER_ENV: f"{sys.executable} {script} {trainer_pid}"}
+    argv = [sys.executable, "-m", "workloads.cli", "pipeline", "--rows", "600", "--epochs", "1"]
+    argv += ["--state-dir", str(state), "--stacks-dir", str(STACKS)]
+    first = subprocess.Popen(argv, env=env, cwd=STACKS.parent, stdout=subprocess.DEVNULL)
+    try:
+        _wait_for(trainer_pid.exists, 90, "the first pipeline to start training")
+        trainer = int(trainer_pid.read_text())
+
+        # A second run refuses, naming the run in progress; nothing of the first is touched.
+        run_file = state / "local" / "pipeline" / "run.json"
+        before = run_file.read_bytes()
+        result = runner.invoke(
+            app,
+            ["pipeline", "--rows", "600", "--epochs", "1", "--state-dir", str(state)]
+            + ["--stacks-dir", str(STACKS)],
+            env={"COLUMNS": "300"},
+        )
+        assert result.exit_code == 1
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1, result.output
+        assert f"the pipeline of stack local is held by pid {first.pid} (" in lines[0]
+        assert "workloads.cli pipeline" in lines[0] and "--wait" in lines[0]
+        assert run_file.read_bytes() == before
+
+        # SIGKILL the pipeline: its trainer dies with it, and its lock goes with it.
+        first.kill()
+        first.wait(10)
+        _wait_for(lambda: _gone(trainer), 20, f"trainer {trainer} to die with the pipeline")
+    finally:
+        first.kill()
+        first.wait(10)
+        if trainer_pid.exists() and not _gone(int(trainer_pid.read_text())):
+            os.kill(int(trainer_pid.read_text()), signal.SIGKILL)  # only if the test failed
+    lock = state / "local" / "pipeline" / ".lock"
+    assert f"pid {first.pid} " in lock.read_text()  # what a SIGKILL leaves behind
+    run = pipeline.Pipeline(
+        "local", state, rows=600, epochs=1, seed=0, stacks_dir=STACKS, console=Console()
+    )
+    with run.exclusive():  # not blocked by the stale holder note
+        assert f"pid {os.getpid()} " in lock.read_text()
+    assert lock.read_text() == ""
+
+
+def test_a_taken_lock_names_its_holder_or_is_waited_for(tmp_path):
+    lock = tmp_path / "pipeline" / ".lock"
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another open file description: flock conflicts as across processes
+        with exclusive(lock, wait=False, what="the thing"):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    with pytest.raises(LockHeldError, match=f"the thing is held by pid {os.getpid()} .*; hint"):
+        with exclusive(lock, wait=False, what="the thing", hint="; hint"):
+            pass
+    threading.Timer(0.3, release.set).start()
+    started = time.monotonic()
+    with exclusive(lock, wait=True, what="the thing"):  # queues until the holder is done
+        assert time.monotonic() - started >= 0.25
+    holder.join(10)
+
+
+# --- damaged state: named, never mistaken for empty; serving endpoints keep serving ---------
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    from tests.serve_support import make_frame, train_model
+
+    return train_model(tmp_path_factory.mktemp("artifact"), make_frame(300), "label")
+
+
+def _cli(*args: str, state: Path) -> tuple[int, str]:
+    argv = [*args, "--state-dir", str(state)]
+    if args[0] == "up":
+        argv += ["--stacks-dir", str(STACKS)]
+    result = runner.invoke(app, argv, env={"COLUMNS": "400"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def _one_line_error(code: int, out: str, *names: str) -> str:
+    lines = out.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), out
+    assert all(name in lines[0] for name in names), (names, out)
+    return lines[0]
+
+
+def test_damaged_state_files_are_named_and_nothing_serving_is_stopped(state, artifact):
+    localenv.up("local", state, stacks_dir=STACKS, ports={"churn": localenv.free_port()})
+    paths = localenv.StackPaths.of("local", state)
+    registry = registry_from_descriptor(localenv.read_descriptor(paths))
+    registry.approve("churn", registry.register("churn", artifact.as_uri(), {}).version)
+    served = localenv.up("local", state, stacks_dir=STACKS).endpoints[0]
+    assert served.state == "serving"
+
+    def still_serving() -> None:
+        assert localenv.pid_alive(served.pid) and localenv.ping(served.url)
+
+    # registry.db truncated or overwritten: up fails naming it, the endpoint keeps serving.
+    db = paths.registry / "registry.db"
+    good = db.read_bytes()
+    for damage, reason in ((b"", "is empty (0 bytes"), (b"\x13" * 5000, "cannot be read")):
+        db.write_bytes(damage)
+        line = _one_line_error(*_cli("up", state=state), str(db), reason, "backup")
+        assert "no approved model" not in line
+        still_serving()
+        _one_line_error(*_cli("status", state=state), str(db))
+        assert db.read_bytes() == damage  # never recreated empty
+    db.write_bytes(good)
+    assert localenv.up("local", state, stacks_dir=STACKS).messages == []  # as it was
+    still_serving()
+
+    # platform.json malformed: status says to run up, and up writes it again.
+    paths.descriptor.write_text('{"version": 1, "backend": "local"')
+    _one_line_error(*_cli("status", state=state), str(paths.descriptor), "mlinfra up")
+    code, out = _cli("up", state=state)
+    assert code == 0 and localenv.read_descriptor(paths).stack == "local"
+    still_serving()
+
+    # endpoints/churn.json malformed: named by up and status; down still stops the server
+    # (found by its environment) and writes the record again.
+    record = paths.endpoint_state("churn")
+    record.write_text('{"name": "churn", "port": "eighty"}')
+    _one_line_error(*_cli("up", state=state), str(record), "mlinfra down")
+    _one_line_error(*_cli("status", state=state), str(record), "mlinfra down")
+    still_serving()
+    code, out = _cli("down", state=state)
+    assert code == 0 and f"stopped process {served.pid}" in out
+    assert not localenv.pid_alive(served.pid)
+    assert localenv.read_process(paths, "churn").stopped
+
+    # down --purge always works, whatever is damaged.
+    record.write_bytes(b"\xff\xfe not json")
+    paths.descriptor.write_text("[]")
+    db.write_bytes(b"")
+    code, out = _cli("down", "--purge", state=state)
+    assert code == 0 and f"purged {paths.root}" in out and not paths.root.exists()

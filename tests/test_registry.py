@@ -31,6 +31,7 @@ from workloads.registry.store import (
     gate_passes,
     registry_from_descriptor,
 )
+from workloads.storage import CorruptStoreError
 
 GROUPS = {
     "churn": ModelGroupRef(
@@ -169,11 +170,11 @@ def test_local_state_survives_a_new_client(local, tmp_path):
     assert again.register("churn", "file:///m/2", {}).version == 2
 
 
-def _register_many(args: tuple[str, int]) -> list[int]:
-    root, count = args
+def _register_many(args: tuple[str, int, str]) -> list[int]:
+    root, count, artifact = args
     registry = LocalModelRegistry(root, GROUPS)
     return [
-        registry.register("churn", f"file:///m/{i}", {"accuracy": 0.5}).version
+        registry.register("churn", artifact.format(i=i), {"accuracy": 0.5}).version
         for i in range(count)
     ]
 
@@ -181,14 +182,49 @@ def _register_many(args: tuple[str, int]) -> list[int]:
 def test_local_versions_are_unique_under_concurrent_registration(tmp_path):
     root = str(tmp_path / "registry")
     LocalModelRegistry(root, GROUPS)  # create the schema once, as `mlinfra up` does
+    jobs = [(root, 15, f"file:///m/{worker}-{{i}}") for worker in range(4)]
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        results = pool.map(_register_many, [(root, 15)] * 4)
+        results = pool.map(_register_many, jobs)
     versions = sorted(v for chunk in results for v in chunk)
     assert versions == list(range(1, 61))
     for chunk in results:
         assert chunk == sorted(chunk)  # each process sees its own versions increase
     listed = LocalModelRegistry(root, GROUPS).list_versions("churn")
     assert [v.version for v in listed] == list(range(1, 61))
+
+
+def test_an_artifact_is_registered_once_per_group_even_by_concurrent_processes(tmp_path):
+    root = str(tmp_path / "registry")
+    registry = LocalModelRegistry(root, GROUPS)
+    # Four processes register the same two artifacts at once (two pipelines in `register`).
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        results = pool.map(_register_many, [(root, 2, "file:///m/run-{i}")] * 4)
+    assert results == [[1, 2]] * 4
+    listed = registry.list_versions("churn")
+    assert [(v.version, v.model_uri) for v in listed] == [
+        (1, "file:///m/run-0"),
+        (2, "file:///m/run-1"),
+    ]
+    # The same artifact in another group is that group's own version.
+    assert registry.register("manual", "file:///m/run-0", {}).version == 1
+    again = registry.register("churn", "file:///m/run-1", {"accuracy": 0.99})
+    assert (again.version, again.metrics) == (2, {"accuracy": 0.5})  # the first registration
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [(b"", "is empty (0 bytes"), (b"garbage, not SQLite" * 500, "cannot be read")],
+)
+def test_a_damaged_registry_is_an_error_never_an_empty_registry(tmp_path, damage, reason):
+    root = tmp_path / "registry"
+    LocalModelRegistry(root, GROUPS).register("churn", "file:///m/1", {"accuracy": 0.9})
+    (root / "registry.db").write_bytes(damage)
+    with pytest.raises(CorruptStoreError) as caught:
+        registry_from_descriptor(descriptor("local", tmp_path)).list_versions("churn")
+    message = str(caught.value)
+    assert str(root / "registry.db") in message and reason in message
+    assert "restore it from a backup" in message
+    assert (root / "registry.db").read_bytes() == damage  # not recreated as an empty store
 
 
 def test_local_crash_before_commit_leaves_no_half_registered_version(tmp_path):

@@ -12,6 +12,8 @@ State lives under `--state-dir` (default `$MLINFRA_STATE_DIR` or `.mlinfra/`).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +27,10 @@ from rich.table import Table
 from components.plan import plan_command
 from components.spec import SpecError
 from workloads.local import env as localenv
-from workloads.platform import PlatformDescriptor, load_descriptor
+from workloads.local.pipeline import PipelineError, run_pipeline
+from workloads.platform import NotDeclaredError, PlatformDescriptor
+from workloads.registry.store import RegistryError, registry_from_descriptor
+from workloads.storage import NoSpaceError, StorageError, is_no_space
 
 app = typer.Typer(
     help="The ML platform of a stack, on this machine: up, pipeline, status, predict, down.",
@@ -52,6 +57,29 @@ StacksDirOpt = Annotated[
 def _fail(message: str, code: int = 1) -> typer.Exit:
     errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
+
+
+# What a user can cause or fix: one line on stderr and exit 1, never a traceback.
+USER_ERRORS = (
+    SpecError,
+    localenv.LocalEnvError,
+    PipelineError,
+    StorageError,
+    RegistryError,
+    NotDeclaredError,
+)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except USER_ERRORS as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:  # a full disk outside the atomic writes (a folder, a log line)
+        if not is_no_space(exc):
+            raise
+        raise _fail(str(NoSpaceError(exc.filename or "a file of the stack"))) from None
 
 
 def _parse_ports(values: list[str]) -> dict[str, int]:
@@ -141,11 +169,8 @@ def up(
 ) -> None:
     """Stand up the local environment of a stack (idempotent; restarts dead endpoints)."""
     ports = _parse_ports(port or [])
-    try:
-        with console.status(f"standing up stack {stack} ..."):
-            result = localenv.up(stack, state_dir, ports=ports, stacks_dir=stacks_dir)
-    except (SpecError, localenv.LocalEnvError) as exc:
-        raise _fail(str(exc)) from None
+    with _one_line_errors(), console.status(f"standing up stack {stack} ..."):
+        result = localenv.up(stack, state_dir, ports=ports, stacks_dir=stacks_dir)
     for message in result.messages:
         console.print(f"- {escape(message)}", highlight=False)
     console.print(descriptor_table(result.descriptor))
@@ -164,10 +189,8 @@ def down(
     ] = False,
 ) -> None:
     """Stop the endpoint processes; the data stays unless --purge."""
-    try:
+    with _one_line_errors():
         messages = localenv.down(stack, state_dir, purge=purge)
-    except localenv.LocalEnvError as exc:
-        raise _fail(str(exc)) from None
     for message in messages:
         console.print(f"- {escape(message)}", highlight=False)
 
@@ -176,10 +199,10 @@ def down(
 def status(stack: StackOpt = "local", state_dir: StateOpt = None) -> None:
     """What is up and where; exits 1 if an endpoint process died or does not answer."""
     paths = localenv.StackPaths.of(stack, state_dir)
-    statuses = localenv.status(stack, state_dir)
-    if not paths.descriptor.is_file():
-        raise _fail(f"stack {stack} is not up ({paths.root} has no platform.json): run mlinfra up")
-    descriptor = load_descriptor(paths.descriptor)
+    with _one_line_errors():
+        descriptor = localenv.read_descriptor(paths)
+        statuses = localenv.status(stack, state_dir)
+        registry_table = _registry_table(descriptor)
     console.print(f"stack {stack}: state in {paths.root}", highlight=False)
     console.print(f"  descriptor    {paths.descriptor}", highlight=False)
     console.print(f"  buckets       {paths.buckets}", highlight=False)
@@ -187,7 +210,7 @@ def status(stack: StackOpt = "local", state_dir: StateOpt = None) -> None:
         console.print(f"  online store  {descriptor.local.online_store}", highlight=False)
         console.print(f"  registry      {descriptor.local.registry}", highlight=False)
     console.print(f"  endpoint logs {paths.endpoints}", highlight=False)
-    _print_registry(descriptor)
+    console.print(registry_table)
     console.print(endpoints_table(statuses))
     bad = [s for s in statuses if s.state in ("dead", "not answering")]
     for s in bad:
@@ -200,9 +223,7 @@ def status(stack: StackOpt = "local", state_dir: StateOpt = None) -> None:
         raise typer.Exit(1)
 
 
-def _print_registry(descriptor: PlatformDescriptor) -> None:
-    from workloads.registry.store import registry_from_descriptor
-
+def _registry_table(descriptor: PlatformDescriptor) -> Table:
     registry = registry_from_descriptor(descriptor)
     table = Table(title="model registry")
     for col in ("model group", "versions", "newest", "newest approved"):
@@ -217,7 +238,7 @@ def _print_registry(descriptor: PlatformDescriptor) -> None:
             f"v{newest.version} {newest.status}" if newest else "-",
             f"v{approved.version}" if approved else "-",
         )
-    console.print(table)
+    return table
 
 
 @app.command()
@@ -231,7 +252,8 @@ def predict(
     ] = False,
 ) -> None:
     """Send the rows of FILE to an endpoint and print the predictions."""
-    url = _endpoint_url(endpoint, stack, state_dir)
+    with _one_line_errors():
+        url = _endpoint_url(endpoint, stack, state_dir)
     try:
         records = read_records(file)
     except ValueError as exc:
@@ -252,10 +274,7 @@ def predict(
 def _endpoint_url(endpoint: str, stack: str, state_dir: Path | None) -> str:
     if endpoint.startswith(("http://", "https://")):
         return endpoint.rstrip("/")
-    paths = localenv.StackPaths.of(stack, state_dir)
-    if not paths.descriptor.is_file():
-        raise _fail(f"stack {stack} is not up ({paths.descriptor} missing): run mlinfra up")
-    descriptor = load_descriptor(paths.descriptor)
+    descriptor = localenv.read_descriptor(localenv.StackPaths.of(stack, state_dir))
     ref = descriptor.endpoints.get(endpoint)
     if ref is None or not ref.url:
         known = ", ".join(descriptor.endpoints) or "none"
@@ -320,17 +339,11 @@ def approve(
     stacks_dir: StacksDirOpt = Path("stacks"),
 ) -> None:
     """Approve a model version by hand (one the gate left pending), then roll it out."""
-    from workloads.registry.store import registry_from_descriptor
-
     paths = localenv.StackPaths.of(stack, state_dir)
-    if not paths.descriptor.is_file():
-        raise _fail(f"stack {stack} is not up ({paths.descriptor} missing): run mlinfra up")
-    registry = registry_from_descriptor(load_descriptor(paths.descriptor))
-    try:
+    with _one_line_errors():
+        registry = registry_from_descriptor(localenv.read_descriptor(paths))
         approved = registry.approve(model_group, version, reason=reason)
         result = localenv.rollout(stack, state_dir, stacks_dir=stacks_dir)
-    except (KeyError, ValueError, SpecError, localenv.LocalEnvError) as exc:
-        raise _fail(str(exc)) from None
     console.print(f"{model_group} v{approved.version}: {approved.status}", highlight=False)
     for message in result.messages:
         console.print(f"- {escape(message)}", highlight=False)
@@ -344,12 +357,13 @@ def pipeline(
     rows: Annotated[int, typer.Option(help="Label rows of churn data", min=100)] = 10_000,
     epochs: Annotated[int, typer.Option(help="Most training epochs", min=1)] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the generated data")] = 0,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="If another run of the stack is in progress, queue")
+    ] = False,
     stacks_dir: StacksDirOpt = Path("stacks"),
 ) -> None:
     """The reference lifecycle: data -> features -> train -> register -> gate -> rollout."""
-    from workloads.local.pipeline import PipelineError, run_pipeline
-
-    try:
+    with _one_line_errors():
         run_pipeline(
             stack,
             state_dir,
@@ -358,9 +372,8 @@ def pipeline(
             seed=seed,
             stacks_dir=stacks_dir,
             console=console,
+            wait=wait,
         )
-    except (SpecError, localenv.LocalEnvError, PipelineError) as exc:
-        raise _fail(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from workloads.storage import atomic_write
+
 DESCRIPTOR_ENV = "MLINFRA_PLATFORM"
 T = TypeVar("T")
 
@@ -110,11 +112,7 @@ class PlatformDescriptor(_Doc):
 
     def write(self, path: str | Path) -> None:
         """Write atomically, so a reader never sees half a descriptor."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        atomic_write(path, self.to_json())
 
 
 class NotDeclaredError(KeyError):

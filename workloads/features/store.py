@@ -25,9 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -44,7 +42,7 @@ import pyarrow.parquet as pq
 
 from workloads.features.pit import point_in_time_join, to_utc
 from workloads.platform import FeatureGroupRef, NotDeclaredError, PlatformDescriptor
-from workloads.storage import write_transaction
+from workloads.storage import SqliteDatabase, atomic_path
 
 
 class FeatureValidationError(ValueError):
@@ -349,13 +347,15 @@ class LocalFeatureStore(_Groups):
         super().__init__(groups)
         self.online_path = Path(online_store)
         self.online_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute(_ONLINE_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.online_path, timeout=60, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        return con
+        self.db = SqliteDatabase(
+            self.online_path,
+            _ONLINE_SCHEMA,
+            what="the online feature store",
+            remedy=(
+                "restore it from a backup, or move the file away and run `mlinfra up` for an "
+                "empty one, then ingest the feature groups again"
+            ),
+        )
 
     def _folder(self, ref: FeatureGroupRef) -> Path:
         return uri_path(ref.offline_uri or "")
@@ -377,22 +377,10 @@ class LocalFeatureStore(_Groups):
         # Names sort in write order (nanosecond clock first), which read_offline relies on
         # to let the last written row win a tie.
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
-        tmp = folder / f".{name}.tmp"
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        try:
-            with open(tmp, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, folder / name)
-            # Make the rename itself durable: a crash after ingest returns keeps the file.
-            descriptor = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # fsynced, renamed, the rename made durable: a crash after ingest keeps the file.
+        with atomic_path(folder / name) as tmp:
+            pq.write_table(table, tmp)
 
     def _put_online(self, ref: FeatureGroupRef, frame: pd.DataFrame) -> None:
         kinds = ref.features
@@ -413,7 +401,7 @@ class LocalFeatureStore(_Groups):
             }
             rid = self._id(ref, record[ref.record_identifier])
             rows.append((ref.name, rid, int(micros.iloc[i]), json.dumps(values)))
-        with write_transaction(self._connect) as con:
+        with self.db.write() as con:
             # The newest event time wins; an equal time overwrites (the later write wins).
             con.executemany(
                 "INSERT INTO records VALUES (?, ?, ?, ?) "
@@ -430,8 +418,7 @@ class LocalFeatureStore(_Groups):
         ref = self._online(group)
         keys = [self._id(ref, i) for i in ids]
         found: dict[Any, dict[str, Any]] = {}
-        con = self._connect()
-        try:
+        with self.db.read() as con:
             for start in range(0, len(keys), 500):  # SQLite caps bound parameters
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -441,8 +428,6 @@ class LocalFeatureStore(_Groups):
                     (ref.name, *chunk),
                 ):
                     found[rid] = self._decode(ref, json.loads(record))
-        finally:
-            con.close()
         return [found.get(k) for k in keys]
 
     def read_offline(self, group: str) -> pd.DataFrame:

@@ -19,7 +19,6 @@ running it twice changes nothing, and it restarts an endpoint whose process died
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -34,9 +33,10 @@ from typing import Literal
 from urllib.parse import unquote, urlparse
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from components.spec import PlatformSpec, load_stack
+from workloads.local.process import exclusive
 from workloads.platform import (
     ApprovalGate,
     Buckets,
@@ -51,6 +51,7 @@ from workloads.platform import (
     Registry,
     load_descriptor,
 )
+from workloads.storage import CorruptStoreError, StorageError, atomic_write
 
 STATE_ENV = "MLINFRA_STATE_DIR"
 DEFAULT_STATE_DIR = ".mlinfra"
@@ -125,13 +126,35 @@ def uri_path(uri: str) -> Path:
 @contextlib.contextmanager
 def locked(paths: StackPaths) -> Iterator[None]:
     """One `up`/`down`/rollout at a time per stack (the pipeline and `up` may race)."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.root / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(paths.root / ".lock", wait=True, what=f"stack {paths.root.name}"):
+        yield
+
+
+def read_descriptor(paths: StackPaths) -> PlatformDescriptor:
+    """The stack's descriptor; a missing or unreadable one is an error saying what to do."""
+    stack = paths.root.name
+    if not paths.descriptor.is_file():
+        raise LocalEnvError(
+            f"stack {stack} is not up ({paths.descriptor} is missing): "
+            f"run `mlinfra up --stack {stack}` first"
+        )
+    try:
+        return load_descriptor(paths.descriptor)
+    except (ValidationError, ValueError) as exc:
+        raise CorruptStoreError(
+            f"{paths.descriptor} is not a readable platform descriptor "
+            f"({_first_line(exc)}): `mlinfra up --stack {stack}` writes it again from the spec"
+        ) from None
+    except OSError as exc:
+        raise StorageError(f"{paths.descriptor} cannot be read: {exc.strerror}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        where = ".".join(str(x) for x in error["loc"]) or "document"
+        return f"{where}: {error['msg']}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 # --- the descriptor ---------------------------------------------------------------------------
@@ -256,18 +279,42 @@ class EndpointStatus:
 
 
 def read_process(paths: StackPaths, name: str) -> EndpointProcess | None:
+    """The endpoint's record; None if there is none; `CorruptStoreError` if unreadable."""
     path = paths.endpoint_state(name)
     if not path.is_file():
         return None
-    return EndpointProcess.model_validate_json(path.read_text())
+    try:
+        return EndpointProcess.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise StorageError(f"{path} cannot be read: {exc.strerror}") from None
+    except ValidationError as exc:
+        stack = paths.root.name
+        raise CorruptStoreError(
+            f"{path} is not a readable endpoint record ({_first_line(exc)}): "
+            f"`mlinfra down --stack {stack}` stops the endpoint's server and writes it "
+            f"again; then `mlinfra up --stack {stack}`"
+        ) from None
 
 
 def write_process(paths: StackPaths, proc: EndpointProcess) -> None:
-    path = paths.endpoint_state(proc.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(proc.model_dump_json(indent=2))
-    os.replace(tmp, path)
+    atomic_write(paths.endpoint_state(proc.name), proc.model_dump_json(indent=2))
+
+
+def stack_servers(paths: StackPaths) -> list[int]:
+    """Pids of the inference servers started for this stack, found by their environment
+    (`MLINFRA_PLATFORM` names the stack's descriptor): how `down` finds a server whose
+    record is lost. Empty where there is no procfs."""
+    marker = f"MLINFRA_PLATFORM={paths.descriptor}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"workloads.serve" not in (proc / "cmdline").read_bytes():
+                continue
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return [pid for pid in found if pid_alive(pid)]
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -475,7 +522,10 @@ def up(
                 uri_path(group.offline_uri).mkdir(parents=True, exist_ok=True)
         paths.registry.mkdir(parents=True, exist_ok=True)
         paths.endpoints.mkdir(parents=True, exist_ok=True)
-        if not paths.descriptor.is_file() or paths.descriptor.read_text() != descriptor.to_json():
+        if (
+            not paths.descriptor.is_file()
+            or paths.descriptor.read_bytes() != descriptor.to_json().encode()
+        ):
             descriptor.write(paths.descriptor)
         _init_stores(descriptor)
         statuses = [
@@ -580,7 +630,7 @@ def status(stack: str = "local", state: str | Path | None = None) -> list[Endpoi
     paths = StackPaths.of(stack, state)
     if not paths.descriptor.is_file():
         return []
-    descriptor = load_descriptor(paths.descriptor)
+    descriptor = read_descriptor(paths)
     out = []
     for name, ref in descriptor.endpoints.items():
         proc = read_process(paths, name)
@@ -607,17 +657,55 @@ def down(
     if not paths.root.exists():
         return [f"nothing to stop: {paths.root} does not exist"]
     with locked(paths):
-        for state_file in sorted(paths.endpoints.glob("*.json")):
-            proc = read_process(paths, state_file.stem)
-            if proc is None or proc.pid is None:
-                continue
-            if pid_alive(proc.pid):
-                stop_process(proc.pid)
-                messages.append(f"endpoint {proc.name}: stopped process {proc.pid}")
-            write_process(paths, proc.model_copy(update={"pid": None, "stopped": True}))
+        try:
+            _stop_endpoints(paths, messages)
+        except (LocalEnvError, StorageError) as exc:
+            if not purge:
+                raise
+            messages.append(f"{exc} (purging anyway)")  # --purge always works
     if purge:
+        for pid in stack_servers(paths):  # nothing of the stack outlives its state
+            with contextlib.suppress(LocalEnvError):
+                stop_process(pid, timeout=5.0)
         shutil.rmtree(paths.root)
         messages.append(f"purged {paths.root}")
     elif not messages:
         messages.append("no endpoint process was running")
     return messages
+
+
+def _stop_endpoints(paths: StackPaths, messages: list[str]) -> None:
+    """Stop each recorded server; an unreadable record is written again as stopped, and a
+    server of the stack that no record names is stopped too."""
+    for state_file in sorted(paths.endpoints.glob("*.json")):
+        name = state_file.stem
+        try:
+            proc = read_process(paths, name)
+        except CorruptStoreError as exc:
+            messages.append(f"endpoint {name}: {exc}")
+            _rewrite_lost_record(paths, name, messages)
+            continue
+        if proc is None or proc.pid is None:
+            continue
+        if pid_alive(proc.pid):
+            stop_process(proc.pid)
+            messages.append(f"endpoint {proc.name}: stopped process {proc.pid}")
+        write_process(paths, proc.model_copy(update={"pid": None, "stopped": True}))
+    for pid in stack_servers(paths):
+        stop_process(pid)
+        messages.append(f"stopped process {pid}, a server of this stack that no record named")
+
+
+def _rewrite_lost_record(paths: StackPaths, name: str, messages: list[str]) -> None:
+    """A fresh stopped record on the port the descriptor gives, else none at all."""
+    try:
+        url = read_descriptor(paths).endpoints[name].url or ""
+        port = urlparse(url).port
+    except (LocalEnvError, StorageError, KeyError, ValueError):
+        port = None
+    if port is None:
+        paths.endpoint_state(name).unlink(missing_ok=True)
+        messages.append(f"endpoint {name}: removed its unreadable record")
+        return
+    write_process(paths, EndpointProcess(name=name, port=port, stopped=True))
+    messages.append(f"endpoint {name}: wrote its record again (stopped, port {port})")

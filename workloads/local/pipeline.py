@@ -11,8 +11,12 @@ Resumable: a run's progress is saved in `<state>/<stack>/pipeline/run.json` afte
 step, and a run that was interrupted (a crash, Ctrl-C, a failed training) carries on from
 where it stopped when the pipeline is run again: training resumes from its checkpoint, the
 artifact is published by one atomic rename, and a version is registered only once the
-artifact is complete (a version already registered for the same artifact is reused, never
-registered twice). Data files are written to a temporary name and renamed.
+artifact is complete (the registry gives an artifact one version, never two). Data files
+are written to a temporary name and renamed (`workloads.storage.atomic_write`).
+
+One run at a time per stack: a run holds `<state>/<stack>/pipeline/.lock` (an `flock`, so
+the kernel frees it when the run dies, however it dies); a second run says who holds it,
+or with `wait` queues behind it. The training subprocess dies with the pipeline.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -39,7 +44,9 @@ from rich.table import Table
 from components.spec import load_stack
 from workloads.local import churn
 from workloads.local import env as localenv
-from workloads.platform import PlatformDescriptor, load_descriptor
+from workloads.local.process import LockHeldError, die_with_parent, exclusive
+from workloads.platform import PlatformDescriptor
+from workloads.storage import CorruptStoreError, atomic_path, atomic_write
 
 FEATURE_GROUPS = ("customer-profile", "customer-activity")
 LAUNCHER_ENV = "MLINFRA_TRAIN_LAUNCHER"  # e.g. "torchrun --nproc-per-node 2"
@@ -66,17 +73,6 @@ class RunState(BaseModel):
     status: str | None = None
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write through a temporary name in the same folder, then rename: no partial files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class Pipeline:
     def __init__(
         self,
@@ -88,18 +84,17 @@ class Pipeline:
         seed: int,
         stacks_dir: str | Path,
         console: Console,
+        wait: bool = False,
     ):
         self.stack, self.state, self.stacks_dir = stack, state, stacks_dir
         self.rows, self.epochs, self.seed = rows, epochs, seed
-        self.console = console
+        self.console, self.wait = console, wait
         self.spec = load_stack(stack, stacks_dir)
         self.paths = localenv.StackPaths.of(stack, state)
-        if not self.paths.descriptor.is_file():
-            raise PipelineError(
-                f"stack {stack} is not up ({self.paths.descriptor} is missing): "
-                f"run `mlinfra up --stack {stack}` first"
-            )
-        self.descriptor: PlatformDescriptor = load_descriptor(self.paths.descriptor)
+        try:
+            self.descriptor: PlatformDescriptor = localenv.read_descriptor(self.paths)
+        except localenv.LocalEnvError as exc:
+            raise PipelineError(str(exc)) from None
         missing = [g for g in FEATURE_GROUPS if g not in self.descriptor.feature_store.groups]
         if missing:
             raise PipelineError(
@@ -119,9 +114,30 @@ class Pipeline:
 
     # --- run state ---------------------------------------------------------------------------
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One run per stack at a time: a second one says who runs, or waits (`wait`)."""
+        hint = "; wait for it to finish, or run `mlinfra pipeline --wait` to queue behind it"
+        try:
+            with exclusive(
+                self.paths.pipeline / ".lock",
+                wait=self.wait,
+                what=f"the pipeline of stack {self.stack}",
+                hint=hint,
+            ):
+                yield
+        except LockHeldError as exc:
+            raise PipelineError(str(exc)) from None
+
     def load_or_start_run(self) -> RunState:
         if self.run_file.is_file():
-            run = RunState.model_validate_json(self.run_file.read_text())
+            try:
+                run = RunState.model_validate_json(self.run_file.read_bytes())
+            except ValidationError as exc:
+                raise CorruptStoreError(
+                    f"{self.run_file} is not a readable run record ({exc.errors()[0]['msg']}): "
+                    "delete it to start a new run (done steps are found again on disk)"
+                ) from None
             if (run.dataset, run.epochs) == (self.dataset, self.epochs):
                 self.console.print(
                     f"resuming run {run.run_id} (done: {', '.join(run.done) or 'nothing'})",
@@ -145,7 +161,7 @@ class Pipeline:
         return run
 
     def save(self, run: RunState) -> None:
-        _atomic_write(self.run_file, lambda p: p.write_text(run.model_dump_json(indent=2)))
+        atomic_write(self.run_file, run.model_dump_json(indent=2))
 
     def run_dir(self, run: RunState) -> Path:
         return self.paths.pipeline / "runs" / run.run_id
@@ -162,7 +178,7 @@ class Pipeline:
         data = churn.generate_churn(self.rows, seed=self.seed)
         for name, path in files.items():
             frame: pd.DataFrame = getattr(data, name)
-            _atomic_write(path, lambda p, f=frame: f.to_parquet(p, index=False))
+            atomic_write(path, lambda p, f=frame: f.to_parquet(p, index=False))
         return data
 
     def ingest(self, data: churn.ChurnData) -> dict[str, int]:
@@ -183,7 +199,7 @@ class Pipeline:
                 counts[group] = int(marker.read_text())
                 continue
             counts[group] = store.ingest(group, frame)
-            _atomic_write(marker, lambda p, n=counts[group]: p.write_text(str(n)))
+            atomic_write(marker, str(counts[group]))
         return counts
 
     def training_set(self, data: churn.ChurnData) -> tuple[Path, Path, int, int]:
@@ -205,7 +221,7 @@ class Pipeline:
             raise PipelineError(f"the training set lacks columns {missing}")
         train, validation = churn.time_split(joined)
         for frame, path in ((train, train_csv), (validation, validation_csv)):
-            _atomic_write(path, lambda p, f=frame: f[columns].to_csv(p, index=False))
+            atomic_write(path, lambda p, f=frame: f[columns].to_csv(p, index=False))
         return train_csv, validation_csv, len(train), len(validation)
 
     @staticmethod
@@ -241,7 +257,11 @@ class Pipeline:
         log_path = run_dir / "train.log"
         (run_dir / "failure").unlink(missing_ok=True)
         with open(log_path, "ab") as log:
-            code = subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # SIGTERM when the pipeline dies, however it dies (a SIGKILL too): the trainer
+            # checkpoints and stops, and the next run resumes from that checkpoint.
+            code = subprocess.call(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
+            )
         if code != 0:
             failure = run_dir / "failure"
             reason = failure.read_text().strip() if failure.is_file() else ""
@@ -258,21 +278,14 @@ class Pipeline:
         if not (target / "meta.json").is_file():
             for stale in target.parent.glob(f".{target.name}.*.tmp"):  # an interrupted copy
                 shutil.rmtree(stale, ignore_errors=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:6]}.tmp")
-            shutil.copytree(self.run_dir(run) / "model", tmp)
-            try:
-                os.rename(tmp, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_path(target) as tmp:
+                shutil.copytree(self.run_dir(run) / "model", tmp)
         return localenv.file_uri(target)
 
     def register(self, run: RunState) -> int:
-        """Register once: a version already made for this artifact is reused."""
+        """Register once: the registry gives an artifact one version (a rerun reuses it)."""
         registry = self.registry()
         assert run.model_uri is not None
-        for version in registry.list_versions(self.group):
-            if version.model_uri == run.model_uri:
-                return version.version
         version = registry.register(
             self.group,
             run.model_uri,
@@ -310,7 +323,7 @@ class Pipeline:
         truth = frame[churn.TARGET].tolist()
         features = frame[churn.FEATURES]
         # The same rows as a file for `mlinfra predict` (features only, as a client sends).
-        _atomic_write(self.sample_file, lambda p: features.to_csv(p, index=False))
+        atomic_write(self.sample_file, lambda p: features.to_csv(p, index=False))
         records = features.astype(object).where(features.notna(), None).to_dict("records")
         url = self.endpoint_url()
         response = httpx.post(f"{url}/invocations", json={"instances": records}, timeout=60)
@@ -320,7 +333,7 @@ class Pipeline:
         return records, response.json()["predictions"], truth
 
     def endpoint_url(self) -> str:
-        descriptor = load_descriptor(self.paths.descriptor)  # up may have moved the port
+        descriptor = localenv.read_descriptor(self.paths)  # up may have moved the port
         return descriptor.endpoints[self.endpoint.name].url or ""
 
     # --- backends ----------------------------------------------------------------------------
@@ -338,6 +351,10 @@ class Pipeline:
     # --- the whole run -----------------------------------------------------------------------
 
     def run(self) -> RunState:
+        with self.exclusive():
+            return self._run()
+
+    def _run(self) -> RunState:
         run = self.load_or_start_run()
         say = self.console.print
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
@@ -449,6 +466,7 @@ def run_pipeline(
     seed: int = 0,
     stacks_dir: str | Path = "stacks",
     console: Console | None = None,
+    wait: bool = False,
 ) -> RunState:
     pipeline = Pipeline(
         stack,
@@ -458,5 +476,6 @@ def run_pipeline(
         seed=seed,
         stacks_dir=stacks_dir,
         console=console or Console(soft_wrap=True),
+        wait=wait,
     )
     return pipeline.run()

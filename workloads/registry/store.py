@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol, get_args
 from pydantic import BaseModel, ConfigDict
 
 from workloads.platform import ApprovalGate, ModelGroupRef, NotDeclaredError, PlatformDescriptor
-from workloads.storage import write_transaction
+from workloads.storage import SqliteDatabase
 
 Status = Literal["PendingManualApproval", "Approved", "Rejected"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -137,6 +137,7 @@ CREATE TABLE IF NOT EXISTS versions (
     description TEXT NOT NULL,
     PRIMARY KEY (group_name, version)
 );
+CREATE INDEX IF NOT EXISTS versions_by_artifact ON versions (group_name, model_uri);
 CREATE TABLE IF NOT EXISTS transitions (
     group_name TEXT NOT NULL,
     version    INTEGER NOT NULL,
@@ -148,22 +149,32 @@ CREATE TABLE IF NOT EXISTS transitions (
 
 
 class LocalModelRegistry(_Groups):
-    """The registry in `<root>/registry.db` (SQLite, WAL, one transaction per change)."""
+    """The registry in `<root>/registry.db` (SQLite, WAL, one transaction per change).
+
+    A `registry.db` that exists but cannot be read (truncated, malformed) is a
+    `CorruptStoreError` naming it, never an empty registry.
+    """
 
     def __init__(self, root: str | Path, groups: Mapping[str, ModelGroupRef]):
         super().__init__(groups)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "registry.db"
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
+        self.db = SqliteDatabase(
+            self.path,
+            _SCHEMA,
+            what="the model registry",
+            remedy=(
+                "restore it from a backup; to start an empty registry instead (its versions "
+                "are lost), move the file away and run `mlinfra up`"
+            ),
+            pragmas=("journal_mode=WAL", "synchronous=FULL"),
+        )
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE takes the write
         # lock up front, so two registrations cannot read the same max version).
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=FULL")
+        con = self.db.connect()
         con.row_factory = sqlite3.Row
         return con
 
@@ -188,12 +199,21 @@ class LocalModelRegistry(_Groups):
         image: str | None = None,
         description: str = "",
     ) -> ModelVersion:
+        """A new version for `model_uri`, or the one it already has: an artifact is
+        registered once per group (checked inside the write transaction, so two processes
+        registering one artifact at once get one version)."""
         physical = self.ref(group).name
         if not model_uri:
             raise RegistryError("model_uri is empty: register the artifact's location")
         clean = _clean_metrics(metrics)
         now = datetime.now(UTC).isoformat()
-        with write_transaction(self._connect) as con:
+        with self.db.write(self._connect) as con:
+            known = con.execute(
+                "SELECT MIN(version) FROM versions WHERE group_name = ? AND model_uri = ?",
+                (physical, model_uri),
+            ).fetchone()[0]
+            if known is not None:
+                return self._row(group, self._select(con, physical, known))
             (version,) = con.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE group_name = ?",
                 (physical,),
@@ -222,7 +242,7 @@ class LocalModelRegistry(_Groups):
         _check_version(version)
         if status not in STATUSES:
             raise RegistryError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-        with write_transaction(self._connect) as con:
+        with self.db.write(self._connect) as con:
             updated = con.execute(
                 "UPDATE versions SET status = ? WHERE group_name = ? AND version = ?",
                 (status, physical, version),
@@ -249,21 +269,24 @@ class LocalModelRegistry(_Groups):
         known = f"versions 1-{count}" if count else "no versions yet"
         return f"model group {group!r} has no version {version} ({known})"
 
+    @staticmethod
+    def _select(con: sqlite3.Connection, physical: str, version: int) -> sqlite3.Row | None:
+        return con.execute(
+            "SELECT * FROM versions WHERE group_name = ? AND version = ?", (physical, version)
+        ).fetchone()
+
     def get(self, group: str, version: int) -> ModelVersion:
         physical = self.ref(group).name
         _check_version(version)
-        with self._connect() as con:
-            row = con.execute(
-                "SELECT * FROM versions WHERE group_name = ? AND version = ?",
-                (physical, version),
-            ).fetchone()
+        with self.db.read(self._connect) as con:
+            row = self._select(con, physical, version)
             if row is None:
                 raise RegistryError(self._unknown(con, group, physical, version))
         return self._row(group, row)
 
     def list_versions(self, group: str) -> list[ModelVersion]:
         physical = self.ref(group).name
-        with self._connect() as con:
+        with self.db.read(self._connect) as con:
             rows = con.execute(
                 "SELECT * FROM versions WHERE group_name = ? ORDER BY version", (physical,)
             ).fetchall()
@@ -271,7 +294,7 @@ class LocalModelRegistry(_Groups):
 
     def latest_approved(self, group: str) -> ModelVersion | None:
         physical = self.ref(group).name
-        with self._connect() as con:
+        with self.db.read(self._connect) as con:
             row = con.execute(
                 "SELECT * FROM versions WHERE group_name = ? AND status = 'Approved' "
                 "ORDER BY version DESC LIMIT 1",

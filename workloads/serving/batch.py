@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workloads.storage import StorageError, atomic_path
 from workloads.training.artifact import load_model
 from workloads.training.data import DataError, data_files, local_channel, read_file
 from workloads.training.tasks.base import InputError
@@ -105,10 +105,8 @@ def write_output(chunks: Iterator[pd.DataFrame], output: Path) -> int:
     fmt = FORMATS.get(output.suffix.lower())
     if fmt is None:
         raise BatchError(f"{output}: unsupported output type (use .csv, .parquet or .jsonl)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
     rows = 0
-    try:
+    with atomic_path(output) as tmp:
         if fmt == "parquet":
             # One table at the end: chunks may infer different types for sparse columns.
             tables = [pa.Table.from_pandas(c, preserve_index=False) for c in chunks]
@@ -130,11 +128,6 @@ def write_output(chunks: Iterator[pd.DataFrame], output: Path) -> int:
                     rows += len(chunk)
             if rows == 0:
                 raise BatchError("no rows to score")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return rows
 
 
@@ -162,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         rows = score(args.input, args.output, args.model_dir, args.chunk_size)
-    except (BatchError, DataError, FileNotFoundError) as exc:
+    except (BatchError, DataError, FileNotFoundError, StorageError) as exc:
         print(f"batch: {exc}", file=sys.stderr)
         return 2
     print(f"batch: scored {rows} rows into {args.output}")
