@@ -439,3 +439,37 @@ def test_file_uri_channel(tmp_path):
     uri = (tmp_path / "wine.csv").as_uri()
     rc = main(train_args(tmp_path, uri, "--target", "target", "--hp", "epochs=2"), env={})
     assert rc == 0 and load_model(tmp_path / "model").task == "multiclass"
+
+
+def test_to_env_is_the_inverse_of_resolve(tmp_path):
+    argv = train_args(tmp_path, tmp_path / "train.csv", "--validation", "s3://b/val/")
+    argv += ["--model-uri", "s3://b/models/x", "--checkpoint-uri", "s3://b/ckpt/x"]
+    argv += ["--target", "y", "--hp", "hidden_sizes=[8, 4]", "--hp", "epochs=3"]
+    contract = resolve(argv, {})
+    again = resolve([], contract.to_env())
+    for field in ("train", "validation", "model_dir", "output_dir", "checkpoint_dir"):
+        assert getattr(again, field) == getattr(contract, field), field
+    assert again.failure_file == contract.failure_file
+    assert (again.model_uri, again.checkpoint_uri) == ("s3://b/models/x", "s3://b/ckpt/x")
+    assert again.hyperparameters.dump() == contract.hyperparameters.dump()
+    assert again.hyperparameters.values == {"target": "y", "hidden_sizes": [8, 4], "epochs": "3"}
+
+
+def test_a_rescheduled_run_resumes_from_the_mirrored_checkpoint(tmp_path, slow_data):
+    """A spot interruption moves the pod: its local checkpoint dir is gone, the mirror is not."""
+    mirror = (tmp_path / "mirror").as_uri()
+    extra = (*RESUMABLE, "--hp", "checkpoint_steps=20", "--checkpoint-uri", mirror)
+    proc = start_training(tmp_path, slow_data, *extra)
+    wait_for_checkpoint(tmp_path / "mirror", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    shutil.rmtree(tmp_path / "ckpt")  # the new node starts with an empty disk
+    mirrored = sorted((tmp_path / "mirror").glob("ckpt-*.pt"))
+    assert 1 <= len(mirrored) <= 2  # the store keeps the newest two there too
+
+    again = start_training(tmp_path, slow_data, *extra)
+    _, err = again.communicate(timeout=180)
+    assert again.returncode == 0, err[-3000:]
+    assert f"resumed from checkpoint at step {step_of(mirrored[-1])}" in err
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["resumed_from_step"] == step_of(mirrored[-1]) > 0

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from workloads.storage import atomic_write
+
 __all__ = ["FORMAT", "load_model", "publish_model", "save_artifact"]
 
 FORMAT = 2  # 1: tabular only, the problem type recorded as "task"
@@ -121,10 +123,8 @@ def _replace_files(tmp: Path, model_dir: Path) -> None:
     # Each file is renamed atomically; meta.json goes last, and load_model needs it,
     # so a reader sees either the old artifact or the complete new one's files.
     (model_dir / "meta.json").unlink(missing_ok=True)
-    for name in _files(tmp):
-        part = model_dir / f".{name}.part"  # copy, as the mount may be another filesystem
-        shutil.copyfile(tmp / name, part)
-        os.replace(part, model_dir / name)
+    for name in _files(tmp):  # copied: the mount may be another filesystem
+        atomic_write(model_dir / name, lambda p, n=name: shutil.copyfile(tmp / n, p))
 
 
 def publish_model(model_dir: str | Path, uri: str) -> str:

@@ -10,7 +10,6 @@ Only tensors and plain containers go in: they load with `weights_only=True`.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+
+from workloads.storage import atomic_write
 
 log = logging.getLogger("workloads.train")
 KEEP = 2
@@ -42,12 +43,8 @@ class CheckpointStore:
     def save(self, step: int, state: dict[str, Any]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"ckpt-{step:010d}.pt"
-        tmp = self.directory / f".{path.name}.tmp"
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)  # a reader sees the old file set or the complete new one
-        finally:
-            tmp.unlink(missing_ok=True)
+        # A reader sees the old file set or the complete new one.
+        atomic_write(path, lambda p: torch.save(state, p))
         old = self.paths()[: -self.keep]
         for stale in old:
             stale.unlink(missing_ok=True)
@@ -81,10 +78,7 @@ class CheckpointStore:
         try:
             if parsed.scheme == "file":
                 dest = Path(parsed.path)
-                dest.mkdir(parents=True, exist_ok=True)
-                part = dest / f".{path.name}.part"
-                shutil.copyfile(path, part)
-                os.replace(part, dest / path.name)
+                atomic_write(dest / path.name, lambda p: shutil.copyfile(path, p))
                 for name in removed:
                     (dest / name).unlink(missing_ok=True)
             else:
@@ -105,8 +99,9 @@ class CheckpointStore:
             names = sorted(p.name for p in source.glob("ckpt-*.pt")) if source.is_dir() else []
             for name in names[-self.keep :]:
                 if name not in local:
-                    shutil.copyfile(source / name, self.directory / f".{name}.tmp")
-                    os.replace(self.directory / f".{name}.tmp", self.directory / name)
+                    atomic_write(
+                        self.directory / name, lambda p, n=name: shutil.copyfile(source / n, p)
+                    )
             return
         client, bucket, prefix = _s3(parsed)
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -118,9 +113,10 @@ class CheckpointStore:
         )
         for name in names[-self.keep :]:
             if name not in local:
-                tmp = self.directory / f".{name}.tmp"
-                client.download_file(bucket, f"{prefix}{name}", str(tmp))
-                os.replace(tmp, self.directory / name)
+                key = f"{prefix}{name}"
+                atomic_write(
+                    self.directory / name, lambda p, k=key: client.download_file(bucket, k, str(p))
+                )
 
 
 def _s3(parsed) -> tuple[Any, str, str]:

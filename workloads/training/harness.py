@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from workloads.storage import StorageError, atomic_write
 from workloads.training import metric_line
 from workloads.training.artifact import publish_model, save_artifact
 from workloads.training.checkpoints import CheckpointStore
@@ -346,17 +347,11 @@ def write_outputs(run: Run, net: nn.Module, state: TrainState) -> dict[str, Any]
     }
     save_artifact(contract.model_dir, task, net, meta, metrics)
     contract.output_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(contract.output_dir / "metrics.json", json.dumps(report, indent=2))
+    atomic_write(contract.output_dir / "metrics.json", json.dumps(report, indent=2))
     plot_loss_curve(state.curve, contract.output_dir / "loss_curve.png")
     if contract.model_uri:
         publish_model(contract.model_dir, contract.model_uri)
     return report
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot_loss_curve(curve: list[dict], path: Path) -> None:
@@ -373,8 +368,10 @@ def plot_loss_curve(curve: list[dict], path: Path) -> None:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_failure(path: Path, message: str) -> None:
@@ -425,9 +422,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if ddp.enabled:
             torch.distributed.barrier()
         return 0
-    except (DataError, ContractError) as exc:
-        kind = "data error" if isinstance(exc, DataError) else "configuration error"
-        message = f"{kind}: {exc}"
+    except (DataError, ContractError, StorageError) as exc:
+        kinds = {DataError: "data error", ContractError: "configuration error"}
+        message = f"{kinds.get(type(exc), 'storage error')}: {exc}"
     except Exception as exc:
         traceback.print_exc()
         message = f"training failed: {type(exc).__name__}: {exc}"
