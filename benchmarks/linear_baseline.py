@@ -116,9 +116,10 @@ def main() -> None:
                 seconds.append(time.perf_counter() - started)
             b.append(score(name, linear(name, train), test))
         mean_a, mean_b = statistics.mean(a), statistics.mean(b)
+        spread_a, spread_b = statistics.pstdev(a), statistics.pstdev(b)
         print(
-            f"{name:<14} {mean_a:9.4f} {statistics.pstdev(a):6.4f} {mean_b:8.4f} "
-            f"{statistics.pstdev(b):6.4f} {mean_a - mean_b:+7.4f}  {statistics.median(seconds):.1f}",
+            f"{name:<14} {mean_a:9.4f} {spread_a:6.4f} {mean_b:8.4f} "
+            f"{spread_b:6.4f} {mean_a - mean_b:+7.4f}  {statistics.median(seconds):.1f}",
             flush=True,
         )
 
