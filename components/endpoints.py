@@ -1,12 +1,28 @@
 """Endpoints: the serving image behind a SageMaker real-time endpoint or a Kubernetes service.
 
-`kind: sagemaker` builds a Model, an EndpointConfiguration (with data capture into the logs
-bucket) and an Endpoint, an Application Auto Scaling target with a target-tracking policy on
-invocations per instance, and alarms on 5XX errors and latency. `kind: kubernetes` builds a
-Deployment on a named node pool, a ClusterIP Service and a HorizontalPodAutoscaler in the
-team namespace. Both run `<serve repository>:<imageTag>` and load the model the same way:
-a pinned model package version when `modelVersion` is set, otherwise the artifact the
-rollout step puts at `s3://<artifacts>/models/<model group>/current/model.tar.gz`.
+Who creates what, and who chooses the model version an endpoint serves:
+
+- **Pinned** (`modelVersion` set; required in prod): the stack owns the version. `pulumi up`
+  builds the Model from the model package version, the EndpointConfiguration (data capture
+  into the logs bucket), the Endpoint, its Application Auto Scaling target and policy; a
+  pull request that changes `modelVersion` changes what is served. Until that version is
+  registered and approved the endpoint *waits* (`components.readiness`): nothing that
+  references it is registered, the preview says what it waits for, and the first `up`
+  after the approval creates it.
+- **Unpinned** (non-prod): `mlinfra deploy` owns the version. For SageMaker the stack
+  creates what needs no model (the execution role, the alarm topic and the alarms, the
+  capture location, the security group) and exports the rest of the endpoint's definition
+  (instance type, scaling policy, capture settings) in the platform descriptor; the first
+  `mlinfra deploy` creates the Model, EndpointConfiguration, Endpoint and its scaling
+  target and policy, which are never Pulumi resources, so `pulumi up` and the drift check
+  never see them change. For Kubernetes the stack creates the Deployment at zero replicas
+  without a model; `mlinfra deploy` sets the pod template's model annotation and scales it
+  up, and the stack ignores both fields from then on.
+
+Alarms (5XX errors, latency) are always the stack's: CloudWatch needs no endpoint to exist
+for an alarm on its metrics. `kind: kubernetes` builds a Deployment on a named node pool, a
+ClusterIP Service and a HorizontalPodAutoscaler in the team namespace; its init container
+fetches the model package named by the pod's `mlinfra.io/model-package` annotation.
 """
 
 from __future__ import annotations
@@ -14,12 +30,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components.iam import assume_role_policy
+from components.readiness import AccountState, endpoint_readiness
 from components.registry import repository_name
 from components.spec import EndpointSpec, PlatformSpec
 
@@ -29,14 +47,21 @@ SERVE_PORT = 8080  # the SageMaker hosting contract
 POOL_LABEL = "mlinfra.io/pool"
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_DIR = "/opt/ml/model"
+# The pod-template annotation naming the model package a Kubernetes endpoint serves: set by
+# the stack for a pinned endpoint, by `mlinfra deploy` otherwise (a change rolls the pods).
+MODEL_ANNOTATION = "mlinfra.io/model-package"
 # A non-root user the serving image runs as (any UID works: the root filesystem is read-only).
 RUN_AS_USER = 1000  # the `mlinfra` user of docker/serve.Dockerfile
 HPA_CPU_UTILIZATION = 70
 SCALE_IN_COOLDOWN_S = 300  # scale in slowly: a cold instance takes minutes to serve
 SCALE_OUT_COOLDOWN_S = 60
+SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 ERRORS_PERIOD_S = 300  # `max5xxErrors` counts 5XX responses per 5 minutes
 LATENCY_PERIOD_S = 60
 LATENCY_STATISTIC = "p90"
+CAPTURE_JSON_TYPES = ["application/json"]
+CAPTURE_CSV_TYPES = ["text/csv"]
 
 # SageMaker refuses a KMS key on endpoint configs whose instances have local NVMe storage
 # (it is always encrypted by the hardware): g4dn, g5, g6, p4d, p5, trn1 and the "d" types.
@@ -46,27 +71,23 @@ _INSTANCE_STORE_RE = re.compile(r"^[a-z]+[0-9]+[a-z]*d[a-z]*$")
 # The init container that puts the model into MODEL_DIR on Kubernetes, as SageMaker does
 # before it starts the serving container. Runs in the serving image (Python and boto3).
 FETCH_MODEL = """\
-import os, tarfile, tempfile
+import os, sys, tarfile, tempfile
 from urllib.parse import urlparse
 import boto3
-url = os.environ.get("MODEL_DATA_URL")
-if os.environ.get("MODEL_PACKAGE_ARN"):
-    pkg = boto3.client("sagemaker").describe_model_package(
-        ModelPackageName=os.environ["MODEL_PACKAGE_ARN"])
-    url = pkg["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+arn = os.environ.get("MODEL_PACKAGE_ARN")
+if not arn:
+    sys.exit("no model deployed: the pod's mlinfra.io/model-package annotation is empty; "
+             "run `mlinfra deploy` (or pin modelVersion in the stack config)")
+pkg = boto3.client("sagemaker").describe_model_package(ModelPackageName=arn)
+url = pkg["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
 src = urlparse(url)
 with tempfile.TemporaryFile() as f:
     boto3.client("s3").download_fileobj(src.netloc, src.path.lstrip("/"), f)
     f.seek(0)
     with tarfile.open(fileobj=f) as tar:
         tar.extractall(os.environ["MODEL_DIR"], filter="data")
-print("model from", url, "in", os.environ["MODEL_DIR"])
+print("model", arn, "from", url, "in", os.environ["MODEL_DIR"])
 """
-
-
-def current_model_key(model_group: str) -> str:
-    """Where the rollout step puts the approved model of a group in the artifacts bucket."""
-    return f"models/{model_group}/current/model.tar.gz"
 
 
 def data_capture_uri(logs_bucket: str, endpoint_name: str) -> str:
@@ -88,6 +109,24 @@ def model_package_arn(
     )
 
 
+def model_annotation_path() -> str:
+    """The Deployment's model annotation as a Pulumi property path (for ignoreChanges)."""
+    return f'spec.template.metadata.annotations["{MODEL_ANNOTATION}"]'
+
+
+def alarm_names(physical: str) -> list[str]:
+    """The CloudWatch alarms the stack keeps on a SageMaker endpoint."""
+    return [f"{physical}-5xx-errors", f"{physical}-model-latency"]
+
+
+def scaling_policy_name(physical: str) -> str:
+    return f"{physical}-invocations-per-instance"
+
+
+def scaling_resource_id(endpoint_name: str) -> str:
+    return f"endpoint/{endpoint_name}/variant/{VARIANT}"
+
+
 @dataclass
 class EndpointsArgs:
     spec: PlatformSpec
@@ -96,8 +135,11 @@ class EndpointsArgs:
     logs_bucket: pulumi.Input[str]
     kms_key_arn: pulumi.Input[str]
     subnet_ids: pulumi.Input[list[str]]
+    # The SageMaker endpoints' own group: 443 to S3 (its prefix list) and inside the VPC.
     security_group_id: pulumi.Input[str]
     model_group_names: dict[str, pulumi.Input[str]]  # spec model group -> physical name
+    # Asked whether pinned versions and images exist yet (components.readiness).
+    account: AccountState
     k8s_provider: k8s.Provider | None = None
     namespace: pulumi.Input[str] | None = None
     # The team's IRSA service account, so Kubernetes endpoints can fetch their model.
@@ -109,6 +151,10 @@ class Endpoints(pulumi.ComponentResource):
 
     endpoint_names: dict[str, pulumi.Output[str]]
     endpoint_urls: dict[str, pulumi.Output[str] | None]
+    # Per endpoint, its `workloads.platform.EndpointRef` (values may be Outputs): what
+    # `mlinfra deploy` needs to create, update or scale it.
+    refs: dict[str, dict[str, Any]]
+    waiting: dict[str, str]  # endpoint -> what it waits for (pinned, not yet created)
 
     def __init__(self, name: str, args: EndpointsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlinfra:endpoints:Endpoints", name, None, opts)
@@ -119,22 +165,49 @@ class Endpoints(pulumi.ComponentResource):
         self._partition = aws.get_partition_output(opts=invoke).partition
         self._account = aws.get_caller_identity_output(opts=invoke).account_id
         self._image = pulumi.Output.concat(args.serve_repository_url, ":")
+        # Decided before anything is registered: a version that must not be served fails here.
+        self._readiness = {
+            ep.name: endpoint_readiness(spec, i, ep, args.account)
+            for i, ep in enumerate(spec.endpoints)
+            if ep.model_version is not None
+        }
 
         sagemaker = [ep for ep in spec.endpoints if ep.kind == "sagemaker"]
         self._role = self._execution_role(name, sagemaker) if sagemaker else None
         self._alarm_topic = self._alarm_topic_for(name) if sagemaker else None
 
-        self.endpoint_names = {}
-        self.endpoint_urls = {}
+        self.endpoint_names, self.endpoint_urls, self.refs, self.waiting = {}, {}, {}, {}
         for ep in spec.endpoints:
-            if ep.kind == "sagemaker":
-                self.endpoint_names[ep.name] = self._sagemaker(ep)
-                self.endpoint_urls[ep.name] = None
-            else:
-                self.endpoint_names[ep.name], self.endpoint_urls[ep.name] = self._kubernetes(ep)
+            physical = f"{spec.prefix}-{ep.name}"
+            readiness = self._readiness.get(ep.name)
+            if readiness is not None and not readiness.ready:
+                self.waiting[ep.name] = readiness.waiting_for or ""
+                pulumi.log.warn(
+                    f"endpoint {physical} waits for {readiness.waiting_for}: nothing that "
+                    "serves it is created now; the first `pulumi up` after that creates it",
+                    resource=self,
+                )
+            elif ep.model_version is None:
+                pulumi.log.info(
+                    f"endpoint {physical} has no pinned modelVersion: `mlinfra deploy` "
+                    + (
+                        "creates it"
+                        if ep.kind == "sagemaker"
+                        else "sets its model and scales it up from zero"
+                    ),
+                    resource=self,
+                )
+            ref = self._sagemaker(ep) if ep.kind == "sagemaker" else self._kubernetes(ep)
+            self.refs[ep.name] = ref
+            self.endpoint_names[ep.name] = ref["name"]
+            self.endpoint_urls[ep.name] = ref["url"]
 
         self.register_outputs(
-            {"endpoint_names": self.endpoint_names, "endpoint_urls": self.endpoint_urls}
+            {
+                "endpoint_names": self.endpoint_names,
+                "endpoint_urls": self.endpoint_urls,
+                "waiting": self.waiting,
+            }
         )
 
     # --- shared ---------------------------------------------------------------------------
@@ -146,13 +219,41 @@ class Endpoints(pulumi.ComponentResource):
             lambda a: model_package_arn(a[0], self._args.spec.region, a[1], a[2], ep.model_version)
         )
 
-    def _model_data_url(self, ep: EndpointSpec) -> pulumi.Output[str]:
-        return pulumi.Output.concat(
-            "s3://", self._args.artifacts_bucket, "/", current_model_key(ep.model_group)
-        )
+    def _stack_creates(self, ep: EndpointSpec) -> bool:
+        """Whether the stack creates what serves the model now (pinned and not waiting)."""
+        readiness = self._readiness.get(ep.name)
+        return readiness is not None and readiness.ready
+
+    def _ref(self, ep: EndpointSpec, name: Any, url: Any, created_by: str) -> dict[str, Any]:
+        """The descriptor fields every kind shares."""
+        return {
+            "name": name,
+            "kind": ep.kind,
+            "model_group": ep.model_group,
+            "url": url,
+            "model_version": ep.model_version,
+            "version_owner": "deploy" if ep.model_version is None else "stack",
+            "created_by": created_by,
+            "waiting_for": self.waiting.get(ep.name),
+            "scaling": {
+                "min_instances": ep.min_instances,
+                "max_instances": ep.max_instances,
+                "target_invocations_per_instance": (
+                    ep.target_invocations_per_instance if ep.kind == "sagemaker" else None
+                ),
+                "policy_name": (
+                    scaling_policy_name(f"{self._args.spec.prefix}-{ep.name}")
+                    if ep.kind == "sagemaker"
+                    else None
+                ),
+                "scale_in_cooldown_s": SCALE_IN_COOLDOWN_S if ep.kind == "sagemaker" else None,
+                "scale_out_cooldown_s": SCALE_OUT_COOLDOWN_S if ep.kind == "sagemaker" else None,
+            },
+            "sagemaker": None,
+            "kubernetes": None,
+        }
 
     # --- SageMaker ------------------------------------------------------------------------
-
     def _alarm_topic_for(self, name: str) -> aws.sns.Topic:
         """Where endpoint alarms go: an encrypted topic mailing the team's alert recipients.
 
@@ -227,29 +328,73 @@ class Endpoints(pulumi.ComponentResource):
         )
         return role
 
-    def _sagemaker(self, ep: EndpointSpec) -> pulumi.Output[str]:
+    def _capture(self, ep: EndpointSpec, physical: str) -> dict[str, Any] | None:
+        """Data capture settings (the descriptor's shape): where, how much, with which key."""
+        if not ep.data_capture.enabled:
+            return None
+        return {
+            "destination": pulumi.Output.from_input(self._args.logs_bucket).apply(
+                lambda b: data_capture_uri(b, physical)
+            ),
+            "sampling_percent": ep.data_capture.sampling_percent,
+            "kms_key_arn": self._args.kms_key_arn,
+            "json_content_types": CAPTURE_JSON_TYPES,
+            "csv_content_types": CAPTURE_CSV_TYPES,
+        }
+
+    def _sagemaker(self, ep: EndpointSpec) -> dict[str, Any]:
         spec, args = self._args.spec, self._args
         child = pulumi.ResourceOptions(parent=self)
         physical = f"{spec.prefix}-{ep.name}"
-        assert self._role is not None
+        assert self._role is not None and self._alarm_topic is not None
+        capture = self._capture(ep, physical)
+        volume_key = None if has_instance_storage(ep.instance_type) else args.kms_key_arn
 
-        if ep.model_version is not None:
-            # The package carries its image and artifact, as registered and approved.
-            container = aws.sagemaker.ModelPrimaryContainerArgs(
-                model_package_name=self._package_arn(ep)
-            )
-        else:
-            container = aws.sagemaker.ModelPrimaryContainerArgs(
-                image=pulumi.Output.concat(self._image, ep.image_tag),
-                model_data_url=self._model_data_url(ep),
-                mode="SingleModel",
-            )
+        # Alarms need no endpoint: CloudWatch watches the metric names until they appear.
+        self._alarms(ep, physical)
+        created_by = "deploy" if ep.model_version is None else "stack"
+        if self._stack_creates(ep):
+            self._stack_endpoint(ep, physical, capture, volume_key, child)
+        ref = self._ref(ep, pulumi.Output.from_input(physical), None, created_by)
+        ref["sagemaker"] = {
+            "role_arn": self._role.arn,
+            "variant": VARIANT,
+            "instance_type": ep.instance_type,
+            "image": pulumi.Output.concat(self._image, ep.image_tag),
+            "subnets": args.subnet_ids,
+            "security_groups": [args.security_group_id],
+            "network_isolation": True,
+            "volume_kms_key_arn": volume_key,
+            "data_capture": capture,
+            "scaling_resource_id": scaling_resource_id(physical),
+            "scalable_dimension": SCALABLE_DIMENSION,
+            "scaling_metric": SCALING_METRIC,
+            "alarms": alarm_names(physical),
+            "alarm_topic_arn": self._alarm_topic.arn,
+            "tags": dict(spec.tags),
+        }
+        return ref
+
+    def _stack_endpoint(
+        self,
+        ep: EndpointSpec,
+        physical: str,
+        capture: dict[str, Any] | None,
+        volume_key: Any,
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """Model, configuration, endpoint and scaling of a pinned endpoint whose version is
+        approved: the package carries its image and artifact, as registered and approved."""
+        spec, args = self._args.spec, self._args
+        assert self._role is not None
         # Model and config are immutable in SageMaker: no fixed name, so a change creates a
         # new one (autonamed from the logical name) before the endpoint switches over to it.
         model = aws.sagemaker.Model(
             physical,
             execution_role_arn=self._role.arn,
-            primary_container=container,
+            primary_container=aws.sagemaker.ModelPrimaryContainerArgs(
+                model_package_name=self._package_arn(ep)
+            ),
             vpc_config=aws.sagemaker.ModelVpcConfigArgs(
                 subnets=args.subnet_ids, security_group_ids=[args.security_group_id]
             ),
@@ -258,16 +403,13 @@ class Endpoints(pulumi.ComponentResource):
             tags=spec.tags,
             opts=child,
         )
-
-        capture = None
-        if ep.data_capture.enabled:
-            capture = aws.sagemaker.EndpointConfigurationDataCaptureConfigArgs(
+        capture_args = None
+        if capture is not None:
+            capture_args = aws.sagemaker.EndpointConfigurationDataCaptureConfigArgs(
                 enable_capture=True,
-                initial_sampling_percentage=ep.data_capture.sampling_percent,
-                destination_s3_uri=pulumi.Output.from_input(args.logs_bucket).apply(
-                    lambda b: data_capture_uri(b, physical)
-                ),
-                kms_key_id=args.kms_key_arn,
+                initial_sampling_percentage=capture["sampling_percent"],
+                destination_s3_uri=capture["destination"],
+                kms_key_id=capture["kms_key_arn"],
                 capture_options=[
                     aws.sagemaker.EndpointConfigurationDataCaptureConfigCaptureOptionArgs(
                         capture_mode=mode
@@ -275,7 +417,8 @@ class Endpoints(pulumi.ComponentResource):
                     for mode in ("Input", "Output")
                 ],
                 capture_content_type_header=aws.sagemaker.EndpointConfigurationDataCaptureConfigCaptureContentTypeHeaderArgs(
-                    json_content_types=["application/json"], csv_content_types=["text/csv"]
+                    json_content_types=capture["json_content_types"],
+                    csv_content_types=capture["csv_content_types"],
                 ),
             )
         config = aws.sagemaker.EndpointConfiguration(
@@ -288,8 +431,8 @@ class Endpoints(pulumi.ComponentResource):
                     initial_instance_count=ep.min_instances,
                 )
             ],
-            kms_key_arn=None if has_instance_storage(ep.instance_type) else args.kms_key_arn,
-            data_capture_config=capture,
+            kms_key_arn=volume_key,
+            data_capture_config=capture_args,
             tags=spec.tags,
             opts=child,
         )
@@ -300,12 +443,11 @@ class Endpoints(pulumi.ComponentResource):
             tags=spec.tags,
             opts=child,
         )
-
         target = aws.appautoscaling.Target(
             f"{physical}-scaling",
             service_namespace="sagemaker",
-            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
-            resource_id=endpoint.name.apply(lambda n: f"endpoint/{n}/variant/{VARIANT}"),
+            scalable_dimension=SCALABLE_DIMENSION,
+            resource_id=endpoint.name.apply(scaling_resource_id),
             min_capacity=ep.min_instances,
             max_capacity=ep.max_instances,
             tags=spec.tags,
@@ -313,7 +455,7 @@ class Endpoints(pulumi.ComponentResource):
         )
         aws.appautoscaling.Policy(
             f"{physical}-invocations",
-            name=f"{physical}-invocations-per-instance",
+            name=scaling_policy_name(physical),
             policy_type="TargetTrackingScaling",
             service_namespace=target.service_namespace,
             scalable_dimension=target.scalable_dimension,
@@ -321,7 +463,7 @@ class Endpoints(pulumi.ComponentResource):
             target_tracking_scaling_policy_configuration=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgs(
                 target_value=float(ep.target_invocations_per_instance),
                 predefined_metric_specification=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
-                    predefined_metric_type="SageMakerVariantInvocationsPerInstance"
+                    predefined_metric_type=SCALING_METRIC
                 ),
                 scale_in_cooldown=SCALE_IN_COOLDOWN_S,
                 scale_out_cooldown=SCALE_OUT_COOLDOWN_S,
@@ -329,10 +471,14 @@ class Endpoints(pulumi.ComponentResource):
             opts=child,
         )
 
-        dimensions = {"EndpointName": endpoint.name, "VariantName": VARIANT}
+    def _alarms(self, ep: EndpointSpec, physical: str) -> None:
+        spec, child = self._args.spec, pulumi.ResourceOptions(parent=self)
+        assert self._alarm_topic is not None
+        dimensions = {"EndpointName": physical, "VariantName": VARIANT}
+        errors_name, latency_name = alarm_names(physical)
         aws.cloudwatch.MetricAlarm(
             f"{physical}-5xx",
-            name=f"{physical}-5xx-errors",
+            name=errors_name,
             alarm_description=(
                 f"More than {ep.max_5xx_errors} 5XX responses from {physical} in 5 minutes"
             ),
@@ -344,7 +490,7 @@ class Endpoints(pulumi.ComponentResource):
             evaluation_periods=1,
             threshold=float(ep.max_5xx_errors),
             comparison_operator="GreaterThanThreshold",
-            treat_missing_data="notBreaching",  # no traffic is no error
+            treat_missing_data="notBreaching",  # no traffic (or no endpoint yet) is no error
             alarm_actions=[self._alarm_topic.arn],
             ok_actions=[self._alarm_topic.arn],
             tags=spec.tags,
@@ -352,7 +498,7 @@ class Endpoints(pulumi.ComponentResource):
         )
         aws.cloudwatch.MetricAlarm(
             f"{physical}-latency",
-            name=f"{physical}-model-latency",
+            name=latency_name,
             alarm_description=(
                 f"{LATENCY_STATISTIC} model latency of {physical} above {ep.latency_alarm_ms} ms"
             ),
@@ -372,11 +518,10 @@ class Endpoints(pulumi.ComponentResource):
             tags=spec.tags,
             opts=child,
         )
-        return endpoint.name
 
     # --- Kubernetes -----------------------------------------------------------------------
 
-    def _kubernetes(self, ep: EndpointSpec) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+    def _kubernetes(self, ep: EndpointSpec) -> dict[str, Any]:
         spec, args = self._args.spec, self._args
         opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
         physical = f"{spec.prefix}-{ep.name}"
@@ -387,11 +532,14 @@ class Endpoints(pulumi.ComponentResource):
         model_env = [
             {"name": "MODEL_DIR", "value": MODEL_DIR},
             {"name": "AWS_REGION", "value": spec.region},
+            {
+                # Empty until a model is deployed (the init container then says so).
+                "name": "MODEL_PACKAGE_ARN",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{MODEL_ANNOTATION}']"}
+                },
+            },
         ]
-        if ep.model_version is not None:
-            model_env.append({"name": "MODEL_PACKAGE_ARN", "value": self._package_arn(ep)})
-        else:
-            model_env.append({"name": "MODEL_DATA_URL", "value": self._model_data_url(ep)})
 
         resources = {
             "requests": {"cpu": ep.cpu, "memory": ep.memory},
@@ -464,6 +612,35 @@ class Endpoints(pulumi.ComponentResource):
             pod_spec["serviceAccountName"] = args.service_account
 
         metadata = {"name": physical, "namespace": args.namespace, "labels": labels}
+        template_annotations: dict[str, Any] = {}
+        deployment_spec: dict[str, Any] = {
+            "selector": {"matchLabels": selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+        }
+        ignore: list[str] = []
+        if ep.model_version is not None:
+            # The stack serves the pinned version. Ready: no `replicas`, the HPA owns the
+            # count. Waiting: zero replicas, so no pod pulls an image or fetches a model
+            # that is not there yet (and Pulumi has no rollout to wait for).
+            template_annotations[MODEL_ANNOTATION] = self._package_arn(ep)
+            if not self._stack_creates(ep):
+                deployment_spec["replicas"] = 0
+        else:
+            # `mlinfra deploy` sets the model annotation and scales up from zero; the HPA
+            # keeps the count after that (it does not scale a Deployment at zero). The stack
+            # never sets either field again, so `up` and the drift check leave them alone.
+            deployment_spec["replicas"] = 0
+            ignore = ["spec.replicas", model_annotation_path()]
+        deployment_spec["template"] = {
+            "metadata": {
+                "labels": labels,
+                **({"annotations": template_annotations} if template_annotations else {}),
+            },
+            "spec": pod_spec,
+        }
         deployment = k8s.apps.v1.Deployment(
             physical,
             metadata={
@@ -471,16 +648,8 @@ class Endpoints(pulumi.ComponentResource):
                 # GPU pools scale from zero: the first rollout waits for a node.
                 "annotations": {"pulumi.com/timeoutSeconds": "1200"},
             },
-            spec={
-                # No `replicas`: the HorizontalPodAutoscaler owns the count.
-                "selector": {"matchLabels": selector},
-                "strategy": {
-                    "type": "RollingUpdate",
-                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-                },
-                "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-            },
-            opts=opts,
+            spec=deployment_spec,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=ignore)),
         )
         service = k8s.core.v1.Service(
             physical,
@@ -492,7 +661,7 @@ class Endpoints(pulumi.ComponentResource):
             },
             opts=opts,
         )
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+        hpa = k8s.autoscaling.v2.HorizontalPodAutoscaler(
             physical,
             metadata=metadata,
             spec={
@@ -521,7 +690,15 @@ class Endpoints(pulumi.ComponentResource):
         url = pulumi.Output.concat(
             "http://", service.metadata.name, ".", service.metadata.namespace, ".svc.cluster.local"
         )
-        return deployment.metadata.name, url
+        ref = self._ref(ep, deployment.metadata.name, url, "stack")
+        ref["kubernetes"] = {
+            "namespace": args.namespace,
+            "deployment": deployment.metadata.name,
+            "service": service.metadata.name,
+            "autoscaler": hpa.metadata.name,
+            "model_annotation": MODEL_ANNOTATION,
+        }
+        return ref
 
 
 def _check(spec: PlatformSpec, args: EndpointsArgs) -> None:

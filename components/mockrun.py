@@ -10,6 +10,11 @@ what the program registered:
         print(node_group.name, node_group.inputs["scalingConfig"])
     rendered.outputs["platform"]  # the resolved stack outputs
 
+What the program looks up in the account is answered by fakes: `account` (a
+`components.readiness.FakeAccount`; by default every pinned model version is approved and
+every image pushed, the steady state; `FakeAccount.empty()` is a first `up`) and
+`existing_vpc` (what an existing VPC given by `network.vpcId` looks like).
+
 Inputs are plain Python values keyed as on the wire (camelCase, like the engine sees
 them). Each resource also carries the options that matter for review: its parent, the
 explicit provider, `protect` and `retain_on_delete`. Nothing here talks to AWS,
@@ -40,6 +45,9 @@ from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mo
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from components import readiness
+from components.readiness import AccountState, FakeAccount
+
 PROJECT = "mlinfra"
 ACCOUNT_ID = "123456789012"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +68,7 @@ class RenderedResource:
     provider: str | None  # explicit provider reference "urn::id", None for the default
     protect: bool
     retain_on_delete: bool
+    ignore_changes: tuple[str, ...] = ()  # property paths `pulumi up` leaves as they are
 
 
 @dataclass
@@ -180,6 +189,22 @@ def _short_hash(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:17]
 
 
+@dataclass(frozen=True)
+class ExistingVpc:
+    """How the mocks describe a VPC given by `network.vpcId` (a fit one by default: two
+    CIDR blocks, DNS on, every route table routing S3's prefix list)."""
+
+    cidrs: tuple[str, ...] = ("10.0.0.0/16", "100.64.0.0/16")
+    dns_hostnames: bool = True
+    dns_support: bool = True
+    unrouted_subnets: tuple[str, ...] = ()  # subnets whose route table has no S3 route
+
+
+def s3_prefix_list_id(region: str) -> str:
+    """The id the mocks give the region's S3 prefix list."""
+    return f"pl-{_short_hash('s3', region)[:8]}"
+
+
 class PlatformMocks(Mocks):
     """Answers provider calls and resource registrations the way AWS would, roughly.
 
@@ -187,8 +212,9 @@ class PlatformMocks(Mocks):
     (ids, ARNs, names, endpoints, the EKS OIDC issuer, ECR URLs), so every Output resolves.
     """
 
-    def __init__(self, region: str):
+    def __init__(self, region: str, existing_vpc: ExistingVpc | None = None):
         self.region = region
+        self.vpc = existing_vpc or ExistingVpc()
 
     def call(self, args: MockCallArgs) -> dict:  # type: ignore[override]
         token = args.token
@@ -207,12 +233,37 @@ class PlatformMocks(Mocks):
         if token == "aws:ec2/getVpc:getVpc":
             return {
                 "id": args.args["id"],
-                "cidrBlock": "10.0.0.0/16",
+                "cidrBlock": self.vpc.cidrs[0],
+                "cidrBlockAssociations": [
+                    {"associationId": f"vpc-cidr-assoc-{i}", "cidrBlock": c, "state": "associated"}
+                    for i, c in enumerate(self.vpc.cidrs)
+                ],
+                "enableDnsHostnames": self.vpc.dns_hostnames,
+                "enableDnsSupport": self.vpc.dns_support,
                 "arn": f"arn:aws:ec2:{self.region}:{ACCOUNT_ID}:vpc/{args.args['id']}",
             }
+        if token == "aws:ec2/getManagedPrefixList:getManagedPrefixList":
+            name = args.args.get("name", "")
+            if name != f"com.amazonaws.{self.region}.s3":
+                raise NotImplementedError(f"no mock for the prefix list {name!r}")
+            return {"id": s3_prefix_list_id(self.region), "name": name, "entries": []}
+        if token == "aws:ec2/getRouteTables:getRouteTables":
+            return {"ids": self._route_tables(args.args), "id": self.region}
         if token == "aws:index/getRegion:getRegion":
             return {"name": self.region, "region": self.region, "id": self.region}
         raise NotImplementedError(f"no mock for the provider function {token}")
+
+    def _route_tables(self, args: dict[str, Any]) -> list[str]:
+        """Explicitly associated tables: `rtb-s3` routes S3's prefix list, `rtb-local` not."""
+        [query] = args.get("filters") or [{}]
+        name, values = query.get("name"), query.get("values") or []
+        if name == "route.destination-prefix-list-id":
+            return ["rtb-s3"] if values == [s3_prefix_list_id(self.region)] else []
+        if name == "association.main":
+            return ["rtb-main-local"]
+        if name == "association.subnet-id":
+            return ["rtb-local" if values[0] in self.vpc.unrouted_subnets else "rtb-s3"]
+        raise NotImplementedError(f"no mock for route tables by {name!r}")
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict]:
         state = dict(args.inputs)
@@ -337,6 +388,8 @@ def render_stack(
     config: dict[str, str] | None = None,
     program: str | Path | None = None,
     raise_errors: bool = True,
+    account: AccountState | None = None,
+    existing_vpc: ExistingVpc | None = None,
 ) -> Rendered:
     """Run the program for `stack` under mocks and return what it registered.
 
@@ -358,7 +411,7 @@ def render_stack(
     logger.setLevel(logging.DEBUG)
 
     pulumi.runtime.settings.reset_options(project=PROJECT, stack=stack, preview=False)
-    monitor = _RecordingMonitor(PlatformMocks(region))
+    monitor = _RecordingMonitor(PlatformMocks(region, existing_vpc))
     pulumi.runtime.set_mocks(
         monitor.mocks, project=PROJECT, stack=stack, preview=False, logger=logger, monitor=monitor
     )
@@ -371,7 +424,10 @@ def render_stack(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            _sync_await(run_pulumi_func(lambda: runpy.run_path(str(program), run_name="__main__")))
+            with readiness.use(account or FakeAccount.ready()):
+                _sync_await(
+                    run_pulumi_func(lambda: runpy.run_path(str(program), run_name="__main__"))
+                )
             root = pulumi.runtime.settings.get_root_resource()
             for key, value in (getattr(root, "outputs", None) or {}).items():
                 outputs[key] = _sync_await(pulumi.Output.from_input(value).future())
@@ -394,6 +450,7 @@ def render_stack(
                 provider=request.provider or None,
                 protect=bool(request.protect),
                 retain_on_delete=bool(request.retainOnDelete),
+                ignore_changes=tuple(request.ignoreChanges),
             )
         )
     rendered = Rendered(

@@ -3,14 +3,23 @@
 A new VPC gets one private subnet per zone (nodes, endpoints) and one small public subnet
 per zone (NAT only), NAT gateways (one, or one per zone for prod), a gateway endpoint for
 S3 and interface endpoints for ECR, STS and SageMaker, so image pulls, data reads and
-model calls stay off the internet. With `network.vpcId` only the security group for the
-endpoints is created; the VPC's owners keep its routing and endpoints.
+model calls stay off the internet. With `network.vpcId` only the security groups are
+created; the VPC's owners keep its routing and endpoints, and the program checks, before
+it registers anything, what the endpoints rely on: DNS hostnames and support, and a route
+to S3's prefix list (a gateway endpoint) from every private subnet.
+
+SageMaker endpoints get a security group of their own: with network isolation SageMaker
+downloads the model and uploads captured data through the endpoint's network interfaces,
+and the S3 gateway endpoint routes to S3's public prefix list, not to the VPC's CIDR. So
+the group allows 443 out to the S3 prefix list (`com.amazonaws.<region>.s3`) and to every
+CIDR block of the VPC (the interface endpoints), and nothing in.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -33,10 +42,17 @@ def subnet_cidrs(cidr: str, zones: int) -> tuple[list[str], list[str]]:
     return [str(p) for p in parts[:zones]], [str(p) for p in public[:zones]]
 
 
+def s3_prefix_list_name(region: str) -> str:
+    """The AWS-managed prefix list that an S3 gateway endpoint routes to."""
+    return f"com.amazonaws.{region}.s3"
+
+
 class Network(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     private_subnet_ids: pulumi.Output[list[str]]
-    endpoint_security_group_id: pulumi.Output[str]
+    endpoint_security_group_id: pulumi.Output[str]  # VPC interface endpoints
+    sagemaker_security_group_id: pulumi.Output[str]  # SageMaker endpoints' interfaces
+    vpc_cidrs: list[str]
 
     def __init__(
         self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
@@ -46,22 +62,66 @@ class Network(pulumi.ComponentResource):
         self._spec, self._name = spec, name
         self._child = pulumi.ResourceOptions(parent=self)
         net = spec.network
+        self._s3_prefix_list = aws.ec2.get_managed_prefix_list_output(
+            name=s3_prefix_list_name(spec.region), opts=pulumi.InvokeOutputOptions(parent=self)
+        ).id
         if net.vpc_id is not None:
+            self.vpc_cidrs = self._check_existing_vpc(net.vpc_id, net.private_subnet_ids)
             self.vpc_id = pulumi.Output.from_input(net.vpc_id)
             self.private_subnet_ids = pulumi.Output.from_input(list(net.private_subnet_ids))
-            vpc_cidr = aws.ec2.get_vpc_output(
-                id=net.vpc_id, opts=pulumi.InvokeOutputOptions(parent=self)
-            ).cidr_block
-            self.endpoint_security_group_id = self._security_group(self.vpc_id, vpc_cidr).id
+            self.endpoint_security_group_id = self._security_group(self.vpc_id).id
         else:
+            self.vpc_cidrs = [net.cidr]
             self._new_vpc()
+        self.sagemaker_security_group_id = self._sagemaker_security_group(self.vpc_id).id
         self.register_outputs(
             {
                 "vpc_id": self.vpc_id,
                 "private_subnet_ids": self.private_subnet_ids,
                 "endpoint_security_group_id": self.endpoint_security_group_id,
+                "sagemaker_security_group_id": self.sagemaker_security_group_id,
             }
         )
+
+    def _check_existing_vpc(self, vpc_id: str, subnet_ids: list[str]) -> list[str]:
+        """The CIDR blocks of an existing VPC, once it is fit for the endpoints; otherwise a
+        ValueError naming `network.vpcId` (or the subnets) and what is missing."""
+        invoke = pulumi.InvokeOptions(parent=self)
+        where = "mlinfra:network.vpcId"
+        vpc = aws.ec2.get_vpc(id=vpc_id, opts=invoke)
+        problems = []
+        if not vpc.enable_dns_support or not vpc.enable_dns_hostnames:
+            problems.append(
+                "DNS support and DNS hostnames must both be enabled (the interface endpoints' "
+                "private DNS names, and SageMaker in the VPC, need them)"
+            )
+        prefix_list = aws.ec2.get_managed_prefix_list(
+            name=s3_prefix_list_name(self._spec.region), opts=invoke
+        ).id
+
+        def tables(name: str, value: str) -> set[str]:
+            found = aws.ec2.get_route_tables(
+                vpc_id=vpc_id,
+                filters=[aws.ec2.GetRouteTablesFilterArgs(name=name, values=[value])],
+                opts=invoke,
+            )
+            return set(found.ids or [])
+
+        routed = tables("route.destination-prefix-list-id", prefix_list)
+        main = tables("association.main", "true")
+        unrouted = [
+            s for s in subnet_ids if not (tables("association.subnet-id", s) or main) & routed
+        ]
+        if unrouted:
+            problems.append(
+                f"subnets {', '.join(unrouted)} have no route to S3 ({prefix_list}, an S3 "
+                "gateway endpoint): SageMaker endpoints could not fetch models or write "
+                "captured data; associate the VPC's S3 gateway endpoint with their route tables"
+            )
+        if problems:
+            raise ValueError(f"{where}: {vpc_id}: " + "; ".join(problems))
+        cidrs = [a.cidr_block for a in vpc.cidr_block_associations or [] if a.state == "associated"]
+        return cidrs or [vpc.cidr_block]
 
     def _tags(self, name: str, **extra: str) -> dict[str, str]:
         return {**self._spec.tags, "Name": f"{self._spec.prefix}-{name}", **extra}
@@ -156,7 +216,7 @@ class Network(pulumi.ComponentResource):
             )
         self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private_subnets])
 
-        sg = self._security_group(vpc.id, vpc.cidr_block)
+        sg = self._security_group(vpc.id)
         self.endpoint_security_group_id = sg.id
         region = spec.region
         aws.ec2.VpcEndpoint(
@@ -181,37 +241,77 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
 
-    def _security_group(
-        self, vpc_id: pulumi.Input[str], vpc_cidr: pulumi.Input[str]
-    ) -> aws.ec2.SecurityGroup:
-        """HTTPS from inside the VPC only: for SageMaker endpoints and VPC interface endpoints."""
-        name, child = self._name, self._child
+    def _rule(self, kind: str, sg: aws.ec2.SecurityGroup, rule: str, **args: Any) -> None:
+        cls = aws.vpc.SecurityGroupIngressRule if kind == "in" else aws.vpc.SecurityGroupEgressRule
+        cls(
+            f"{self._name}-{rule}",
+            security_group_id=sg.id,
+            tags=self._tags(rule),
+            opts=self._child,
+            **args,
+        )
+
+    def _security_group(self, vpc_id: pulumi.Input[str]) -> aws.ec2.SecurityGroup:
+        """HTTPS from inside the VPC only: for the VPC interface endpoints."""
         sg = aws.ec2.SecurityGroup(
-            f"{name}-endpoints",
+            f"{self._name}-endpoints",
             name=f"{self._spec.prefix}-endpoints",
             description="HTTPS from inside the VPC to SageMaker and AWS service endpoints",
             vpc_id=vpc_id,
             tags=self._tags("endpoints"),
-            opts=child,
+            opts=self._child,
         )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-endpoints-https-in",
-            security_group_id=sg.id,
-            description="HTTPS from the VPC",
+        for i, cidr in enumerate(self.vpc_cidrs):
+            suffix = "" if i == 0 else f"-{i}"  # the first keeps its name (no replacement)
+            self._rule(
+                "in",
+                sg,
+                f"endpoints-https-in{suffix}",
+                description="HTTPS from the VPC",
+                ip_protocol="tcp",
+                from_port=443,
+                to_port=443,
+                cidr_ipv4=cidr,
+            )
+            self._rule(
+                "out",
+                sg,
+                f"endpoints-out{suffix}",
+                description="Responses and calls inside the VPC",
+                ip_protocol="-1",
+                cidr_ipv4=cidr,
+            )
+        return sg
+
+    def _sagemaker_security_group(self, vpc_id: pulumi.Input[str]) -> aws.ec2.SecurityGroup:
+        """SageMaker endpoints' interfaces: 443 out to S3 (prefix list) and the VPC, none in."""
+        sg = aws.ec2.SecurityGroup(
+            f"{self._name}-sagemaker",
+            name=f"{self._spec.prefix}-sagemaker-endpoints",
+            description="SageMaker endpoints: HTTPS to S3 and to the VPC's service endpoints",
+            vpc_id=vpc_id,
+            tags=self._tags("sagemaker-endpoints"),
+            opts=self._child,
+        )
+        self._rule(
+            "out",
+            sg,
+            "sagemaker-s3",
+            description="Model download and data capture through the S3 gateway endpoint",
             ip_protocol="tcp",
             from_port=443,
             to_port=443,
-            cidr_ipv4=vpc_cidr,
-            tags=self._tags("endpoints-https-in"),
-            opts=child,
+            prefix_list_id=self._s3_prefix_list,
         )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-endpoints-out",
-            security_group_id=sg.id,
-            description="Responses and calls inside the VPC",
-            ip_protocol="-1",
-            cidr_ipv4=vpc_cidr,
-            tags=self._tags("endpoints-out"),
-            opts=child,
-        )
+        for i, cidr in enumerate(self.vpc_cidrs):
+            self._rule(
+                "out",
+                sg,
+                f"sagemaker-vpc-{i}",
+                description="AWS service endpoints inside the VPC",
+                ip_protocol="tcp",
+                from_port=443,
+                to_port=443,
+                cidr_ipv4=cidr,
+            )
         return sg

@@ -8,7 +8,11 @@ cost comes from the dated price table (`components/prices.json`):
 - node pools (GPU and system) at their minimum and maximum sizes; spot pools at the
   family's typical spot factor; a pool is priced at its first (preferred) instance type;
 - SageMaker endpoints at their minimum and maximum instance counts (Kubernetes endpoints
-  run on the node pools, already counted);
+  run on the node pools, already counted). An endpoint the stack does not create now (an
+  unpinned one, which the first `mlinfra deploy` creates, or a pinned one that waits for
+  its version) is priced at zero for its minimum and at its maximum for the maximum, and
+  the plan says so. The offline render assumes pinned versions are registered and approved
+  (the stack as it will run), so a pinned endpoint is priced as created;
 - NAT gateways (hours plus a baseline of processed data), the EKS control plane, and S3
   storage at a baseline per bucket.
 
@@ -36,7 +40,7 @@ from typing import Annotated, Any
 import typer
 
 from components.pricing import PriceTable, PriceTableError, load_prices
-from components.spec import SpecError, load_stack_file
+from components.spec import PlatformSpec, SpecError, load_stack_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POLICY_MODULE = REPO_ROOT / "policy" / "mlinfra_policies.py"
@@ -156,7 +160,28 @@ def _endpoint_max(resources: Sequence[Resource], config: Resource) -> dict[str, 
     return found
 
 
-def estimate_cost(resources: Sequence[Resource], region: str, prices: PriceTable) -> Cost:
+def not_deployed(spec: PlatformSpec, resources: Sequence[Resource]) -> list[tuple[Any, str]]:
+    """SageMaker endpoints of the spec with no EndpointConfiguration in the render, and why."""
+    rendered = {r.name for r in resources if r.type == ENDPOINT_CONFIG}
+    out = []
+    for ep in spec.endpoints:
+        if ep.kind != "sagemaker" or f"{spec.prefix}-{ep.name}" in rendered:
+            continue
+        why = (
+            "created by the first `mlinfra deploy`"
+            if ep.model_version is None
+            else f"waits for model version {ep.model_version}"
+        )
+        out.append((ep, why))
+    return out
+
+
+def estimate_cost(
+    resources: Sequence[Resource],
+    region: str,
+    prices: PriceTable,
+    spec: PlatformSpec | None = None,
+) -> Cost:
     cost = Cost(region, prices.currency, prices.as_of)
     table = prices.region(region)
     no_region = f"no prices for region {region} in the table"
@@ -185,6 +210,24 @@ def estimate_cost(resources: Sequence[Resource], region: str, prices: PriceTable
             )
             detail = f"{lo:g}-{hi:g} x {itype}"
             cost.lines.append(_line(f"endpoint {cfg.name}", detail, hourly, lo, hi, prices, note))
+
+    for ep, why in not_deployed(spec, resources) if spec is not None else []:
+        hourly = prices.sagemaker_hourly(region, ep.instance_type)
+        note = f"not yet deployed ({why}): 0 until then, {ep.min_instances} after"
+        if hourly is None:
+            note = f"{ep.instance_type} not in the table" if table else no_region
+        detail = f"0-{ep.max_instances} x {ep.instance_type}, not yet deployed"
+        cost.lines.append(
+            _line(
+                f"endpoint {spec.prefix}-{ep.name}",  # type: ignore[union-attr]
+                detail,
+                hourly,
+                0,
+                ep.max_instances,
+                prices,
+                note,
+            )
+        )
 
     nats = sum(1 for r in resources if r.type == NAT_GATEWAY)
     if nats:
@@ -261,8 +304,8 @@ def _from_rendered(rendered: Any) -> list[Resource]:
     ]
 
 
-def render(stack: str, stacks_dir: str | Path = "stacks") -> tuple[list[Resource], str]:
-    """(resources, region) of a stack in this working tree."""
+def render(stack: str, stacks_dir: str | Path = "stacks") -> tuple[list[Resource], PlatformSpec]:
+    """(resources, spec) of a stack in this working tree."""
     if importlib.util.find_spec("pulumi") is None:
         raise PlanError("the plan runs the Pulumi program: pip install 'mlinfra[infra]' first")
     from components.mockrun import render_stack  # imports Pulumi: only when planning
@@ -274,7 +317,7 @@ def render(stack: str, stacks_dir: str | Path = "stacks") -> tuple[list[Resource
     program = Path(stacks_dir) / "__main__.py"
     if not program.is_file():  # a folder of configs only: run this checkout's program
         program = REPO_ROOT / "stacks" / "__main__.py"
-    return _from_rendered(render_stack(stack, Path(stacks_dir), program=program)), spec.region
+    return _from_rendered(render_stack(stack, Path(stacks_dir), program=program)), spec
 
 
 # Runs inside an exported tree of another revision, with that revision's own code.
@@ -299,9 +342,9 @@ def _git(*args: str, cwd: Path = REPO_ROOT, binary: bool = False) -> Any:
 
 def render_at(
     ref: str, stack: str, stacks_dir: str | Path = "stacks"
-) -> tuple[list[Resource], str, str]:
-    """(resources, region, how) of `stack` at git revision `ref` of the repository that
-    holds `stacks_dir`; ([], "", why) when the stack does not exist there (a new stack
+) -> tuple[list[Resource], PlatformSpec | None, str]:
+    """(resources, spec, how) of `stack` at git revision `ref` of the repository that
+    holds `stacks_dir`; ([], None, why) when the stack does not exist there (a new stack
     costs its full amount)."""
     stacks = Path(stacks_dir).resolve()
     repo = Path(_git("rev-parse", "--show-toplevel", cwd=stacks).strip())
@@ -312,13 +355,16 @@ def render_at(
         ["git", "cat-file", "-e", f"{commit}:{config}"], cwd=repo, capture_output=True
     )
     if exists.returncode:
-        return [], "", f"{stack} does not exist at {ref}"
+        return [], None, f"{stack} does not exist at {ref}"
     with tempfile.TemporaryDirectory(prefix="mlinfra-plan-") as tmp:
         root = Path(tmp)
         archive = _git("archive", "--format=tar", commit, cwd=repo, binary=True)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(root, filter="data")
-        region = load_stack_file(root / config).region
+        try:
+            old_spec: PlatformSpec | None = load_stack_file(root / config)
+        except SpecError:  # valid under that revision's rules, not this one's
+            old_spec = None
         if (root / "components" / "mockrun.py").is_file():
             out = subprocess.run(
                 [sys.executable, "-c", _DUMP, stack, stacks_rel],
@@ -330,7 +376,7 @@ def render_at(
             )
             if out.returncode == 0:
                 rows = json.loads(out.stdout.strip().splitlines()[-1])
-                return [Resource(**row) for row in rows], region, f"rendered at {ref}"
+                return [Resource(**row) for row in rows], old_spec, f"rendered at {ref}"
             raise PlanError(f"rendering {stack} at {ref} failed:\n{out.stderr.strip()[-2000:]}")
         # A revision from before the mock runner: its config, with this revision's code.
         from components.mockrun import render_stack
@@ -338,7 +384,7 @@ def render_at(
         rendered = render_stack(
             stack, root / stacks_rel, program=REPO_ROOT / "stacks" / "__main__.py"
         )
-        return _from_rendered(rendered), region, f"config at {ref}, rendered with this code"
+        return _from_rendered(rendered), old_spec, f"config at {ref}, rendered with this code"
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -452,6 +498,15 @@ def _render_text(report: dict[str, Any], resources: list[Resource], cost: Cost, 
     console.print(costs, markup=False, highlight=False)
     for item in cost.unpriced:
         console.print(f"UNPRICED (not in the totals): {item}", markup=False, highlight=False)
+    for line in cost.lines:
+        if line.hourly is not None and line.note.startswith("not yet deployed"):
+            console.print(
+                f"NOT YET DEPLOYED: {line.item} is {line.note}; priced at 0 for the minimum, "
+                "at its maximum for the maximum",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
     if old is not None:
         against = report["against"]
@@ -484,8 +539,9 @@ def plan(
     2 the plan could not be made (bad config, unknown ref, bad price table)."""
     try:
         prices = prices or load_prices()
-        resources, region = render(stack, stacks_dir)
-        cost = estimate_cost(resources, region, prices)
+        resources, spec = render(stack, stacks_dir)
+        region = spec.region
+        cost = estimate_cost(resources, region, prices, spec)
         violations = _policies().evaluate(resources)
         report: dict[str, Any] = {
             "stack": stack,
@@ -499,8 +555,10 @@ def plan(
         }
         old = None
         if against:
-            old_resources, old_region, how = render_at(against, stack, stacks_dir)
-            old = estimate_cost(old_resources, old_region or region, prices)
+            old_resources, old_spec, how = render_at(against, stack, stacks_dir)
+            old = estimate_cost(
+                old_resources, old_spec.region if old_spec else region, prices, old_spec
+            )
             report["against"] = {
                 "ref": against,
                 "how": how,

@@ -19,6 +19,7 @@ from components.cluster import SYSTEM_POOL, GpuCluster, GpuClusterArgs
 from components.endpoints import Endpoints, EndpointsArgs
 from components.feature_store import FeatureStore, FeatureStoreArgs
 from components.network import Network, NetworkArgs
+from components.readiness import AccountState, current
 from components.registry import ModelRegistry, ModelRegistryArgs
 from components.spec import PlatformSpec, stack_file
 from components.storage import DataLake, DataLakeArgs
@@ -38,8 +39,17 @@ def config_source(stack: str) -> str:
     return str(stack_file(stack))
 
 
-def build_platform(spec: PlatformSpec, stack: str) -> dict[str, Any]:
-    """Build every component for `spec`; return the platform descriptor (of Outputs)."""
+def build_platform(
+    spec: PlatformSpec, stack: str, account: AccountState | None = None
+) -> dict[str, Any]:
+    """Build every component for `spec`; return the platform descriptor (of Outputs).
+
+    `account` answers whether pinned model versions and images exist yet (see
+    `components.readiness`); by default the account Pulumi deploys to, through boto3, or
+    the fake the mock runtime installs.
+    """
+    if account is None:
+        account = current(spec.region, pulumi.Config("aws").get("profile"))
     network = Network("network", NetworkArgs(spec))
     lake = DataLake("datalake", DataLakeArgs(spec))
     features = FeatureStore(
@@ -68,8 +78,9 @@ def build_platform(spec: PlatformSpec, stack: str) -> dict[str, Any]:
             logs_bucket=lake.bucket_names["logs"],
             kms_key_arn=lake.kms_key_arn,
             subnet_ids=network.private_subnet_ids,
-            security_group_id=network.endpoint_security_group_id,
+            security_group_id=network.sagemaker_security_group_id,
             model_group_names=dict(registry.group_names),
+            account=account,
             k8s_provider=cluster.k8s_provider,
             namespace=cluster.namespace,
             service_account=cluster.service_account,
@@ -113,15 +124,7 @@ def build_platform(spec: PlatformSpec, stack: str) -> dict[str, Any]:
             },
             "repositories": dict(registry.repository_urls),
         },
-        "endpoints": {
-            ep.name: {
-                "name": endpoints.endpoint_names[ep.name],
-                "kind": ep.kind,
-                "model_group": ep.model_group,
-                "url": endpoints.endpoint_urls.get(ep.name),
-            }
-            for ep in spec.endpoints
-        },
+        "endpoints": {ep.name: endpoints.refs[ep.name] for ep in spec.endpoints},
         "cluster": {
             "name": cluster.cluster_name,
             "namespace": cluster.namespace,

@@ -319,9 +319,10 @@ class EndpointSpec(_Spec):
     model_group: str
     kind: Literal["sagemaker", "kubernetes"] = "sagemaker"
     image_tag: str = Field(default="0.1.0", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-    # A pinned model package version. Prod requires one: prod serves only what was approved
-    # and reviewed. Without one, the endpoint serves `models/<group>/current/model.tar.gz`
-    # from the artifacts bucket, where the pipeline's rollout step puts approved models.
+    # A pinned model package version: the stack serves it once it is registered and approved
+    # (until then the endpoint waits). Prod requires one: prod serves only what was approved
+    # and reviewed in a pull request. Without one (non-prod), `mlinfra deploy` chooses the
+    # version and creates (SageMaker) or scales up (Kubernetes) the endpoint.
     model_version: int | None = Field(default=None, ge=1)
     min_instances: int = Field(default=1, ge=1)
     max_instances: int = Field(default=2, ge=1)
@@ -512,14 +513,14 @@ def _cross_checks(spec: PlatformSpec) -> list[tuple[str, str]]:
                         f"{spec.gpu_pool(ep.node_pool).gpus_per_node}",  # type: ignore[union-attr]
                     )
                 )
-        if spec.is_prod and ep.kind == "sagemaker":
-            if ep.model_version is None:
-                problems.append(
-                    (
-                        _path(("endpoints", i, "modelVersion")),
-                        "prod endpoints must pin an approved model package version",
-                    )
+        if spec.is_prod and ep.model_version is None:
+            problems.append(
+                (
+                    _path(("endpoints", i, "modelVersion")),
+                    "prod endpoints must pin an approved model package version",
                 )
+            )
+        if spec.is_prod and ep.kind == "sagemaker":
             if not ep.data_capture.enabled:
                 problems.append(
                     (

@@ -112,9 +112,12 @@ def test_cost_arithmetic_on_a_hand_checked_stack(small: Path):
     # spot g5.xlarge: 1.00/h x 0.5 spot factor x 0..3 nodes
     train = lines["node pool calc-dev-train"]
     assert train["hourly"] == 0.5 and (train["min_monthly"], train["max_monthly"]) == (0.0, 1095.0)
-    # SageMaker ml.m5.large: 0.20/h x 1..4 instances
+    # SageMaker ml.m5.large, 0.20/h, 1..4 instances, unpinned: the first `mlinfra deploy`
+    # creates it, so it costs nothing until then (min) and 4 instances at most (max).
     api = lines["endpoint calc-dev-api"]
-    assert (api["min_monthly"], api["max_monthly"]) == (146.0, 584.0)
+    assert (api["min_monthly"], api["max_monthly"]) == (0.0, 584.0)
+    assert api["detail"] == "0-4 x ml.m5.large, not yet deployed"
+    assert api["note"].startswith("not yet deployed (created by the first `mlinfra deploy`)")
     # one NAT gateway: 0.05/h x 730 + 100 GB x 0.05 = 36.50 + 5.00
     assert lines["NAT gateways"]["min_monthly"] == lines["NAT gateways"]["max_monthly"] == 41.5
     assert lines["EKS control plane"]["min_monthly"] == 73.0
@@ -124,7 +127,7 @@ def test_cost_arithmetic_on_a_hand_checked_stack(small: Path):
     big = lines["node pool calc-dev-big"]
     assert big["hourly"] is None and big["min_monthly"] is None and big["max_monthly"] is None
     assert cost["unpriced"] == ["node pool calc-dev-big: g6e.xlarge not in the table"]
-    assert cost["min_monthly"] == 415.42  # 73 + 0 + 146 + 41.5 + 73 + 81.92
+    assert cost["min_monthly"] == 269.42  # 73 + 0 + 0 + 41.5 + 73 + 81.92
     assert cost["max_monthly"] == 2021.42  # 146 + 1095 + 584 + 41.5 + 73 + 81.92
     assert cost["prices_as_of"] == "2026-01-15"
 
@@ -135,7 +138,11 @@ def test_the_text_plan_shows_tree_policies_cost_and_unpriced(small: Path):
     assert "mlinfra:cluster:GpuCluster" in text and "aws:eks/nodeGroup:NodeGroup" in text
     assert "instanceTypes=g5.xlarge" in text
     assert "imdsv2-required" in text and "FAIL" not in text
-    assert "415.42" in text and "2,021.42" in text
+    assert "269.42" in text and "2,021.42" in text
+    assert (
+        "NOT YET DEPLOYED: endpoint calc-dev-api is not yet deployed (created by the first "
+        "`mlinfra deploy`): 0 until then, 1 after; priced at 0 for the minimum" in text
+    )
     assert "UNPRICED (not in the totals): node pool calc-dev-big" in text
     assert "prices as of 2026-01-15" in text
 
@@ -201,7 +208,7 @@ def test_against_renders_the_other_revision_and_prints_the_delta(tmp_path: Path)
     assert code == 0, text
     against = json.loads(text)["against"]
     assert against["how"] == "rendered at HEAD"
-    assert (against["min_monthly"], against["max_monthly"]) == (415.42, 2021.42)
+    assert (against["min_monthly"], against["max_monthly"]) == (269.42, 2021.42)
     assert (against["delta_min"], against["delta_max"]) == (0.0, 730.0)
 
     # A stack that does not exist at the base revision costs its whole amount.
@@ -342,9 +349,18 @@ def test_plan_of_every_real_stack(stack: str):
     pools = [line for line in cost["lines"] if line["item"].startswith("node pool")]
     assert len(pools) == 1 + len(spec.cluster.gpu_pools)
     sagemaker = [e for e in spec.endpoints if e.kind == "sagemaker"]
-    assert len([line for line in cost["lines"] if line["item"].startswith("endpoint")]) == len(
-        sagemaker
-    )
+    endpoints = {
+        line["item"]: line for line in cost["lines"] if line["item"].startswith("endpoint")
+    }
+    assert sorted(endpoints) == sorted(f"endpoint {spec.prefix}-{e.name}" for e in sagemaker)
+    for ep in sagemaker:
+        line = endpoints[f"endpoint {spec.prefix}-{ep.name}"]
+        # Unpinned: created by `mlinfra deploy`, nothing until then. Pinned: the plan
+        # assumes the version approved, so the stack creates it at its minimum.
+        low = 0 if ep.model_version is None else ep.min_instances
+        assert line["min_monthly"] == round(line["hourly"] * low * 730, 2), line
+        assert line["max_monthly"] == round(line["hourly"] * ep.max_instances * 730, 2), line
+        assert ("not yet deployed" in line["note"]) is (ep.model_version is None)
     nat = [line for line in cost["lines"] if line["item"] == "NAT gateways"]
     if spec.network.vpc_id:  # an existing VPC: its NAT gateways are not ours
         assert nat == []

@@ -26,13 +26,16 @@ from pulumi.runtime.sync_await import _sync_await
 
 from components.budget import Budget, BudgetArgs
 from components.endpoints import (
+    MODEL_ANNOTATION,
     POOL_LABEL,
     Endpoints,
     EndpointsArgs,
     has_instance_storage,
+    model_annotation_path,
     model_package_arn,
 )
 from components.feature_store import FeatureStore, FeatureStoreArgs, glue_database_name
+from components.readiness import FakeAccount
 from components.registry import ModelRegistry, ModelRegistryArgs, lifecycle_policy
 from components.spec import PlatformSpec, load_stack_file, parse_spec
 
@@ -100,6 +103,7 @@ class _Monitor(MockMonitor):
                     parent=request.parent,
                     provider=request.provider,
                     protect=request.protect,
+                    ignore_changes=list(request.ignoreChanges),
                 )
             )
         return response
@@ -115,6 +119,7 @@ class Res:
     parent: str
     provider: str
     protect: bool
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -179,6 +184,7 @@ def render(spec: PlatformSpec) -> Render:
                 subnet_ids=SUBNETS,
                 security_group_id=SG,
                 model_group_names=registry.group_names,
+                account=FakeAccount.ready(),
                 k8s_provider=provider,
                 namespace=NAMESPACE,
                 service_account=SERVICE_ACCOUNT,
@@ -379,10 +385,23 @@ def test_lifecycle_policy_rules_are_valid_for_ecr():
 def test_sagemaker_endpoints(rendered: Render):
     spec = rendered.spec
     wanted = [ep for ep in spec.endpoints if ep.kind == "sagemaker"]
-    assert len(rendered.by_type("aws:sagemaker/endpoint:Endpoint")) == len(wanted)
-    assert len(rendered.by_type("aws:appautoscaling/target:Target")) == len(wanted)
+    # The stack creates pinned endpoints; the first `mlinfra deploy` creates unpinned ones.
+    pinned = [ep for ep in wanted if ep.model_version is not None]
+    for token in (
+        "aws:sagemaker/model:Model",
+        "aws:sagemaker/endpointConfiguration:EndpointConfiguration",
+        "aws:sagemaker/endpoint:Endpoint",
+        "aws:appautoscaling/target:Target",
+        "aws:appautoscaling/policy:Policy",
+    ):
+        assert sorted(r.name for r in rendered.by_type(token)) == sorted(
+            f"{spec.prefix}-{ep.name}"
+            + ("-scaling" if "target" in token else "")
+            + ("-invocations" if "policy" in token else "")
+            for ep in pinned
+        ), token
+    # Alarms need no endpoint: every SageMaker endpoint has its two from the first `up`.
     assert len(rendered.by_type("aws:cloudwatch/metricAlarm:MetricAlarm")) == 2 * len(wanted)
-    serve_url = rendered.outputs["repository_urls"]["serve"]
     topics = rendered.by_type("aws:sns/topic:Topic")
     if not wanted:
         assert topics == []
@@ -403,20 +422,35 @@ def test_sagemaker_endpoints(rendered: Render):
     assert topic_policy["Resource"] == topic_arn
     for ep in wanted:
         physical = f"{spec.prefix}-{ep.name}"
-        model = rendered.named("aws:sagemaker/model:Model", physical).inputs
-        container = model["primaryContainer"]
-        group = f"{spec.prefix}-{ep.model_group}"
-        if ep.model_version is not None:
-            assert container == {
-                "modelPackageName": model_package_arn(
-                    "aws", spec.region, ACCOUNT, group, ep.model_version
-                )
+        assert rendered.outputs["endpoint_names"][ep.name] == physical
+        assert rendered.outputs["endpoint_urls"][ep.name] is None
+        errors = rendered.named("aws:cloudwatch/metricAlarm:MetricAlarm", f"{physical}-5xx")
+        assert errors.inputs["name"] == f"{physical}-5xx-errors"
+        assert errors.inputs["metricName"] == "Invocation5XXErrors"
+        assert errors.inputs["threshold"] == ep.max_5xx_errors
+        assert errors.inputs["period"] == 300
+        latency = rendered.named("aws:cloudwatch/metricAlarm:MetricAlarm", f"{physical}-latency")
+        assert latency.inputs["name"] == f"{physical}-model-latency"
+        assert latency.inputs["metricName"] == "ModelLatency"
+        assert latency.inputs["threshold"] == ep.latency_alarm_ms * 1000  # microseconds
+        for alarm in (errors, latency):
+            assert alarm.inputs["alarmActions"] == [topic_arn]
+            assert alarm.inputs["okActions"] == [topic_arn]
+            assert alarm.inputs["namespace"] == "AWS/SageMaker"
+            assert alarm.inputs["treatMissingData"] == "notBreaching"  # before the endpoint too
+            assert alarm.inputs["dimensions"] == {
+                "EndpointName": physical,
+                "VariantName": "AllTraffic",
             }
-        else:
-            assert container["image"] == f"{serve_url}:{ep.image_tag}"
-            assert container["modelDataUrl"] == (
-                f"s3://{ARTIFACTS}/models/{ep.model_group}/current/model.tar.gz"
+        if ep.model_version is None:
+            continue
+        model = rendered.named("aws:sagemaker/model:Model", physical).inputs
+        # The package carries its image and artifact, as registered and approved.
+        assert model["primaryContainer"] == {
+            "modelPackageName": model_package_arn(
+                "aws", spec.region, ACCOUNT, f"{spec.prefix}-{ep.model_group}", ep.model_version
             )
+        }
         assert model["vpcConfig"] == {"subnets": SUBNETS, "securityGroupIds": [SG]}
         assert model["enableNetworkIsolation"] is True
         assert model["tags"] == spec.tags
@@ -445,8 +479,6 @@ def test_sagemaker_endpoints(rendered: Render):
         endpoint = rendered.named("aws:sagemaker/endpoint:Endpoint", physical).inputs
         assert endpoint["name"] == physical
         assert endpoint["endpointConfigName"] == f"{physical}-a1b2c3d"
-        assert rendered.outputs["endpoint_names"][ep.name] == physical
-        assert rendered.outputs["endpoint_urls"][ep.name] is None
 
         target = rendered.named("aws:appautoscaling/target:Target", f"{physical}-scaling")
         assert target.inputs["resourceId"] == f"endpoint/{physical}/variant/AllTraffic"
@@ -464,22 +496,6 @@ def test_sagemaker_endpoints(rendered: Render):
         assert tracking["predefinedMetricSpecification"] == {
             "predefinedMetricType": "SageMakerVariantInvocationsPerInstance"
         }
-
-        errors = rendered.named("aws:cloudwatch/metricAlarm:MetricAlarm", f"{physical}-5xx")
-        assert errors.inputs["metricName"] == "Invocation5XXErrors"
-        assert errors.inputs["threshold"] == ep.max_5xx_errors
-        assert errors.inputs["period"] == 300
-        latency = rendered.named("aws:cloudwatch/metricAlarm:MetricAlarm", f"{physical}-latency")
-        assert latency.inputs["metricName"] == "ModelLatency"
-        assert latency.inputs["threshold"] == ep.latency_alarm_ms * 1000  # microseconds
-        for alarm in (errors, latency):
-            assert alarm.inputs["alarmActions"] == [topic_arn]
-            assert alarm.inputs["okActions"] == [topic_arn]
-            assert alarm.inputs["namespace"] == "AWS/SageMaker"
-            assert alarm.inputs["dimensions"] == {
-                "EndpointName": physical,
-                "VariantName": "AllTraffic",
-            }
 
 
 def test_sagemaker_execution_role(rendered: Render):
@@ -539,17 +555,27 @@ def test_kubernetes_endpoints(rendered: Render):
         else:
             assert "nvidia.com/gpu" not in serve["resources"]["limits"]
             assert gpu_toleration not in pod.get("tolerations", [])
-        # The init container fetches the model the endpoint serves.
+        # The init container fetches the model package the pod's annotation names.
         [fetch] = pod["initContainers"]
-        env = {e["name"]: e["value"] for e in fetch["env"]}
+        env = {e["name"]: e for e in fetch["env"]}
+        assert env["MODEL_PACKAGE_ARN"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": f"metadata.annotations['{MODEL_ANNOTATION}']"}
+        }
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        ignored = rendered.named("kubernetes:apps/v1:Deployment", physical).ignore_changes
         if ep.model_version is not None:
-            assert env["MODEL_PACKAGE_ARN"].endswith(
-                f"model-package/{spec.prefix}-{ep.model_group}/{ep.model_version}"
+            # Pinned and approved (FakeAccount.ready): the stack names the version and the
+            # HorizontalPodAutoscaler owns the count.
+            assert annotations[MODEL_ANNOTATION] == model_package_arn(
+                "aws", spec.region, ACCOUNT, f"{spec.prefix}-{ep.model_group}", ep.model_version
             )
+            assert "replicas" not in deployment["spec"]
+            assert ignored == []
         else:
-            assert env["MODEL_DATA_URL"] == (
-                f"s3://{ARTIFACTS}/models/{ep.model_group}/current/model.tar.gz"
-            )
+            # `mlinfra deploy` sets the model and scales up from zero; the stack ignores both.
+            assert MODEL_ANNOTATION not in annotations
+            assert deployment["spec"]["replicas"] == 0
+            assert sorted(ignored) == sorted(["spec.replicas", model_annotation_path()])
 
         service = rendered.named("kubernetes:core/v1:Service", physical).inputs
         assert service["spec"]["type"] == "ClusterIP"
@@ -708,6 +734,7 @@ def test_bad_endpoint_inputs_name_the_field(endpoint, with_cluster, field_path):
                 subnet_ids=SUBNETS,
                 security_group_id=SG,
                 model_group_names={"churn": "ml-dev-churn"},
+                account=FakeAccount.ready(),
                 k8s_provider=provider,
                 namespace=NAMESPACE if with_cluster else None,
             ),

@@ -211,6 +211,11 @@ BAD_CONFIGS = [
     # Prod is stricter than dev: each of these is fine in the dev stack.
     (
         "vision-prod",
+        _drop("mlinfra:endpoints[0].modelVersion"),
+        "mlinfra:endpoints[0].modelVersion",
+    ),
+    (
+        "vision-prod",
         _drop("mlinfra:endpoints[1].modelVersion"),
         "mlinfra:endpoints[1].modelVersion",
     ),

@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
-from components.mockrun import Rendered, RenderedResource, render_stack, stack_config
+from components.mockrun import (
+    ExistingVpc,
+    Rendered,
+    RenderedResource,
+    render_stack,
+    stack_config,
+)
 from components.network import INTERFACE_ENDPOINTS
 from components.spec import BUCKET_PURPOSES, PlatformSpec, SpecError, load_stack_file
 from tests.stack_support import STACK_FILES, STACKS_DIR, rendered_stack, stack_name
@@ -434,10 +440,16 @@ def test_prod_stacks_are_protected():
 def test_network(stack):
     spec, rendered = stack
     net = spec.network
-    sg = rendered.one("aws:ec2/securityGroup:SecurityGroup")
-    (https_in,) = rendered.by_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-    assert https_in.inputs["securityGroupId"] == sg.id
-    assert (https_in.inputs["fromPort"], https_in.inputs["toPort"]) == (443, 443)
+    [sg] = _by_input(
+        rendered, "aws:ec2/securityGroup:SecurityGroup", "name", f"{spec.prefix}-endpoints"
+    )
+    https_in = rendered.by_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    cidrs = [net.cidr] if net.vpc_id is None else list(ExistingVpc().cidrs)
+    # HTTPS from every CIDR block of the VPC (an existing VPC's secondary blocks too).
+    assert sorted(r.inputs["cidrIpv4"] for r in https_in) == sorted(cidrs)
+    for rule in https_in:
+        assert rule.inputs["securityGroupId"] == sg.id
+        assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (443, 443)
     subnets_of_cluster = rendered.one("aws:eks/cluster:Cluster").inputs["vpcConfig"]["subnetIds"]
     if net.vpc_id is not None:
         assert rendered.by_type("aws:ec2/vpc:Vpc") == []

@@ -65,11 +65,72 @@ class Registry(_Doc):
     repositories: dict[str, str]  # "train" / "serve" -> image repository URL
 
 
+class ScalingRef(_Doc):
+    """An endpoint's autoscaling bounds (and, on SageMaker, its target-tracking policy)."""
+
+    min_instances: int
+    max_instances: int
+    target_invocations_per_instance: int | None = None  # SageMaker only
+    policy_name: str | None = None  # SageMaker: the Application Auto Scaling policy's name
+    scale_in_cooldown_s: int | None = None
+    scale_out_cooldown_s: int | None = None
+
+
+class DataCaptureRef(_Doc):
+    destination: str  # s3://<logs>/data-capture/<endpoint>: SageMaker's DestinationS3Uri
+    sampling_percent: int
+    kms_key_arn: str
+    json_content_types: list[str]
+    csv_content_types: list[str]
+
+
+class SageMakerEndpointRef(_Doc):
+    """What creating or updating the endpoint needs (`mlinfra deploy` for an unpinned one)."""
+
+    role_arn: str  # the execution role of the Model
+    variant: str
+    instance_type: str
+    image: str  # <serve repository>:<imageTag>, for a Model built from an artifact
+    subnets: list[str]
+    security_groups: list[str]
+    network_isolation: bool
+    volume_kms_key_arn: str | None  # EndpointConfig KmsKeyId; None: local NVMe, none allowed
+    data_capture: DataCaptureRef | None
+    scaling_resource_id: str  # endpoint/<name>/variant/<variant>
+    scalable_dimension: str
+    scaling_metric: str  # predefined metric of the target-tracking policy
+    alarms: list[str]  # CloudWatch alarms the stack keeps on the endpoint
+    alarm_topic_arn: str
+    tags: dict[str, str]
+
+
+class KubernetesEndpointRef(_Doc):
+    namespace: str
+    deployment: str
+    service: str
+    autoscaler: str  # the HorizontalPodAutoscaler
+    # The pod-template annotation holding the served model package ARN; setting it rolls
+    # the pods, whose init container fetches that package's artifact.
+    model_annotation: str
+
+
 class EndpointRef(_Doc):
     name: str  # physical endpoint name
     kind: Literal["sagemaker", "kubernetes", "local"]
     model_group: str  # the spec's model group name
     url: str | None  # invocation base URL where one exists (kubernetes service, local process)
+    model_version: int | None = None  # the version the stack pins, if any
+    # Who chooses the served version: the stack config (pinned; `mlinfra deploy` must refuse
+    # and point at the config) or `mlinfra deploy` (unpinned, non-prod).
+    version_owner: Literal["stack", "deploy"] = "deploy"
+    # Who creates the serving resources: "deploy" for an unpinned SageMaker endpoint (the
+    # first `mlinfra deploy` creates the Model, EndpointConfig, Endpoint, scaling target
+    # and policy); "stack" otherwise.
+    created_by: Literal["stack", "deploy"] = "stack"
+    waiting_for: str | None = None  # pinned, not created yet: what the stack waits for
+    scaling: ScalingRef | None = None
+    sagemaker: SageMakerEndpointRef | None = None
+    kubernetes: KubernetesEndpointRef | None = None
 
 
 class NodePoolRef(_Doc):
