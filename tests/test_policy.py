@@ -24,6 +24,7 @@ import mlinfra_policies as mp  # noqa: E402
 from pulumi_policy import EnforcementLevel  # noqa: E402
 
 from tests.stack_support import STACK_NAMES as STACKS  # noqa: E402
+from tests.stack_support import first_up_stack  # noqa: E402
 from tests.stack_support import rendered_stack as rendered  # noqa: E402
 
 POLICY = {p.name: p for p in mp.POLICIES}
@@ -402,9 +403,11 @@ def test_prod_buckets_and_their_keys_must_be_protected():
 # --- the real stacks -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("first_up", [False, True], ids=["steady", "first-up"])
 @pytest.mark.parametrize("stack", STACKS)
-def test_every_policy_passes_the_real_stack(stack: str):
-    results = mp.evaluate(rendered(stack).resources)
+def test_every_policy_passes_the_real_stack(stack: str, first_up: bool):
+    """In the steady state and on a first `up` (endpoints waiting or left to deploy)."""
+    results = mp.evaluate((first_up_stack if first_up else rendered)(stack).resources)
     assert set(results) == set(POLICY)
     failures = [f"{v.policy}: {v.resource}: {v.message}" for vs in results.values() for v in vs]
     assert failures == [], "\n".join(failures)
