@@ -251,15 +251,25 @@ class Network(pulumi.ComponentResource):
             **args,
         )
 
+    def _group(
+        self, vpc_id: pulumi.Input[str], key: str, name: str, description: str
+    ) -> aws.ec2.SecurityGroup:
+        return aws.ec2.SecurityGroup(
+            f"{self._name}-{key}",
+            name=f"{self._spec.prefix}-{name}",
+            description=description,
+            vpc_id=vpc_id,
+            tags=self._tags(name),
+            opts=self._child,
+        )
+
     def _security_group(self, vpc_id: pulumi.Input[str]) -> aws.ec2.SecurityGroup:
         """HTTPS from inside the VPC only: for the VPC interface endpoints."""
-        sg = aws.ec2.SecurityGroup(
-            f"{self._name}-endpoints",
-            name=f"{self._spec.prefix}-endpoints",
-            description="HTTPS from inside the VPC to SageMaker and AWS service endpoints",
-            vpc_id=vpc_id,
-            tags=self._tags("endpoints"),
-            opts=self._child,
+        sg = self._group(
+            vpc_id,
+            "endpoints",
+            "endpoints",
+            "HTTPS from inside the VPC to SageMaker and AWS service endpoints",
         )
         for i, cidr in enumerate(self.vpc_cidrs):
             suffix = "" if i == 0 else f"-{i}"  # the first keeps its name (no replacement)
@@ -285,33 +295,26 @@ class Network(pulumi.ComponentResource):
 
     def _sagemaker_security_group(self, vpc_id: pulumi.Input[str]) -> aws.ec2.SecurityGroup:
         """SageMaker endpoints' interfaces: 443 out to S3 (prefix list) and the VPC, none in."""
-        sg = aws.ec2.SecurityGroup(
-            f"{self._name}-sagemaker",
-            name=f"{self._spec.prefix}-sagemaker-endpoints",
-            description="SageMaker endpoints: HTTPS to S3 and to the VPC's service endpoints",
-            vpc_id=vpc_id,
-            tags=self._tags("sagemaker-endpoints"),
-            opts=self._child,
+        sg = self._group(
+            vpc_id,
+            "sagemaker",
+            "sagemaker-endpoints",
+            "SageMaker endpoints: HTTPS to S3 and to the VPC's service endpoints",
         )
-        self._rule(
-            "out",
-            sg,
-            "sagemaker-s3",
-            description="Model download and data capture through the S3 gateway endpoint",
-            ip_protocol="tcp",
-            from_port=443,
-            to_port=443,
-            prefix_list_id=self._s3_prefix_list,
-        )
-        for i, cidr in enumerate(self.vpc_cidrs):
+        # 443 to S3 through its gateway endpoint (model download, data capture), and to
+        # the interface endpoints in every CIDR block of the VPC.
+        destinations = [("sagemaker-s3", {"prefix_list_id": self._s3_prefix_list})] + [
+            (f"sagemaker-vpc-{i}", {"cidr_ipv4": cidr}) for i, cidr in enumerate(self.vpc_cidrs)
+        ]
+        for rule, destination in destinations:
             self._rule(
                 "out",
                 sg,
-                f"sagemaker-vpc-{i}",
-                description="AWS service endpoints inside the VPC",
+                rule,
+                description="HTTPS to S3 and the VPC's service endpoints",
                 ip_protocol="tcp",
                 from_port=443,
                 to_port=443,
-                cidr_ipv4=cidr,
+                **destination,
             )
         return sg

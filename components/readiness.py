@@ -107,87 +107,71 @@ class AwsAccountState:
     @functools.cached_property
     def _identity(self) -> tuple[str, str]:
         """(partition, account) of the credentials."""
-        arn = self._ask("sts:GetCallerIdentity", self._session.client("sts").get_caller_identity)[
-            "Arn"
-        ]
+        arn = self._describe(
+            "sts:GetCallerIdentity", self._session.client("sts").get_caller_identity, ()
+        )["Arn"]
         parts = arn.split(":")
         return parts[1], parts[4]
 
-    def _ask(self, action: str, call: Any, **kwargs: Any) -> Any:
+    def _describe(
+        self, action: str, call: Any, not_found: tuple[str, ...], **kwargs: Any
+    ) -> dict | None:
+        """The answer, None when the service says the thing does not exist (an error code
+        in `not_found`, or SageMaker's ValidationException saying so); any other failure
+        raises AccountLookupError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return call(**kwargs)
-        except ClientError:
-            raise
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") in not_found or (
+                action.startswith("sagemaker:") and _sagemaker_not_found(error)
+            ):
+                return None
+            raise AccountLookupError(
+                f"{action} failed ({error.get('Code')}: {error.get('Message')}); the program "
+                "asks it to know whether a pinned model version exists (the role running "
+                "Pulumi needs it)"
+            ) from exc
         except BotoCoreError as exc:
             raise AccountLookupError(f"{action} failed: {exc}") from exc
 
-    @staticmethod
-    def _failed(action: str, exc: Any) -> AccountLookupError:
-        error = exc.response.get("Error", {})
-        return AccountLookupError(
-            f"{action} failed ({error.get('Code')}: {error.get('Message')}); the program asks "
-            "it to know whether a pinned model version exists (the role running Pulumi needs it)"
-        )
-
     def model_package_status(self, group: str, version: int) -> str | None:
-        from botocore.exceptions import ClientError
-
         partition, account = self._identity
         arn = (
             f"arn:{partition}:sagemaker:{self.region}:{account}:model-package/"
             f"{group.lower()}/{version}"
         )
-        try:
-            found = self._ask(
-                "sagemaker:DescribeModelPackage",
-                self._clients["sagemaker"].describe_model_package,
-                ModelPackageName=arn,
-            )
-        except ClientError as exc:
-            if _sagemaker_not_found(exc):
-                return None
-            raise self._failed("sagemaker:DescribeModelPackage", exc) from exc
-        return str(found.get("ModelApprovalStatus"))
+        found = self._describe(
+            "sagemaker:DescribeModelPackage",
+            self._clients["sagemaker"].describe_model_package,
+            (),
+            ModelPackageName=arn,
+        )
+        return None if found is None else str(found.get("ModelApprovalStatus"))
 
     def endpoint_exists(self, name: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self._ask(
-                "sagemaker:DescribeEndpoint",
-                self._clients["sagemaker"].describe_endpoint,
-                EndpointName=name,
-            )
-        except ClientError as exc:
-            if _sagemaker_not_found(exc):
-                return False
-            raise self._failed("sagemaker:DescribeEndpoint", exc) from exc
-        return True
+        found = self._describe(
+            "sagemaker:DescribeEndpoint",
+            self._clients["sagemaker"].describe_endpoint,
+            (),
+            EndpointName=name,
+        )
+        return found is not None
 
     def image_exists(self, repository: str, tag: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self._ask(
-                "ecr:DescribeImages",
-                self._clients["ecr"].describe_images,
-                repositoryName=repository,
-                imageIds=[{"imageTag": tag}],
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in (
-                "ImageNotFoundException",
-                "RepositoryNotFoundException",
-            ):
-                return False
-            raise self._failed("ecr:DescribeImages", exc) from exc
-        return True
+        found = self._describe(
+            "ecr:DescribeImages",
+            self._clients["ecr"].describe_images,
+            ("ImageNotFoundException", "RepositoryNotFoundException"),
+            repositoryName=repository,
+            imageIds=[{"imageTag": tag}],
+        )
+        return found is not None
 
 
-def _sagemaker_not_found(exc: Any) -> bool:
-    error = exc.response.get("Error", {})
+def _sagemaker_not_found(error: dict) -> bool:
     if error.get("Code") in ("ResourceNotFound", "ResourceNotFoundException"):
         return True
     message = str(error.get("Message", "")).lower()
