@@ -36,22 +36,14 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components.endpoint_iam import execution_policy
 from components.iam import assume_role_policy
 from components.readiness import AccountState, endpoint_readiness
 from components.registry import repository_name
+from components.serving_pod import MODEL_ANNOTATION, serving_pod_spec
 from components.spec import EndpointSpec, PlatformSpec
 
 VARIANT = "AllTraffic"
-SERVE_PORT = 8080  # the SageMaker hosting contract
-# Nodes carry this label with their pool's name ("system" for the system pool).
-POOL_LABEL = "mlinfra.io/pool"
-GPU_RESOURCE = "nvidia.com/gpu"
-MODEL_DIR = "/opt/ml/model"
-# The pod-template annotation naming the model package a Kubernetes endpoint serves: set by
-# the stack for a pinned endpoint, by `mlinfra deploy` otherwise (a change rolls the pods).
-MODEL_ANNOTATION = "mlinfra.io/model-package"
-# A non-root user the serving image runs as (any UID works: the root filesystem is read-only).
-RUN_AS_USER = 1000  # the `mlinfra` user of docker/serve.Dockerfile
 HPA_CPU_UTILIZATION = 70
 SCALE_IN_COOLDOWN_S = 300  # scale in slowly: a cold instance takes minutes to serve
 SCALE_OUT_COOLDOWN_S = 60
@@ -67,27 +59,6 @@ CAPTURE_CSV_TYPES = ["text/csv"]
 # (it is always encrypted by the hardware): g4dn, g5, g6, p4d, p5, trn1 and the "d" types.
 _INSTANCE_STORE_FAMILIES = {"g5", "g6", "g6e", "p5", "p5e", "p5en", "trn1", "trn1n"}
 _INSTANCE_STORE_RE = re.compile(r"^[a-z]+[0-9]+[a-z]*d[a-z]*$")
-
-# The init container that puts the model into MODEL_DIR on Kubernetes, as SageMaker does
-# before it starts the serving container. Runs in the serving image (Python and boto3).
-FETCH_MODEL = """\
-import os, sys, tarfile, tempfile
-from urllib.parse import urlparse
-import boto3
-arn = os.environ.get("MODEL_PACKAGE_ARN")
-if not arn:
-    sys.exit("no model deployed: the pod's mlinfra.io/model-package annotation is empty; "
-             "run `mlinfra deploy` (or pin modelVersion in the stack config)")
-pkg = boto3.client("sagemaker").describe_model_package(ModelPackageName=arn)
-url = pkg["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
-src = urlparse(url)
-with tempfile.TemporaryFile() as f:
-    boto3.client("s3").download_fileobj(src.netloc, src.path.lstrip("/"), f)
-    f.seek(0)
-    with tarfile.open(fileobj=f) as tar:
-        tar.extractall(os.environ["MODEL_DIR"], filter="data")
-print("model", arn, "from", url, "in", os.environ["MODEL_DIR"])
-"""
 
 
 def data_capture_uri(logs_bucket: str, endpoint_name: str) -> str:
@@ -529,87 +500,7 @@ class Endpoints(pulumi.ComponentResource):
         labels = {**spec.tags, **selector, "mlinfra.io/model-group": ep.model_group}
         image = pulumi.Output.concat(self._image, ep.image_tag)
 
-        model_env = [
-            {"name": "MODEL_DIR", "value": MODEL_DIR},
-            {"name": "AWS_REGION", "value": spec.region},
-            {
-                # Empty until a model is deployed (the init container then says so).
-                "name": "MODEL_PACKAGE_ARN",
-                "valueFrom": {
-                    "fieldRef": {"fieldPath": f"metadata.annotations['{MODEL_ANNOTATION}']"}
-                },
-            },
-        ]
-
-        resources = {
-            "requests": {"cpu": ep.cpu, "memory": ep.memory},
-            # Limits equal requests: Guaranteed QoS, steady latency, nothing evicted first.
-            "limits": {"cpu": ep.cpu, "memory": ep.memory},
-        }
-        tolerations = []
-        if ep.gpus:
-            resources["limits"][GPU_RESOURCE] = str(ep.gpus)
-            tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
-        container_security = {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        }
-        mounts = [
-            {"name": "model", "mountPath": MODEL_DIR},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ]
-        ping = {"httpGet": {"path": "/ping", "port": "http"}, "timeoutSeconds": 2}
-
-        pod_spec = {
-            "nodeSelector": {POOL_LABEL: ep.node_pool},
-            "tolerations": tolerations,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": RUN_AS_USER,
-                "runAsGroup": RUN_AS_USER,
-                "fsGroup": RUN_AS_USER,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            # The server drains within 30 s of SIGTERM.
-            "terminationGracePeriodSeconds": 40,
-            "initContainers": [
-                {
-                    "name": "fetch-model",
-                    "image": image,
-                    "command": ["python", "-c", FETCH_MODEL],
-                    "env": model_env,
-                    "resources": {
-                        "requests": {"cpu": "250m", "memory": "512Mi"},
-                        "limits": {"cpu": "1", "memory": "1Gi"},
-                    },
-                    "securityContext": container_security,
-                    "volumeMounts": mounts,
-                }
-            ],
-            "containers": [
-                {
-                    "name": "serve",
-                    "image": image,
-                    "ports": [{"name": "http", "containerPort": SERVE_PORT}],
-                    "env": [
-                        {"name": "SM_MODEL_DIR", "value": MODEL_DIR},
-                        {"name": "SAGEMAKER_BIND_TO_PORT", "value": str(SERVE_PORT)},
-                    ],
-                    "resources": resources,
-                    # Loading a large model can take minutes; liveness starts after it.
-                    "startupProbe": {**ping, "periodSeconds": 5, "failureThreshold": 60},
-                    "readinessProbe": {**ping, "periodSeconds": 5, "failureThreshold": 2},
-                    "livenessProbe": {**ping, "periodSeconds": 10, "failureThreshold": 3},
-                    "securityContext": container_security,
-                    "volumeMounts": [{**mounts[0], "readOnly": True}, mounts[1]],
-                }
-            ],
-            "volumes": [{"name": "model", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
-        }
-        if args.service_account is not None:
-            pod_spec["serviceAccountName"] = args.service_account
+        pod_spec = serving_pod_spec(ep, image, spec.region, args.service_account)
 
         metadata = {"name": physical, "namespace": args.namespace, "labels": labels}
         template_annotations: dict[str, Any] = {}
@@ -722,105 +613,3 @@ def _check(spec: PlatformSpec, args: EndpointsArgs) -> None:
                 f"mlinfra:endpoints[{i}].name: {ep.name!r} must be lowercase for a "
                 "kubernetes endpoint (Kubernetes names are DNS labels)"
             )
-
-
-def execution_policy(
-    partition: str,
-    account: str,
-    region: str,
-    prefix: str,
-    artifacts_bucket: str,
-    logs_bucket: str,
-    kms_key_arn: str,
-    repository: str,
-) -> dict:
-    """What the team's SageMaker endpoints may do: read models, write captures and logs."""
-    s3 = f"arn:{partition}:s3:::"
-    log_group = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/"
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "ReadModels",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject"],
-                "Resource": f"{s3}{artifacts_bucket}/*",
-            },
-            {
-                "Sid": "ListModels",
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
-                "Resource": f"{s3}{artifacts_bucket}",
-            },
-            {
-                "Sid": "WriteDataCapture",
-                "Effect": "Allow",
-                "Action": ["s3:PutObject"],
-                "Resource": f"{s3}{logs_bucket}/data-capture/*",
-            },
-            {
-                "Sid": "TeamKey",
-                "Effect": "Allow",
-                "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
-                "Resource": kms_key_arn,
-            },
-            {
-                "Sid": "TeamKeyGrantsForVolumes",
-                "Effect": "Allow",
-                "Action": ["kms:CreateGrant"],
-                "Resource": kms_key_arn,
-                "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}},
-            },
-            {
-                "Sid": "PullServeImage",
-                "Effect": "Allow",
-                "Action": [
-                    "ecr:BatchGetImage",
-                    "ecr:GetDownloadUrlForLayer",
-                    "ecr:BatchCheckLayerAvailability",
-                ],
-                "Resource": f"arn:{partition}:ecr:{region}:{account}:repository/{repository}",
-            },
-            {
-                # Not resource-scoped in IAM.
-                "Sid": "EcrLogin",
-                "Effect": "Allow",
-                "Action": ["ecr:GetAuthorizationToken"],
-                "Resource": "*",
-            },
-            {
-                "Sid": "EndpointLogs",
-                "Effect": "Allow",
-                "Action": [
-                    "logs:CreateLogGroup",
-                    "logs:CreateLogStream",
-                    "logs:PutLogEvents",
-                    "logs:DescribeLogStreams",
-                ],
-                "Resource": [f"{log_group}{prefix}-*", f"{log_group}{prefix}-*:*"],
-            },
-            {
-                "Sid": "Metrics",
-                "Effect": "Allow",
-                "Action": ["cloudwatch:PutMetricData"],
-                "Resource": "*",
-            },
-            {
-                # Endpoints run in the team's private subnets (not resource-scoped in IAM).
-                "Sid": "VpcNetworkInterfaces",
-                "Effect": "Allow",
-                "Action": [
-                    "ec2:CreateNetworkInterface",
-                    "ec2:CreateNetworkInterfacePermission",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:DeleteNetworkInterfacePermission",
-                    "ec2:DescribeNetworkInterfaces",
-                    "ec2:DescribeVpcs",
-                    "ec2:DescribeDhcpOptions",
-                    "ec2:DescribeSubnets",
-                    "ec2:DescribeSecurityGroups",
-                ],
-                "Resource": "*",
-            },
-        ],
-    }

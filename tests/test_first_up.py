@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from components.endpoints import MODEL_ANNOTATION
 from components.mockrun import ExistingVpc, Rendered, s3_prefix_list_id
 from components.readiness import FakeAccount
+from components.serving_pod import MODEL_ANNOTATION
 from components.spec import PlatformSpec, load_stack_file
 from tests.stack_support import (
     STACK_NAMES,

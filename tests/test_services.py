@@ -26,8 +26,6 @@ from pulumi.runtime.sync_await import _sync_await
 
 from components.budget import Budget, BudgetArgs
 from components.endpoints import (
-    MODEL_ANNOTATION,
-    POOL_LABEL,
     Endpoints,
     EndpointsArgs,
     has_instance_storage,
@@ -37,6 +35,7 @@ from components.endpoints import (
 from components.feature_store import FeatureStore, FeatureStoreArgs, glue_database_name
 from components.readiness import FakeAccount
 from components.registry import ModelRegistry, ModelRegistryArgs, lifecycle_policy
+from components.serving_pod import MODEL_ANNOTATION, POOL_LABEL
 from components.spec import PlatformSpec, load_stack_file, parse_spec
 
 STACKS = sorted(Path(__file__).resolve().parent.parent.glob("stacks/Pulumi.*.yaml"))

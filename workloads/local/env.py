@@ -199,6 +199,8 @@ def build_descriptor(
             kind="local",
             model_group=ep.model_group,
             url=f"http://{HOST}:{ports[ep.name]}",
+            model_version=ep.model_version,
+            version_owner="deploy" if ep.model_version is None else "stack",
         )
         for ep in spec.endpoints
     }

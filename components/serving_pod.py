@@ -1,0 +1,136 @@
+"""The pod of a Kubernetes endpoint: the serving image behind an init container that
+fetches the model, as SageMaker does before it starts a serving container.
+
+The init container reads the model package ARN from the pod's `mlinfra.io/model-package`
+annotation (the downward API), describes the package and unpacks its artifact into
+`/opt/ml/model`; the serving container follows the SageMaker hosting contract on 8080.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components.spec import EndpointSpec
+
+SERVE_PORT = 8080  # the SageMaker hosting contract
+# Nodes carry this label with their pool's name ("system" for the system pool).
+POOL_LABEL = "mlinfra.io/pool"
+GPU_RESOURCE = "nvidia.com/gpu"
+MODEL_DIR = "/opt/ml/model"
+# The pod-template annotation naming the model package a Kubernetes endpoint serves: set by
+# the stack for a pinned endpoint, by `mlinfra deploy` otherwise (a change rolls the pods).
+MODEL_ANNOTATION = "mlinfra.io/model-package"
+# A non-root user the serving image runs as (any UID works: the root filesystem is read-only).
+RUN_AS_USER = 1000  # the `mlinfra` user of docker/serve.Dockerfile
+
+# The init container that puts the model into MODEL_DIR on Kubernetes, as SageMaker does
+# before it starts the serving container. Runs in the serving image (Python and boto3).
+FETCH_MODEL = """\
+import os, sys, tarfile, tempfile
+from urllib.parse import urlparse
+import boto3
+arn = os.environ.get("MODEL_PACKAGE_ARN")
+if not arn:
+    sys.exit("no model deployed: the pod's mlinfra.io/model-package annotation is empty; "
+             "run `mlinfra deploy` (or pin modelVersion in the stack config)")
+pkg = boto3.client("sagemaker").describe_model_package(ModelPackageName=arn)
+url = pkg["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+src = urlparse(url)
+with tempfile.TemporaryFile() as f:
+    boto3.client("s3").download_fileobj(src.netloc, src.path.lstrip("/"), f)
+    f.seek(0)
+    with tarfile.open(fileobj=f) as tar:
+        tar.extractall(os.environ["MODEL_DIR"], filter="data")
+print("model", arn, "from", url, "in", os.environ["MODEL_DIR"])
+"""
+
+
+def serving_pod_spec(
+    ep: EndpointSpec,
+    image: pulumi.Input[str],
+    region: str,
+    service_account: pulumi.Input[str] | None,
+) -> dict[str, Any]:
+    """The pod template's spec of endpoint `ep` running `image`."""
+    model_env = [
+        {"name": "MODEL_DIR", "value": MODEL_DIR},
+        {"name": "AWS_REGION", "value": region},
+        {
+            # Empty until a model is deployed (the init container then says so).
+            "name": "MODEL_PACKAGE_ARN",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{MODEL_ANNOTATION}']"}},
+        },
+    ]
+
+    resources = {
+        "requests": {"cpu": ep.cpu, "memory": ep.memory},
+        # Limits equal requests: Guaranteed QoS, steady latency, nothing evicted first.
+        "limits": {"cpu": ep.cpu, "memory": ep.memory},
+    }
+    tolerations = []
+    if ep.gpus:
+        resources["limits"][GPU_RESOURCE] = str(ep.gpus)
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    container_security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = [
+        {"name": "model", "mountPath": MODEL_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    ping = {"httpGet": {"path": "/ping", "port": "http"}, "timeoutSeconds": 2}
+
+    pod_spec = {
+        "nodeSelector": {POOL_LABEL: ep.node_pool},
+        "tolerations": tolerations,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The server drains within 30 s of SIGTERM.
+        "terminationGracePeriodSeconds": 40,
+        "initContainers": [
+            {
+                "name": "fetch-model",
+                "image": image,
+                "command": ["python", "-c", FETCH_MODEL],
+                "env": model_env,
+                "resources": {
+                    "requests": {"cpu": "250m", "memory": "512Mi"},
+                    "limits": {"cpu": "1", "memory": "1Gi"},
+                },
+                "securityContext": container_security,
+                "volumeMounts": mounts,
+            }
+        ],
+        "containers": [
+            {
+                "name": "serve",
+                "image": image,
+                "ports": [{"name": "http", "containerPort": SERVE_PORT}],
+                "env": [
+                    {"name": "SM_MODEL_DIR", "value": MODEL_DIR},
+                    {"name": "SAGEMAKER_BIND_TO_PORT", "value": str(SERVE_PORT)},
+                ],
+                "resources": resources,
+                # Loading a large model can take minutes; liveness starts after it.
+                "startupProbe": {**ping, "periodSeconds": 5, "failureThreshold": 60},
+                "readinessProbe": {**ping, "periodSeconds": 5, "failureThreshold": 2},
+                "livenessProbe": {**ping, "periodSeconds": 10, "failureThreshold": 3},
+                "securityContext": container_security,
+                "volumeMounts": [{**mounts[0], "readOnly": True}, mounts[1]],
+            }
+        ],
+        "volumes": [{"name": "model", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+    }
+    if service_account is not None:
+        pod_spec["serviceAccountName"] = service_account
+    return pod_spec
