@@ -195,3 +195,15 @@ def test_manual_destroy_is_dispatch_only_and_refuses_prod():
     creds = next(i for i, s in enumerate(steps) if "configure-aws-credentials" in s.get("uses", ""))
     # The refusal runs before credentials exist and before anything is destroyed.
     assert check < creds < destroy
+
+
+@pytest.mark.parametrize(
+    ("workflow", "job"), [("destroy.yml", "destroy"), ("review-stack.yml", "destroy")]
+)
+def test_destroy_first_removes_what_mlinfra_deploy_created(workflow: str, job: str):
+    """Deploy-created SageMaker endpoints are not Pulumi resources: left running, they would
+    cost money and hold the security group `pulumi destroy` deletes."""
+    steps = load(workflow)["jobs"][job]["steps"]
+    remove = next(i for i, s in enumerate(steps) if "components.deployed" in s.get("run", ""))
+    destroy = next(i for i, s in enumerate(steps) if "pulumi/actions@" in s.get("uses", ""))
+    assert remove < destroy
