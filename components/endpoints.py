@@ -11,8 +11,9 @@ Who creates what, and who chooses the model version an endpoint serves:
   after the approval creates it.
 - **Unpinned** (non-prod): `mlinfra deploy` owns the version. For SageMaker the stack
   creates what needs no model (the execution role, the alarm topic and the alarms, the
-  capture location, the security group) and exports the rest of the endpoint's definition
-  (instance type, scaling policy, capture settings) in the platform descriptor; the first
+  capture location; the network makes its security group) and exports the rest of the
+  endpoint's definition (instance type, scaling policy, capture settings) in the platform
+  descriptor; the first
   `mlinfra deploy` creates the Model, EndpointConfiguration, Endpoint and its scaling
   target and policy, which are never Pulumi resources, so `pulumi up` and the drift check
   never see them change. For Kubernetes the stack creates the Deployment at zero replicas
@@ -38,7 +39,7 @@ import pulumi_kubernetes as k8s
 
 from components.endpoint_iam import execution_policy
 from components.iam import assume_role_policy
-from components.readiness import AccountState, endpoint_readiness
+from components.readiness import Readiness
 from components.registry import repository_name
 from components.serving_pod import MODEL_ANNOTATION, serving_pod_spec
 from components.spec import EndpointSpec, PlatformSpec
@@ -109,8 +110,8 @@ class EndpointsArgs:
     # The SageMaker endpoints' own group: 443 to S3 (its prefix list) and inside the VPC.
     security_group_id: pulumi.Input[str]
     model_group_names: dict[str, pulumi.Input[str]]  # spec model group -> physical name
-    # Asked whether pinned versions and images exist yet (components.readiness).
-    account: AccountState
+    # Whether each pinned endpoint can be created now (components.readiness.decide).
+    readiness: dict[str, Readiness]
     k8s_provider: k8s.Provider | None = None
     namespace: pulumi.Input[str] | None = None
     # The team's IRSA service account, so Kubernetes endpoints can fetch their model.
@@ -136,12 +137,7 @@ class Endpoints(pulumi.ComponentResource):
         self._partition = aws.get_partition_output(opts=invoke).partition
         self._account = aws.get_caller_identity_output(opts=invoke).account_id
         self._image = pulumi.Output.concat(args.serve_repository_url, ":")
-        # Decided before anything is registered: a version that must not be served fails here.
-        self._readiness = {
-            ep.name: endpoint_readiness(spec, i, ep, args.account)
-            for i, ep in enumerate(spec.endpoints)
-            if ep.model_version is not None
-        }
+        self._readiness = args.readiness
 
         sagemaker = [ep for ep in spec.endpoints if ep.kind == "sagemaker"]
         self._role = self._execution_role(name, sagemaker) if sagemaker else None

@@ -19,7 +19,7 @@ from components.cluster import SYSTEM_POOL, GpuCluster, GpuClusterArgs
 from components.endpoints import Endpoints, EndpointsArgs
 from components.feature_store import FeatureStore, FeatureStoreArgs
 from components.network import Network, NetworkArgs
-from components.readiness import AccountState, current
+from components.readiness import AccountState, current, decide
 from components.registry import ModelRegistry, ModelRegistryArgs
 from components.spec import PlatformSpec, stack_file
 from components.storage import DataLake, DataLakeArgs
@@ -50,6 +50,8 @@ def build_platform(
     """
     if account is None:
         account = current(spec.region, pulumi.Config("aws").get("profile"))
+    # Before anything is registered: a pinned version that must not be served fails here.
+    readiness = decide(spec, account)
     network = Network("network", NetworkArgs(spec))
     lake = DataLake("datalake", DataLakeArgs(spec))
     features = FeatureStore(
@@ -80,7 +82,7 @@ def build_platform(
             subnet_ids=network.private_subnet_ids,
             security_group_id=network.sagemaker_security_group_id,
             model_group_names=dict(registry.group_names),
-            account=account,
+            readiness=readiness,
             k8s_provider=cluster.k8s_provider,
             namespace=cluster.namespace,
             service_account=cluster.service_account,

@@ -243,3 +243,14 @@ def endpoint_readiness(
             "repository; push it, or name a pushed tag"
         )
     return Readiness(True)
+
+
+def decide(spec: PlatformSpec, account: AccountState) -> dict[str, Readiness]:
+    """Readiness of every pinned endpoint (keyed by the spec's name). The program calls it
+    before it registers anything, so a version that must not be served fails the preview
+    with nothing created."""
+    return {
+        ep.name: endpoint_readiness(spec, i, ep, account)
+        for i, ep in enumerate(spec.endpoints)
+        if ep.model_version is not None
+    }

@@ -301,6 +301,25 @@ def test_an_existing_vpc_unfit_for_endpoints_fails_before_anything_is_created(
     assert [r for r in rendered.resources if r.custom] == []
 
 
+@pytest.mark.parametrize("status", ["PendingManualApproval", None])
+def test_a_pin_that_must_not_be_served_fails_before_anything_is_created(status):
+    """Pending: prod serves only approved versions. Gone while the endpoint serves: the
+    stack never drops a serving endpoint because of what the registry says."""
+    from components.mockrun import render_stack
+
+    spec = _spec("nlp-prod")
+    ep = spec.endpoints[0]
+    group = f"{spec.prefix}-{ep.model_group}"
+    account = FakeAccount(
+        packages={(group, ep.model_version): status} if status else {},
+        endpoints=set() if status else {f"{spec.prefix}-{ep.name}"},
+    )
+    rendered = render_stack("nlp-prod", STACKS_DIR, account=account, raise_errors=False)
+    assert isinstance(rendered.error, ValueError), rendered.error
+    assert str(rendered.error).startswith("mlinfra:endpoints[0].modelVersion: ")
+    assert [r for r in rendered.resources if r.custom] == [], "a failed preview creates nothing"
+
+
 def test_the_rules_cover_both_network_modes_and_both_endpoint_owners():
     """Passing is vacuous unless the stacks contain what the rules read."""
     specs = [_spec(s) for s in STACK_NAMES]

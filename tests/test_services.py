@@ -33,7 +33,7 @@ from components.endpoints import (
     model_package_arn,
 )
 from components.feature_store import FeatureStore, FeatureStoreArgs, glue_database_name
-from components.readiness import FakeAccount
+from components.readiness import FakeAccount, decide
 from components.registry import ModelRegistry, ModelRegistryArgs, lifecycle_policy
 from components.serving_pod import MODEL_ANNOTATION, POOL_LABEL
 from components.spec import PlatformSpec, load_stack_file, parse_spec
@@ -183,7 +183,7 @@ def render(spec: PlatformSpec) -> Render:
                 subnet_ids=SUBNETS,
                 security_group_id=SG,
                 model_group_names=registry.group_names,
-                account=FakeAccount.ready(),
+                readiness=decide(spec, FakeAccount.ready()),
                 k8s_provider=provider,
                 namespace=NAMESPACE,
                 service_account=SERVICE_ACCOUNT,
@@ -733,7 +733,7 @@ def test_bad_endpoint_inputs_name_the_field(endpoint, with_cluster, field_path):
                 subnet_ids=SUBNETS,
                 security_group_id=SG,
                 model_group_names={"churn": "ml-dev-churn"},
-                account=FakeAccount.ready(),
+                readiness=decide(spec, FakeAccount.ready()),
                 k8s_provider=provider,
                 namespace=NAMESPACE if with_cluster else None,
             ),
