@@ -16,15 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn import datasets
-from sklearn.compose import make_column_transformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from tests.linear_support import (
+    DATASETS,
+    REGRESSION,
+    linear_baseline,
+    real_dataset,
+    stratified_split,
+)
 from workloads.training.artifact import load_model
 from workloads.training.contract import ContractError, parse_hyperparameters, resolve
 from workloads.training.harness import main
@@ -41,19 +42,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def real_dataset(name: str) -> pd.DataFrame:
-    """A bundled scikit-learn dataset plus a categorical column and missing values."""
-    frame = getattr(datasets, f"load_{name}")(as_frame=True).frame
-    rng = np.random.default_rng(1)
-    features = [c for c in frame.columns if c != "target"]
-    varied = max(features, key=lambda c: frame[c].nunique())
-    frame["bucket"] = pd.qcut(frame[varied], 3, labels=["lo", "mid", "hi"]).astype(str)
-    for column in features[:3]:
-        frame.loc[rng.random(len(frame)) < 0.08, column] = np.nan
-    frame.loc[rng.random(len(frame)) < 0.08, "bucket"] = None
-    return frame
-
-
 def records(frame: pd.DataFrame) -> list[dict]:
     return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
@@ -66,24 +54,10 @@ def baseline_and_split(name: str, tmp_path: Path):
 
 
 def fit_baseline(name: str, train: pd.DataFrame, test: pd.DataFrame):
-    """Logistic or ridge regression with imputation, scaling and one-hot encoding."""
-    x, y = train.drop(columns="target"), train["target"]
-    numeric = [c for c in x.columns if c != "bucket"]
-    columns = make_column_transformer(
-        (make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
-        (
-            make_pipeline(
-                SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
-            ),
-            ["bucket"],
-        ),
-    )
-    regression = name == "diabetes"
-    linear = Ridge() if regression else LogisticRegression(max_iter=5000)
-    baseline = make_pipeline(columns, linear).fit(x, y)
+    """The linear baseline's held-out score, with the test split and the metric."""
     x_test, y_test = test.drop(columns="target"), test["target"]
-    score = r2_score if regression else accuracy_score
-    return x_test, y_test, score, score(y_test, baseline.predict(x_test))
+    score = r2_score if name in REGRESSION else accuracy_score
+    return x_test, y_test, score, score(y_test, linear_baseline(name, train).predict(x_test))
 
 
 def paths(tmp_path: Path) -> dict[str, Path]:
@@ -125,18 +99,15 @@ test_score.__test__ = False  # a helper, not a test
 SEEDS = 5
 
 
-@pytest.mark.parametrize("name", ["breast_cancer", "wine", "digits", "diabetes"])
+@pytest.mark.parametrize("name", DATASETS)
 def test_defaults_never_lose_to_a_linear_model(tmp_path, name):
     """Default hyperparameters, 5 seeds of a 75/25 stratified split: the mean held-out score
     is at least the linear baseline's mean minus 0.01 (benchmarks/linear_baseline.py prints
     the same table)."""
     frame = real_dataset(name)
-    regression = name == "diabetes"
     ours, linear = [], []
     for seed in range(SEEDS):
-        train, test = train_test_split(
-            frame, test_size=0.25, random_state=seed, stratify=None if regression else frame.target
-        )
+        train, test = stratified_split(name, frame, seed)
         x_test, y_test, score, baseline = fit_baseline(name, train, test)
         train.to_csv(tmp_path / "train.csv", index=False)
         args = train_args(tmp_path, tmp_path / "train.csv", "--target", "target")
