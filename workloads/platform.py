@@ -146,6 +146,18 @@ class Cluster(_Doc):
     namespace: str
     service_account: str
     node_pools: dict[str, NodePoolRef]
+    # How a job client reaches the API (tokens from `aws eks get-token`); None locally.
+    endpoint: str | None = None
+    certificate_authority: str | None = None  # base64 PEM, as EKS reports it
+
+
+class Training(_Doc):
+    """What a SageMaker training job of the team runs with (exported by the components)."""
+
+    role_arn: str  # the SageMaker training execution role (not the endpoints' role)
+    subnet_ids: list[str]  # private subnets
+    security_group_ids: list[str]
+    kms_key_arn: str  # volume and output encryption: the team key
 
 
 class LocalState(_Doc):
@@ -166,6 +178,7 @@ class PlatformDescriptor(_Doc):
     registry: Registry
     endpoints: dict[str, EndpointRef]  # keyed by the spec's endpoint name
     cluster: Cluster | None
+    training: Training | None = None  # None locally: jobs run as local processes
     local: LocalState | None = None
 
     def to_json(self) -> str:

@@ -21,12 +21,7 @@ or with `wait` queues behind it. The training subprocess dies with the pipeline.
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,14 +37,17 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from components.spec import load_stack
+from workloads.jobs import local as local_jobs
+from workloads.jobs.base import JobRequest
+from workloads.jobs.local import LocalJobs
 from workloads.local import churn
 from workloads.local import env as localenv
-from workloads.local.process import LockHeldError, die_with_parent, exclusive
+from workloads.local.process import LockHeldError, exclusive
 from workloads.platform import PlatformDescriptor
 from workloads.storage import CorruptStoreError, atomic_path, atomic_write
 
 FEATURE_GROUPS = ("customer-profile", "customer-activity")
-LAUNCHER_ENV = "MLINFRA_TRAIN_LAUNCHER"  # e.g. "torchrun --nproc-per-node 2"
+LAUNCHER_ENV = local_jobs.LAUNCHER_ENV  # e.g. "torchrun --nproc-per-node 2"
 SAMPLE_REQUESTS = 5
 
 
@@ -230,47 +228,39 @@ class Pipeline:
         return a, b
 
     def train(self, run: RunState, train_csv: Path, validation_csv: Path) -> dict[str, float]:
-        """The training job, as SageMaker would run it: channels, model dir, output, HPs."""
-        run_dir = self.run_dir(run)
-        model_dir, output_dir = run_dir / "model", run_dir / "output"
-        metrics_file = output_dir / "metrics.json"
-        if (model_dir / "meta.json").is_file() and metrics_file.is_file():
-            return json.loads(metrics_file.read_text())["metrics"]  # trained before a crash
-        for folder in (model_dir, output_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        """The training job, as SageMaker would run it: a job of the local job backend,
+        attached to this process (it gets SIGTERM, checkpoints and stops if we die)."""
+        jobs = self.jobs()
+        name = self.job_name(run)
+        if (jobs.job_dir(name) / "job.json").is_file():
+            status = jobs.status(name)
+            if status.state == "Completed":
+                return status.metrics  # trained before a crash
+            if not status.terminal:
+                status = jobs.wait(name)
         hps = {"target": churn.TARGET, "epochs": self.epochs, "seed": self.seed}
-        hps |= {"batch_size": 256, "hidden_sizes": [64, 32], "patience": 5}
-        env = dict(os.environ)
-        env |= {
-            "SM_CHANNEL_TRAIN": str(train_csv.parent),
-            "SM_CHANNEL_VALIDATION": str(validation_csv.parent),
-            "SM_MODEL_DIR": str(model_dir),
-            "SM_OUTPUT_DATA_DIR": str(output_dir),
-            "SM_CHECKPOINT_DIR": str(run_dir / "checkpoints"),
-            "MLINFRA_CHECKPOINT_DIR": str(run_dir / "checkpoints"),
-            "MLINFRA_FAILURE_FILE": str(run_dir / "failure"),
-            "SM_HPS": json.dumps(hps),
-            "MLINFRA_PLATFORM": str(self.paths.descriptor),
-        }
-        launcher = shlex.split(os.environ.get(LAUNCHER_ENV) or shlex.quote(sys.executable))
-        cmd = [*launcher, "-m", "workloads.train"]
-        log_path = run_dir / "train.log"
-        (run_dir / "failure").unlink(missing_ok=True)
-        with open(log_path, "ab") as log:
-            # SIGTERM when the pipeline dies, however it dies (a SIGKILL too): the trainer
-            # checkpoints and stops, and the next run resumes from that checkpoint.
-            code = subprocess.call(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
-            )
-        if code != 0:
-            failure = run_dir / "failure"
-            reason = failure.read_text().strip() if failure.is_file() else ""
+        hps |= {"batch_size": 256, "hidden_sizes": "64,32", "patience": 5}
+        request = JobRequest(
+            name=name,
+            channels={
+                "train": localenv.file_uri(train_csv.parent),
+                "validation": localenv.file_uri(validation_csv.parent),
+            },
+            hyperparameters={k: str(v) for k, v in hps.items()},
+            model_group=self.group,
+        )
+        status = jobs.wait(jobs.submit(request).id)  # a failed job's name resumes it
+        if status.state != "Completed":
+            log_path = jobs.job_dir(name) / "train.log"
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
             raise PipelineError(
-                f"training failed (exit {code}); run the pipeline again to resume from the "
-                f"last checkpoint.\n{reason or tail}\nlog: {log_path}"
+                f"training {status.state.lower()}: {status.reason}; run the pipeline again to "
+                f"resume from the last checkpoint.\n{tail}\nlog: {log_path}"
             )
-        return json.loads(metrics_file.read_text())["metrics"]
+        return status.metrics
+
+    def job_name(self, run: RunState) -> str:
+        return f"pipeline-{run.run_id.lower()}"
 
     def publish(self, run: RunState) -> str:
         """Copy the model into the artifacts bucket in one rename: complete or absent."""
@@ -279,7 +269,7 @@ class Pipeline:
             for stale in target.parent.glob(f".{target.name}.*.tmp"):  # an interrupted copy
                 shutil.rmtree(stale, ignore_errors=True)
             with atomic_path(target) as tmp:
-                shutil.copytree(self.run_dir(run) / "model", tmp)
+                shutil.copytree(self.jobs().job_dir(self.job_name(run)) / "model", tmp)
         return localenv.file_uri(target)
 
     def register(self, run: RunState) -> int:
@@ -348,6 +338,9 @@ class Pipeline:
 
         return registry_from_descriptor(self.descriptor)
 
+    def jobs(self) -> LocalJobs:
+        return LocalJobs(self.descriptor, attached=True)
+
     # --- the whole run -----------------------------------------------------------------------
 
     def run(self) -> RunState:
@@ -412,6 +405,7 @@ class Pipeline:
                     "serving the previous approved version (if any)[/]")  # fmt: skip
         self._report(run, validation_csv)
         # Done: the next pipeline run starts a new run (and registers a new version).
+        self.run_dir(run).mkdir(parents=True, exist_ok=True)
         shutil.move(self.run_file, self.run_dir(run) / "run.json")
         return run
 
