@@ -15,7 +15,7 @@ from moto import mock_aws  # noqa: E402
 
 from tests.jobs_support import KEY, REGION, ROLE, TRAIN_REPO, aws_descriptor, push_image  # noqa: E402
 from workloads.jobs.base import JobError, JobRequest, get_backend  # noqa: E402
-from workloads.jobs.sagemaker import SageMakerJobs  # noqa: E402
+from workloads.jobs.sagemaker import SDK_CONFIG, SageMakerJobs  # noqa: E402
 from workloads.jobs.sagemaker_request import plan_training_job  # noqa: E402
 from workloads.training.metric_line import format_metric, parse_metric_lines  # noqa: E402
 
@@ -26,9 +26,7 @@ def sm_env(aws_env, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
     monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(tmp_path / "sm-config.yaml"))
-    (tmp_path / "sm-config.yaml").write_text(
-        "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n"
-    )
+    (tmp_path / "sm-config.yaml").write_text(SDK_CONFIG)
     import sagemaker.core.telemetry.telemetry_logging as telemetry
 
     sent: list = []
