@@ -72,6 +72,7 @@ def test_single_node_job(descriptor):
         train_uri="s3://vision-dev-features/churn/train/",
         validation_uri="s3://vision-dev-features/churn/validation/",
         hyperparameters={"target": "churned", "epochs": 20, "hidden_sizes": [64, 32]},
+        tag="2024.11.3",
         cpu="8",
         memory="32Gi",
     )
@@ -87,7 +88,7 @@ def test_single_node_job(descriptor):
         "tolerations"
     ]
     (container,) = pod["containers"]
-    assert container["image"].endswith("/vision-train:latest")
+    assert container["image"].endswith("/vision-train:2024.11.3")  # the tag, never latest
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert container["resources"]["requests"] == {"cpu": "8", "memory": "32Gi"}
     assert container["command"] == [
@@ -110,8 +111,19 @@ def test_single_node_job(descriptor):
     assert load_descriptor(env["MLINFRA_PLATFORM"]) == descriptor  # inline JSON round-trips
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/opt/ml/model", "/opt/ml/output", "/opt/ml/checkpoints", "/tmp"} <= mounts
-    assert env["SM_CHECKPOINT_DIR"] == "/opt/ml/checkpoints"
+    assert env["SM_CHECKPOINT_DIR"] == env["MLINFRA_CHECKPOINT_DIR"] == "/opt/ml/checkpoints"
+    # Checkpoints outlive the pod: a replacement (spot) resumes from S3.
+    assert env["MLINFRA_CHECKPOINT_URI"] == "s3://vision-dev-artifacts/checkpoints/churn-2024"
+    assert env["MLINFRA_FAILURE_FILE"] == container["terminationMessagePath"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Spot as a non-event: a disruption is not counted, the trainer's own failure is final,
+    # and SIGTERM leaves time for a checkpoint.
+    assert pod["restartPolicy"] == "Never"  # what podFailurePolicy requires
+    assert pod["terminationGracePeriodSeconds"] >= 60
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [1]
+    assert rules[1]["onExitCodes"]["containerName"] == container["name"]
     yaml.safe_dump_all(manifests)  # plain data, serialisable as-is
 
 
@@ -153,7 +165,9 @@ def test_multi_node_indexed_job_with_headless_service(descriptor):
 
 
 def test_cpu_pool_has_no_gpu_requests(descriptor):
-    (job,) = render_training_job(descriptor, name="small", pool="cpu", train_uri="s3://b/k")
+    (job,) = render_training_job(
+        descriptor, name="small", pool="cpu", train_uri="s3://b/k", tag="v1"
+    )
     pod = job["spec"]["template"]["spec"]
     assert "tolerations" not in pod
     assert "nvidia.com/gpu" not in json.dumps(pod["containers"][0]["resources"])
@@ -167,10 +181,12 @@ def test_cpu_pool_has_no_gpu_requests(descriptor):
         ({"pool": "tpu"}, "unknown node pool 'tpu'; stack 'vision-dev' has: cpu, gpu"),
         ({"name": "Bad_Name"}, "job name 'Bad_Name'"),
         ({"nodes": 0}, "nodes must be at least 1"),
+        ({"tag": None}, "give the image tag (tags are immutable; there is no 'latest')"),
+        ({"image": "registry.local/train:abc"}, "not both"),
     ],
 )
 def test_bad_arguments_are_named(descriptor, kwargs, message):
-    args = {"name": "ok", "pool": "gpu", "train_uri": "s3://b/k"} | kwargs
+    args = {"name": "ok", "pool": "gpu", "train_uri": "s3://b/k", "tag": "v1"} | kwargs
     with pytest.raises(ValueError) as err:
         render_training_job(descriptor, **args)
     assert message in str(err.value)
@@ -179,4 +195,4 @@ def test_bad_arguments_are_named(descriptor, kwargs, message):
 def test_descriptor_without_cluster(descriptor):
     local = descriptor.model_copy(update={"cluster": None})
     with pytest.raises(ValueError, match="no Kubernetes cluster"):
-        render_training_job(local, name="x", pool="gpu", train_uri="s3://b/k")
+        render_training_job(local, name="x", pool="gpu", train_uri="s3://b/k", tag="v1")

@@ -9,21 +9,30 @@ The container runs the training image's `workloads.train` under the SageMaker co
 data channels are passed as `s3://` URIs (the entrypoint downloads them), the model is copied
 to `MLINFRA_MODEL_URI` when done, and the failure reason goes to the pod's termination log.
 The manifests are plain dicts: `kubectl apply`-able as YAML/JSON, or fed to pulumi-kubernetes.
+
+Spot is a non-event: a drained node sends SIGTERM, the trainer checkpoints within the grace
+period and exits 143; checkpoints are synced to `MLINFRA_CHECKPOINT_URI` (S3) or live on a
+claim, and the `podFailurePolicy` does not count a disrupted pod against the retries, so the
+replacement pod resumes. A failure the trainer reported (exit 1: bad data or configuration)
+fails the Job at once instead of retrying it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from workloads.jobs.environment import container_env
 from workloads.platform import NodePoolRef, PlatformDescriptor
 
 POOL_LABEL = "mlinfra.io/pool"  # the node label the cluster component puts on each pool
 JOB_LABEL = "mlinfra.io/training-job"
 GPU_RESOURCE = "nvidia.com/gpu"
 RENDEZVOUS_PORT = 29500
+GRACE_SECONDS = 120  # SIGTERM to SIGKILL: longer than a checkpoint write (as on SageMaker)
+TERMINATION_LOG = "/dev/termination-log"
+EXIT_FAILED = 1  # the trainer's own failure (reason in the failure file): no retry
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 52  # leaves room for Kubernetes' pod-name suffixes under the 63-char limit
 
@@ -36,6 +45,7 @@ def render_training_job(
     train_uri: str,
     validation_uri: str | None = None,
     hyperparameters: Mapping[str, Any] | None = None,
+    tag: str | None = None,
     image: str | None = None,
     nodes: int = 1,
     model_uri: str | None = None,
@@ -44,12 +54,18 @@ def render_training_job(
     checkpoint_claim: str | None = None,
     backoff_limit: int = 3,
     active_deadline_seconds: int | None = None,
+    channels: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Manifests (Service first when there is one, then the Job) for a training run.
 
-    `image` defaults to the descriptor's train repository at `:latest`; `model_uri` to
-    `<artifacts bucket>/models/<name>`. `checkpoint_claim` names a PersistentVolumeClaim
-    for checkpoints, so a rescheduled pod resumes; without one they live in the pod.
+    The image is `tag` of the descriptor's train repository, or `image` (a full reference):
+    one is required, since tags are immutable and there is no `latest`. `model_uri`
+    defaults to `<artifacts bucket>/models/<name>`. Checkpoints sync to `<artifacts
+    bucket>/checkpoints/<name>`, or live on `checkpoint_claim` (a PersistentVolumeClaim),
+    so a rescheduled pod resumes. `channels` adds channels besides train and validation;
+    `labels` and `annotations` are stamped on the Job and its pods.
     """
     cluster = descriptor.cluster
     if cluster is None:
@@ -64,31 +80,46 @@ def render_training_job(
         )
     if nodes < 1:
         raise ValueError(f"nodes must be at least 1, got {nodes}")
+    if (tag is None) == (image is None):
+        raise ValueError(
+            "give the image tag (tags are immutable; there is no 'latest') or a full image, "
+            "not both"
+        )
     if image is None:
         repository = descriptor.registry.repositories.get("train")
         if not repository:
             raise ValueError("no image given and the descriptor has no 'train' repository")
-        image = f"{repository}:latest"
+        image = f"{repository}:{tag}"
     node_pool = cluster.node_pools[pool]
     namespace = cluster.namespace
     labels = {
+        **(labels or {}),
         "app.kubernetes.io/name": "mlinfra-training",
         "app.kubernetes.io/part-of": "mlinfra",
         "mlinfra.io/team": descriptor.team,
         "mlinfra.io/stack": descriptor.stack,
         JOB_LABEL: name,
     }
+    metadata_extra = {"annotations": dict(annotations)} if annotations else {}
+    all_channels = {"train": train_uri, **(channels or {})}
+    if validation_uri:
+        all_channels["validation"] = validation_uri
     master = f"{name}-0.{name}.{namespace}.svc.cluster.local"
     container = _container(
         image=image,
         command=_torchrun(name, nodes, max(1, node_pool.gpus_per_node), master),
-        env=_env(descriptor, name, train_uri, validation_uri, hyperparameters, model_uri, nodes),
+        env=_env(
+            descriptor, name, all_channels, hyperparameters, model_uri, checkpoint_claim, nodes
+        ),
         resources=_resources(node_pool, cpu, memory),
     )
     pod_spec: dict[str, Any] = {
         "serviceAccountName": cluster.service_account,
         "automountServiceAccountToken": False,  # IRSA injects its own token; no API access
-        "restartPolicy": "OnFailure",  # same pod, same emptyDir: a restart finds checkpoints
+        # A failed pod is replaced (podFailurePolicy needs Never); the new pod resumes from
+        # the synced checkpoints.
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "nodeSelector": {POOL_LABEL: pool},
         "securityContext": {
             "runAsNonRoot": True,
@@ -109,7 +140,22 @@ def render_training_job(
         "completions": nodes,
         "parallelism": nodes,
         "ttlSecondsAfterFinished": 7 * 24 * 3600,
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "podFailurePolicy": {
+            "rules": [
+                # Spot reclaim, node drain, preemption: not the job's fault, not counted.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                # The trainer said why it failed (data, configuration): retrying won't help.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "train",
+                        "operator": "In",
+                        "values": [EXIT_FAILED],
+                    },
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels, **metadata_extra}, "spec": pod_spec},
     }
     if active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = active_deadline_seconds
@@ -122,7 +168,12 @@ def render_training_job(
         {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": labels,
+                **metadata_extra,
+            },
             "spec": job_spec,
         }
     )
@@ -148,28 +199,30 @@ def _torchrun(name: str, nodes: int, procs: int, master: str) -> list[str]:
 def _env(
     descriptor: PlatformDescriptor,
     name: str,
-    train_uri: str,
-    validation_uri: str | None,
+    channels: Mapping[str, str],
     hyperparameters: Mapping[str, Any] | None,
     model_uri: str | None,
+    checkpoint_claim: str | None,
     nodes: int,
 ) -> list[dict[str, Any]]:
-    model_uri = model_uri or f"{descriptor.buckets.artifacts.rstrip('/')}/models/{name}"
+    artifacts = descriptor.buckets.artifacts.rstrip("/")
     values = {
         "MLINFRA_PLATFORM": descriptor.model_dump_json(),
         "AWS_REGION": descriptor.region,
-        "SM_CHANNEL_TRAIN": train_uri,
-        "SM_MODEL_DIR": "/opt/ml/model",
-        "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data",
-        "SM_CHECKPOINT_DIR": "/opt/ml/checkpoints",
-        "MLINFRA_FAILURE_FILE": "/dev/termination-log",  # shows up in the pod's status
-        "MLINFRA_MODEL_URI": model_uri,
-        "SM_HPS": json.dumps(dict(hyperparameters or {}), sort_keys=True),
+        **container_env(
+            channels=channels,
+            model_dir="/opt/ml/model",
+            output_dir="/opt/ml/output/data",
+            checkpoint_dir="/opt/ml/checkpoints",
+            failure_file=TERMINATION_LOG,  # shows up in the pod's status
+            hyperparameters=dict(hyperparameters or {}),
+            model_uri=model_uri or f"{artifacts}/models/{name}",
+            # On a claim the checkpoints survive the pod; else they are synced to S3.
+            checkpoint_uri=None if checkpoint_claim else f"{artifacts}/checkpoints/{name}",
+        ),
         "HOME": "/tmp",  # the root filesystem is read-only
         "MPLCONFIGDIR": "/tmp/matplotlib",
     }
-    if validation_uri:
-        values["SM_CHANNEL_VALIDATION"] = validation_uri
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items()]
     if nodes > 1:
         index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -211,7 +264,7 @@ def _container(
         "env": env,
         "resources": resources,
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
