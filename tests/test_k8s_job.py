@@ -89,7 +89,7 @@ def test_single_node_job(descriptor):
     ]
     (container,) = pod["containers"]
     assert container["image"].endswith("/vision-train:2024.11.3")  # the tag, never latest
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert container["resources"]["requests"] == {"cpu": "8", "memory": "32Gi"}
     assert container["command"] == [
         "torchrun",

@@ -240,7 +240,7 @@ def _resources(pool: NodePoolRef, cpu: str | None, memory: str | None) -> dict[s
     if memory:
         requests["memory"] = limits["memory"] = memory
     if pool.gpus_per_node > 0:  # extended resources: the limit is the request
-        limits[GPU_RESOURCE] = pool.gpus_per_node
+        limits[GPU_RESOURCE] = str(pool.gpus_per_node)  # a quantity: the client wants a string
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
