@@ -147,9 +147,10 @@ class KubernetesJobs(JobBackend):
                 f"{', '.join(pools)}"
             )
         if request.instance_type is not None:
+            types = ", ".join(self.cluster.node_pools[request.pool].instance_types)
             raise JobError(
                 "--instance-type is for SageMaker; on Kubernetes the pool decides "
-                f"(pool {request.pool}: {', '.join(self.cluster.node_pools[request.pool].instance_types)})"
+                f"(pool {request.pool}: {types})"
             )
         if request.image_tag is None:
             raise JobError(
