@@ -376,6 +376,202 @@ def pipeline(
         )
 
 
+# --- training jobs ----------------------------------------------------------------------------
+
+jobs_app = typer.Typer(
+    help="Training jobs of a stack: list, describe, logs, stop.", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
+
+OnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--on",
+        help="Backend: local, sagemaker or kubernetes (default: local for the local stack, "
+        "kubernetes when the stack has GPU pools, else sagemaker)",
+    ),
+]
+PlatformOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--platform",
+        help="The stack's descriptor (`pulumi stack output platform --json`); default "
+        "$MLINFRA_PLATFORM or the local environment's",
+    ),
+]
+
+
+def _jobs(stack: str, state_dir: Path | None, platform: Path | None, on: str | None):
+    from workloads.jobs.base import get_backend
+    from workloads.jobs.run import stack_descriptor
+
+    return get_backend(stack_descriptor(stack, state_dir, platform), on)
+
+
+@app.command()
+def train(
+    channel: Annotated[
+        list[str], typer.Option("--channel", help="NAME=URI in the team's buckets (train=...)")
+    ],
+    stack: StackOpt = "local",
+    on: OnOpt = None,
+    pool: Annotated[str | None, typer.Option(help="Node pool (Kubernetes)")] = None,
+    nodes: Annotated[int, typer.Option(help="Nodes (torchrun across them)", min=1)] = 1,
+    instance_type: Annotated[str | None, typer.Option(help="SageMaker instance type")] = None,
+    spot: Annotated[bool, typer.Option("--spot/--on-demand", help="Spot capacity")] = False,
+    hp: Annotated[list[str] | None, typer.Option("--hp", help="Hyperparameter KEY=VALUE")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Training image tag")] = None,
+    serve_image: Annotated[
+        str | None, typer.Option(help="Serving image tag to register with (default --image)")
+    ] = None,
+    model_group: Annotated[
+        str | None, typer.Option(help="Register the artifact here and apply its gate")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Job name (default GROUP-MMDD-HHMMSS)")] = None,
+    max_run: Annotated[int, typer.Option(help="Most seconds the job may run", min=1)] = 86400,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the log")] = True,
+    platform: PlatformOpt = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Start a training job and print its id; with --wait follow it, then register and gate
+    the model (Ctrl-C stops the job)."""
+    from workloads.jobs.base import JobError
+    from workloads.jobs.run import job_request, stack_descriptor
+    from workloads.jobs.run import train as run_training
+
+    try:
+        descriptor = stack_descriptor(stack, state_dir, platform)
+        request = job_request(
+            name=name,
+            channels=channel,
+            hyperparameters=hp or [],
+            model_group=model_group,
+            image_tag=image,
+            pool=pool,
+            nodes=nodes,
+            instance_type=instance_type,
+            spot=spot,
+            max_run_seconds=max_run,
+        )
+
+        def started(backend: str, job_id: str) -> None:
+            if wait:
+                errors.print(f"job {job_id} started on {backend}", highlight=False)
+            else:
+                print(job_id)  # plain stdout: for scripts
+
+        result = run_training(
+            descriptor,
+            request,
+            on=on,
+            wait=wait,
+            on_line=lambda line: print(line, flush=True),
+            on_submit=started,
+            serve_image_tag=serve_image,
+        )
+    except (JobError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted: the job was stopped", 130) from None
+    final = result.status
+    if final is None:
+        return
+    console.print(f"job {final.id}: {final.state}" + (f" ({final.reason})" if final.reason else ""),
+                  highlight=False)  # fmt: skip
+    for metric, value in final.metrics.items():
+        console.print(f"  {metric} {value:.4f}", highlight=False)
+    if result.registered:
+        r = result.registered
+        console.print(f"registered {r.model_group} v{r.version}: {r.status} ({r.why})",
+                      highlight=False)  # fmt: skip
+    if final.state != "Completed":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    stack: StackOpt = "local",
+    on: OnOpt = None,
+    platform: PlatformOpt = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """The stack's training jobs on one backend, newest first."""
+    from workloads.jobs.base import JobError
+
+    try:
+        jobs = _jobs(stack, state_dir, platform, on).list()
+    except JobError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"training jobs of {stack}")
+    for col in ("job", "state", "model group", "created", "reason"):
+        table.add_column(col, overflow="fold")
+    for job in jobs:
+        table.add_row(job.id, job.state, job.model_group or "-", job.created or "-",
+                      job.reason or "")  # fmt: skip
+    console.print(table)
+
+
+@jobs_app.command("describe")
+def jobs_describe(
+    job: Annotated[str, typer.Argument(help="Job id")],
+    stack: StackOpt = "local",
+    on: OnOpt = None,
+    platform: PlatformOpt = None,
+    state_dir: StateOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """A job as its backend reports it now."""
+    from workloads.jobs.base import JobError
+    from workloads.jobs.run import describe_lines
+
+    try:
+        status = _jobs(stack, state_dir, platform, on).status(job)
+    except JobError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(status.to_dict(), indent=2))
+        return
+    for key, value in describe_lines(status).items():
+        console.print(f"{key:<24} {escape(value)}", highlight=False)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job: Annotated[str, typer.Argument(help="Job id")],
+    stack: StackOpt = "local",
+    on: OnOpt = None,
+    platform: PlatformOpt = None,
+    state_dir: StateOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Until the job ends")] = False,
+) -> None:
+    """The job's log (metric lines included)."""
+    from workloads.jobs.base import JobError
+
+    try:
+        for line in _jobs(stack, state_dir, platform, on).logs(job, follow=follow):
+            print(line, flush=True)
+    except JobError as exc:
+        raise _fail(str(exc)) from None
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    job: Annotated[str, typer.Argument(help="Job id")],
+    stack: StackOpt = "local",
+    on: OnOpt = None,
+    platform: PlatformOpt = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Stop a job (SIGTERM: it checkpoints; a Kubernetes Job is deleted)."""
+    from workloads.jobs.base import JobError
+
+    try:
+        _jobs(stack, state_dir, platform, on).cancel(job)
+    except JobError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"stopped {job}", highlight=False)
+
+
 if __name__ == "__main__":
     app()
 

@@ -242,16 +242,24 @@ def supervise(folder: Path) -> int:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     launcher = shlex.split(os.environ.get(LAUNCHER_ENV) or shlex.quote(sys.executable))
     env = job_environment(folder, record, dict(os.environ))
+    pending: list[int] = []  # a signal that came before training started
+    holder: list[subprocess.Popen] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if holder:
+            holder[0].send_signal(signum)
+        else:
+            pending.append(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     # If the supervisor itself is killed, training gets SIGTERM: it checkpoints and stops.
     child = subprocess.Popen(
         [*launcher, "-m", "workloads.train"], env=env, preexec_fn=die_with_parent()
     )
-
-    def forward(signum: int, _frame: Any) -> None:
+    holder.append(child)
+    for signum in pending:
         child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
     code = child.wait()
     if code < 0:  # killed by a signal: report it the way a container runtime does
         code = 128 - code

@@ -40,6 +40,7 @@ from components.spec import load_stack
 from workloads.jobs import local as local_jobs
 from workloads.jobs.base import JobRequest
 from workloads.jobs.local import LocalJobs
+from workloads.jobs.run import apply_gate
 from workloads.local import churn
 from workloads.local import env as localenv
 from workloads.local.process import LockHeldError, exclusive
@@ -286,24 +287,8 @@ class Pipeline:
         return version.version
 
     def gate(self, run: RunState) -> tuple[str, str]:
-        registry = self.registry()
         assert run.version is not None
-        current = registry.get(self.group, run.version)
-        if current.status != "PendingManualApproval":
-            return current.status, "decided before"
-        gate = self.descriptor.registry.model_groups[self.group].gate
-        by_hand = f"mlinfra approve {self.group} {run.version} --stack {self.stack}"
-        if gate is None:
-            return current.status, f"the model group has no gate: approve by hand ({by_hand})"
-        value = run.metrics.get(gate.metric)
-        sign = ">=" if gate.mode == "max" else "<="
-        rule = f"{gate.metric} {sign} {gate.threshold}"
-        if value is None:
-            return current.status, f"metric {gate.metric!r} missing from {sorted(run.metrics)}"
-        if registry.passes_gate(self.group, run.metrics):
-            registry.approve(self.group, run.version, reason=f"gate {rule}: {value:.4f}")
-            return "Approved", f"{gate.metric} {value:.4f} passes {rule}"
-        return current.status, f"{gate.metric} {value:.4f} fails {rule}; left pending ({by_hand})"
+        return apply_gate(self.registry(), self.descriptor, self.group, run.version, run.metrics)
 
     def rollout(self) -> list[str]:
         return localenv.rollout(self.stack, self.state, stacks_dir=self.stacks_dir).messages
