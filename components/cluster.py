@@ -88,6 +88,8 @@ def autoscaler_tags(
 
 class GpuCluster(pulumi.ComponentResource):
     cluster_name: pulumi.Output[str]
+    endpoint: pulumi.Output[str]  # the API server URL, for job clients
+    certificate_authority: pulumi.Output[str]  # base64 PEM
     namespace: pulumi.Output[str]
     service_account: pulumi.Output[str]
     workload_role_arn: pulumi.Output[str]
@@ -184,6 +186,8 @@ class GpuCluster(pulumi.ComponentResource):
             ),
         )
         self.cluster_name = cluster.name
+        self.endpoint = cluster.endpoint
+        self.certificate_authority = cluster.certificate_authority.data
         issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
         oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc",
@@ -344,6 +348,8 @@ class GpuCluster(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "cluster_name": self.cluster_name,
+                "endpoint": self.endpoint,
+                "certificate_authority": self.certificate_authority,
                 "namespace": self.namespace,
                 "service_account": self.service_account,
                 "workload_role_arn": self.workload_role_arn,

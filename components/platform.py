@@ -23,6 +23,7 @@ from components.readiness import AccountState, current, decide
 from components.registry import ModelRegistry, ModelRegistryArgs
 from components.spec import PlatformSpec, stack_file
 from components.storage import DataLake, DataLakeArgs
+from components.training import TrainingAccess, TrainingAccessArgs
 
 
 def stack_config() -> dict[str, Any]:
@@ -88,6 +89,17 @@ def build_platform(
             service_account=cluster.service_account,
         ),
     )
+    training = TrainingAccess(
+        "training",
+        TrainingAccessArgs(
+            spec,
+            data_lake=lake,
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            train_repository_arn=registry.repository_arns["train"],
+            model_group_arns=list(registry.group_arns.values()),
+        ),
+    )
     Budget("budget", BudgetArgs(spec))
 
     return {
@@ -132,6 +144,14 @@ def build_platform(
             "namespace": cluster.namespace,
             "service_account": cluster.service_account,
             "node_pools": _node_pools(spec, cluster),
+            "endpoint": cluster.endpoint,
+            "certificate_authority": cluster.certificate_authority,
+        },
+        "training": {
+            "role_arn": training.role_arn,
+            "subnet_ids": training.subnet_ids,
+            "security_group_ids": [training.security_group_id],
+            "kms_key_arn": lake.kms_key_arn,
         },
         "local": None,
     }

@@ -443,7 +443,11 @@ def test_network(stack):
     [sg] = _by_input(
         rendered, "aws:ec2/securityGroup:SecurityGroup", "name", f"{spec.prefix}-endpoints"
     )
-    https_in = rendered.by_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    https_in = [  # the endpoints' group (the training group admits only its own job)
+        r
+        for r in rendered.by_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        if r.inputs["securityGroupId"] == sg.id
+    ]
     cidrs = [net.cidr] if net.vpc_id is None else list(ExistingVpc().cidrs)
     # HTTPS from every CIDR block of the VPC (an existing VPC's secondary blocks too).
     assert sorted(r.inputs["cidrIpv4"] for r in https_in) == sorted(cidrs)
