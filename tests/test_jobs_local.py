@@ -17,6 +17,7 @@ from workloads.jobs.base import JobRequest, exit_reason
 from workloads.jobs.local import LocalJobs
 from workloads.local import env as localenv
 from workloads.registry.store import registry_from_descriptor
+from workloads.training.metric_line import parse_metric_lines
 
 STACKS = Path(__file__).resolve().parent.parent / "stacks"
 runner = CliRunner()
@@ -84,11 +85,13 @@ def test_train_runs_registers_and_gates_then_jobs_commands_read_it(stack):
     assert doc["channels"]["train"].endswith("/toy/train.csv")
     assert doc["labels"]["mlinfra.io/model-group"] == "churn"
     logs = runner.invoke(app, args(state, "jobs", "logs", "toy-1"))
-    assert logs.exit_code == 0 and "epoch" in logs.output
+    assert logs.exit_code == 0
+    final = {m.name: m.value for m in parse_metric_lines(logs.output) if m.epoch is None}
+    assert final["accuracy"] == pytest.approx(version.metrics["accuracy"])  # the metric line
 
     again = runner.invoke(
         app,
-        args(state, "train", "--channel", f"train={data.as_uri()}/train.csv", "--name", "toy-1"),
+        args(state, "train", *TRAIN_ARGS(data), "--name", "toy-1"),
     )
     assert again.exit_code == 1 and "job 'toy-1' already exists (completed)" in again.output
 
@@ -140,6 +143,7 @@ def test_bad_input_gets_one_message_and_creates_nothing(stack):
         ([*train, "--on", "sagemaker"], "is a local stack: jobs run with --on local"),
         ([*train, "--on", "batch"], "unknown job backend 'batch'; valid: kubernetes, local, sage"),
         (["--channel", "train"], "--channel 'train': expected KEY=VALUE"),
+        ([*train, "--hp", "target=y", "--hp", "epoch=3"], "unknown hyperparameter 'epoch'"),
     ]
     for extra, message in cases:
         result = runner.invoke(app, args(state, "train", *extra))

@@ -111,7 +111,7 @@ def test_single_node_job(descriptor):
     assert load_descriptor(env["MLINFRA_PLATFORM"]) == descriptor  # inline JSON round-trips
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/opt/ml/model", "/opt/ml/output", "/opt/ml/checkpoints", "/tmp"} <= mounts
-    assert env["SM_CHECKPOINT_DIR"] == env["MLINFRA_CHECKPOINT_DIR"] == "/opt/ml/checkpoints"
+    assert env["MLINFRA_CHECKPOINT_DIR"] == "/opt/ml/checkpoints"
     # Checkpoints outlive the pod: a replacement (spot) resumes from S3.
     assert env["MLINFRA_CHECKPOINT_URI"] == "s3://vision-dev-artifacts/checkpoints/churn-2024"
     assert env["MLINFRA_FAILURE_FILE"] == container["terminationMessagePath"]
@@ -166,7 +166,12 @@ def test_multi_node_indexed_job_with_headless_service(descriptor):
 
 def test_cpu_pool_has_no_gpu_requests(descriptor):
     (job,) = render_training_job(
-        descriptor, name="small", pool="cpu", train_uri="s3://b/k", tag="v1"
+        descriptor,
+        name="small",
+        pool="cpu",
+        train_uri="s3://b/k",
+        tag="v1",
+        hyperparameters={"target": "y"},
     )
     pod = job["spec"]["template"]["spec"]
     assert "tolerations" not in pod
@@ -190,6 +195,18 @@ def test_bad_arguments_are_named(descriptor, kwargs, message):
     with pytest.raises(ValueError) as err:
         render_training_job(descriptor, **args)
     assert message in str(err.value)
+
+
+def test_hyperparameters_are_checked_as_the_trainer_reads_them(descriptor):
+    with pytest.raises(ValueError, match="unknown hyperparameter 'epoch'"):
+        render_training_job(
+            descriptor,
+            name="x",
+            pool="gpu",
+            train_uri="s3://b/k",
+            tag="v1",
+            hyperparameters={"target": "y", "epoch": "3"},
+        )
 
 
 def test_descriptor_without_cluster(descriptor):

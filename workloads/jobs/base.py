@@ -295,6 +295,9 @@ def validate_request(descriptor: PlatformDescriptor, request: JobRequest) -> Non
         )
     if problems:
         raise JobError("; ".join(problems))
+    from workloads.jobs.environment import check_hyperparameters  # imports the task
+
+    check_hyperparameters(request.hyperparameters)
 
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
