@@ -274,3 +274,41 @@ def _describe(name: str, status: str, **extra) -> dict:
     }
     doc.update(extra)
     return doc
+
+
+def test_mlinfra_train_on_sagemaker_registers_and_gates(sm_env, tmp_path, monkeypatch):
+    """The CLI with a cloud stack's descriptor: the job runs (moto completes it at once), the
+    artifact is registered in the model group, and the gate decides (no auc: pending)."""
+    from typer.testing import CliRunner
+
+    from workloads.cli import app
+
+    session, _, _ = sm_env
+    push_image(session, "v1")
+    session.client("sagemaker").create_model_package_group(ModelPackageGroupName="vision-dev-churn")
+    platform = tmp_path / "platform.json"
+    platform.write_text(aws_descriptor(cluster=False).to_json())
+    common = ["--stack", "vision-dev", "--platform", str(platform)]
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            *common,
+            *("--channel", f"train={aws_descriptor().buckets.raw}/churn/train"),
+            *("--hp", "target=churned", "--image", "v1", "--model-group", "churn", "--spot"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "started on sagemaker" in result.output
+    assert "registered churn v1: PendingManualApproval (metric 'auc' missing" in result.output
+    packages = session.client("sagemaker").list_model_packages(
+        ModelPackageGroupName="vision-dev-churn"
+    )["ModelPackageSummaryList"]
+    assert len(packages) == 1
+    listed = CliRunner().invoke(app, ["jobs", "list", *common])
+    assert listed.exit_code == 0 and "Completed" in listed.output
+    wrong = CliRunner().invoke(
+        app, ["jobs", "list", "--stack", "nlp-dev", "--platform", str(platform)]
+    )
+    assert wrong.exit_code == 1
+    assert "the platform descriptor is stack 'vision-dev', not 'nlp-dev'" in wrong.output
