@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from components.iam import vpc_network_interfaces_statement
+
 
 def execution_policy(
     partition: str,
@@ -84,22 +86,6 @@ def execution_policy(
                 "Action": ["cloudwatch:PutMetricData"],
                 "Resource": "*",
             },
-            {
-                # Endpoints run in the team's private subnets (not resource-scoped in IAM).
-                "Sid": "VpcNetworkInterfaces",
-                "Effect": "Allow",
-                "Action": [
-                    "ec2:CreateNetworkInterface",
-                    "ec2:CreateNetworkInterfacePermission",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:DeleteNetworkInterfacePermission",
-                    "ec2:DescribeNetworkInterfaces",
-                    "ec2:DescribeVpcs",
-                    "ec2:DescribeDhcpOptions",
-                    "ec2:DescribeSubnets",
-                    "ec2:DescribeSecurityGroups",
-                ],
-                "Resource": "*",
-            },
+            vpc_network_interfaces_statement(),
         ],
     }

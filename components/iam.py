@@ -19,3 +19,24 @@ def assume_role_policy(service: str) -> str:
             ],
         }
     )
+
+
+def vpc_network_interfaces_statement(sid: str = "VpcNetworkInterfaces") -> dict:
+    """What SageMaker needs to attach a job's or an endpoint's network interfaces in the
+    team's subnets (these EC2 actions are not resource-scoped in IAM)."""
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": [
+            "ec2:CreateNetworkInterface",
+            "ec2:CreateNetworkInterfacePermission",
+            "ec2:DeleteNetworkInterface",
+            "ec2:DeleteNetworkInterfacePermission",
+            "ec2:DescribeNetworkInterfaces",
+            "ec2:DescribeVpcs",
+            "ec2:DescribeDhcpOptions",
+            "ec2:DescribeSubnets",
+            "ec2:DescribeSecurityGroups",
+        ],
+        "Resource": "*",
+    }

@@ -21,7 +21,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.cluster import workload_policy
-from components.iam import assume_role_policy
+from components.iam import assume_role_policy, vpc_network_interfaces_statement
 from components.spec import PlatformSpec
 from components.storage import DataLake
 
@@ -87,24 +87,7 @@ def training_policy(
             "Resource": "*",
             "Condition": {"StringLike": {"cloudwatch:namespace": METRICS_NAMESPACE + "*"}},
         },
-        {
-            # A training job in a VPC attaches network interfaces in the team's subnets;
-            # EC2's Describe actions take no resource.
-            "Sid": "VpcNetworkInterfaces",
-            "Effect": "Allow",
-            "Action": [
-                "ec2:CreateNetworkInterface",
-                "ec2:CreateNetworkInterfacePermission",
-                "ec2:DeleteNetworkInterface",
-                "ec2:DeleteNetworkInterfacePermission",
-                "ec2:DescribeNetworkInterfaces",
-                "ec2:DescribeVpcs",
-                "ec2:DescribeDhcpOptions",
-                "ec2:DescribeSubnets",
-                "ec2:DescribeSecurityGroups",
-            ],
-            "Resource": "*",
-        },
+        vpc_network_interfaces_statement(),
     ]
     return doc
 

@@ -408,6 +408,17 @@ def _jobs(stack: str, state_dir: Path | None, platform: Path | None, on: str | N
     return get_backend(stack_descriptor(stack, state_dir, platform), on)
 
 
+@contextmanager
+def _job_errors() -> Iterator[None]:
+    """A job error (bad input, no such job) is one line on stderr and exit 1."""
+    from workloads.jobs.base import JobError
+
+    try:
+        yield
+    except (JobError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
 @app.command()
 def train(
     channel: Annotated[
@@ -435,42 +446,38 @@ def train(
 ) -> None:
     """Start a training job and print its id; with --wait follow it, then register and gate
     the model (Ctrl-C stops the job)."""
-    from workloads.jobs.base import JobError
     from workloads.jobs.run import job_request, stack_descriptor
     from workloads.jobs.run import train as run_training
 
+    def started(backend: str, job_id: str) -> None:
+        if wait:
+            errors.print(f"job {job_id} started on {backend}", highlight=False)
+        else:
+            print(job_id)  # plain stdout: for scripts
+
     try:
-        descriptor = stack_descriptor(stack, state_dir, platform)
-        request = job_request(
-            name=name,
-            channels=channel,
-            hyperparameters=hp or [],
-            model_group=model_group,
-            image_tag=image,
-            pool=pool,
-            nodes=nodes,
-            instance_type=instance_type,
-            spot=spot,
-            max_run_seconds=max_run,
-        )
-
-        def started(backend: str, job_id: str) -> None:
-            if wait:
-                errors.print(f"job {job_id} started on {backend}", highlight=False)
-            else:
-                print(job_id)  # plain stdout: for scripts
-
-        result = run_training(
-            descriptor,
-            request,
-            on=on,
-            wait=wait,
-            on_line=lambda line: print(line, flush=True),
-            on_submit=started,
-            serve_image_tag=serve_image,
-        )
-    except (JobError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        with _job_errors():
+            request = job_request(
+                name=name,
+                channels=channel,
+                hyperparameters=hp or [],
+                model_group=model_group,
+                image_tag=image,
+                pool=pool,
+                nodes=nodes,
+                instance_type=instance_type,
+                spot=spot,
+                max_run_seconds=max_run,
+            )
+            result = run_training(
+                stack_descriptor(stack, state_dir, platform),
+                request,
+                on=on,
+                wait=wait,
+                on_line=lambda line: print(line, flush=True),
+                on_submit=started,
+                serve_image_tag=serve_image,
+            )
     except KeyboardInterrupt:
         raise _fail("interrupted: the job was stopped", 130) from None
     final = result.status
@@ -496,12 +503,8 @@ def jobs_list(
     state_dir: StateOpt = None,
 ) -> None:
     """The stack's training jobs on one backend, newest first."""
-    from workloads.jobs.base import JobError
-
-    try:
+    with _job_errors():
         jobs = _jobs(stack, state_dir, platform, on).list()
-    except JobError as exc:
-        raise _fail(str(exc)) from None
     table = Table(title=f"training jobs of {stack}")
     for col in ("job", "state", "model group", "created", "reason"):
         table.add_column(col, overflow="fold")
@@ -521,13 +524,10 @@ def jobs_describe(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """A job as its backend reports it now."""
-    from workloads.jobs.base import JobError
     from workloads.jobs.run import describe_lines
 
-    try:
+    with _job_errors():
         status = _jobs(stack, state_dir, platform, on).status(job)
-    except JobError as exc:
-        raise _fail(str(exc)) from None
     if as_json:
         print(json.dumps(status.to_dict(), indent=2))
         return
@@ -545,13 +545,9 @@ def jobs_logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Until the job ends")] = False,
 ) -> None:
     """The job's log (metric lines included)."""
-    from workloads.jobs.base import JobError
-
-    try:
+    with _job_errors():
         for line in _jobs(stack, state_dir, platform, on).logs(job, follow=follow):
             print(line, flush=True)
-    except JobError as exc:
-        raise _fail(str(exc)) from None
 
 
 @jobs_app.command("stop")
@@ -563,12 +559,8 @@ def jobs_stop(
     state_dir: StateOpt = None,
 ) -> None:
     """Stop a job (SIGTERM: it checkpoints; a Kubernetes Job is deleted)."""
-    from workloads.jobs.base import JobError
-
-    try:
+    with _job_errors():
         _jobs(stack, state_dir, platform, on).cancel(job)
-    except JobError as exc:
-        raise _fail(str(exc)) from None
     console.print(f"stopped {job}", highlight=False)
 
 

@@ -49,6 +49,11 @@ class UnsupportedError(JobError):
     """The request needs something the chosen backend does not do."""
 
 
+def missing_extra(backend: str, extra: str, what: str) -> JobError:
+    """The error for a backend whose client library is not installed."""
+    return JobError(f"the {backend} backend needs {what}: pip install 'mlinfra[{extra}]'")
+
+
 # --- exit codes -------------------------------------------------------------------------------
 
 EXIT_REASONS: dict[int, str] = {

@@ -30,6 +30,7 @@ from workloads.jobs.base import (
     State,
     exit_reason,
     gpu_pools,
+    missing_extra,
     register,
 )
 from workloads.jobs.ecr import check_image_tag
@@ -71,9 +72,7 @@ def eks_token(boto_session: Any, cluster: str) -> str:
 
 
 def client_missing() -> JobError:
-    return JobError(
-        "the Kubernetes backend needs the kubernetes client: pip install 'mlinfra[kubernetes]'"
-    )
+    return missing_extra("Kubernetes", "kubernetes", "the official kubernetes client")
 
 
 @register

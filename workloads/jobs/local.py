@@ -41,9 +41,11 @@ from workloads.jobs.base import (
     register,
 )
 from workloads.jobs.environment import container_env
+from workloads.local.env import pid_alive
 from workloads.local.process import die_with_parent
 from workloads.platform import PlatformDescriptor
 
+SUPERVISOR = "workloads.jobs.local"  # python -m SUPERVISOR run JOB_DIR
 LAUNCHER_ENV = "MLINFRA_TRAIN_LAUNCHER"  # e.g. "torchrun --nproc-per-node 2"
 RECORD, PID, EXIT, STOPPED = "job.json", "pid", "exit", "stopped"
 LOG, FAILURE = "train.log", "failure"
@@ -52,20 +54,6 @@ LOG, FAILURE = "train.log", "failure"
 def file_path(uri: str) -> str:
     parsed = urlparse(uri)
     return unquote(parsed.path) if parsed.scheme == "file" else uri
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our own child not yet reaped) has ended
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 @register
@@ -122,7 +110,7 @@ class LocalJobs(JobBackend):
             (folder / stale).unlink(missing_ok=True)
         with open(folder / LOG, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "workloads.jobs.local", "run", str(folder)],
+                [sys.executable, "-m", SUPERVISOR, "run", str(folder)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -130,9 +118,7 @@ class LocalJobs(JobBackend):
                 env=dict(os.environ),
                 preexec_fn=die_with_parent() if self.attached else None,
             )
-        _write(folder / PID, str(proc.pid))
-        self._children = getattr(self, "_children", [])
-        self._children.append(proc)  # reaped by status(), so a finished job is no zombie
+        _write(folder / PID, str(proc.pid))  # status() reaps it once it has ended
         return request.name
 
     def _record(self, job_id: str) -> dict[str, Any]:
@@ -145,15 +131,13 @@ class LocalJobs(JobBackend):
     def _status(self, job_id: str) -> JobStatus:
         record = self._record(job_id)
         folder = self.job_dir(job_id)
-        for child in getattr(self, "_children", []):
-            child.poll()
         code = _read_int(folder / EXIT)
         failure = _read_text(folder / FAILURE)
         state: State
         metrics: dict[str, float] = {}
         if code is None:
             pid = _read_int(folder / PID)
-            if pid is not None and pid_alive(pid):
+            if pid is not None and pid_alive(pid, SUPERVISOR.encode()):
                 state = "Running"
             elif pid is None:
                 state = "Pending"

@@ -23,6 +23,7 @@ from workloads.jobs.base import (
     JobError,
     JobRequest,
     JobStatus,
+    missing_extra,
     register,
 )
 from workloads.jobs.ecr import check_image_tag
@@ -59,9 +60,7 @@ def sdk_switches() -> None:
 
 
 def sdk_missing() -> JobError:
-    return JobError(
-        "the SageMaker backend needs the SageMaker SDK: pip install 'mlinfra[sagemaker]'"
-    )
+    return missing_extra("SageMaker", "sagemaker", "the SageMaker Python SDK")
 
 
 @register

@@ -319,8 +319,9 @@ def stack_servers(paths: StackPaths) -> list[int]:
     return [pid for pid in found if pid_alive(pid)]
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True if `pid` runs an inference server (a zombie or a recycled pid does not count)."""
+def pid_alive(pid: int | None, command: bytes = b"workloads.serve") -> bool:
+    """True if `pid` runs `command` (by default an inference server; a zombie or a recycled
+    pid does not count)."""
     if not pid:
         return False
     with contextlib.suppress(ChildProcessError):
@@ -340,7 +341,7 @@ def pid_alive(pid: int | None) -> bool:
         cmdline = (proc / "cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z" and b"workloads.serve" in cmdline
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and command in cmdline
 
 
 def ping(url: str, timeout: float = 2.0) -> bool:
