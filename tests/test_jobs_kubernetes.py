@@ -229,3 +229,19 @@ def test_the_token_is_what_aws_eks_get_token_makes(aws_env):
     assert query["Action"] == ["GetCallerIdentity"]
     assert "x-k8s-aws-id" in query["X-Amz-SignedHeaders"][0]
     assert query["X-Amz-Expires"] == ["60"]
+
+
+def test_the_client_reaches_the_descriptors_cluster_with_a_fresh_token(aws_env):
+    descriptor = aws_descriptor()
+    jobs = KubernetesJobs(descriptor, boto_session=boto3.Session(region_name=REGION))
+    config = jobs.api_client().configuration
+    assert config.host == descriptor.cluster.endpoint
+    with open(config.ssl_ca_cert, "rb") as handle:
+        assert handle.read() == base64.b64decode(descriptor.cluster.certificate_authority)
+    assert config.get_api_key_with_prefix("authorization").startswith("Bearer k8s-aws-v1.")
+    without = aws_descriptor()
+    without = without.model_copy(
+        update={"cluster": without.cluster.model_copy(update={"endpoint": None})}
+    )
+    with pytest.raises(JobError, match="exports no cluster endpoint/CA"):
+        KubernetesJobs(without).api_client()

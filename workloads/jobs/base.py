@@ -182,8 +182,11 @@ class JobBackend(ABC):
         jobs = [j for j in self._list() if j.labels.get(LABEL_STACK) == self.descriptor.stack]
         return sorted(jobs, key=lambda j: j.created or "", reverse=True)
 
-    def logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+    def logs(
+        self, job_id: str, follow: bool = False, timeout: float | None = None
+    ) -> Iterator[str]:
         """The job's log lines; with `follow`, until the job has ended (the one tailer)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         cursor: Any = None
         while True:
             lines, cursor = self._read_logs(job_id, cursor)
@@ -194,6 +197,8 @@ class JobBackend(ABC):
                 lines, cursor = self._read_logs(job_id, cursor)  # what came in meanwhile
                 yield from lines
                 return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still running after {timeout} s")
             if not lines:
                 time.sleep(self.poll_seconds)
 
@@ -204,12 +209,9 @@ class JobBackend(ABC):
         timeout: float | None = None,
     ) -> JobStatus:
         """Stream the log to `on_line` until the job ends; return its final status."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for line in self.logs(job_id, follow=True):
+        for line in self.logs(job_id, follow=True, timeout=timeout):
             if on_line is not None:
                 on_line(line)
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still running after {timeout} s")
         return self.status(job_id)
 
     # the backend's part ---------------------------------------------------------------------

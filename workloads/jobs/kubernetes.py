@@ -123,8 +123,13 @@ class KubernetesJobs(JobBackend):
             ca = Path(tempfile.mkdtemp(prefix="mlinfra-eks-")) / "ca.crt"
             ca.write_bytes(base64.b64decode(self.cluster.certificate_authority))
             config.ssl_ca_cert = str(ca)
-            config.api_key = {"authorization": eks_token(self.boto_session, self.cluster.name)}
             config.api_key_prefix = {"authorization": "Bearer"}
+            name, session = self.cluster.name, self.boto_session
+
+            def fresh_token(c: Any) -> None:  # before each request: a token lives 15 min
+                c.api_key["authorization"] = eks_token(session, name)
+
+            config.refresh_api_key_hook = fresh_token
             self._api_client = client.ApiClient(config)
         return self._api_client
 
