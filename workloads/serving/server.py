@@ -28,6 +28,7 @@ import csv
 import importlib
 import io
 import logging
+import math
 import os
 import queue
 import signal
@@ -309,19 +310,17 @@ class Batcher:
             rows = x.shape[0]
             try:
                 preds = self.predictor.predict_matrix(x)
-            except Exception:
+            except Exception as exc:
                 # Isolate the culprit: run each request alone so only it fails.
-                log.exception("batched prediction failed; retrying request by request")
+                if not isinstance(exc, self.input_error):
+                    log.exception("batched prediction failed; retrying request by request")
                 for job, m in ready:
                     results.append(self._predict_one(job, m))
             else:
                 start = 0
                 for job, m in ready:
                     end = start + m.shape[0]
-                    body = orjson.dumps(
-                        {"predictions": preds[start:end]}, option=orjson.OPT_SERIALIZE_NUMPY
-                    )
-                    results.append((job.future, 200, body))
+                    results.append((job.future, *_answer(preds[start:end])))
                     start = end
         ok = sum(1 for r in results if r[1] == 200)
         self.stats.record(ok, rows if ok else 0, len(results) - ok)
@@ -330,10 +329,12 @@ class Batcher:
     def _predict_one(self, job: _Job, m: np.ndarray) -> tuple[asyncio.Future, int, bytes]:
         try:
             preds = self.predictor.predict_matrix(m)
+        except self.input_error as exc:  # this request's input breaks the model (say, overflow)
+            return job.future, 400, _error(str(exc))
         except Exception as exc:
+            log.exception("prediction failed")
             return job.future, 500, _error(f"prediction failed: {exc}")
-        body = orjson.dumps({"predictions": preds}, option=orjson.OPT_SERIALIZE_NUMPY)
-        return job.future, 200, body
+        return (job.future, *_answer(preds))
 
     def _deliver(self, results: list[tuple[asyncio.Future, int, bytes]]) -> None:
         # One wake-up of the event loop per batch, not one per request.
@@ -341,6 +342,29 @@ class Batcher:
             self.loop.call_soon_threadsafe(_set_results, results)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
+
+
+def _answer(predictions: list) -> tuple[int, bytes]:
+    """The 200 answer, unless a prediction is not a finite number: that is a fault of the
+    model (the inputs were checked), logged and answered 500, never sent as a prediction.
+    orjson writes NaN and infinity as null, so only a body with a null is looked into."""
+    body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" in body and _has_non_finite(predictions):
+        log.error("model fault: the predictor returned a non-finite prediction: %.300s", body)
+        return 500, _error("internal error: the model produced a non-finite prediction")
+    return 200, body
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float | np.floating):
+        return not math.isfinite(value)
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "fc" and not np.isfinite(value).all()
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def _set_results(results: list[tuple[asyncio.Future, int, bytes]]) -> None:
