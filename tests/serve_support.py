@@ -38,6 +38,9 @@ class SlowPredictor:
     def prepare_records(self, records: list[dict]):
         return self.inner.prepare_records(records)
 
+    def input_schema(self) -> dict[str, Any]:
+        return self.inner.input_schema()
+
     def prepare_rows(self, rows: list[list]):
         return self.inner.prepare_rows(rows)
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from tests.serve_support import LOAD_DELAY_ENV, PREDICT_DELAY_ENV, make_frame, train_model
-from workloads.serving.server import MAX_BODY_BYTES, ServeSettings, SettingsError, openapi
+from workloads.serving.openapi import openapi
+from workloads.serving.server import MAX_BODY_BYTES, ServeSettings, SettingsError
 from workloads.training.artifact import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +134,18 @@ def test_ping_and_openapi(server: Server) -> None:
     item = doc["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
     schema = item["schema"]["properties"]["instances"]["items"]
     assert schema["required"] == ["age", "visits", "plan", "active"]  # the model's columns
+    # Each column is typed as the server checks it: JSON numbers (within float32 once
+    # standardised), JSON booleans, strings; null is missing.
+    columns = schema["properties"]
+    assert columns["age"]["type"] == columns["visits"]["type"] == ["number", "null"]
+    assert -1e308 < columns["age"]["minimum"] < -1e38 and 1e38 < columns["age"]["maximum"] < 1e308
+    assert columns["active"]["type"] == ["boolean", "null"]
+    assert columns["plan"]["type"] == ["string", "null"]
+    assert set(columns["plan"]["examples"]) == {"basic", "pro", "team"}
+    assert schema["additionalProperties"] is False
+    prediction = doc["components"]["schemas"]["Predictions"]["properties"]["predictions"]["items"]
+    assert sorted(prediction["properties"]["label"]["enum"]) == ["no", "yes"]
+    assert prediction["properties"]["probabilities"]["required"] == ["no", "yes"]
 
 
 def test_json_predictions_match_predictor(server: Server, model_dir: Path, records) -> None:
@@ -256,7 +269,11 @@ def test_body_over_limit_without_content_length(server: Server, records) -> None
 
 
 def test_wrong_method_and_path(server: Server) -> None:
-    assert server.client.get("/invocations").status_code == 405
+    wrong = server.client.get("/invocations")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    wrong = server.client.post("/ping")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD"
+    assert server.client.head("/ping").status_code == 200
     assert server.client.get("/nope").status_code == 404
 
 

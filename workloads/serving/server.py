@@ -45,9 +45,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from workloads.serving.openapi import MAX_BODY_MB, openapi
+
 log = logging.getLogger("mlinfra.serve")
 
-MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
+MAX_BODY_BYTES = MAX_BODY_MB * 1024 * 1024  # SageMaker's real-time payload limit
 DRAIN_TIMEOUT_S = 30
 DEFAULT_LOADER = "workloads.training.artifact:load_model"
 
@@ -378,10 +380,11 @@ def _set_results(results: list[tuple[asyncio.Future, int, bytes]]) -> None:
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, allow: bytes | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.allow = allow  # the methods a 405 names in its Allow header
 
 
 def _media_type(value: bytes) -> bytes:
@@ -508,10 +511,11 @@ class InferenceApp:
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         path, method = scope["path"], scope["method"]
+        allow = None
         try:
             if path == "/invocations":
                 if method != "POST":
-                    raise _HTTPError(405, f"{method} /invocations: use POST")
+                    raise _HTTPError(405, f"{method} /invocations: use POST", allow=b"POST")
                 status, body = await self._invoke(scope, receive)
             elif path == "/ping":
                 _require(method, "GET", path)
@@ -529,14 +533,11 @@ class InferenceApp:
             else:
                 raise _HTTPError(404, f"no such path {path!r}: use POST /invocations or GET /ping")
         except _HTTPError as exc:
-            status, body = exc.status, _error(exc.message)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", JSON), (b"content-length", b"%d" % len(body))],
-            }
-        )
+            status, body, allow = exc.status, _error(exc.message), exc.allow
+        headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
+        if allow is not None:
+            headers.append((b"allow", allow))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
 
     def _ping(self) -> tuple[int, bytes]:
@@ -550,7 +551,7 @@ class InferenceApp:
         return {
             "MaxConcurrentTransforms": self.settings.workers * 8,
             "BatchStrategy": "MULTI_RECORD",
-            "MaxPayloadInMB": MAX_BODY_BYTES // (1024 * 1024),
+            "MaxPayloadInMB": MAX_BODY_MB,
         }
 
     async def _invoke(self, scope: dict, receive: Callable) -> tuple[int, bytes]:
@@ -592,7 +593,7 @@ class InferenceApp:
 
 def _require(method: str, allowed: str, path: str) -> None:
     if method not in (allowed, "HEAD"):
-        raise _HTTPError(405, f"{method} {path}: use {allowed}")
+        raise _HTTPError(405, f"{method} {path}: use {allowed}", allow=f"{allowed}, HEAD".encode())
 
 
 async def _read_body(receive: Callable) -> bytes:
@@ -609,120 +610,6 @@ async def _read_body(receive: Callable) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def openapi(predictor: Any = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 description; names the model's feature columns once it is loaded."""
-    columns = list(getattr(predictor, "feature_columns", []) or [])
-    instance: dict[str, Any] = {
-        "type": "object",
-        "description": "raw feature values as in the training file, without the target",
-        "additionalProperties": False,
-    }
-    if columns:
-        instance["properties"] = {c: {"type": ["number", "string", "null"]} for c in columns}
-        instance["required"] = columns
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-
-    def err(text: str) -> dict[str, Any]:
-        return {"description": text, "content": error}
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "mlinfra inference server", "version": "1.0.0"},
-        "paths": {
-            "/ping": {
-                "get": {
-                    "summary": "Health check (SageMaker hosting contract)",
-                    "responses": {"200": {"description": "model loaded"}, "503": err("loading")},
-                }
-            },
-            "/invocations": {
-                "post": {
-                    "summary": "Predict",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["instances"],
-                                    "properties": {
-                                        "instances": {
-                                            "type": "array",
-                                            "minItems": 1,
-                                            "items": instance,
-                                        }
-                                    },
-                                }
-                            },
-                            "text/csv": {
-                                "schema": {
-                                    "type": "string",
-                                    "description": "rows in feature column order, no header: "
-                                    + ",".join(columns),
-                                }
-                            },
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "one prediction per instance",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Predictions"}
-                                }
-                            },
-                        },
-                        "400": err("bad input"),
-                        "406": err("unsupported Accept"),
-                        "413": err("body over 6 MB"),
-                        "415": err("unsupported Content-Type"),
-                        "503": err("model not loaded yet"),
-                    },
-                }
-            },
-            "/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
-            "/stats": {"get": {"responses": {"200": {"description": "batching counters"}}}},
-            "/execution-parameters": {
-                "get": {"responses": {"200": {"description": "batch transform parameters"}}}
-            },
-        },
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                },
-                "Predictions": {
-                    "type": "object",
-                    "required": ["predictions"],
-                    "properties": {
-                        "predictions": {
-                            "type": "array",
-                            "items": {
-                                "oneOf": [
-                                    {"type": "number", "description": "regression"},
-                                    {
-                                        "type": "object",
-                                        "description": "classification",
-                                        "properties": {
-                                            "label": {},
-                                            "probabilities": {
-                                                "type": "object",
-                                                "additionalProperties": {"type": "number"},
-                                            },
-                                        },
-                                    },
-                                ]
-                            },
-                        }
-                    },
-                },
-            }
-        },
-    }
 
 
 def create_app() -> InferenceApp:

@@ -57,6 +57,10 @@ class Predictor:
     def prepare_records(self, records: list[dict]) -> np.ndarray:
         return self.preprocessor.prepare_records(records)
 
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one instance (record) this model accepts."""
+        return self.preprocessor.json_schema()
+
     def prepare_rows(self, rows: list[list]) -> np.ndarray:
         return self.preprocessor.prepare_rows(rows)
 

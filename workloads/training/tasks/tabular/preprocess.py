@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -125,6 +126,38 @@ class Preprocessor:
         if doc.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported preprocess.json version {doc.get('version')!r}")
         return cls([Column(**c) for c in doc["columns"]])
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one record as `prepare_records` accepts it (for /openapi.json):
+        numbers as JSON numbers within the float32 range once standardised, flags as JSON
+        booleans, categories as strings; null (missing) everywhere."""
+        properties: dict[str, Any] = {}
+        for col in self.columns:
+            if col.kind == "numeric":
+                reach = col.scale * FLOAT32_MAX  # standardised, the value must fit float32
+                properties[col.name] = {
+                    "type": ["number", "null"],
+                    "minimum": max(col.mean - reach, -sys.float_info.max),
+                    "maximum": min(col.mean + reach, sys.float_info.max),
+                    "description": "a number; null is missing (the training median)",
+                }
+            elif col.kind == "boolean":
+                properties[col.name] = {
+                    "type": ["boolean", "null"],
+                    "description": "true or false (JSON booleans); null is missing",
+                }
+            else:
+                properties[col.name] = {
+                    "type": ["string", "null"],
+                    "description": "a category (a string); unseen ones and null encode as none",
+                    "examples": col.categories[:10],
+                }
+        return {
+            "type": "object",
+            "properties": properties,
+            "required": list(self.feature_columns),
+            "additionalProperties": False,
+        }
 
     # -- training path -----------------------------------------------------------------
 
