@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -16,3 +18,12 @@ def aws_env(monkeypatch):
     }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classifier trained by `python -m workloads.train` on `serve_support.make_frame`,
+    shared by the server tests (one training per test process)."""
+    from tests.serve_support import make_frame, train_model
+
+    return train_model(tmp_path_factory.mktemp("serve-model"), make_frame(300), "label")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve_support import LOAD_DELAY_ENV, PREDICT_DELAY_ENV, make_frame, train_model
+from tests.serve_support import (
+    LOAD_DELAY_ENV,
+    PREDICT_DELAY_ENV,
+    Server,
+    make_frame,
+)
 from workloads.serving.openapi import openapi
 from workloads.serving.server import MAX_BODY_BYTES, ServeSettings, SettingsError
 from workloads.training.artifact import load_model
@@ -25,72 +28,10 @@ SLOW_LOADER = "tests.serve_support:slow_model"
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_model(tmp_path_factory.mktemp("serve-model"), make_frame(300), "label")
-
-
-@pytest.fixture(scope="session")
 def records() -> list[dict]:
     frame = make_frame(20, seed=1).drop(columns=["label"])
     recs = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return [{k: (bool(v) if k == "active" else v) for k, v in r.items()} for r in recs]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "workloads.serve", "--model-dir", str(model_dir)]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--threads", "1"]
-        cmd += args if "--workers" in args else ("--workers", "1", *args)
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def first_answer(self, timeout: float = 60) -> httpx.Response:
-        """The first /ping answer once the port is open."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                return httpx.get(self.url + "/ping", timeout=5)
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError(f"server did not open its port:\n{self.output()}")
-
-    def wait_ready(self, timeout: float = 60) -> Server:
-        deadline = time.monotonic() + timeout
-        while self.first_answer(timeout).status_code != 200:
-            assert time.monotonic() < deadline, "model did not load"
-            time.sleep(0.05)
-        return self
-
-    def output(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        return self.proc.stdout.read().decode(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
