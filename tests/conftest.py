@@ -27,3 +27,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.serve_support import make_frame, train_model
 
     return train_model(tmp_path_factory.mktemp("serve-model"), make_frame(300), "label")
+
+
+@pytest.fixture(scope="session")
+def records() -> list[dict]:
+    from tests.serve_support import make_frame
+
+    frame = make_frame(20, seed=1).drop(columns=["label"])
+    recs = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [{k: (bool(v) if k == "active" else v) for k, v in r.items()} for r in recs]

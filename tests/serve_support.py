@@ -95,8 +95,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        model_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "workloads.serve", "--model-dir", str(model_dir)]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--threads", "1"]

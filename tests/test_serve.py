@@ -17,7 +17,6 @@ from tests.serve_support import (
     LOAD_DELAY_ENV,
     PREDICT_DELAY_ENV,
     Server,
-    make_frame,
 )
 from workloads.serving.openapi import openapi
 from workloads.serving.server import MAX_BODY_BYTES, ServeSettings, SettingsError
@@ -25,13 +24,6 @@ from workloads.training.artifact import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_LOADER = "tests.serve_support:slow_model"
-
-
-@pytest.fixture(scope="session")
-def records() -> list[dict]:
-    frame = make_frame(20, seed=1).drop(columns=["label"])
-    recs = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return [{k: (bool(v) if k == "active" else v) for k, v in r.items()} for r in recs]
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from workloads.serving.lifecycle import die_with_parent
 from workloads.serving.openapi import MAX_BODY_MB, openapi
 
 log = logging.getLogger("mlinfra.serve")
@@ -716,10 +717,12 @@ def _serve(sock: socket.socket) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _worker(host: str, port: int) -> None:
+def _worker(host: str, port: int, supervisor: int) -> None:
     """A worker process: its own SO_REUSEPORT socket, so the kernel spreads connections
     evenly over the workers (one shared socket lets one worker accept most of them, and
-    its batcher then carries most of the load while the other idles)."""
+    its batcher then carries most of the load while the other idles). It dies with its
+    supervisor, so a SIGKILLed supervisor leaves no worker holding the port."""
+    die_with_parent(supervisor)
     _configure_logging()
     _serve(_bind(host, port, reuse_port=True))
 
@@ -740,7 +743,9 @@ def _supervise(settings: ServeSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     procs = [
-        ctx.Process(target=_worker, args=(settings.host, settings.port), name=f"worker-{i}")
+        ctx.Process(
+            target=_worker, args=(settings.host, settings.port, os.getpid()), name=f"worker-{i}"
+        )
         for i in range(settings.workers)
     ]
     for proc in procs:
