@@ -110,7 +110,8 @@ class Server:
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            # A short drain window (the default is 2 s): tests stop many servers.
+            env={**os.environ, "MLINFRA_SERVE_DRAIN_S": "0.2", **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -132,6 +133,20 @@ class Server:
         while self.first_answer(timeout).status_code != 200:
             assert time.monotonic() < deadline, "model did not load"
             time.sleep(0.05)
+        return self
+
+    def wait_workers(self, workers: int, timeout: float = 60) -> Server:
+        """Until each of `workers` worker processes has answered with its model loaded: new
+        connections land on one worker or another, and a loading one has no pid in /stats."""
+        self.wait_ready(timeout)
+        pids: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(pids) < workers:
+            assert time.monotonic() < deadline, f"only workers {pids} loaded their model"
+            with httpx.Client(base_url=self.url, timeout=30) as fresh:
+                pid = fresh.get("/stats").json().get("pid")
+            if pid is not None:
+                pids.add(pid)
         return self
 
     def output(self) -> str:

@@ -272,10 +272,11 @@ def test_settings_from_env() -> None:
         "MLINFRA_SERVE_MAX_BATCH_SIZE": "16",
         "MLINFRA_SERVE_MAX_WAIT_MS": "0.5",
         "MLINFRA_SERVE_BATCHING": "off",
+        "MLINFRA_SERVE_DRAIN_S": "7.5",
     }
     s = ServeSettings.from_env(env)
     assert (s.model_dir, s.port, s.workers, s.max_batch_size) == (Path("/m"), 9000, 3, 16)
-    assert (s.max_wait_ms, s.batching) == (0.5, False)
+    assert (s.max_wait_ms, s.batching, s.drain_s) == (0.5, False, 7.5)
     assert ServeSettings.from_env(s.to_env()) == s
     defaults = ServeSettings.from_env({})
     assert (defaults.model_dir, defaults.port) == (Path("/opt/ml/model"), 8080)
@@ -288,6 +289,7 @@ def test_settings_from_env() -> None:
         ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "port"),
         ({"MLINFRA_SERVE_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
         ({"MLINFRA_SERVE_BATCHING": "maybe"}, "MLINFRA_SERVE_BATCHING"),
+        ({"MLINFRA_SERVE_DRAIN_S": "-1"}, "drain_s must be 0..300"),
     ],
 )
 def test_bad_settings_name_the_problem(env: dict, message: str) -> None:

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from workloads.serving.lifecycle import die_with_parent
 from workloads.serving.openapi import MAX_BODY_MB, openapi
 
 log = logging.getLogger("mlinfra.serve")
@@ -64,6 +63,7 @@ ENV_MAX_WAIT = "MLINFRA_SERVE_MAX_WAIT_MS"
 ENV_BATCHING = "MLINFRA_SERVE_BATCHING"
 ENV_THREADS = "MLINFRA_SERVE_THREADS"
 ENV_LOADER = "MLINFRA_SERVE_LOADER"
+ENV_DRAIN = "MLINFRA_SERVE_DRAIN_S"
 
 JSON = b"application/json"
 CSV = b"text/csv"
@@ -84,6 +84,7 @@ class ServeSettings:
     batching: bool = True  # off: every request is its own forward pass
     threads: int = 1  # torch intra-op threads per worker
     loader: str = DEFAULT_LOADER  # "module:function" taking the model dir, returning a Predictor
+    drain_s: float = 2.0  # after SIGTERM, keep answering (Connection: close) this long
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -93,6 +94,8 @@ class ServeSettings:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise SettingsError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.drain_s <= 300:
+            raise SettingsError(f"drain_s must be 0..300 seconds, got {self.drain_s}")
         if ":" not in self.loader:
             raise SettingsError(f"loader must be 'module:function', got {self.loader!r}")
 
@@ -110,6 +113,7 @@ class ServeSettings:
             batching=_env(env, ENV_BATCHING, _parse_bool, True),
             threads=_env(env, ENV_THREADS, int, max(1, (os.cpu_count() or 1) // workers)),
             loader=env.get(ENV_LOADER) or DEFAULT_LOADER,
+            drain_s=_env(env, ENV_DRAIN, float, 2.0),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -124,6 +128,7 @@ class ServeSettings:
             ENV_BATCHING: "1" if self.batching else "0",
             ENV_THREADS: str(self.threads),
             ENV_LOADER: self.loader,
+            ENV_DRAIN: repr(self.drain_s),
         }
 
 
@@ -453,6 +458,8 @@ class InferenceApp:
         self.batcher: Batcher | None = None
         self.load_error: str | None = None
         self._loader_thread: threading.Thread | None = None
+        # Set on SIGTERM (lifecycle.DrainingServer): answers close their connection.
+        self.draining = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -538,10 +545,14 @@ class InferenceApp:
         headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
         if allow is not None:
             headers.append((b"allow", allow))
+        if self.draining:  # the client reconnects, to a replica that is not stopping
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
 
     def _ping(self) -> tuple[int, bytes]:
+        if self.draining:
+            return 503, _error("draining: the server is stopping")
         if self.batcher is not None:
             return 200, b'{"status":"ok"}'
         if self.load_error:
@@ -614,7 +625,7 @@ async def _read_body(receive: Callable) -> bytes:
 
 
 def create_app() -> InferenceApp:
-    """uvicorn factory: each worker process builds its app from the environment."""
+    """The app of one server process, from the environment (also a uvicorn factory)."""
     _configure_logging()  # worker processes are spawned: they do not inherit the parent's setup
     return InferenceApp(ServeSettings.from_env())
 
@@ -645,6 +656,12 @@ def parse_args(argv: list[str] | None = None) -> ServeSettings:
     )
     p.add_argument("--threads", type=int, default=None, help=f"${ENV_THREADS} torch threads/worker")
     p.add_argument("--loader", default=base.loader, help=f"${ENV_LOADER} module:function")
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=base.drain_s,
+        help=f"${ENV_DRAIN}: after SIGTERM, keep answering this long (default 2)",
+    )
     args = p.parse_args(argv)
     threads = args.threads
     if threads is None:  # the environment's value, else share the cores between the workers
@@ -661,6 +678,7 @@ def parse_args(argv: list[str] | None = None) -> ServeSettings:
             batching=args.batching,
             threads=threads,
             loader=args.loader,
+            drain_s=args.drain_seconds,
         )
     except SettingsError as exc:
         p.error(str(exc))
@@ -697,11 +715,13 @@ def _serve(sock: socket.socket) -> None:
     """Run one server process on a bound socket until SIGTERM; drains, then returns."""
     import uvicorn
 
+    from workloads.serving.lifecycle import DrainingServer, LastCallProtocol
+
+    app = create_app()
     config = uvicorn.Config(
-        "workloads.serving.server:create_app",
-        factory=True,
+        app,
         loop="uvloop",
-        http="httptools",
+        http=LastCallProtocol,  # httptools, with the last call of the drain
         lifespan="on",
         access_log=False,
         server_header=False,
@@ -710,11 +730,12 @@ def _serve(sock: socket.socket) -> None:
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
         timeout_keep_alive=75,  # longer than a load balancer's idle timeout (60 s)
     )
-    # uvicorn drains on SIGTERM, then raises the signal again with the handler found at start;
-    # this one turns that into a clean exit 0 (SageMaker and Kubernetes read 143 as a crash).
+    # The server drains on SIGTERM (workloads/serving/lifecycle.py), then raises the signal
+    # again with the handler found at start; this one turns that into a clean exit 0
+    # (SageMaker and Kubernetes read 143 as a crash).
     signal.signal(signal.SIGTERM, _exit_zero)
     sock.listen(4096)
-    uvicorn.Server(config).run(sockets=[sock])
+    DrainingServer(config, app, app.settings.drain_s).run(sockets=[sock])
 
 
 def _worker(host: str, port: int, supervisor: int) -> None:
@@ -722,6 +743,8 @@ def _worker(host: str, port: int, supervisor: int) -> None:
     evenly over the workers (one shared socket lets one worker accept most of them, and
     its batcher then carries most of the load while the other idles). It dies with its
     supervisor, so a SIGKILLed supervisor leaves no worker holding the port."""
+    from workloads.serving.lifecycle import die_with_parent
+
     die_with_parent(supervisor)
     _configure_logging()
     _serve(_bind(host, port, reuse_port=True))
@@ -761,7 +784,7 @@ def _supervise(settings: ServeSettings) -> int:
     for proc in procs:
         if proc.is_alive():
             os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S + 5
+    deadline = time.monotonic() + settings.drain_s + DRAIN_TIMEOUT_S + 5
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
         if proc.is_alive():
