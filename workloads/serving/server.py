@@ -17,7 +17,9 @@ answer) runs on one batcher thread per worker, never on the event loop thread, s
 answers while a batch runs. The batcher merges the requests that are waiting, up to a maximum
 batch size (rows) and a maximum wait, validates each request on its own (one bad request gets
 its own 400 and never fails the others), runs one forward pass and hands each request its rows.
-On SIGTERM uvicorn stops accepting, finishes in-flight requests (at most 30 s), and exits 0.
+On SIGTERM the server drains (workloads/serving/lifecycle.py: a window that keeps answering with
+`Connection: close`, then the accept queue is emptied before the port closes, in-flight
+requests finish within 30 s) and exits 0; workers die with their supervisor.
 """
 
 from __future__ import annotations
