@@ -36,3 +36,13 @@ def records() -> list[dict]:
     frame = make_frame(20, seed=1).drop(columns=["label"])
     recs = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return [{k: (bool(v) if k == "active" else v) for k, v in r.items()} for r in recs]
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path):
+    """A one-worker server on loopback serving `model_dir`, per test module."""
+    from tests.serve_support import Server
+
+    srv = Server(model_dir).wait_ready()
+    yield srv
+    srv.stop()

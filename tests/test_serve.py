@@ -27,13 +27,6 @@ SLOW_LOADER = "tests.serve_support:slow_model"
 
 
 @pytest.fixture(scope="module")
-def server(model_dir: Path):
-    srv = Server(model_dir).wait_ready()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def slow_server(model_dir: Path):
     """Each forward pass takes 0.6 s; waits up to 100 ms to fill a batch."""
     srv = Server(

@@ -10,8 +10,6 @@ Cases come from schemathesis' Hypothesis strategies, driven by Hypothesis direct
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import requests
 import schemathesis
@@ -40,13 +38,6 @@ OPERATIONS = [
     ("GET", "/stats"),
     ("GET", "/execution-parameters"),
 ]
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path):
-    srv = Server(model_dir).wait_ready()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

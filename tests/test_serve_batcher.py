@@ -53,7 +53,14 @@ def run(batches: list[list[dict]], predictor: Any = None) -> list[tuple[int, dic
         finally:
             batcher.stop()
 
-    return [(status, orjson.loads(body)) for status, body in asyncio.run(main())]
+    # A loop of its own, never the thread's current one: asyncio.run would leave none behind,
+    # and other tests in this process (Pulumi's mocks) ask for the current loop.
+    loop = asyncio.new_event_loop()
+    try:
+        answers = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return [(status, orjson.loads(body)) for status, body in answers]
 
 
 def test_an_input_that_breaks_the_forward_pass_fails_only_its_request() -> None:
