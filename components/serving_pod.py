@@ -19,6 +19,7 @@ SERVE_PORT = 8080  # the SageMaker hosting contract
 POOL_LABEL = "mlinfra.io/pool"
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_DIR = "/opt/ml/model"
+PRESTOP_SLEEP_S = 5  # endpoint removal takes seconds to reach kube-proxy on every node
 # The pod-template annotation naming the model package a Kubernetes endpoint serves: set by
 # the stack for a pinned endpoint, by `mlinfra deploy` otherwise (a change rolls the pods).
 MODEL_ANNOTATION = "mlinfra.io/model-package"
@@ -95,8 +96,9 @@ def serving_pod_spec(
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # The server drains within 30 s of SIGTERM.
-        "terminationGracePeriodSeconds": 40,
+        # The countdown starts with preStop: its sleep, then the server's drain after
+        # SIGTERM (a 2 s window, a 1 s last call, in-flight requests up to 30 s).
+        "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + 40,
         "initContainers": [
             {
                 "name": "fetch-model",
@@ -125,6 +127,9 @@ def serving_pod_spec(
                 "startupProbe": {**ping, "periodSeconds": 5, "failureThreshold": 60},
                 "readinessProbe": {**ping, "periodSeconds": 5, "failureThreshold": 2},
                 "livenessProbe": {**ping, "periodSeconds": 10, "failureThreshold": 3},
+                # Traffic keeps coming until every node has taken the terminating pod out of
+                # the Service; SIGTERM only after that (the sleep action: Kubernetes 1.30+).
+                "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_S}}},
                 "securityContext": container_security,
                 "volumeMounts": [{**mounts[0], "readOnly": True}, mounts[1]],
             }

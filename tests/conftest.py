@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -16,3 +18,31 @@ def aws_env(monkeypatch):
     }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classifier trained by `python -m workloads.train` on `serve_support.make_frame`,
+    shared by the server tests (one training per test process)."""
+    from tests.serve_support import make_frame, train_model
+
+    return train_model(tmp_path_factory.mktemp("serve-model"), make_frame(300), "label")
+
+
+@pytest.fixture(scope="session")
+def records() -> list[dict]:
+    from tests.serve_support import make_frame
+
+    frame = make_frame(20, seed=1).drop(columns=["label"])
+    recs = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [{k: (bool(v) if k == "active" else v) for k, v in r.items()} for r in recs]
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path):
+    """A one-worker server on loopback serving `model_dir`, per test module."""
+    from tests.serve_support import Server
+
+    srv = Server(model_dir).wait_ready()
+    yield srv
+    srv.stop()

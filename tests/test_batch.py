@@ -97,9 +97,10 @@ def test_regression_to_jsonl(regressor: Path, tmp_path: Path) -> None:
     [
         (lambda f: f.drop(columns=["plan"]), "missing feature column(s) plan"),
         (lambda f: f.assign(visits=["many"] * len(f)), "'visits' expects a number"),
+        (lambda f: f.assign(age=[1e308] * len(f)), "column 'age' value 1e+308 is out of range"),
         (lambda f: f.assign(prediction=1), "already has output column"),
     ],
-    ids=["missing-column", "bad-value", "output-clash"],
+    ids=["missing-column", "bad-value", "beyond-float32", "output-clash"],
 )
 def test_bad_input_fails_and_keeps_old_output(
     classifier: Path, tmp_path: Path, mutate, message: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -131,6 +132,10 @@ GOOD = {"age": 30.0, "visits": 2, "plan": "gold", "active": True}
         ([{**GOOD, "active": "yes"}], "record 0: column 'active' expects true or false"),
         ([GOOD, GOOD, {**GOOD, "age": float("inf")}], "record 2: column 'age' has a non-finite"),
         ([{**GOOD, "age": float("nan")}], "record 0: column 'age' has a non-finite"),
+        # Finite, but not in float32 once standardised: the dtype the model computes in.
+        ([GOOD, {**GOOD, "age": 1e308}], "record 1: column 'age' value 1e+308 is out of range"),
+        ([{**GOOD, "age": -1e40}], "record 0: column 'age' value -1e+40 is out of range"),
+        ([{**GOOD, "visits": 10**300}], "record 0: column 'visits' value 1e+300 is out of range"),
     ],
 )
 def test_bad_records_are_named(frame, records, message):
@@ -147,6 +152,7 @@ def test_bad_records_are_named(frame, records, message):
         ([["30", "2", "gold", "true"], ["x", "2", "gold", "true"]], "row 1: column 'age'"),
         ([["30", "2", "gold", "maybe"]], "row 0: column 'active' expects true or false"),
         ([["30", "2", "gold", "1"], ["inf", "2", "", ""]], "row 1: column 'age' has a non-finite"),
+        ([["30", "1e308", "gold", "1"]], "row 0: column 'visits' value '1e308' is out of range"),
         ("30,2,gold,true", "expected a list of rows"),
     ],
 )
@@ -154,6 +160,45 @@ def test_bad_rows_are_named(frame, rows, message):
     with pytest.raises(InputError) as err:
         Preprocessor.fit(frame).prepare_rows(rows)
     assert message in str(err.value)
+
+
+def test_every_path_refuses_values_beyond_float32(frame):
+    pre = Preprocessor.fit(frame)
+    age = pre.columns[0]
+    edge = age.mean + age.scale * 3.0e38  # standardised: 3.0e38, within float32
+    x = pre.prepare_records([{**GOOD, "age": edge}])
+    assert np.isfinite(x).all() and x[0, 0] == pytest.approx(3.0e38, rel=1e-6)
+    beyond = age.mean + age.scale * 3.5e38
+    with pytest.raises(InputError, match="record 0: column 'age' value .* is out of range"):
+        pre.prepare_records([{**GOOD, "age": beyond}])
+    with pytest.raises(InputError, match="row 0: column 'age' value '.*' is out of range"):
+        pre.prepare_rows([[repr(beyond), "2", "gold", "true"]])
+    with pytest.raises(InputError, match=re.escape(f"row 2: column 'age' value {beyond:.6g} is")):
+        pre.transform_frame(frame.assign(age=[30.0, 31.0, beyond, 1.0, 2.0, 3.0]))
+
+
+def test_predictor_refuses_an_input_that_overflows_the_network(tmp_path, frame):
+    model_dir, _, pre = make_model(tmp_path, frame)
+    predictor = load_model(model_dir)
+    with torch.no_grad():  # every input adds up: 3e38 in any two columns overflows float32
+        predictor.net.wide.weight.fill_(1.0)
+    x = pre.prepare_records(records_of(frame)[:3])
+    x[1, pre.columns[1].offset] = 3.0e38  # visits: finite in float32, as the checks allow
+    x[1, pre.columns[0].offset] = 2.0e38
+    with pytest.raises(InputError, match="instance 1: the model's output overflows float32"):
+        predictor.predict_matrix(x)
+    with pytest.raises(InputError, match="column 'visits' is 3e\\+38 training standard dev"):
+        predictor.predict_matrix(x)
+    assert len(predictor.predict_matrix(np.delete(x, 1, axis=0))) == 2
+
+
+def test_load_model_refuses_non_finite_weights(tmp_path, frame):
+    model_dir, net, _ = make_model(tmp_path, frame)
+    state = net.state_dict()
+    state["deep.0.weight"][0, 0] = float("nan")
+    torch.save(state, model_dir / "model.pt")
+    with pytest.raises(ValueError, match="non-finite weights in deep.0.weight"):
+        load_model(model_dir)
 
 
 @pytest.mark.parametrize("format", [1, 2])

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,88 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve_support import LOAD_DELAY_ENV, PREDICT_DELAY_ENV, make_frame, train_model
-from workloads.serving.server import MAX_BODY_BYTES, ServeSettings, SettingsError, openapi
+from tests.serve_support import (
+    LOAD_DELAY_ENV,
+    PREDICT_DELAY_ENV,
+    Server,
+)
+from workloads.serving.openapi import openapi
+from workloads.serving.server import MAX_BODY_BYTES, ServeSettings, SettingsError
 from workloads.training.artifact import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_LOADER = "tests.serve_support:slow_model"
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_model(tmp_path_factory.mktemp("serve-model"), make_frame(300), "label")
-
-
-@pytest.fixture(scope="session")
-def records() -> list[dict]:
-    frame = make_frame(20, seed=1).drop(columns=["label"])
-    recs = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return [{k: (bool(v) if k == "active" else v) for k, v in r.items()} for r in recs]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "workloads.serve", "--model-dir", str(model_dir)]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--threads", "1"]
-        cmd += args if "--workers" in args else ("--workers", "1", *args)
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def first_answer(self, timeout: float = 60) -> httpx.Response:
-        """The first /ping answer once the port is open."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                return httpx.get(self.url + "/ping", timeout=5)
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError(f"server did not open its port:\n{self.output()}")
-
-    def wait_ready(self, timeout: float = 60) -> Server:
-        deadline = time.monotonic() + timeout
-        while self.first_answer(timeout).status_code != 200:
-            assert time.monotonic() < deadline, "model did not load"
-            time.sleep(0.05)
-        return self
-
-    def output(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        return self.proc.stdout.read().decode(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path):
-    srv = Server(model_dir).wait_ready()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +60,18 @@ def test_ping_and_openapi(server: Server) -> None:
     item = doc["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]
     schema = item["schema"]["properties"]["instances"]["items"]
     assert schema["required"] == ["age", "visits", "plan", "active"]  # the model's columns
+    # Each column is typed as the server checks it: JSON numbers (within float32 once
+    # standardised), JSON booleans, strings; null is missing.
+    columns = schema["properties"]
+    assert columns["age"]["type"] == columns["visits"]["type"] == ["number", "null"]
+    assert -1e308 < columns["age"]["minimum"] < -1e38 and 1e38 < columns["age"]["maximum"] < 1e308
+    assert columns["active"]["type"] == ["boolean", "null"]
+    assert columns["plan"]["type"] == ["string", "null"]
+    assert set(columns["plan"]["examples"]) == {"basic", "pro", "team"}
+    assert schema["additionalProperties"] is False
+    prediction = doc["components"]["schemas"]["Predictions"]["properties"]["predictions"]["items"]
+    assert sorted(prediction["properties"]["label"]["enum"]) == ["no", "yes"]
+    assert prediction["properties"]["probabilities"]["required"] == ["no", "yes"]
 
 
 def test_json_predictions_match_predictor(server: Server, model_dir: Path, records) -> None:
@@ -194,7 +133,19 @@ BIG = b'{"instances": [' + b'{"age": 1.0},' * (MAX_BODY_BYTES // 12) + b"{}]}"
             {},
             "'age' expects a number",
         ),
+        (
+            400,
+            b'{"instances": [{"age": 1e308, "visits": 2, "plan": "pro", "active": true}]}',
+            {},
+            "record 0: column 'age' value 1e+308 is out of range",
+        ),
         (400, b"1,2,pro\n", {"content-type": "text/csv"}, "expected 4 values"),
+        (
+            400,
+            b"1,2,pro,true\n1e308,2,pro,true\n",
+            {"content-type": "text/csv"},
+            "row 1: column 'age' value '1e308' is out of range",
+        ),
         (400, b"abc,2,pro,true\n", {"content-type": "text/csv"}, "'age' expects a number"),
         (400, b"\n\n", {"content-type": "text/csv"}, "empty CSV"),
         (415, b"<x/>", {"content-type": "application/xml"}, "unsupported Content-Type"),
@@ -210,7 +161,9 @@ BIG = b'{"instances": [' + b'{"age": 1.0},' * (MAX_BODY_BYTES // 12) + b"{}]}"
         "missing-column",
         "extra-column",
         "wrong-type",
+        "beyond-float32",
         "csv-width",
+        "csv-beyond-float32",
         "csv-type",
         "csv-empty",
         "content-type",
@@ -242,7 +195,11 @@ def test_body_over_limit_without_content_length(server: Server, records) -> None
 
 
 def test_wrong_method_and_path(server: Server) -> None:
-    assert server.client.get("/invocations").status_code == 405
+    wrong = server.client.get("/invocations")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    wrong = server.client.post("/ping")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD"
+    assert server.client.head("/ping").status_code == 200
     assert server.client.get("/nope").status_code == 404
 
 
@@ -308,10 +265,11 @@ def test_settings_from_env() -> None:
         "MLINFRA_SERVE_MAX_BATCH_SIZE": "16",
         "MLINFRA_SERVE_MAX_WAIT_MS": "0.5",
         "MLINFRA_SERVE_BATCHING": "off",
+        "MLINFRA_SERVE_DRAIN_S": "7.5",
     }
     s = ServeSettings.from_env(env)
     assert (s.model_dir, s.port, s.workers, s.max_batch_size) == (Path("/m"), 9000, 3, 16)
-    assert (s.max_wait_ms, s.batching) == (0.5, False)
+    assert (s.max_wait_ms, s.batching, s.drain_s) == (0.5, False, 7.5)
     assert ServeSettings.from_env(s.to_env()) == s
     defaults = ServeSettings.from_env({})
     assert (defaults.model_dir, defaults.port) == (Path("/opt/ml/model"), 8080)
@@ -324,6 +282,7 @@ def test_settings_from_env() -> None:
         ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "port"),
         ({"MLINFRA_SERVE_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
         ({"MLINFRA_SERVE_BATCHING": "maybe"}, "MLINFRA_SERVE_BATCHING"),
+        ({"MLINFRA_SERVE_DRAIN_S": "-1"}, "drain_s must be 0..300"),
     ],
 )
 def test_bad_settings_name_the_problem(env: dict, message: str) -> None:

@@ -35,8 +35,10 @@ from components.endpoints import (
 from components.feature_store import FeatureStore, FeatureStoreArgs, glue_database_name
 from components.readiness import FakeAccount, decide
 from components.registry import ModelRegistry, ModelRegistryArgs, lifecycle_policy
-from components.serving_pod import MODEL_ANNOTATION, POOL_LABEL
+from components.serving_pod import MODEL_ANNOTATION, POOL_LABEL, PRESTOP_SLEEP_S
 from components.spec import PlatformSpec, load_stack_file, parse_spec
+from workloads.serving.lifecycle import LAST_CALL_S
+from workloads.serving.server import DRAIN_TIMEOUT_S, ServeSettings
 
 STACKS = sorted(Path(__file__).resolve().parent.parent.glob("stacks/Pulumi.*.yaml"))
 ACCOUNT = "123456789012"
@@ -541,6 +543,12 @@ def test_kubernetes_endpoints(rendered: Render):
         assert serve["ports"] == [{"name": "http", "containerPort": 8080}]
         for probe in ("readinessProbe", "livenessProbe"):
             assert serve[probe]["httpGet"] == {"path": "/ping", "port": "http"}
+        # SIGTERM only once the Service stopped routing here, and the grace period (counted
+        # from preStop) covers the sleep and the server's whole drain.
+        assert serve["lifecycle"]["preStop"] == {"sleep": {"seconds": PRESTOP_SLEEP_S}}
+        assert PRESTOP_SLEEP_S >= 5
+        drain = ServeSettings().drain_s + LAST_CALL_S + DRAIN_TIMEOUT_S
+        assert pod["terminationGracePeriodSeconds"] >= PRESTOP_SLEEP_S + drain + 5
         assert serve["resources"]["requests"] == {"cpu": ep.cpu, "memory": ep.memory}
         assert serve["securityContext"]["readOnlyRootFilesystem"] is True
         assert serve["securityContext"]["allowPrivilegeEscalation"] is False

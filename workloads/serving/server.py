@@ -17,7 +17,9 @@ answer) runs on one batcher thread per worker, never on the event loop thread, s
 answers while a batch runs. The batcher merges the requests that are waiting, up to a maximum
 batch size (rows) and a maximum wait, validates each request on its own (one bad request gets
 its own 400 and never fails the others), runs one forward pass and hands each request its rows.
-On SIGTERM uvicorn stops accepting, finishes in-flight requests (at most 30 s), and exits 0.
+On SIGTERM the server drains (workloads/serving/lifecycle.py: a window that keeps answering with
+`Connection: close`, then the accept queue is emptied before the port closes, in-flight
+requests finish within 30 s) and exits 0; workers die with their supervisor.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import csv
 import importlib
 import io
 import logging
+import math
 import os
 import queue
 import signal
@@ -44,9 +47,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from workloads.serving.openapi import MAX_BODY_MB, openapi
+
 log = logging.getLogger("mlinfra.serve")
 
-MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
+MAX_BODY_BYTES = MAX_BODY_MB * 1024 * 1024  # SageMaker's real-time payload limit
 DRAIN_TIMEOUT_S = 30
 DEFAULT_LOADER = "workloads.training.artifact:load_model"
 
@@ -60,6 +65,7 @@ ENV_MAX_WAIT = "MLINFRA_SERVE_MAX_WAIT_MS"
 ENV_BATCHING = "MLINFRA_SERVE_BATCHING"
 ENV_THREADS = "MLINFRA_SERVE_THREADS"
 ENV_LOADER = "MLINFRA_SERVE_LOADER"
+ENV_DRAIN = "MLINFRA_SERVE_DRAIN_S"
 
 JSON = b"application/json"
 CSV = b"text/csv"
@@ -80,6 +86,7 @@ class ServeSettings:
     batching: bool = True  # off: every request is its own forward pass
     threads: int = 1  # torch intra-op threads per worker
     loader: str = DEFAULT_LOADER  # "module:function" taking the model dir, returning a Predictor
+    drain_s: float = 2.0  # after SIGTERM, keep answering (Connection: close) this long
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -89,6 +96,8 @@ class ServeSettings:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise SettingsError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.drain_s <= 300:
+            raise SettingsError(f"drain_s must be 0..300 seconds, got {self.drain_s}")
         if ":" not in self.loader:
             raise SettingsError(f"loader must be 'module:function', got {self.loader!r}")
 
@@ -106,6 +115,7 @@ class ServeSettings:
             batching=_env(env, ENV_BATCHING, _parse_bool, True),
             threads=_env(env, ENV_THREADS, int, max(1, (os.cpu_count() or 1) // workers)),
             loader=env.get(ENV_LOADER) or DEFAULT_LOADER,
+            drain_s=_env(env, ENV_DRAIN, float, 2.0),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -120,6 +130,7 @@ class ServeSettings:
             ENV_BATCHING: "1" if self.batching else "0",
             ENV_THREADS: str(self.threads),
             ENV_LOADER: self.loader,
+            ENV_DRAIN: repr(self.drain_s),
         }
 
 
@@ -309,19 +320,17 @@ class Batcher:
             rows = x.shape[0]
             try:
                 preds = self.predictor.predict_matrix(x)
-            except Exception:
+            except Exception as exc:
                 # Isolate the culprit: run each request alone so only it fails.
-                log.exception("batched prediction failed; retrying request by request")
+                if not isinstance(exc, self.input_error):
+                    log.exception("batched prediction failed; retrying request by request")
                 for job, m in ready:
                     results.append(self._predict_one(job, m))
             else:
                 start = 0
                 for job, m in ready:
                     end = start + m.shape[0]
-                    body = orjson.dumps(
-                        {"predictions": preds[start:end]}, option=orjson.OPT_SERIALIZE_NUMPY
-                    )
-                    results.append((job.future, 200, body))
+                    results.append((job.future, *_answer(preds[start:end])))
                     start = end
         ok = sum(1 for r in results if r[1] == 200)
         self.stats.record(ok, rows if ok else 0, len(results) - ok)
@@ -330,10 +339,12 @@ class Batcher:
     def _predict_one(self, job: _Job, m: np.ndarray) -> tuple[asyncio.Future, int, bytes]:
         try:
             preds = self.predictor.predict_matrix(m)
+        except self.input_error as exc:  # this request's input breaks the model (say, overflow)
+            return job.future, 400, _error(str(exc))
         except Exception as exc:
+            log.exception("prediction failed")
             return job.future, 500, _error(f"prediction failed: {exc}")
-        body = orjson.dumps({"predictions": preds}, option=orjson.OPT_SERIALIZE_NUMPY)
-        return job.future, 200, body
+        return (job.future, *_answer(preds))
 
     def _deliver(self, results: list[tuple[asyncio.Future, int, bytes]]) -> None:
         # One wake-up of the event loop per batch, not one per request.
@@ -341,6 +352,29 @@ class Batcher:
             self.loop.call_soon_threadsafe(_set_results, results)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
+
+
+def _answer(predictions: list) -> tuple[int, bytes]:
+    """The 200 answer, unless a prediction is not a finite number: that is a fault of the
+    model (the inputs were checked), logged and answered 500, never sent as a prediction.
+    orjson writes NaN and infinity as null, so only a body with a null is looked into."""
+    body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" in body and _has_non_finite(predictions):
+        log.error("model fault: the predictor returned a non-finite prediction: %.300s", body)
+        return 500, _error("internal error: the model produced a non-finite prediction")
+    return 200, body
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float | np.floating):
+        return not math.isfinite(value)
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "fc" and not np.isfinite(value).all()
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def _set_results(results: list[tuple[asyncio.Future, int, bytes]]) -> None:
@@ -354,10 +388,11 @@ def _set_results(results: list[tuple[asyncio.Future, int, bytes]]) -> None:
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, allow: bytes | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.allow = allow  # the methods a 405 names in its Allow header
 
 
 def _media_type(value: bytes) -> bytes:
@@ -425,6 +460,8 @@ class InferenceApp:
         self.batcher: Batcher | None = None
         self.load_error: str | None = None
         self._loader_thread: threading.Thread | None = None
+        # Set on SIGTERM (lifecycle.DrainingServer): answers close their connection.
+        self.draining = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -484,10 +521,11 @@ class InferenceApp:
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         path, method = scope["path"], scope["method"]
+        allow = None
         try:
             if path == "/invocations":
                 if method != "POST":
-                    raise _HTTPError(405, f"{method} /invocations: use POST")
+                    raise _HTTPError(405, f"{method} /invocations: use POST", allow=b"POST")
                 status, body = await self._invoke(scope, receive)
             elif path == "/ping":
                 _require(method, "GET", path)
@@ -505,17 +543,18 @@ class InferenceApp:
             else:
                 raise _HTTPError(404, f"no such path {path!r}: use POST /invocations or GET /ping")
         except _HTTPError as exc:
-            status, body = exc.status, _error(exc.message)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", JSON), (b"content-length", b"%d" % len(body))],
-            }
-        )
+            status, body, allow = exc.status, _error(exc.message), exc.allow
+        headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
+        if allow is not None:
+            headers.append((b"allow", allow))
+        if self.draining:  # the client reconnects, to a replica that is not stopping
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body if method != "HEAD" else b""})
 
     def _ping(self) -> tuple[int, bytes]:
+        if self.draining:
+            return 503, _error("draining: the server is stopping")
         if self.batcher is not None:
             return 200, b'{"status":"ok"}'
         if self.load_error:
@@ -526,7 +565,7 @@ class InferenceApp:
         return {
             "MaxConcurrentTransforms": self.settings.workers * 8,
             "BatchStrategy": "MULTI_RECORD",
-            "MaxPayloadInMB": MAX_BODY_BYTES // (1024 * 1024),
+            "MaxPayloadInMB": MAX_BODY_MB,
         }
 
     async def _invoke(self, scope: dict, receive: Callable) -> tuple[int, bytes]:
@@ -568,7 +607,7 @@ class InferenceApp:
 
 def _require(method: str, allowed: str, path: str) -> None:
     if method not in (allowed, "HEAD"):
-        raise _HTTPError(405, f"{method} {path}: use {allowed}")
+        raise _HTTPError(405, f"{method} {path}: use {allowed}", allow=f"{allowed}, HEAD".encode())
 
 
 async def _read_body(receive: Callable) -> bytes:
@@ -587,122 +626,8 @@ async def _read_body(receive: Callable) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def openapi(predictor: Any = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 description; names the model's feature columns once it is loaded."""
-    columns = list(getattr(predictor, "feature_columns", []) or [])
-    instance: dict[str, Any] = {
-        "type": "object",
-        "description": "raw feature values as in the training file, without the target",
-        "additionalProperties": False,
-    }
-    if columns:
-        instance["properties"] = {c: {"type": ["number", "string", "null"]} for c in columns}
-        instance["required"] = columns
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-
-    def err(text: str) -> dict[str, Any]:
-        return {"description": text, "content": error}
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "mlinfra inference server", "version": "1.0.0"},
-        "paths": {
-            "/ping": {
-                "get": {
-                    "summary": "Health check (SageMaker hosting contract)",
-                    "responses": {"200": {"description": "model loaded"}, "503": err("loading")},
-                }
-            },
-            "/invocations": {
-                "post": {
-                    "summary": "Predict",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["instances"],
-                                    "properties": {
-                                        "instances": {
-                                            "type": "array",
-                                            "minItems": 1,
-                                            "items": instance,
-                                        }
-                                    },
-                                }
-                            },
-                            "text/csv": {
-                                "schema": {
-                                    "type": "string",
-                                    "description": "rows in feature column order, no header: "
-                                    + ",".join(columns),
-                                }
-                            },
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "one prediction per instance",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Predictions"}
-                                }
-                            },
-                        },
-                        "400": err("bad input"),
-                        "406": err("unsupported Accept"),
-                        "413": err("body over 6 MB"),
-                        "415": err("unsupported Content-Type"),
-                        "503": err("model not loaded yet"),
-                    },
-                }
-            },
-            "/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
-            "/stats": {"get": {"responses": {"200": {"description": "batching counters"}}}},
-            "/execution-parameters": {
-                "get": {"responses": {"200": {"description": "batch transform parameters"}}}
-            },
-        },
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                },
-                "Predictions": {
-                    "type": "object",
-                    "required": ["predictions"],
-                    "properties": {
-                        "predictions": {
-                            "type": "array",
-                            "items": {
-                                "oneOf": [
-                                    {"type": "number", "description": "regression"},
-                                    {
-                                        "type": "object",
-                                        "description": "classification",
-                                        "properties": {
-                                            "label": {},
-                                            "probabilities": {
-                                                "type": "object",
-                                                "additionalProperties": {"type": "number"},
-                                            },
-                                        },
-                                    },
-                                ]
-                            },
-                        }
-                    },
-                },
-            }
-        },
-    }
-
-
 def create_app() -> InferenceApp:
-    """uvicorn factory: each worker process builds its app from the environment."""
+    """The app of one server process, from the environment (also a uvicorn factory)."""
     _configure_logging()  # worker processes are spawned: they do not inherit the parent's setup
     return InferenceApp(ServeSettings.from_env())
 
@@ -733,6 +658,12 @@ def parse_args(argv: list[str] | None = None) -> ServeSettings:
     )
     p.add_argument("--threads", type=int, default=None, help=f"${ENV_THREADS} torch threads/worker")
     p.add_argument("--loader", default=base.loader, help=f"${ENV_LOADER} module:function")
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=base.drain_s,
+        help=f"${ENV_DRAIN}: after SIGTERM, keep answering this long (default 2)",
+    )
     args = p.parse_args(argv)
     threads = args.threads
     if threads is None:  # the environment's value, else share the cores between the workers
@@ -749,6 +680,7 @@ def parse_args(argv: list[str] | None = None) -> ServeSettings:
             batching=args.batching,
             threads=threads,
             loader=args.loader,
+            drain_s=args.drain_seconds,
         )
     except SettingsError as exc:
         p.error(str(exc))
@@ -785,11 +717,13 @@ def _serve(sock: socket.socket) -> None:
     """Run one server process on a bound socket until SIGTERM; drains, then returns."""
     import uvicorn
 
+    from workloads.serving.lifecycle import DrainingServer, LastCallProtocol
+
+    app = create_app()
     config = uvicorn.Config(
-        "workloads.serving.server:create_app",
-        factory=True,
+        app,
         loop="uvloop",
-        http="httptools",
+        http=LastCallProtocol,  # httptools, with the last call of the drain
         lifespan="on",
         access_log=False,
         server_header=False,
@@ -798,17 +732,22 @@ def _serve(sock: socket.socket) -> None:
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
         timeout_keep_alive=75,  # longer than a load balancer's idle timeout (60 s)
     )
-    # uvicorn drains on SIGTERM, then raises the signal again with the handler found at start;
-    # this one turns that into a clean exit 0 (SageMaker and Kubernetes read 143 as a crash).
+    # The server drains on SIGTERM (workloads/serving/lifecycle.py), then raises the signal
+    # again with the handler found at start; this one turns that into a clean exit 0
+    # (SageMaker and Kubernetes read 143 as a crash).
     signal.signal(signal.SIGTERM, _exit_zero)
     sock.listen(4096)
-    uvicorn.Server(config).run(sockets=[sock])
+    DrainingServer(config, app, app.settings.drain_s).run(sockets=[sock])
 
 
-def _worker(host: str, port: int) -> None:
+def _worker(host: str, port: int, supervisor: int) -> None:
     """A worker process: its own SO_REUSEPORT socket, so the kernel spreads connections
     evenly over the workers (one shared socket lets one worker accept most of them, and
-    its batcher then carries most of the load while the other idles)."""
+    its batcher then carries most of the load while the other idles). It dies with its
+    supervisor, so a SIGKILLed supervisor leaves no worker holding the port."""
+    from workloads.serving.lifecycle import die_with_parent
+
+    die_with_parent(supervisor)
     _configure_logging()
     _serve(_bind(host, port, reuse_port=True))
 
@@ -829,7 +768,9 @@ def _supervise(settings: ServeSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     procs = [
-        ctx.Process(target=_worker, args=(settings.host, settings.port), name=f"worker-{i}")
+        ctx.Process(
+            target=_worker, args=(settings.host, settings.port, os.getpid()), name=f"worker-{i}"
+        )
         for i in range(settings.workers)
     ]
     for proc in procs:
@@ -845,7 +786,7 @@ def _supervise(settings: ServeSettings) -> int:
     for proc in procs:
         if proc.is_alive():
             os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S + 5
+    deadline = time.monotonic() + settings.drain_s + DRAIN_TIMEOUT_S + 5
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
         if proc.is_alive():

@@ -68,7 +68,9 @@ class Predictor(Protocol):
     `prepare_records` / `prepare_rows` validate one request's JSON records or CSV rows and
     turn them into model input (raising the task's input error, a `ValueError`, naming
     what is wrong); `predict_matrix` runs a batch of prepared inputs and formats one
-    JSON-ready prediction per row.
+    JSON-ready prediction per row. Optional: `input_schema()`, the JSON Schema of one
+    instance, which the server publishes in /openapi.json. The server never sends a
+    non-finite prediction: a predictor that returns one gets a logged 500.
     """
 
     task: str

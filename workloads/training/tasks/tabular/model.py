@@ -38,6 +38,9 @@ class Predictor:
     """A loaded model: validate and transform raw records, run the forward pass, format."""
 
     def __init__(self, net: TabularNet, preprocessor: Preprocessor, meta: dict[str, Any]):
+        broken = [name for name, p in net.named_parameters() if not p.isfinite().all()]
+        if broken:  # a diverged training run: every answer would be made up
+            raise ValueError(f"model.pt has non-finite weights in {', '.join(broken)}")
         self.net = net.eval()
         self.preprocessor = preprocessor
         self.meta = meta
@@ -54,6 +57,10 @@ class Predictor:
     def prepare_records(self, records: list[dict]) -> np.ndarray:
         return self.preprocessor.prepare_records(records)
 
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one instance (record) this model accepts."""
+        return self.preprocessor.json_schema()
+
     def prepare_rows(self, rows: list[list]) -> np.ndarray:
         return self.preprocessor.prepare_rows(rows)
 
@@ -65,6 +72,8 @@ class Predictor:
             )
         with torch.inference_mode():
             out = self.net(torch.from_numpy(x))
+            if not np.isfinite(out.numpy()).all():  # numpy: a tenth of torch's call overhead
+                raise self._overflow(x, out.numpy())
             if self.task == "regression":
                 values = (out[:, 0].double() * self._y_scale + self._y_mean).tolist()
                 return values
@@ -76,6 +85,19 @@ class Predictor:
             {"label": classes[b], "probabilities": dict(zip(keys, row, strict=True))}
             for b, row in zip(best, rows, strict=True)
         ]
+
+    def _overflow(self, x: np.ndarray, out: np.ndarray) -> InputError:
+        """A non-finite output from finite inputs and finite weights (checked at load): the
+        forward pass overflowed float32 because the input is far outside the training data.
+        Names the instance and its most extreme standardised column."""
+        i = int(np.nonzero(~np.isfinite(out).all(axis=1))[0][0])
+        slot = int(np.abs(x[i]).argmax())
+        col = self.preprocessor.column_at(slot)
+        return InputError(
+            f"instance {i}: the model's output overflows float32 for this input; column "
+            f"{col.name!r} is {float(x[i, slot]):.3g} training standard deviations from the "
+            "training mean, too far outside the data the model was trained on"
+        )
 
     def predict_records(self, records: list[dict]) -> list:
         return self.predict_matrix(self.prepare_records(records))

@@ -7,6 +7,8 @@ applies exactly the transformation training used. Two ways in, one formula:
 `(value - mean) / scale` in float64 and cast to float32, so they agree bit for bit.
 
 Unseen or missing categories encode as all zeros; missing numbers get the training median.
+The model computes in float32: a finite number whose standardised value does not fit float32
+(say 1e308) is bad input, refused with the record, column and value, on every path.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +30,7 @@ __all__ = ["Column", "InputError", "Preprocessor"]
 
 FORMAT_VERSION = 1
 NUMERIC_TYPES = frozenset({int, float})
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _TRUE = frozenset({"true", "1", "yes", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "f", "n"})
 
@@ -122,6 +127,38 @@ class Preprocessor:
             raise ValueError(f"unsupported preprocess.json version {doc.get('version')!r}")
         return cls([Column(**c) for c in doc["columns"]])
 
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one record as `prepare_records` accepts it (for /openapi.json):
+        numbers as JSON numbers within the float32 range once standardised, flags as JSON
+        booleans, categories as strings; null (missing) everywhere."""
+        properties: dict[str, Any] = {}
+        for col in self.columns:
+            if col.kind == "numeric":
+                reach = col.scale * FLOAT32_MAX  # standardised, the value must fit float32
+                properties[col.name] = {
+                    "type": ["number", "null"],
+                    "minimum": max(col.mean - reach, -sys.float_info.max),
+                    "maximum": min(col.mean + reach, sys.float_info.max),
+                    "description": "a number; null is missing (the training median)",
+                }
+            elif col.kind == "boolean":
+                properties[col.name] = {
+                    "type": ["boolean", "null"],
+                    "description": "true or false (JSON booleans); null is missing",
+                }
+            else:
+                properties[col.name] = {
+                    "type": ["string", "null"],
+                    "description": "a category (a string); unseen ones and null encode as none",
+                    "examples": col.categories[:10],
+                }
+        return {
+            "type": "object",
+            "properties": properties,
+            "required": list(self.feature_columns),
+            "additionalProperties": False,
+        }
+
     # -- training path -----------------------------------------------------------------
 
     def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
@@ -129,20 +166,21 @@ class Preprocessor:
         if missing:
             raise InputError(f"missing columns {missing}")
         out = np.zeros((len(frame), self.output_dim), dtype=np.float32)
-        for col in self.columns:
-            series = frame[col.name]
-            if col.kind == "categorical":
-                present = series.notna().to_numpy()
-                codes = np.full(len(series), -1, dtype=np.int64)
-                if present.any():  # dict lookup of str(value), as prepare_records does
-                    found = series[present].astype(str).map(col.index)
-                    codes[present] = found.fillna(-1).to_numpy(dtype=np.int64)
-                rows = np.nonzero(codes >= 0)[0]
-                out[rows, col.offset + codes[rows]] = 1.0
-            else:
-                values = _numeric_values(series)
-                self._fill_numeric(col, values, np.isnan(values), out)
-        return out
+        with np.errstate(over="ignore", invalid="ignore"):  # out of range: named below
+            for col in self.columns:
+                series = frame[col.name]
+                if col.kind == "categorical":
+                    present = series.notna().to_numpy()
+                    codes = np.full(len(series), -1, dtype=np.int64)
+                    if present.any():  # dict lookup of str(value), as prepare_records does
+                        found = series[present].astype(str).map(col.index)
+                        codes[present] = found.fillna(-1).to_numpy(dtype=np.int64)
+                    rows = np.nonzero(codes >= 0)[0]
+                    out[rows, col.offset + codes[rows]] = 1.0
+                else:
+                    values = _numeric_values(series)
+                    self._fill_numeric(col, values, np.isnan(values), out)
+        return self._in_range(out, "row", lambda i, col: frame[col.name].iloc[i])
 
     @staticmethod
     def _fill_numeric(col: Column, values: np.ndarray, missing: np.ndarray, out: np.ndarray):
@@ -164,16 +202,17 @@ class Preprocessor:
             if record.keys() != names:
                 self._raise_columns(i, record.keys())
         out = np.zeros((len(records), self.output_dim), dtype=np.float32)
-        if not self._fill_all_numbers(records, out):  # a bad value: find and name it
-            for col in self._numeric:
-                self._fill_numbers(col, [r[col.name] for r in records], out, "record")
+        with np.errstate(over="ignore", invalid="ignore"):  # out of range: named below
+            if not self._fill_all_numbers(records, out):  # a bad value: find and name it
+                for col in self._numeric:
+                    self._fill_numbers(col, [r[col.name] for r in records], out, "record")
         for col in self.columns:
             if col.kind == "categorical":
                 values = [r[col.name] for r in records]
                 self._fill_categorical(col, self._check_strings(col, values), out)
             elif col.kind == "boolean":
                 self._fill_boolean(col, [r[col.name] for r in records], out)
-        return out
+        return self._in_range(out, "record", lambda i, col: records[i][col.name])
 
     def _fill_all_numbers(self, records: list[dict], out: np.ndarray) -> bool:
         """All numeric columns at once; False if some value is not a finite number or None."""
@@ -214,17 +253,45 @@ class Preprocessor:
                     f"got {len(row)}"
                 )
         out = np.zeros((len(rows), self.output_dim), dtype=np.float32)
-        for j, col in enumerate(self.columns):
-            values = [None if (v := row[j]) == "" else v for row in rows]
-            if col.kind == "categorical":
-                values = [v if v is None or isinstance(v, str) else str(v) for v in values]
-                self._fill_categorical(col, values, out)
-            elif col.kind == "boolean":
-                self._fill_boolean(col, [_parse_bool(col, i, v) for i, v in enumerate(values)], out)
-            else:
-                parsed = [_parse_number(col, i, v) for i, v in enumerate(values)]
-                self._fill_numbers(col, parsed, out, "row")
-        return out
+        with np.errstate(over="ignore", invalid="ignore"):  # out of range: named below
+            for j, col in enumerate(self.columns):
+                values = [None if (v := row[j]) == "" else v for row in rows]
+                if col.kind == "categorical":
+                    values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+                    self._fill_categorical(col, values, out)
+                elif col.kind == "boolean":
+                    parsed = [_parse_bool(col, i, v) for i, v in enumerate(values)]
+                    self._fill_boolean(col, parsed, out)
+                else:
+                    parsed = [_parse_number(col, i, v) for i, v in enumerate(values)]
+                    self._fill_numbers(col, parsed, out, "row")
+        names = self.feature_columns
+        return self._in_range(out, "row", lambda i, col: rows[i][names.index(col.name)])
+
+    def _in_range(
+        self, out: np.ndarray, what: str, raw: Callable[[int, Column], Any]
+    ) -> np.ndarray:
+        """The one check of the model's input, in the model's dtype: every value is finite.
+
+        Missing and non-finite inputs were handled before; what is left is a finite number
+        whose standardised value overflows float32. `raw(i, column)` is the value as sent."""
+        if np.isfinite(out).all():
+            return out
+        i, slot = np.argwhere(~np.isfinite(out))[0].tolist()
+        col = self.column_at(slot)
+        raise InputError(
+            f"{what} {i}: column {col.name!r} value {_shown(raw(i, col))} is out of range: "
+            f"the model computes in float32, and standardised with the training mean "
+            f"{col.mean:.6g} and scale {col.scale:.6g} it exceeds the float32 limit "
+            f"{FLOAT32_MAX:.4g}"
+        )
+
+    def column_at(self, slot: int) -> Column:
+        """The column that fills output slot `slot`."""
+        for col in self.columns:
+            if col.offset <= slot < col.offset + col.width:
+                return col
+        raise IndexError(f"slot {slot} is outside the {self.output_dim} output columns")
 
     def _raise_columns(self, index: int, keys) -> None:
         missing = [c for c in self.feature_columns if c not in keys]
@@ -289,6 +356,13 @@ class Preprocessor:
                 )
         array = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
         self._fill_numeric(col, array, np.isnan(array), out)
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: numbers short (a 300-digit int is not), the rest repr'd."""
+    if isinstance(value, int | float | np.number) and not isinstance(value, bool):
+        return f"{value:.6g}"
+    return repr(value)
 
 
 def _parse_number(col: Column, index: int, value: Any) -> float | int | None:

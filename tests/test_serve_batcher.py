@@ -1,0 +1,89 @@
+"""The batcher on its own (no HTTP): how model faults and per-request input errors are answered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import orjson
+
+from workloads.serving.server import Batcher
+from workloads.training.tasks.base import InputError
+
+
+class FakePredictor:
+    """Rows are one number each; a row of 666 breaks the forward pass (as an input that
+    overflows the network does), a row of -1 gets a NaN probability (a broken model)."""
+
+    feature_columns = ["x"]
+
+    def prepare_records(self, records: list[dict]) -> np.ndarray:
+        return np.array([[r["x"]] for r in records], dtype=np.float32)
+
+    def prepare_rows(self, rows: list[list]) -> np.ndarray:
+        return np.array([[float(r[0])] for r in rows], dtype=np.float32)
+
+    def predict_matrix(self, x: np.ndarray) -> list:
+        bad = np.nonzero(x[:, 0] == 666)[0]
+        if bad.size:
+            raise InputError(f"instance {int(bad[0])}: overflows")
+        return [
+            {"label": "a", "probabilities": {"a": float("nan") if v == -1 else 1.0}}
+            for v in x[:, 0].tolist()
+        ]
+
+
+def run(batches: list[list[dict]], predictor: Any = None) -> list[tuple[int, dict]]:
+    """Submit the requests together (one batch) and return (status, body) per request."""
+
+    async def main() -> list[tuple[int, bytes]]:
+        batcher = Batcher(
+            predictor or FakePredictor(),
+            asyncio.get_running_loop(),
+            max_batch_size=64,
+            max_wait_s=0.05,
+            input_error=InputError,
+        )
+        batcher.open_requests = len(batches)  # all in flight: they share one forward pass
+        try:
+            futures = [batcher.submit("json", records) for records in batches]
+            return await asyncio.wait_for(asyncio.gather(*futures), 10)
+        finally:
+            batcher.stop()
+
+    # A loop of its own, never the thread's current one: asyncio.run would leave none behind,
+    # and other tests in this process (Pulumi's mocks) ask for the current loop.
+    loop = asyncio.new_event_loop()
+    try:
+        answers = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return [(status, orjson.loads(body)) for status, body in answers]
+
+
+def test_an_input_that_breaks_the_forward_pass_fails_only_its_request() -> None:
+    answers = run([[{"x": 1}], [{"x": 2}, {"x": 666}], [{"x": 3}]])
+    assert [status for status, _ in answers] == [200, 400, 200]
+    assert answers[1][1] == {"error": "instance 1: overflows"}
+    assert answers[2][1]["predictions"] == [{"label": "a", "probabilities": {"a": 1.0}}]
+
+
+def test_a_non_finite_prediction_is_a_logged_500_never_an_answer(caplog) -> None:
+    with caplog.at_level(logging.ERROR, logger="mlinfra.serve"):
+        answers = run([[{"x": 1}], [{"x": -1}]])
+    assert answers[0][0] == 200
+    status, body = answers[1]
+    assert status == 500 and "non-finite prediction" in body["error"]
+    assert "predictions" not in body
+    assert any("model fault" in r.getMessage() for r in caplog.records)
+
+
+def test_finite_predictions_with_a_null_label_are_answered() -> None:
+    class NullLabel(FakePredictor):
+        def predict_matrix(self, x: np.ndarray) -> list:
+            return [{"label": None, "probabilities": {"a": 0.5}} for _ in range(len(x))]
+
+    [(status, body)] = run([[{"x": 1}]], NullLabel())
+    assert status == 200 and body["predictions"][0]["label"] is None

@@ -1,0 +1,135 @@
+"""How the server's processes stop: a SIGKILLed supervisor takes its workers along, and
+SIGTERM drains without losing a request a client already sent. Real servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.serve_support import Server
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_workers_die_with_a_sigkilled_supervisor_and_a_restart_gets_the_port(
+    model_dir: Path, records
+) -> None:
+    srv = Server(model_dir, "--workers", "2").wait_ready()
+    try:
+        workers = [pid for pid in children(srv.proc.pid) if alive(pid)]
+        assert len(workers) >= 2  # the workers (and multiprocessing's resource tracker)
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(map(alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if alive(pid)], "workers outlived their supervisor"
+        assert port_is_free(srv.port)
+    finally:
+        srv.stop()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    again = Server(model_dir, port=srv.port).wait_ready()  # binds, or exits "cannot listen"
+    try:
+        answer = again.client.post("/invocations", json={"instances": records[:1]})
+        assert answer.status_code == 200
+    finally:
+        again.stop()
+
+
+class Client(threading.Thread):
+    """Sends requests back to back on a keep-alive connection until the server refuses new
+    connections; counts answers, and requests that were sent and got none (lost)."""
+
+    def __init__(self, url: str, records: list[dict], stop_at: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.records, self.stop_at = url, records, stop_at
+        self.statuses: list[int] = []
+        self.closes = 0  # answers with `Connection: close`
+        self.lost: list[str] = []
+        self.sigterm_at = float("inf")
+        self.after_sigterm = 0
+        self.last_answer_at = 0.0
+
+    def run(self) -> None:
+        timeout = httpx.Timeout(30, connect=3)
+        with httpx.Client(base_url=self.url, timeout=timeout) as client:
+            while time.monotonic() < self.stop_at:
+                try:
+                    answer = client.post("/invocations", json={"instances": self.records})
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    return  # refused or not accepted: nothing was sent, the server is gone
+                except httpx.TransportError as exc:
+                    self.lost.append(repr(exc))  # sent, and no answer
+                    continue
+                self.statuses.append(answer.status_code)
+                self.closes += answer.headers.get("connection") == "close"
+                self.last_answer_at = time.monotonic()
+                self.after_sigterm += self.last_answer_at > self.sigterm_at
+
+
+def test_sigterm_under_load_loses_no_request(model_dir: Path, records) -> None:
+    """The production layout (a supervisor and worker processes); 8 clients on keep-alive
+    connections, SIGTERM mid-traffic, a 1 s drain window."""
+    srv = Server(model_dir, "--workers", "2", "--drain-seconds", "1").wait_workers(2)
+    clients = [Client(srv.url, records[:2], time.monotonic() + 60) for _ in range(8)]
+    try:
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 30
+        while min(len(c.statuses) for c in clients) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)  # every client is on a warm keep-alive connection
+        sigterm_at = time.monotonic()
+        for client in clients:
+            client.sigterm_at = sigterm_at
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # within the window: /ping tells load balancers to stop routing here
+        ping = httpx.get(srv.url + "/ping", timeout=5)
+        assert ping.status_code == 503 and "draining" in ping.json()["error"]
+        assert ping.headers["connection"] == "close"
+        for client in clients:
+            client.join(timeout=60)
+        assert srv.proc.wait(timeout=40) == 0
+    finally:
+        srv.stop()
+    assert not any(c.is_alive() for c in clients), "a client kept going: the server never left"
+    lost = [exc for c in clients for exc in c.lost]
+    assert lost == [], f"{len(lost)} requests sent and never answered: {lost[:3]}"
+    statuses = [s for c in clients for s in c.statuses]
+    assert set(statuses) == {200}
+    # The drain kept answering new requests through its window (not only those in flight at
+    # the signal), and told each client to move on.
+    assert max(c.last_answer_at for c in clients) - sigterm_at > 0.8
+    assert sum(c.after_sigterm for c in clients) > len(clients)
+    assert all(c.closes >= 1 for c in clients)

@@ -1,0 +1,138 @@
+"""How server processes start and stop: workers die with their supervisor; SIGTERM drains.
+
+Worker processes ask the kernel for SIGKILL when their supervisor dies (`prctl
+PR_SET_PDEATHSIG` on Linux, a watch on the parent elsewhere): a supervisor that is
+SIGKILLed (OOM killer, a platform's hard stop) takes them along and the port is free for the
+restart at once. A clean stop (SIGTERM to the supervisor, passed on to each worker) drains:
+
+1. For the drain window (`drain_s`) the server keeps accepting and answering; every answer
+   says `Connection: close`, so keep-alive clients finish their request and reconnect (to
+   another replica, once the platform has stopped routing here), and `/ping` says 503.
+2. Then it stops taking new connections without resetting the ones the kernel has already
+   accepted for it: new SYNs are dropped by a socket filter (the client retries its SYN and
+   then finds the port closed: "connection refused", nothing was sent), and the server keeps
+   accepting until the accept queue is empty. Only then is the listening socket closed.
+3. Requests in flight finish (at most `DRAIN_TIMEOUT_S`); an idle keep-alive connection gets
+   a last call (`LAST_CALL_S`): a request already on its way is answered, then it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("mlinfra.serve")
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
+LAST_CALL_S = 1.0
+# Classic BPF over the TCP header (a socket filter sees the segment from there): drop a
+# segment whose flags are SYN without ACK, a new connection; let everything else through.
+_DROP_NEW_CONNECTIONS = (
+    (0x30, 0, 0, 13),  # ldb [13]        the flags byte
+    (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
+    (0x15, 0, 1, 0x02),  # jeq #SYN, drop, pass
+    (0x06, 0, 0, 0),  # drop: ret #0
+    (0x06, 0, 0, 0xFFFFFFFF),  # pass: ret #-1
+)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process die (SIGKILL) when process `parent`, which started it, exits."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died before the request took effect
+                os.kill(os.getpid(), signal.SIGKILL)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int, interval_s: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with the drain above; `app.draining` is set when the window opens."""
+
+    def __init__(self, config: uvicorn.Config, app: Any, drain_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_s = drain_s
+        self._drain_until: float | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._drain_until is None and not self.should_exit:
+            self._captured_signals.append(sig)  # uvicorn raises it again once it stopped
+            self._drain_until = time.monotonic() + self.drain_s
+            self.app.draining = True
+            log.info("draining for %.1f s: answering with Connection: close", self.drain_s)
+            return
+        super().handle_exit(sig, frame)  # a second signal ends the window (SIGINT: forces)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_until is not None and time.monotonic() >= self._drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await stop_accepting(sockets or [])
+        await super().shutdown(sockets)
+
+
+class LastCallProtocol(HttpToolsProtocol):
+    """At shutdown an idle keep-alive connection may already carry the client's next
+    request: it is closed after `LAST_CALL_S` of silence, not at once; a request that
+    comes is answered (with `Connection: close`, the app is draining)."""
+
+    def shutdown(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                LAST_CALL_S, self.timeout_keep_alive_handler
+            )
+        else:
+            self.cycle.keep_alive = False
+
+
+async def stop_accepting(sockets: list[socket.socket], limit_s: float = 2.0) -> None:
+    """Refuse new connections, then return once the connections the kernel has already
+    accepted have been taken by the server (the caller then closes the sockets)."""
+    if not sys.platform.startswith("linux") or not sockets:
+        return  # elsewhere the sockets close as they are
+    for sock in sockets:
+        _drop_new_connections(sock)
+    deadline = time.monotonic() + limit_s
+    empty_twice = 0
+    while empty_twice < 2 and time.monotonic() < deadline:
+        # A handshake under way when the filter went on completes within a round trip.
+        empty_twice = empty_twice + 1 if not any(map(_accept_queue, sockets)) else 0
+        await asyncio.sleep(0.02)
+
+
+def _drop_new_connections(sock: socket.socket) -> None:
+    code = b"".join(struct.pack("HBBI", *insn) for insn in _DROP_NEW_CONNECTIONS)
+    program = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HL", len(_DROP_NEW_CONNECTIONS), ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
+
+
+def _accept_queue(sock: socket.socket) -> int:
+    """Connections waiting in a listening socket's accept queue (`tcpi_unacked` of a
+    listener, Linux)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, 24)[0]
