@@ -5,8 +5,9 @@ they are activated as cost-allocation tags in the billing console, the budget se
 this stack's spend. Both tags, not `team` alone: a team's dev and prod stacks have their own
 limits (AWS Budgets ORs the values of one `TagKeyValue` cost filter, so the AND of two tags
 needs a filter expression).
-Each threshold notifies the alert e-mails twice: when actual spend crosses it and when the
-month's forecast does (the early warning).
+Each threshold notifies the alert e-mails when actual spend crosses it, and the highest
+also when the month's forecast crosses it (the early warning): at most five notifications,
+the most AWS Budgets accepts on one budget (the spec allows at most four thresholds).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class BudgetArgs:
 
 
 class Budget(pulumi.ComponentResource):
-    """A monthly COST budget in USD with ACTUAL and FORECASTED notifications per threshold."""
+    """A monthly COST budget in USD: ACTUAL notifications per threshold, FORECASTED at the top."""
 
     budget_name: pulumi.Output[str]
 
@@ -44,8 +45,7 @@ class Budget(pulumi.ComponentResource):
                 threshold_type="PERCENTAGE",
                 subscriber_email_addresses=list(budget_spec.alert_emails),
             )
-            for threshold in sorted(set(budget_spec.thresholds_percent))
-            for kind in ("ACTUAL", "FORECASTED")
+            for kind, threshold in budget_spec.notifications
         ]
         budget = aws.budgets.Budget(
             f"{name}-monthly",

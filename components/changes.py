@@ -9,6 +9,7 @@ the workflows themselves, the review-stack template) touches none.
     python -m components.changes --base origin/main --github   # key=value lines for $GITHUB_OUTPUT
     python -m components.changes --all --github                # every stack (drift)
     python -m components.changes --destroyable nlp-dev         # exit 1 when CI must not
+    python -m components.changes --runner nlp-dev --github     # runs-on of its Pulumi jobs
     git diff --name-only A B | python -m components.changes -  # file list on stdin
 """
 
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from components.spec import load_stack
+from components.spec import ClusterAccessSpec, load_stack
 
 # Stacks with a config here that CI never previews or deploys: `local` is the laptop
 # environment stood up by `mlinfra up`, not an AWS account.
@@ -101,6 +102,15 @@ def destroy_refusal(stack: str, stacks_dir: str | Path = "stacks") -> str | None
     return None
 
 
+def deploy_runner(stack: str, stacks_dir: str | Path = "stacks") -> list[str]:
+    """`runs-on` of the jobs that reach a stack's cluster API (preview, up, refresh,
+    destroy): the self-hosted runner its config names. A stack without a config here (a
+    review stack) gets the default runner label."""
+    if (Path(stacks_dir) / f"Pulumi.{stack}.yaml").is_file():
+        return load_stack(stack, stacks_dir).deploy_runner
+    return ["self-hosted", "linux", ClusterAccessSpec().runner_label]
+
+
 def changed_files_since(base: str) -> list[str]:
     """Files changed between the merge base of `base` and HEAD (what a PR changes).
 
@@ -121,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--base", help="git ref to diff against, e.g. origin/main or HEAD~1")
     src.add_argument("--all", action="store_true", help="every stack (drift checks)")
     src.add_argument("--destroyable", metavar="STACK", help="exit 1 if CI must not destroy it")
+    src.add_argument("--runner", metavar="STACK", help="runs-on of the stack's Pulumi jobs")
     src.add_argument("files", nargs="*", default=[], help="changed files, or - for stdin")
     parser.add_argument("--stacks-dir", default="stacks")
     parser.add_argument("--include-local", action="store_true", help="keep local-only stacks")
@@ -131,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         refusal = destroy_refusal(args.destroyable, args.stacks_dir)
         print(f"refused: {refusal}" if refusal else f"{args.destroyable} may be destroyed")
         return 1 if refusal else 0
+
+    if args.runner:
+        runner = json.dumps(deploy_runner(args.runner, args.stacks_dir))
+        print(f"runner={runner}" if args.github else runner)
+        return 0
 
     stacks = list_stacks(args.stacks_dir)
     if not args.include_local:
@@ -143,7 +159,14 @@ def main(argv: list[str] | None = None) -> int:
             files = sys.stdin.read().splitlines()
         touched = touched_stacks(files, stacks)
     nonprod, prod = split_prod(touched, args.stacks_dir)
-    result = {"stacks": touched, "nonprod": nonprod, "prod": prod, "any": bool(touched)}
+    result = {
+        "stacks": touched,
+        "nonprod": nonprod,
+        "prod": prod,
+        "any": bool(touched),
+        # Each stack's `runs-on`, for `fromJSON(needs.<job>.outputs.runners)[matrix.stack]`.
+        "runners": {stack: deploy_runner(stack, args.stacks_dir) for stack in touched},
+    }
     if args.github:
         for key, value in result.items():
             print(f"{key}={json.dumps(value)}")

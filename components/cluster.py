@@ -10,6 +10,11 @@ launch template that requires IMDSv2 and encrypts the root volume.
 On the cluster, through a Kubernetes provider built from the cluster's own endpoint: the
 NVIDIA device plugin, the team namespace with a GPU/CPU/memory quota and a LimitRange, and
 a service account bound by IRSA to a role that reaches only the team's data.
+
+Sub-parts live in modules of their own: who reaches the API and from where
+(cluster_access.py), cluster-autoscaler and the metrics-server add-on (autoscaling.py),
+and the monitoring job's identity, the only reader of captured traffic
+(monitoring_identity.py).
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from components.iam import assume_role_policy
+from components.autoscaling import (
+    autoscaler_tags,
+    cluster_autoscaler,
+    metrics_server,
+    propagate_to_asg,
+)
+from components.cluster_access import access_entries, api_security_group, bootstrap_creator_admin
+from components.iam import assume_role_policy, irsa_role
+from components.monitoring_identity import monitoring_identity
 from components.network import Network
 from components.spec import GpuPoolSpec, PlatformSpec
 from components.storage import DataLake
@@ -30,6 +43,7 @@ CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "sch
 GPU_TAINT_KEY = "nvidia.com/gpu"
 POOL_LABEL = "mlinfra.io/pool"
 GPU_LABEL = "mlinfra.io/gpu"
+ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 # AL2023 NVIDIA AMIs ship drivers but no device plugin; Bottlerocket NVIDIA ships its own.
 # The DaemonSet runs only where this label says "daemonset", so two plugins never race.
 DEVICE_PLUGIN_LABEL = "mlinfra.io/nvidia-device-plugin"
@@ -37,6 +51,8 @@ DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"
 SYSTEM_POOL = "system"
 GPU_TAINT = aws.eks.NodeGroupTaintArgs(key=GPU_TAINT_KEY, value="true", effect="NO_SCHEDULE")
 MANAGED_POLICY = "arn:aws:iam::aws:policy/"
+# The buckets every pod of the team may read and write (not the logs bucket).
+WORKLOAD_BUCKETS = ("raw", "features", "artifacts")
 
 
 @dataclass
@@ -56,6 +72,9 @@ def pool_labels(pool: GpuPoolSpec) -> dict[str, str]:
         POOL_LABEL: pool.name,
         GPU_LABEL: pool.gpu,
         "nvidia.com/gpu.present": "true",
+        # cluster-autoscaler's GPU label on AWS: it waits for the device plugin on such nodes
+        # and counts only GPU requests when it decides a GPU node is idle.
+        ACCELERATOR_LABEL: f"nvidia-{pool.gpu.lower()}",
         DEVICE_PLUGIN_LABEL: "builtin" if builtin else "daemonset",
     }
 
@@ -63,27 +82,6 @@ def pool_labels(pool: GpuPoolSpec) -> dict[str, str]:
 def root_device(ami_type: str) -> str:
     """Bottlerocket boots from a small OS volume; images and scratch live on /dev/xvdb."""
     return "/dev/xvdb" if ami_type.startswith("BOTTLEROCKET") else "/dev/xvda"
-
-
-def autoscaler_tags(
-    cluster_name: str, labels: dict[str, str], taint: str | None, gpus: int
-) -> dict[str, str]:
-    """Tags cluster-autoscaler reads to scale a node group up from zero nodes.
-
-    With no node running, the autoscaler cannot see the labels, taints or GPUs a new node
-    would have; these node-template tags tell it.
-    """
-    tags = {
-        "k8s.io/cluster-autoscaler/enabled": "true",
-        f"k8s.io/cluster-autoscaler/{cluster_name}": "owned",
-    }
-    for key, value in labels.items():
-        tags[f"k8s.io/cluster-autoscaler/node-template/label/{key}"] = value
-    if taint is not None:
-        tags[f"k8s.io/cluster-autoscaler/node-template/taint/{GPU_TAINT_KEY}"] = taint
-    if gpus:
-        tags[f"k8s.io/cluster-autoscaler/node-template/resources/{GPU_TAINT_KEY}"] = str(gpus)
-    return tags
 
 
 class GpuCluster(pulumi.ComponentResource):
@@ -160,6 +158,7 @@ class GpuCluster(pulumi.ComponentResource):
             opts=child,
         )
         public = spec.cluster.public_endpoint
+        api_sg = api_security_group(self, name, spec, args.network.vpc_id, args.network.vpc_cidrs)
         cluster = aws.eks.Cluster(
             f"{name}-eks",
             name=cluster_name,
@@ -170,6 +169,7 @@ class GpuCluster(pulumi.ComponentResource):
                 endpoint_private_access=True,
                 endpoint_public_access=public,
                 public_access_cidrs=list(spec.cluster.public_access_cidrs) if public else None,
+                security_group_ids=[api_sg.id],
             ),
             encryption_config=aws.eks.ClusterEncryptionConfigArgs(
                 resources=["secrets"],
@@ -178,7 +178,11 @@ class GpuCluster(pulumi.ComponentResource):
             enabled_cluster_log_types=CONTROL_PLANE_LOGS,
             access_config=aws.eks.ClusterAccessConfigArgs(
                 authentication_mode="API",
-                bootstrap_cluster_creator_admin_permissions=True,
+                bootstrap_cluster_creator_admin_permissions=bootstrap_creator_admin(spec),
+            ),
+            # Outside prod, never drift into extended support's billing: upgrade instead.
+            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(
+                support_type="EXTENDED" if spec.is_prod else "STANDARD"
             ),
             tags=tags,
             opts=pulumi.ResourceOptions(
@@ -221,7 +225,7 @@ class GpuCluster(pulumi.ComponentResource):
         self.node_group_names = {}
         system = spec.cluster.system_pool
         system_labels = {POOL_LABEL: SYSTEM_POOL}
-        self.node_group_names[SYSTEM_POOL] = self._node_group(
+        system_nodes = self._node_group(
             pool=SYSTEM_POOL,
             cluster=cluster,
             node_role=node_role,
@@ -235,6 +239,7 @@ class GpuCluster(pulumi.ComponentResource):
             gpu=None,
             depends_on=attachments,
         )
+        self.node_group_names[SYSTEM_POOL] = system_nodes.node_group_name
         for pool in spec.cluster.gpu_pools:
             self.node_group_names[pool.name] = self._node_group(
                 pool=pool.name,
@@ -249,7 +254,7 @@ class GpuCluster(pulumi.ComponentResource):
                 labels=pool_labels(pool),
                 gpu=pool,
                 depends_on=attachments,
-            )
+            ).node_group_name
 
         # --- in-cluster --------------------------------------------------------------------
         self.k8s_provider = k8s.Provider(
@@ -261,10 +266,24 @@ class GpuCluster(pulumi.ComponentResource):
             ),
             # A destroyed review cluster must not block `pulumi destroy` of what ran on it.
             delete_unreachable=not spec.is_prod,
-            opts=child,
+            # Kubernetes calls wait until the deploy role's access entry works.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=access_entries(self, name, spec, cluster)
+            ),
         )
         on_cluster = pulumi.ResourceOptions(parent=self, provider=self.k8s_provider)
         self._device_plugin(on_cluster)
+        cluster_autoscaler(
+            self,
+            name,
+            spec,
+            cluster=cluster,
+            oidc_arn=oidc.arn,
+            issuer=issuer,
+            provider=self.k8s_provider,
+            system_nodes=system_nodes,
+        )
+        metrics_server(self, name, spec, cluster, system_nodes)
         ns = k8s.core.v1.Namespace(
             f"{name}-namespace",
             metadata={
@@ -312,26 +331,18 @@ class GpuCluster(pulumi.ComponentResource):
 
         # --- IRSA: the team's workloads reach the team's data and nothing else ------------
         sa_name = f"{spec.team}-workloads"
-        role = aws.iam.Role(
-            f"{name}-workload-role",
-            name=f"{spec.prefix}-workloads",
-            assume_role_policy=pulumi.Output.json_dumps(
-                irsa_trust_policy(oidc.arn, issuer, spec.team, sa_name)
+        role = irsa_role(
+            self,
+            f"{name}-workload",
+            role_name=f"{spec.prefix}-workloads",
+            oidc_arn=oidc.arn,
+            issuer=issuer,
+            namespace=spec.team,
+            service_account=sa_name,
+            policy=workload_policy(
+                args.data_lake, args.feature_group_arns or [], args.model_group_arns or []
             ),
             tags=tags,
-            opts=child,
-        )
-        aws.iam.RolePolicy(
-            f"{name}-workload-access",
-            role=role.id,
-            policy=pulumi.Output.json_dumps(
-                workload_policy(
-                    args.data_lake,
-                    args.feature_group_arns or [],
-                    args.model_group_arns or [],
-                )
-            ),
-            opts=child,
         )
         self.workload_role_arn = role.arn
         sa = k8s.core.v1.ServiceAccount(
@@ -344,6 +355,17 @@ class GpuCluster(pulumi.ComponentResource):
             opts=in_ns,
         )
         self.service_account = sa.metadata.name
+        # Captured request bodies: read by the monitoring job's own identity only.
+        monitoring_identity(
+            self,
+            name,
+            spec,
+            oidc_arn=oidc.arn,
+            issuer=issuer,
+            lake=args.data_lake,
+            namespace=self.namespace,
+            opts=in_ns,
+        )
 
         self.register_outputs(
             {
@@ -372,7 +394,7 @@ class GpuCluster(pulumi.ComponentResource):
         labels: dict[str, str],
         gpu: GpuPoolSpec | None,
         depends_on: list[pulumi.Resource],
-    ) -> pulumi.Output[str]:
+    ) -> aws.eks.NodeGroup:
         spec, name = self._spec, self._name
         tags = {**spec.tags, "Name": f"{spec.prefix}-{pool}", "pool": pool}
         template = aws.ec2.LaunchTemplate(
@@ -405,6 +427,9 @@ class GpuCluster(pulumi.ComponentResource):
         )
         taint = None if gpu is None else "true:NoSchedule"
         cluster_name = spec.prefix
+        hints = autoscaler_tags(
+            cluster_name, labels, taint, gpu.gpus_per_node if gpu is not None else 0
+        )
         group = aws.eks.NodeGroup(
             f"{name}-{pool}",
             cluster_name=cluster.name,
@@ -427,12 +452,7 @@ class GpuCluster(pulumi.ComponentResource):
             else [
                 aws.eks.NodeGroupTaintArgs(key=GPU_TAINT_KEY, value="true", effect="NO_SCHEDULE")
             ],
-            tags={
-                **tags,
-                **autoscaler_tags(
-                    cluster_name, labels, taint, gpu.gpus_per_node if gpu is not None else 0
-                ),
-            },
+            tags={**tags, **hints},
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=depends_on,
@@ -440,7 +460,9 @@ class GpuCluster(pulumi.ComponentResource):
                 ignore_changes=["scalingConfig.desiredSize"],
             ),
         )
-        return group.node_group_name
+        # EKS does not copy node group tags to the Auto Scaling group the autoscaler reads.
+        propagate_to_asg(self, f"{name}-{pool}", group, hints)
+        return group
 
     def _device_plugin(self, opts: pulumi.ResourceOptions) -> None:
         """The NVIDIA device plugin: advertises `nvidia.com/gpu` on AL2023 GPU nodes."""
@@ -540,59 +562,29 @@ def kubeconfig(
     }
 
 
-def irsa_trust_policy(
-    provider_arn: pulumi.Input[str], issuer: pulumi.Input[str], namespace: str, sa: str
-) -> pulumi.Output[dict[str, Any]]:
-    """Only this one service account of this one namespace may assume the role."""
-
-    def build(arn: str, url: str) -> dict[str, Any]:
-        host = url.removeprefix("https://")
-        return {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Federated": arn},
-                    "Action": "sts:AssumeRoleWithWebIdentity",
-                    "Condition": {
-                        "StringEquals": {
-                            f"{host}:sub": f"system:serviceaccount:{namespace}:{sa}",
-                            f"{host}:aud": "sts.amazonaws.com",
-                        }
-                    },
-                }
-            ],
-        }
-
-    return pulumi.Output.all(provider_arn, issuer).apply(lambda a: build(a[0], a[1]))
-
-
 def workload_policy(
     lake: DataLake,
     feature_group_arns: list[pulumi.Output[str]],
     model_group_arns: list[pulumi.Output[str]],
 ) -> dict[str, Any]:
-    """Least privilege for the team's workloads: named actions on the team's ARNs only."""
-    data = [lake.bucket_arns[p] for p in ("raw", "features", "artifacts")]
-    all_buckets = list(lake.bucket_arns.values())
+    """Least privilege for the team's workloads: named actions on the team's ARNs only.
+
+    Not the logs bucket: captured request and response bodies are read by the monitoring
+    job's own identity (components/monitoring_identity.py), not by every pod.
+    """
+    data = [lake.bucket_arns[p] for p in WORKLOAD_BUCKETS]
     statements: list[dict[str, Any]] = [
         {
             "Sid": "ListTeamBuckets",
             "Effect": "Allow",
             "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
-            "Resource": all_buckets,
+            "Resource": data,
         },
         {
             "Sid": "ReadWriteTeamData",
             "Effect": "Allow",
             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
             "Resource": [pulumi.Output.concat(arn, "/*") for arn in data],
-        },
-        {
-            "Sid": "ReadTeamLogs",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject"],
-            "Resource": [pulumi.Output.concat(lake.bucket_arns["logs"], "/*")],
         },
         {
             "Sid": "UseTeamKey",

@@ -17,9 +17,9 @@ every image pushed, the steady state; `FakeAccount.empty()` is a first `up`) and
 
 Inputs are plain Python values keyed as on the wire (camelCase, like the engine sees
 them). Each resource also carries the options that matter for review: its parent, the
-explicit provider, `protect` and `retain_on_delete`. Nothing here talks to AWS,
-Kubernetes or the Pulumi CLI; it is used by the tests, the policy-pack tests and the
-offline `mlinfra plan` command.
+explicit provider, `protect`, `retain_on_delete` and what it waits for (`dependencies`).
+Nothing here talks to AWS, Kubernetes or the Pulumi CLI; it is used by the tests, the
+policy-pack tests and the offline `mlinfra plan` command.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from components import readiness
+from components.network import EKS_UNSUPPORTED_ZONE_IDS
 from components.readiness import AccountState, FakeAccount
 
 PROJECT = "mlinfra"
@@ -69,6 +70,8 @@ class RenderedResource:
     protect: bool
     retain_on_delete: bool
     ignore_changes: tuple[str, ...] = ()  # property paths `pulumi up` leaves as they are
+    # URNs it waits for: `depends_on`, and the resources its inputs came from.
+    dependencies: tuple[str, ...] = ()
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Rendered:
 # those warnings silenced, so `Rendered.warnings` holds only what the program itself caused.
 PROVIDER_MODULES = (
     "pulumi_aws.appautoscaling",
+    "pulumi_aws.autoscaling",
     "pulumi_aws.budgets",
     "pulumi_aws.cloudwatch",
     "pulumi_aws.ec2",
@@ -134,6 +138,7 @@ PROVIDER_MODULES = (
     "pulumi_kubernetes.apps.v1",
     "pulumi_kubernetes.autoscaling.v2",
     "pulumi_kubernetes.core.v1",
+    "pulumi_kubernetes.rbac.v1",
 )
 
 
@@ -185,6 +190,29 @@ _NAME_KEYS = (
 )
 
 
+_DIRECTIONS = {"north": "n", "south": "s", "east": "e", "west": "w", "central": "c"}
+
+
+def zone_map(region: str) -> list[tuple[str, str]]:
+    """(zone name, zone ID) of a region as one mock account sees it.
+
+    Names map to IDs per account; here name `a` is the region's az2, `b` its az3 and so on,
+    so a program that picks zones by their first names lands in us-east-1's use1-az3,
+    where EKS refuses cluster subnets. us-east-1 has six zones, other regions three.
+    """
+    area, direction, number = region.split("-", 2)
+    short = "".join(
+        _DIRECTIONS.get(d, d[0])
+        for d in re.findall("north|south|east|west|central|[a-z]+", direction)
+    )
+    prefix = f"{area}{short}{number}"
+    count = 6 if region == "us-east-1" else 3
+    return [
+        (f"{region}{letter}", f"{prefix}-az{(k + 1) % count + 1}")
+        for k, letter in enumerate("abcdef"[:count])
+    ]
+
+
 def _short_hash(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:17]
 
@@ -219,8 +247,9 @@ class PlatformMocks(Mocks):
     def call(self, args: MockCallArgs) -> dict:  # type: ignore[override]
         token = args.token
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            names = [f"{self.region}{z}" for z in "abcdef"]
-            return {"names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 7)]}
+            excluded = set(args.args.get("excludeZoneIds") or [])
+            zones = [(n, z) for n, z in zone_map(self.region) if z not in excluded]
+            return {"names": [n for n, _ in zones], "zoneIds": [z for _, z in zones]}
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,
@@ -249,6 +278,16 @@ class PlatformMocks(Mocks):
             return {"id": s3_prefix_list_id(self.region), "name": name, "entries": []}
         if token == "aws:ec2/getRouteTables:getRouteTables":
             return {"ids": self._route_tables(args.args), "id": self.region}
+        if token == "aws:ec2/getSubnet:getSubnet":
+            # An account's existing subnets lie where EKS accepts them.
+            zones = [(n, z) for n, z in zone_map(self.region) if z not in EKS_UNSUPPORTED_ZONE_IDS]
+            name, zone = zones[int(_short_hash(args.args["id"]), 16) % len(zones)]
+            return {
+                "id": args.args["id"],
+                "availabilityZone": name,
+                "availabilityZoneId": zone,
+                "vpcId": "vpc-mock",
+            }
         if token == "aws:index/getRegion:getRegion":
             return {"name": self.region, "region": self.region, "id": self.region}
         raise NotImplementedError(f"no mock for the provider function {token}")
@@ -312,6 +351,9 @@ class PlatformMocks(Mocks):
             state["status"] = "ACTIVE"
             return state["name"]
         if token == "aws:eks/nodeGroup:NodeGroup":
+            # EKS names the group's Auto Scaling group itself: eks-<group>-<uuid>.
+            asg = f"eks-{state.get('nodeGroupName')}-{h[:8]}-{h[8:12]}"
+            state["resources"] = [{"autoscalingGroups": [{"name": asg}]}]
             return f"{state.get('clusterName')}:{state.get('nodeGroupName')}"
         if token == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
             host = str(state.get("url", "")).removeprefix("https://")
@@ -451,6 +493,7 @@ def render_stack(
                 protect=bool(request.protect),
                 retain_on_delete=bool(request.retainOnDelete),
                 ignore_changes=tuple(request.ignoreChanges),
+                dependencies=tuple(request.dependencies),
             )
         )
     rendered = Rendered(

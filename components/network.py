@@ -27,6 +27,9 @@ import pulumi_aws as aws
 from components.spec import PlatformSpec
 
 INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "sts", "sagemaker.api", "sagemaker.runtime")
+# Zones where EKS refuses cluster subnets (UnsupportedAvailabilityZoneException). Zone
+# names map to zone IDs differently in every account, so zones are chosen by ID.
+EKS_UNSUPPORTED_ZONE_IDS = ("use1-az3", "usw1-az2", "cac1-az3")
 
 
 @dataclass
@@ -45,6 +48,43 @@ def subnet_cidrs(cidr: str, zones: int) -> tuple[list[str], list[str]]:
 def s3_prefix_list_name(region: str) -> str:
     """The AWS-managed prefix list that an S3 gateway endpoint routes to."""
     return f"com.amazonaws.{region}.s3"
+
+
+def eks_zone_ids(parent: pulumi.Resource, count: int) -> list[str]:
+    """The first `count` zone IDs of the region where EKS accepts cluster subnets.
+
+    Only the region's own zones (no Local or Wavelength Zones, which need an opt-in),
+    without the zone IDs EKS refuses. Asked before anything is created, so too few zones
+    fail the run with the zones there are, not half-way through an `up`.
+    """
+    zones = aws.get_availability_zones(
+        state="available",
+        exclude_zone_ids=list(EKS_UNSUPPORTED_ZONE_IDS),
+        filters=[
+            aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])
+        ],
+        opts=pulumi.InvokeOptions(parent=parent),
+    )
+    usable = sorted(i for i in zones.zone_ids if i not in EKS_UNSUPPORTED_ZONE_IDS)
+    if len(usable) < count:
+        raise ValueError(
+            f"mlinfra:network.availabilityZones: {count} zones asked for, but the region "
+            f"has only {len(usable)} that EKS supports ({', '.join(usable) or 'none'})"
+        )
+    return usable[:count]
+
+
+def existing_subnets_in_eks_zones(parent: pulumi.Resource, subnet_ids: list[str]) -> list[str]:
+    """The given subnets, once each is known to lie in a zone where EKS accepts them."""
+    for i, sid in enumerate(subnet_ids):
+        zone = aws.ec2.get_subnet(id=sid, opts=pulumi.InvokeOptions(parent=parent))
+        if zone.availability_zone_id in EKS_UNSUPPORTED_ZONE_IDS:
+            raise ValueError(
+                f"mlinfra:network.privateSubnetIds[{i}]: {sid} is in "
+                f"{zone.availability_zone_id}, a zone where EKS refuses cluster subnets "
+                f"({', '.join(EKS_UNSUPPORTED_ZONE_IDS)})"
+            )
+    return subnet_ids
 
 
 class Network(pulumi.ComponentResource):
@@ -68,7 +108,9 @@ class Network(pulumi.ComponentResource):
         if net.vpc_id is not None:
             self.vpc_cidrs = self._check_existing_vpc(net.vpc_id, net.private_subnet_ids)
             self.vpc_id = pulumi.Output.from_input(net.vpc_id)
-            self.private_subnet_ids = pulumi.Output.from_input(list(net.private_subnet_ids))
+            self.private_subnet_ids = pulumi.Output.from_input(
+                existing_subnets_in_eks_zones(self, list(net.private_subnet_ids))
+            )
             self.endpoint_security_group_id = self._security_group(self.vpc_id).id
         else:
             self.vpc_cidrs = [net.cidr]
@@ -129,9 +171,7 @@ class Network(pulumi.ComponentResource):
     def _new_vpc(self) -> None:
         spec, name, child = self._spec, self._name, self._child
         net = spec.network
-        zones = aws.get_availability_zones_output(
-            state="available", opts=pulumi.InvokeOutputOptions(parent=self)
-        ).names
+        zone_ids = eks_zone_ids(self, net.availability_zones)
         private_cidrs, public_cidrs = subnet_cidrs(net.cidr, net.availability_zones)
 
         vpc = aws.ec2.Vpc(
@@ -161,12 +201,12 @@ class Network(pulumi.ComponentResource):
         nat_gateways: list[aws.ec2.NatGateway] = []
         private_rts: list[aws.ec2.RouteTable] = []
         for i in range(net.availability_zones):
-            zone = zones.apply(lambda names, i=i: names[i])
+            zone = zone_ids[i]
             public = aws.ec2.Subnet(
                 f"{name}-public-{i}",
                 vpc_id=vpc.id,
                 cidr_block=public_cidrs[i],
-                availability_zone=zone,
+                availability_zone_id=zone,
                 map_public_ip_on_launch=False,  # only the NAT gateways live here
                 tags=self._tags(f"public-{i}", **{"kubernetes.io/role/elb": "1"}),
                 opts=child,
@@ -194,7 +234,7 @@ class Network(pulumi.ComponentResource):
                 f"{name}-private-{i}",
                 vpc_id=vpc.id,
                 cidr_block=private_cidrs[i],
-                availability_zone=zone,
+                availability_zone_id=zone,
                 tags=self._tags(f"private-{i}", **{"kubernetes.io/role/internal-elb": "1"}),
                 opts=child,
             )

@@ -1,7 +1,11 @@
 """The registry: ECR repositories for the images and SageMaker model package groups.
 
 Two repositories, `<prefix>-train` and `<prefix>-serve`, scan on push, refuse to overwrite a
-tag, are encrypted with the team key and keep a bounded history. One model package group
+tag, are encrypted with the team key and keep a bounded history of CI builds: untagged
+images expire after some days, build-tagged images (`sha-*`, `pr-*`, `dev-*`) beyond the
+newest `keepImages`. Release tags (every other tag, such as `1.4.0`) never expire, so the
+image a pinned or deployed endpoint runs can always be pulled by its next scale-out; the
+spec refuses an endpoint `imageTag` that a rule would expire. One model package group
 per model in the spec is the model registry that training registers versions into.
 """
 
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components.spec import PlatformSpec
+from components.spec import BUILD_TAG_PATTERNS, PlatformSpec
 
 REPOSITORIES = ("train", "serve")
 
@@ -24,33 +28,38 @@ def repository_name(spec: PlatformSpec, purpose: str) -> str:
 
 
 def lifecycle_policy(keep_images: int, untagged_expiry_days: int) -> dict:
-    """Expire untagged layers after N days; keep only the newest `keep_images` tagged images."""
-    return {
-        "rules": [
-            {
-                "rulePriority": 1,
-                "description": f"Expire untagged images after {untagged_expiry_days} days",
-                "selection": {
-                    "tagStatus": "untagged",
-                    "countType": "sinceImagePushed",
-                    "countUnit": "days",
-                    "countNumber": untagged_expiry_days,
-                },
-                "action": {"type": "expire"},
-            },
-            {
-                "rulePriority": 2,
-                "description": f"Keep the newest {keep_images} tagged images",
-                "selection": {
-                    "tagStatus": "tagged",
-                    "tagPatternList": ["*"],
-                    "countType": "imageCountMoreThan",
-                    "countNumber": keep_images,
-                },
-                "action": {"type": "expire"},
-            },
-        ]
+    """Expire untagged images after N days and build-tagged ones beyond the newest
+    `keep_images` of each kind; release tags are selected by no rule, so never expire.
+
+    One rule per build-tag pattern: ECR selects only images that carry a tag matching
+    every pattern of one rule's `tagPatternList`.
+    """
+    untagged = {
+        "rulePriority": 1,
+        "description": f"Expire untagged images after {untagged_expiry_days} days",
+        "selection": {
+            "tagStatus": "untagged",
+            "countType": "sinceImagePushed",
+            "countUnit": "days",
+            "countNumber": untagged_expiry_days,
+        },
+        "action": {"type": "expire"},
     }
+    builds = [
+        {
+            "rulePriority": priority,
+            "description": f"Keep the newest {keep_images} {pattern} build images",
+            "selection": {
+                "tagStatus": "tagged",
+                "tagPatternList": [pattern],
+                "countType": "imageCountMoreThan",
+                "countNumber": keep_images,
+            },
+            "action": {"type": "expire"},
+        }
+        for priority, pattern in enumerate(BUILD_TAG_PATTERNS, start=2)
+    ]
+    return {"rules": [untagged, *builds]}
 
 
 @dataclass

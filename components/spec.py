@@ -13,6 +13,7 @@ and what is allowed, before any resource is registered.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import ipaddress
 import json
 import re
@@ -49,6 +50,21 @@ _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 _COST_CENTER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_ROLE_ARN_RE = re.compile(r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
+_RUNNER_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# The cluster-autoscaler release for each Kubernetes minor version: its minor must match
+# the control plane's. A version missing here has no autoscaler the platform has vetted.
+CLUSTER_AUTOSCALER_TAGS = {
+    "1.31": "v1.31.0",
+    "1.32": "v1.32.3",
+    "1.33": "v1.33.1",
+}
+
+# Image tags CI builds push (`sha-<commit>`, `pr-<n>-...`, `dev-...`): the ECR lifecycle
+# keeps only the newest `keepImages` of them. Every other tag is a release tag, never
+# expired, so the image a pinned or deployed endpoint runs is always there to pull.
+BUILD_TAG_PATTERNS = ("sha-*", "pr-*", "dev-*")
 
 
 def _matches(pattern: re.Pattern[str], allowed: str):
@@ -77,6 +93,9 @@ K8sName = Annotated[
 Region = Annotated[str, _matches(_REGION_RE, "an AWS region such as us-east-1")]
 Email = Annotated[str, _matches(_EMAIL_RE, "an e-mail address")]
 Quantity = Annotated[str, _matches(_QUANTITY_RE, "a Kubernetes quantity such as 4, 500m or 16Gi")]
+RoleArn = Annotated[
+    str, _matches(_ROLE_ARN_RE, "an IAM role ARN such as arn:aws:iam::123456789012:role/deploy")
+]
 CostCenter = Annotated[
     str, _matches(_COST_CENTER_RE, "1-32 letters, digits, '.', '_' or '-' (a cost-allocation tag)")
 ]
@@ -183,6 +202,14 @@ class GpuPoolSpec(_Spec):
         gpus = {gpu_instance(t).gpu for t in self.instance_types if gpu_instance(t)}
         if len(gpus) > 1:
             errors.append(f"instanceTypes: one GPU model per pool, got {sorted(gpus)}")
+        # cluster-autoscaler builds a pool's node template from its first instance type and
+        # assumes every node of the group has that shape: mixed sizes break its estimate.
+        sizes = sorted({t.partition(".")[2] for t in self.instance_types})
+        if len(sizes) > 1:
+            errors.append(
+                f"instanceTypes: one instance size per pool (the autoscaler sizes a pool by "
+                f"its first type), got {', '.join(sizes)}; make a pool per size"
+            )
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -208,6 +235,44 @@ class NamespaceQuotaSpec(_Spec):
     memory: Quantity = "256Gi"
 
 
+class ClusterAccessSpec(_Spec):
+    """Who reaches the cluster API, and from where.
+
+    `deployRole` (the role `pulumi up` runs as: CI's AWS_DEPLOY_ROLE_ARN) and `adminRoles`
+    (the platform team) get cluster-admin access entries; `previewRole` (CI's read-only
+    AWS_PREVIEW_ROLE_ARN, for previews and drift checks) gets a read-only one.
+    `apiAccessCidrs` is the deploy runner's network, admitted on 443 to the private API
+    (default: the VPC's own CIDR, a runner inside the VPC). `runnerLabel` is the label of
+    the self-hosted runner CI runs this stack's Pulumi jobs on.
+    """
+
+    deploy_role: RoleArn | None = None
+    admin_roles: list[RoleArn] = Field(default_factory=list)
+    preview_role: RoleArn | None = None
+    api_access_cidrs: list[str] = Field(default_factory=list)
+    runner_label: str = "mlinfra-deploy"
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterAccessSpec:
+        errors = []
+        for i, cidr in enumerate(self.api_access_cidrs):
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                errors.append(f"apiAccessCidrs[{i}]: {cidr!r} is not a CIDR block")
+                continue
+            if net.prefixlen == 0:
+                errors.append(f"apiAccessCidrs[{i}]: {cidr!r} opens the API to the internet")
+        if not _RUNNER_LABEL_RE.fullmatch(self.runner_label):
+            errors.append(
+                f"runnerLabel: {self.runner_label!r} is not a runner label "
+                "(letters, digits, '.', '_' or '-', at most 64)"
+            )
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+
 class ClusterSpec(_Spec):
     kubernetes_version: str = Field(default="1.33", pattern=r"^1\.[0-9]{2}$")
     # The API server is private by default; CI reaches it from inside the VPC.
@@ -216,9 +281,15 @@ class ClusterSpec(_Spec):
     system_pool: SystemPoolSpec = Field(default_factory=SystemPoolSpec)
     gpu_pools: list[GpuPoolSpec] = Field(default_factory=list)
     quota: NamespaceQuotaSpec = Field(default_factory=NamespaceQuotaSpec)
+    access: ClusterAccessSpec = Field(default_factory=ClusterAccessSpec)
 
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
+        if self.kubernetes_version not in CLUSTER_AUTOSCALER_TAGS:
+            raise ValueError(
+                f"kubernetesVersion: {self.kubernetes_version!r} has no vetted "
+                f"cluster-autoscaler; supported: {', '.join(CLUSTER_AUTOSCALER_TAGS)}"
+            )
         names = [p.name for p in self.gpu_pools]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -301,7 +372,8 @@ class ModelGroupSpec(_Spec):
 
 class RegistrySpec(_Spec):
     model_groups: list[ModelGroupSpec] = Field(default_factory=list)
-    # ECR lifecycle: how many tagged images to keep, days before untagged images expire.
+    # ECR lifecycle: how many build-tagged images (BUILD_TAG_PATTERNS) to keep, and days
+    # before untagged images expire. Release tags are never expired.
     keep_images: int = Field(default=30, ge=1, le=1000)
     untagged_image_expiry_days: int = Field(default=7, ge=1)
 
@@ -350,17 +422,35 @@ class EndpointSpec(_Spec):
 # --- budget --------------------------------------------------------------------------------
 
 
+# AWS Budgets accepts at most five notifications per budget.
+MAX_BUDGET_NOTIFICATIONS = 5
+
+
 class BudgetSpec(_Spec):
     monthly_limit_usd: float = Field(gt=0)
     alert_emails: list[Email] = Field(min_length=1)
-    # Notify at these percentages of the limit, actual and forecast.
+    # Notify when actual spend crosses each of these percentages of the limit, and once
+    # when the month's forecast crosses the highest (the early warning).
     thresholds_percent: list[int] = Field(default_factory=lambda: [80, 100])
 
     @model_validator(mode="after")
     def _check(self) -> BudgetSpec:
         if not self.thresholds_percent or any(not 1 <= t <= 1000 for t in self.thresholds_percent):
             raise ValueError("thresholdsPercent: each threshold must be 1-1000")
+        distinct = sorted(set(self.thresholds_percent))
+        if len(distinct) + 1 > MAX_BUDGET_NOTIFICATIONS:
+            raise ValueError(
+                f"thresholdsPercent: at most {MAX_BUDGET_NOTIFICATIONS - 1} thresholds (each "
+                f"notifies on actual spend, the highest also on the forecast, and AWS Budgets "
+                f"allows {MAX_BUDGET_NOTIFICATIONS} notifications); got {distinct}"
+            )
         return self
+
+    @property
+    def notifications(self) -> list[tuple[str, int]]:
+        """(ACTUAL | FORECASTED, percent) for each notification the budget sends."""
+        distinct = sorted(set(self.thresholds_percent))
+        return [("ACTUAL", t) for t in distinct] + [("FORECASTED", distinct[-1])]
 
 
 # --- the whole environment -----------------------------------------------------------------
@@ -401,6 +491,12 @@ class PlatformSpec(_Spec):
             "cost-center": self.cost_center,
             "managed-by": "mlinfra",
         }
+
+    @property
+    def deploy_runner(self) -> list[str]:
+        """GitHub Actions `runs-on` of the jobs that reach this stack's cluster API: the
+        self-hosted runner in the network `cluster.access.apiAccessCidrs` admits."""
+        return ["self-hosted", "linux", self.cluster.access.runner_label]
 
     def model_group(self, name: str) -> ModelGroupSpec:
         return next(g for g in self.model_registry.model_groups if g.name == name)
@@ -513,6 +609,14 @@ def _cross_checks(spec: PlatformSpec) -> list[tuple[str, str]]:
                         f"{spec.gpu_pool(ep.node_pool).gpus_per_node}",  # type: ignore[union-attr]
                     )
                 )
+        if any(fnmatch.fnmatchcase(ep.image_tag, p) for p in BUILD_TAG_PATTERNS):
+            problems.append(
+                (
+                    _path(("endpoints", i, "imageTag")),
+                    f"{ep.image_tag!r} is a build tag ({', '.join(BUILD_TAG_PATTERNS)}) that "
+                    "the ECR lifecycle expires; deploy a release tag such as 1.4.0",
+                )
+            )
         if spec.is_prod and ep.model_version is None:
             problems.append(
                 (
@@ -537,6 +641,14 @@ def _cross_checks(spec: PlatformSpec) -> list[tuple[str, str]]:
         if spec.cluster.public_endpoint:
             problems.append(
                 (_path(("cluster", "publicEndpoint")), "prod clusters have a private API only")
+            )
+        if spec.cluster.access.deploy_role is None:
+            problems.append(
+                (
+                    _path(("cluster", "access", "deployRole")),
+                    "prod clusters name the role `pulumi up` runs as (CI's "
+                    "AWS_DEPLOY_ROLE_ARN), so it gets cluster access",
+                )
             )
     return problems
 

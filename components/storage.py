@@ -2,8 +2,11 @@
 
 Every bucket gets SSE-KMS with the team key (rotation on, S3 bucket keys to keep KMS
 calls cheap), versioning, all four public-access blocks, owner-enforced object ownership
-(no ACLs), a policy that denies any request not made over TLS, and lifecycle rules. The
-data buckets log their access into the logs bucket. In prod the buckets and the key are
+(no ACLs), a policy that denies any request not made over TLS, and lifecycle rules.
+Data capture and monitoring reports live in the KMS-encrypted logs bucket. S3 server
+access logs of all four go to a fifth bucket, `<prefix>-access-logs-<account>`, encrypted
+with SSE-S3: the only default encryption S3 documents for a server access log
+destination (it does not deliver into SSE-KMS buckets). In prod the buckets and the key are
 protected and retained, so `pulumi destroy` cannot take the data with it; dev buckets
 are force-destroyable, so review stacks can be torn down.
 """
@@ -18,9 +21,10 @@ import pulumi_aws as aws
 
 from components.spec import BUCKET_PURPOSES, PlatformSpec
 
-# Buckets whose server access is logged into the logs bucket (not the logs bucket itself:
-# logging a bucket into itself loops).
-LOGGED_PURPOSES = ("raw", "features", "artifacts")
+# Every data bucket logs its server access into the access-log bucket (which does not log
+# itself: logging a bucket into itself loops).
+LOGGED_PURPOSES = BUCKET_PURPOSES
+ACCESS_LOGS = "access-logs"
 S3_LOGGING_SERVICE = "logging.s3.amazonaws.com"
 
 
@@ -48,6 +52,7 @@ class DataLake(pulumi.ComponentResource):
     kms_key_arn: pulumi.Output[str]
     bucket_names: dict[str, pulumi.Output[str]]
     bucket_arns: dict[str, pulumi.Output[str]]
+    access_logs_bucket: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: DataLakeArgs, opts: pulumi.ResourceOptions | None = None
@@ -91,15 +96,23 @@ class DataLake(pulumi.ComponentResource):
             )
         self.bucket_names = {p: b.bucket for p, b in buckets.items()}
         self.bucket_arns = {p: b.arn for p, b in buckets.items()}
+        access_logs = aws.s3.Bucket(
+            f"{name}-{ACCESS_LOGS}",
+            bucket=pulumi.Output.concat(spec.prefix, "-", ACCESS_LOGS, "-", account),
+            force_destroy=not spec.protect_data,
+            tags={**spec.tags, "Name": f"{spec.prefix}-{ACCESS_LOGS}", "purpose": ACCESS_LOGS},
+            opts=keep,
+        )
+        self.access_logs_bucket = access_logs.bucket
 
         for purpose, bucket in buckets.items():
             self._secure(name, purpose, bucket, spec, child)
+        self._secure(name, ACCESS_LOGS, access_logs, spec, child)
 
-        logs = buckets["logs"]
         policies: dict[str, aws.s3.BucketPolicy] = {}
-        for purpose, bucket in buckets.items():
+        for purpose, bucket in [*buckets.items(), (ACCESS_LOGS, access_logs)]:
             statements = [tls_only_statement(bucket.arn)]
-            if purpose == "logs":
+            if purpose == ACCESS_LOGS:
                 sources = [buckets[p].arn for p in LOGGED_PURPOSES]
                 statements.append(_log_delivery_statement(bucket.arn, sources, account))
             policies[purpose] = aws.s3.BucketPolicy(
@@ -112,10 +125,10 @@ class DataLake(pulumi.ComponentResource):
             aws.s3.BucketLogging(
                 f"{name}-{purpose}-logging",
                 bucket=buckets[purpose].id,
-                target_bucket=logs.id,
+                target_bucket=access_logs.id,
                 target_prefix=f"s3-access/{purpose}/",
-                # Delivery needs the logs bucket policy in place first.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[policies["logs"]]),
+                # Delivery needs the access-log bucket's policy in place first.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[policies[ACCESS_LOGS]]),
             )
 
         self.register_outputs(
@@ -123,6 +136,7 @@ class DataLake(pulumi.ComponentResource):
                 "kms_key_arn": self.kms_key_arn,
                 "bucket_names": self.bucket_names,
                 "bucket_arns": self.bucket_arns,
+                "access_logs_bucket": self.access_logs_bucket,
             }
         )
 
@@ -134,17 +148,21 @@ class DataLake(pulumi.ComponentResource):
         spec: PlatformSpec,
         opts: pulumi.ResourceOptions,
     ) -> None:
-        """Encryption, versioning, no public access, no ACLs and lifecycle for one bucket."""
+        """Encryption, versioning, no public access, no ACLs and lifecycle for one bucket.
+
+        SSE-KMS with the team key; SSE-S3 for the access-log bucket, where S3 delivers.
+        """
+        kms = purpose != ACCESS_LOGS
         aws.s3.BucketServerSideEncryptionConfiguration(
             f"{name}-{purpose}-encryption",
             bucket=bucket.id,
             rules=[
                 aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
                     apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(  # noqa: E501
-                        sse_algorithm="aws:kms",
-                        kms_master_key_id=self.kms_key.arn,
+                        sse_algorithm="aws:kms" if kms else "AES256",
+                        kms_master_key_id=self.kms_key.arn if kms else None,
                     ),
-                    bucket_key_enabled=True,
+                    bucket_key_enabled=True if kms else None,
                 )
             ],
             opts=opts,
@@ -198,7 +216,7 @@ def _lifecycle_rules(
             ),
         )
     ]
-    if purpose == "logs":
+    if purpose in ("logs", ACCESS_LOGS):
         rules.append(
             aws.s3.BucketLifecycleConfigurationRuleArgs(
                 id="expire-logs",
@@ -226,8 +244,8 @@ def _lifecycle_rules(
 
 
 def _key_policy(account: pulumi.Output[str]) -> dict[str, Any]:
-    """The account administers the key through IAM; S3 log delivery and CloudWatch alarms
-    (to the encrypted alarm topic) may encrypt with it."""
+    """The account administers the key through IAM; CloudWatch alarms (to the encrypted
+    alarm topic) may encrypt with it."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -237,14 +255,6 @@ def _key_policy(account: pulumi.Output[str]) -> dict[str, Any]:
                 "Principal": {"AWS": pulumi.Output.concat("arn:aws:iam::", account, ":root")},
                 "Action": "kms:*",
                 "Resource": "*",
-            },
-            {
-                "Sid": "S3ServerAccessLogDelivery",
-                "Effect": "Allow",
-                "Principal": {"Service": S3_LOGGING_SERVICE},
-                "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
-                "Resource": "*",
-                "Condition": {"StringEquals": {"aws:SourceAccount": account}},
             },
             {
                 # Endpoint alarms publish to the team's encrypted alarm topic.

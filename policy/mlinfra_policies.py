@@ -51,6 +51,10 @@ BUCKET_SSE = (
 )
 BUCKET_PAB = ("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",)
 BUCKET_POLICY = ("aws:s3/bucketPolicy:BucketPolicy",)
+BUCKET_LOGGING = (
+    "aws:s3/bucketLogging:BucketLogging",
+    "aws:s3/bucketLoggingV2:BucketLoggingV2",
+)
 FEATURE_GROUP = "aws:sagemaker/featureGroup:FeatureGroup"
 ENDPOINT_CONFIG = "aws:sagemaker/endpointConfiguration:EndpointConfiguration"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -220,16 +224,41 @@ def _sagemaker_has_instance_storage(instance_type: str) -> bool:
 # --- encryption at rest ----------------------------------------------------------------------
 
 
-def validate_bucket_encryption(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type not in BUCKET_SSE:
-        return
-    rules = _list(_get(args.props, "rules"))
-    if not rules:
-        report("bucket encryption config has no rules; use SSE-KMS (sseAlgorithm aws:kms)")
-    for i, rule in enumerate(rules):
-        algorithm = _get(rule, "applyServerSideEncryptionByDefault", "sseAlgorithm")
-        if algorithm not in ("aws:kms", "aws:kms:dsse"):
-            report(f"rules[{i}]: sseAlgorithm is {algorithm!r}; data buckets must use aws:kms")
+def _access_log_targets(resources: list[PolicyResource]) -> set[str]:
+    """Keys of the buckets that receive S3 server access logs."""
+    keys: set[str] = set()
+    for r in resources:
+        if r.resource_type in BUCKET_LOGGING:
+            deps = (r.property_dependencies or {}).get("targetBucket", [])
+            keys |= {d.urn for d in deps}
+            target = _get(r.props, "targetBucket")
+            if isinstance(target, str):
+                keys.add(target)
+    return keys
+
+
+def validate_bucket_encryption(args: StackValidationArgs, report: ReportViolation) -> None:
+    """SSE-KMS on every bucket but a server access log destination, which S3 documents as
+    SSE-S3 only (it does not deliver access logs into an SSE-KMS bucket)."""
+    log_targets = _access_log_targets(args.resources)
+    for sse in (r for r in args.resources if r.resource_type in BUCKET_SSE):
+        rules = _list(_get(sse.props, "rules"))
+        log_target = bool(_points_at(sse) & log_targets)
+        if not rules:
+            report("bucket encryption config has no rules; use SSE-KMS (sseAlgorithm aws:kms)")
+        for i, rule in enumerate(rules):
+            algorithm = _get(rule, "applyServerSideEncryptionByDefault", "sseAlgorithm")
+            if log_target and algorithm != "AES256":
+                report(
+                    f"rules[{i}]: sseAlgorithm is {algorithm!r} on a server access log "
+                    "bucket; S3 delivers access logs only into SSE-S3 (AES256) buckets",
+                    sse.urn,
+                )
+            elif not log_target and algorithm not in ("aws:kms", "aws:kms:dsse"):
+                report(
+                    f"rules[{i}]: sseAlgorithm is {algorithm!r}; data buckets must use aws:kms",
+                    sse.urn,
+                )
 
 
 def validate_feature_group_encryption(args: ResourceValidationArgs, report: ReportViolation):
@@ -357,7 +386,7 @@ def validate_bucket_safeguards(args: StackValidationArgs, report: ReportViolatio
     access block and a TLS-only policy (each companion's own settings are checked by the
     resource policies)."""
     companions = {
-        "an SSE-KMS encryption config": BUCKET_SSE,
+        "an encryption config": BUCKET_SSE,
         "a public access block": BUCKET_PAB,
         "a TLS-only bucket policy": BUCKET_POLICY,
     }
@@ -560,9 +589,9 @@ def _stack(name: str, description: str, validate: Callable, **kw: Any):
 
 
 POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
-    _resource(
+    _stack(
         "s3-encryption-kms",
-        "S3 bucket default encryption uses SSE-KMS.",
+        "S3 bucket default encryption uses SSE-KMS (SSE-S3 on server access log buckets only).",
         validate_bucket_encryption,
     ),
     _resource(

@@ -100,6 +100,10 @@ def test_github_output_lines(capsys):
     assert json.loads(lines["prod"]) == ["vision-prod"]
     assert json.loads(lines["nonprod"]) == []
     assert lines["any"] == "true"
+    # Each stack's Pulumi jobs run on the self-hosted runner its config names.
+    assert json.loads(lines["runners"]) == {
+        "vision-prod": ["self-hosted", "linux", "mlinfra-deploy-production"]
+    }
 
 
 def test_base_ref_diffs_against_the_merge_base(tmp_path: Path):

@@ -65,7 +65,12 @@ def test_a_first_up_references_nothing_that_cannot_exist_yet(stack: str):
             assert r.type == DEPLOYMENT and r.inputs["spec"]["replicas"] == 0, (
                 f"{r.type} {r.name} references a model package that is not registered yet"
             )
-    for deployment in rendered.by_type(DEPLOYMENT):
+    # The team's endpoint Deployments (cluster add-ons such as cluster-autoscaler run public
+    # images and need no model).
+    endpoints = [
+        d for d in rendered.by_type(DEPLOYMENT) if d.inputs["metadata"]["namespace"] == spec.team
+    ]
+    for deployment in endpoints:
         assert deployment.inputs["spec"].get("replicas") == 0, (
             f"{deployment.name}: a pod now would pull an image not yet pushed and fetch a model "
             "not yet registered (and Pulumi would wait 20 minutes for it)"
@@ -97,6 +102,8 @@ def test_in_the_steady_state_the_stack_serves_exactly_its_pinned_endpoints(stack
         "the stack creates the pinned SageMaker endpoints; `mlinfra deploy` the others"
     )
     for d in rendered.by_type(DEPLOYMENT):
+        if d.inputs["metadata"]["namespace"] != spec.team:
+            continue  # a cluster add-on (cluster-autoscaler), not an endpoint
         annotations = d.inputs["spec"]["template"]["metadata"].get("annotations", {})
         if d.inputs["metadata"]["name"] in pinned:
             assert "replicas" not in d.inputs["spec"], "the HPA owns a serving Deployment's count"

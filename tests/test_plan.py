@@ -121,14 +121,14 @@ def test_cost_arithmetic_on_a_hand_checked_stack(small: Path):
     # one NAT gateway: 0.05/h x 730 + 100 GB x 0.05 = 36.50 + 5.00
     assert lines["NAT gateways"]["min_monthly"] == lines["NAT gateways"]["max_monthly"] == 41.5
     assert lines["EKS control plane"]["min_monthly"] == 73.0
-    # four buckets x 1024 GB x 0.02
-    assert lines["S3 storage"]["min_monthly"] == 81.92
+    # five buckets (four data, one access-log) x 1024 GB x 0.02
+    assert lines["S3 storage"]["min_monthly"] == 102.4
     # The unknown instance type is unpriced and out of the totals.
     big = lines["node pool calc-dev-big"]
     assert big["hourly"] is None and big["min_monthly"] is None and big["max_monthly"] is None
     assert cost["unpriced"] == ["node pool calc-dev-big: g6e.xlarge not in the table"]
-    assert cost["min_monthly"] == 269.42  # 73 + 0 + 0 + 41.5 + 73 + 81.92
-    assert cost["max_monthly"] == 2021.42  # 146 + 1095 + 584 + 41.5 + 73 + 81.92
+    assert cost["min_monthly"] == 289.9  # 73 + 0 + 0 + 41.5 + 73 + 102.4
+    assert cost["max_monthly"] == 2041.9  # 146 + 1095 + 584 + 41.5 + 73 + 102.4
     assert cost["prices_as_of"] == "2026-01-15"
 
 
@@ -138,7 +138,7 @@ def test_the_text_plan_shows_tree_policies_cost_and_unpriced(small: Path):
     assert "mlinfra:cluster:GpuCluster" in text and "aws:eks/nodeGroup:NodeGroup" in text
     assert "instanceTypes=g5.xlarge" in text
     assert "imdsv2-required" in text and "FAIL" not in text
-    assert "269.42" in text and "2,021.42" in text
+    assert "289.90" in text and "2,041.90" in text
     assert (
         "NOT YET DEPLOYED: endpoint calc-dev-api is not yet deployed (created by the first "
         "`mlinfra deploy`): 0 until then, 1 after; priced at 0 for the minimum" in text
@@ -208,7 +208,7 @@ def test_against_renders_the_other_revision_and_prints_the_delta(tmp_path: Path)
     assert code == 0, text
     against = json.loads(text)["against"]
     assert against["how"] == "rendered at HEAD"
-    assert (against["min_monthly"], against["max_monthly"]) == (269.42, 2021.42)
+    assert (against["min_monthly"], against["max_monthly"]) == (289.9, 2041.9)
     assert (against["delta_min"], against["delta_max"]) == (0.0, 730.0)
 
     # A stack that does not exist at the base revision costs its whole amount.
@@ -217,7 +217,7 @@ def test_against_renders_the_other_revision_and_prints_the_delta(tmp_path: Path)
         "new-dev", against="HEAD", as_json=True, stacks_dir=repo / "stacks", prices=prices
     )
     new = json.loads(text)["against"]
-    assert "does not exist at HEAD" in new["how"] and new["delta_max"] == 2751.42
+    assert "does not exist at HEAD" in new["how"] and new["delta_max"] == 2771.9
 
     text, code = plan("calc-dev", against="no-such-ref", stacks_dir=repo / "stacks", prices=prices)
     assert code == 2 and "no-such-ref" in text

@@ -123,21 +123,6 @@ def replace(props: dict, value, *path) -> dict:
 # (policy, resource type, compliant props, [(violating props, expected message part)])
 CASES = [
     (
-        "s3-encryption-kms",
-        SSE,
-        {"bucket": "b", "rules": [KMS_RULE]},
-        [
-            (
-                {
-                    "bucket": "b",
-                    "rules": [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}],
-                },
-                "AES256",
-            ),
-            ({"bucket": "b", "rules": []}, "no rules"),
-        ],
-    ),
-    (
         "featurestore-encryption",
         mp.FEATURE_GROUP,
         FG_OK,
@@ -433,11 +418,11 @@ def test_the_real_stacks_exercise_each_resource_policy(policy: str):
     assert set(APPLIES_TO[policy]) <= types
 
 
-def _mutated(stack: str, rtype: str, mutate) -> dict:
+def _mutated(stack: str, rtype: str, mutate, name: str | None = None) -> dict:
     resources = []
     done = False
     for r in rendered(stack).resources:
-        if r.type == rtype and not done:
+        if r.type == rtype and not done and name in (None, r.name):
             inputs = copy.deepcopy(r.inputs)
             mutate(inputs)
             r = dataclasses.replace(r, inputs=inputs)
@@ -459,6 +444,7 @@ MUTATIONS = [
         SSE,
         lambda p: p["rules"][0]["applyServerSideEncryptionByDefault"].update(sseAlgorithm="AES256"),
         "s3-encryption-kms",
+        "datalake-raw-encryption",
     ),
     (
         "nlp-dev",
@@ -494,10 +480,12 @@ MUTATIONS = [
 
 
 @pytest.mark.parametrize(
-    ("stack", "rtype", "mutate", "policy"), MUTATIONS, ids=[m[3] for m in MUTATIONS]
+    ("stack", "rtype", "mutate", "policy", "name"),
+    [(*m, None)[:5] for m in MUTATIONS],
+    ids=[m[3] for m in MUTATIONS],
 )
-def test_a_broken_resource_in_a_real_stack_is_caught(stack, rtype, mutate, policy):
-    results = _mutated(stack, rtype, mutate)
+def test_a_broken_resource_in_a_real_stack_is_caught(stack, rtype, mutate, policy, name):
+    results = _mutated(stack, rtype, mutate, name)
     assert results[policy], f"{policy} did not catch the mutation"
     others = {name for name, found in results.items() if found} - {policy}
     assert not others, others
@@ -509,7 +497,39 @@ def test_an_unprotected_prod_bucket_in_a_real_stack_is_caught():
         for r in rendered("vision-prod").resources
     ]
     found = mp.evaluate(resources)["prod-data-protected"]
-    assert len(found) == 4 and all("bucket" in v.message for v in found)
+    buckets = [r for r in resources if r.type in mp.BUCKET]
+    assert len(found) == len(buckets) == 5 and all("bucket" in v.message for v in found)
+
+
+def _sse(bucket: str, algorithm: str):
+    rule = {"applyServerSideEncryptionByDefault": {"sseAlgorithm": algorithm}}
+    return mp.policy_resource(SSE, {"bucket": bucket, "rules": [rule]}, name=f"{bucket}-sse")
+
+
+def test_kms_on_data_buckets_and_sse_s3_on_the_access_log_bucket():
+    logging = mp.policy_resource(
+        mp.BUCKET_LOGGING[0], {"bucket": "data", "targetBucket": "access-logs"}, name="logging"
+    )
+    good = [logging, _sse("data", "aws:kms"), _sse("access-logs", "AES256")]
+    assert check_stack("s3-encryption-kms", good) == []
+    found = check_stack("s3-encryption-kms", [logging, _sse("data", "AES256")])
+    assert found and "data buckets must use aws:kms" in found[0]
+    found = check_stack("s3-encryption-kms", [logging, _sse("access-logs", "aws:kms")])
+    assert found and "only into SSE-S3 (AES256)" in found[0]
+    empty = mp.policy_resource(SSE, {"bucket": "data", "rules": []})
+    assert "no rules" in check_stack("s3-encryption-kms", [empty])[0]
+
+
+def test_sse_kms_on_the_real_access_log_bucket_is_caught():
+    results = _mutated(
+        "nlp-prod",
+        SSE,
+        lambda p: p["rules"][0]["applyServerSideEncryptionByDefault"].update(
+            sseAlgorithm="aws:kms"
+        ),
+        "datalake-access-logs-encryption",
+    )
+    assert [v.resource for v in results["s3-encryption-kms"]] == ["datalake-access-logs-encryption"]
 
 
 # --- the pack as the engine runs it -----------------------------------------------------------

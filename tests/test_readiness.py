@@ -28,6 +28,9 @@ def _spec(endpoint: dict, environment: str = "prod") -> PlatformSpec:
             "mlinfra:team": "ml",
             "mlinfra:environment": environment,
             "mlinfra:costCenter": "cc-1",
+            "mlinfra:cluster": {
+                "access": {"deployRole": "arn:aws:iam::123456789012:role/mlinfra-deploy"}
+            },
             "mlinfra:modelRegistry": {"modelGroups": [{"name": "churn"}]},
             "mlinfra:endpoints": [
                 {"name": "api", "modelGroup": "churn", "modelVersion": 4, **endpoint}

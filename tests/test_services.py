@@ -36,7 +36,7 @@ from components.feature_store import FeatureStore, FeatureStoreArgs, glue_databa
 from components.readiness import FakeAccount, decide
 from components.registry import ModelRegistry, ModelRegistryArgs, lifecycle_policy
 from components.serving_pod import MODEL_ANNOTATION, POOL_LABEL, PRESTOP_SLEEP_S
-from components.spec import PlatformSpec, load_stack_file, parse_spec
+from components.spec import BUILD_TAG_PATTERNS, PlatformSpec, load_stack_file, parse_spec
 from workloads.serving.lifecycle import LAST_CALL_S
 from workloads.serving.server import DRAIN_TIMEOUT_S, ServeSettings
 
@@ -347,11 +347,14 @@ def test_ecr_repositories(rendered: Render):
     assert sorted(p.inputs["repository"] for p in policies) == sorted(repos)
     registry = spec.model_registry
     for p in policies:
-        rules = {r["selection"]["tagStatus"]: r["selection"] for r in _policy(p)["rules"]}
-        assert rules["untagged"]["countType"] == "sinceImagePushed"
-        assert rules["untagged"]["countNumber"] == registry.untagged_image_expiry_days
-        assert rules["tagged"]["countType"] == "imageCountMoreThan"
-        assert rules["tagged"]["countNumber"] == registry.keep_images
+        rules = [r["selection"] for r in _policy(p)["rules"]]
+        (untagged,) = [r for r in rules if r["tagStatus"] == "untagged"]
+        assert untagged["countType"] == "sinceImagePushed"
+        assert untagged["countNumber"] == registry.untagged_image_expiry_days
+        tagged = [r for r in rules if r["tagStatus"] == "tagged"]
+        assert [r["tagPatternList"] for r in tagged] == [[t] for t in BUILD_TAG_PATTERNS]
+        assert all(r["countType"] == "imageCountMoreThan" for r in tagged)
+        assert all(r["countNumber"] == registry.keep_images for r in tagged)
     assert rendered.outputs["repository_urls"]["serve"].endswith(f"/{spec.prefix}-serve")
 
 
@@ -373,7 +376,7 @@ def test_model_package_groups(rendered: Render):
 
 def test_lifecycle_policy_rules_are_valid_for_ecr():
     rules = lifecycle_policy(5, 3)["rules"]
-    assert [r["rulePriority"] for r in rules] == [1, 2]
+    assert [r["rulePriority"] for r in rules] == list(range(1, len(BUILD_TAG_PATTERNS) + 2))
     # ECR requires a tag pattern or prefix on rules that select tagged images.
     assert all(
         "tagPatternList" in r["selection"] for r in rules if r["selection"]["tagStatus"] == "tagged"
@@ -623,9 +626,8 @@ def test_budget(rendered: Render):
         ]
     }
     sent = {(n["notificationType"], n["threshold"]) for n in b["notifications"]}
-    assert sent == {
-        (kind, t) for t in spec.budget.thresholds_percent for kind in ("ACTUAL", "FORECASTED")
-    }
+    top = max(spec.budget.thresholds_percent)
+    assert sent == {("ACTUAL", t) for t in spec.budget.thresholds_percent} | {("FORECASTED", top)}
     for n in b["notifications"]:
         assert n["thresholdType"] == "PERCENTAGE"
         assert n["subscriberEmailAddresses"] == spec.budget.alert_emails

@@ -118,8 +118,44 @@ BAD_CONFIGS = [
     ("vision-dev", _drop("mlinfra:costCenter"), "mlinfra:costCenter"),
     (
         "vision-dev",
-        _set("mlinfra:cluster.gpuPools[0].instanceTypes[1]", "m5.2xlarge"),
-        "mlinfra:cluster.gpuPools[0].instanceTypes[1]",
+        _set("mlinfra:cluster.gpuPools[0].instanceTypes[0]", "m5.2xlarge"),
+        "mlinfra:cluster.gpuPools[0].instanceTypes[0]",
+    ),
+    # What a real `pulumi up` (or the autoscaler, AWS Budgets, ECR) would trip over.
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].instanceTypes", ["g5.xlarge", "g5.2xlarge"]),
+        "mlinfra:cluster.gpuPools[0].instanceTypes",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.kubernetesVersion", "1.29"),
+        "mlinfra:cluster.kubernetesVersion",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.access.deployRole", "arn:aws:iam::123:user/me"),
+        "mlinfra:cluster.access.deployRole",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.access.apiAccessCidrs", ["0.0.0.0/0"]),
+        "mlinfra:cluster.access.apiAccessCidrs[0]",
+    ),
+    (
+        "vision-prod",
+        _set("mlinfra:cluster.access", {}),
+        "mlinfra:cluster.access.deployRole",
+    ),
+    (
+        "nlp-prod",
+        _set("mlinfra:budget.thresholdsPercent", [25, 50, 75, 90, 100]),
+        "mlinfra:budget.thresholdsPercent",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:endpoints[0].imageTag", "sha-3f2a9c1"),
+        "mlinfra:endpoints[0].imageTag",
     ),
     (
         "vision-dev",

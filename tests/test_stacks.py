@@ -29,6 +29,7 @@ from components.mockrun import (
 )
 from components.network import INTERFACE_ENDPOINTS
 from components.spec import BUCKET_PURPOSES, PlatformSpec, SpecError, load_stack_file
+from components.storage import ACCESS_LOGS
 from tests.stack_support import STACK_FILES, STACKS_DIR, rendered_stack, stack_name
 from workloads.platform import PlatformDescriptor
 
@@ -245,7 +246,11 @@ def test_team_namespace_has_a_gpu_quota_and_limit_range(stack):
 
 def test_service_account_role_reaches_only_team_resources(stack):
     spec, rendered = stack
-    sa = rendered.one("kubernetes:core/v1:ServiceAccount")
+    (sa,) = [
+        a
+        for a in rendered.by_type("kubernetes:core/v1:ServiceAccount")
+        if a.inputs["metadata"]["name"] == f"{spec.team}-workloads"
+    ]
     (role,) = _by_input(rendered, "aws:iam/role:Role", "name", f"{spec.prefix}-workloads")
     assert (
         sa.inputs["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == (role.outputs["arn"])
@@ -291,10 +296,12 @@ def test_service_account_role_reaches_only_team_resources(stack):
             )
             assert owned, f"{arn} is not one of {spec.prefix}'s resources"
             reached.add(arn)
-    assert all(
-        any(r.startswith(b.outputs["arn"]) for r in reached) for b in rendered.by_type(BUCKET)
-    )
-    assert all(arn in reached for arn in team_arns[len(BUCKET_PURPOSES) :])
+    buckets = {b.inputs["tags"]["purpose"]: b.outputs["arn"] for b in rendered.by_type(BUCKET)}
+    for purpose, arn in buckets.items():
+        # Captured request bodies (logs) are for the monitoring identity only.
+        expected = purpose in ("raw", "features", "artifacts")
+        assert any(r == arn or r.startswith(arn + "/") for r in reached) is expected, purpose
+    assert all(arn in reached for arn in team_arns[len(buckets) :])
 
 
 # --- storage ----------------------------------------------------------------------------------
@@ -308,7 +315,8 @@ def _bucket_config(rendered: Rendered, token: str, bucket: RenderedResource) -> 
 def test_every_bucket_is_encrypted_private_versioned_and_tls_only(stack):
     spec, rendered = stack
     buckets = rendered.by_type(BUCKET)
-    assert sorted(b.inputs["tags"]["purpose"] for b in buckets) == sorted(BUCKET_PURPOSES)
+    purposes = sorted(b.inputs["tags"]["purpose"] for b in buckets)
+    assert purposes == sorted([*BUCKET_PURPOSES, ACCESS_LOGS])
     lake = rendered.one("mlinfra:storage:DataLake")
     (key,) = [k for k in rendered.children(lake) if k.type == "aws:kms/key:Key"]
     assert key.inputs["enableKeyRotation"] is True
@@ -320,7 +328,11 @@ def test_every_bucket_is_encrypted_private_versioned_and_tls_only(stack):
             bucket,
         ).inputs["rules"]
         default = rule["applyServerSideEncryptionByDefault"]
-        assert default == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": key.outputs["arn"]}
+        if bucket.inputs["tags"]["purpose"] == ACCESS_LOGS:
+            # S3 delivers server access logs only into SSE-S3 buckets.
+            assert default == {"sseAlgorithm": "AES256"}
+        else:
+            assert default == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": key.outputs["arn"]}
 
         block = _bucket_config(
             rendered, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", bucket
@@ -368,7 +380,7 @@ def test_lifecycle_rules_follow_the_spec(stack):
         assert all(r["status"] == "Enabled" for r in rules.values())
         noncurrent = rules["expire-noncurrent-versions"]["noncurrentVersionExpiration"]
         assert noncurrent["noncurrentDays"] == spec.storage.noncurrent_version_expiry_days
-        if purpose == "logs":
+        if purpose in ("logs", ACCESS_LOGS):
             assert rules["expire-logs"]["expiration"]["days"] == spec.storage.log_retention_days
         else:
             (transition,) = rules["infrequent-access"]["transitions"]
@@ -378,35 +390,33 @@ def test_lifecycle_rules_follow_the_spec(stack):
             }
 
 
-def test_data_buckets_log_access_into_the_logs_bucket(stack):
+def test_data_buckets_log_access_into_the_access_log_bucket(stack):
     _, rendered = stack
     buckets = {b.inputs["tags"]["purpose"]: b for b in rendered.by_type(BUCKET)}
-    logs = buckets["logs"].outputs["bucket"]
+    target = buckets[ACCESS_LOGS].outputs["bucket"]
     logged = rendered.by_type("aws:s3/bucketLogging:BucketLogging")
     assert {r.inputs["bucket"] for r in logged} == {
-        buckets[p].outputs["bucket"] for p in ("raw", "features", "artifacts")
+        buckets[p].outputs["bucket"] for p in BUCKET_PURPOSES
     }
-    assert all(r.inputs["targetBucket"] == logs for r in logged)
-    policy = _policy(_bucket_config(rendered, "aws:s3/bucketPolicy:BucketPolicy", buckets["logs"]))
+    assert all(r.inputs["targetBucket"] == target for r in logged)
+    policy = _policy(
+        _bucket_config(rendered, "aws:s3/bucketPolicy:BucketPolicy", buckets[ACCESS_LOGS])
+    )
     (delivery,) = [
         s for s in policy["Statement"] if s["Principal"] == {"Service": "logging.s3.amazonaws.com"}
     ]
     assert delivery["Effect"] == "Allow" and delivery["Action"] == "s3:PutObject"
     assert set(delivery["Condition"]["ArnLike"]["aws:SourceArn"]) == {
-        buckets[p].outputs["arn"] for p in ("raw", "features", "artifacts")
+        buckets[p].outputs["arn"] for p in BUCKET_PURPOSES
     }
 
 
-def test_team_key_lets_only_log_delivery_and_alarms_use_it_besides_the_account(stack):
+def test_team_key_lets_only_alarms_use_it_besides_the_account(stack):
     spec, rendered = stack
     lake = rendered.one("mlinfra:storage:DataLake")
     (key,) = [k for k in rendered.children(lake) if k.type == "aws:kms/key:Key"]
     statements = {s["Sid"]: s for s in _policy(key)["Statement"]}
-    assert set(statements) == {
-        "AccountAdministersThroughIam",
-        "S3ServerAccessLogDelivery",
-        "CloudWatchAlarmsToEncryptedTopic",
-    }
+    assert set(statements) == {"AccountAdministersThroughIam", "CloudWatchAlarmsToEncryptedTopic"}
     alarms = statements["CloudWatchAlarmsToEncryptedTopic"]
     assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert sorted(alarms["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
@@ -467,7 +477,7 @@ def test_network(stack):
     subnets = rendered.by_type("aws:ec2/subnet:Subnet")
     private = [s for s in subnets if "kubernetes.io/role/internal-elb" in s.inputs["tags"]]
     assert len(private) == len(subnets) // 2 == net.availability_zones
-    assert len({s.inputs["availabilityZone"] for s in private}) == net.availability_zones
+    assert len({s.inputs["availabilityZoneId"] for s in private}) == net.availability_zones
     assert sorted(subnets_of_cluster) == sorted(s.id for s in private)
     nats = rendered.by_type("aws:ec2/natGateway:NatGateway")
     assert len(nats) == (net.availability_zones if net.nat_gateways == "perAz" else 1)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.spec import parse_spec
+from components.changes import deploy_runner
+from components.spec import load_stack_file, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -207,3 +208,57 @@ def test_destroy_first_removes_what_mlinfra_deploy_created(workflow: str, job: s
     remove = next(i for i, s in enumerate(steps) if "components.deployed" in s.get("run", ""))
     destroy = next(i for i, s in enumerate(steps) if "pulumi/actions@" in s.get("uses", ""))
     assert remove < destroy
+
+
+STACK_FILES = sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+def test_every_job_that_reaches_a_cluster_runs_on_the_stacks_own_runner():
+    """The cluster APIs are private: GitHub-hosted runners cannot reach them."""
+    review = yaml.safe_load((ROOT / "stacks" / "templates" / "review.yaml").read_text())
+    review_spec = parse_spec(
+        yaml.safe_load(yaml.safe_dump(review).replace("__PR_NUMBER__", "1"))["config"], "review"
+    )
+    seen = 0
+    for path in WORKFLOWS:
+        for name, job in yaml.safe_load(path.read_text())["jobs"].items():
+            if not steps_using(job, "pulumi/actions@"):
+                continue
+            seen += 1
+            runs_on = job["runs-on"]
+            if path.name == "review-stack.yml":
+                assert runs_on == review_spec.deploy_runner, (path.name, name)
+            elif isinstance(runs_on, str):
+                # fromJSON(needs.<job>.outputs.runners)[matrix.stack] or a resolved runner
+                assert "fromJSON(needs." in runs_on, (path.name, name, runs_on)
+                assert "runners)[matrix.stack]" in runs_on or "outputs.runner)" in runs_on
+            else:
+                raise AssertionError(f"{path.name} {name}: runs-on {runs_on!r}")
+    assert seen >= 6
+
+
+def test_previews_of_forks_never_run_inside_the_vpc():
+    preview = load("pull-request.yml")["jobs"]["preview"]
+    assert "head.repo.full_name == github.repository" in preview["if"]
+
+
+def test_every_stacks_runner_label_is_declared_for_actionlint():
+    declared = yaml.safe_load((ROOT / ".github" / "actionlint.yaml").read_text())
+    labels = set(declared["self-hosted-runner"]["labels"])
+    for path in STACK_FILES:
+        label = load_stack_file(path).cluster.access.runner_label
+        assert label in labels, f"{path.name}: runner label {label!r} not in actionlint.yaml"
+
+
+def test_the_runner_of_a_stack_comes_from_its_config():
+    assert deploy_runner("vision-prod", ROOT / "stacks") == [
+        "self-hosted",
+        "linux",
+        "mlinfra-deploy-production",
+    ]
+    # A review stack has no config in the repository: the default runner.
+    assert deploy_runner("review-pr-7", ROOT / "stacks") == [
+        "self-hosted",
+        "linux",
+        "mlinfra-deploy",
+    ]
