@@ -374,10 +374,10 @@ class GpuCluster(pulumi.ComponentResource):
         depends_on: list[pulumi.Resource],
     ) -> pulumi.Output[str]:
         spec, name = self._spec, self._name
-        tags = {**spec.tags, "Name": f"{spec.prefix}-{pool}", "pool": pool}
+        tags = {**spec.tags, "Name": spec.physical(pool), "pool": pool}
         template = aws.ec2.LaunchTemplate(
             f"{name}-{pool}-template",
-            name=f"{spec.prefix}-{pool}",
+            name=spec.physical(pool),
             description=f"{spec.prefix} {pool} nodes: IMDSv2 only, encrypted root volume",
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled",
@@ -408,7 +408,7 @@ class GpuCluster(pulumi.ComponentResource):
         group = aws.eks.NodeGroup(
             f"{name}-{pool}",
             cluster_name=cluster.name,
-            node_group_name=f"{spec.prefix}-{pool}",
+            node_group_name=spec.physical(pool),
             node_role_arn=node_role.arn,
             subnet_ids=subnet_ids,
             ami_type=ami_type,
