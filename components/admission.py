@@ -65,11 +65,12 @@ def quantity(value: str | int | float) -> Fraction:
 
 
 def fmt_quantity(value: Fraction, resource: str) -> str:
-    """A canonical-enough quantity: whole CPUs or millicores, Mi for memory."""
+    """A readable quantity: whole CPUs or millicores; memory in Gi, Mi or bytes."""
     if resource == "cpu":
         return str(int(value)) if value.denominator == 1 else f"{int(value * 1000)}m"
-    if value % 2**20 == 0:
-        return f"{int(value / 2**20)}Mi"
+    for suffix, size in (("Gi", 2**30), ("Mi", 2**20)):
+        if value % size == 0:
+            return f"{int(value / size)}{suffix}"
     return str(int(value))
 
 
@@ -201,24 +202,31 @@ def admit(
             sums = sums + PodUsage(requests, limits)
     # Init containers run one at a time, before the others: the pod needs the larger.
     pod = sums.at_least(init)
+    for key in quota_hard:
+        kind, _, resource = key.partition(".")
+        tracked = kind == "limits" and resource in COMPUTE and resource != GPU_RESOURCE
+        if tracked and resource not in pod.limits:
+            problems.append(f"the quota tracks {key}: every container must have a {resource} limit")
+    if "pods" in quota_hard and replicas > int(quota_hard["pods"]):
+        problems.append(f"{replicas} pod(s) exceed the quota of {quota_hard['pods']} pods")
     total = pod.scaled(replicas) + (used or PodUsage({}, {}))
+    problems += over_quota(total, quota_hard, f"for {replicas} pod(s) ")
+    return Admission(pod, problems)
+
+
+def over_quota(usage: PodUsage, quota_hard: Mapping[str, Any], what: str = "") -> list[str]:
+    """The compute quotas (`requests.*`, `limits.*`) that `usage` exceeds."""
+    problems = []
     for key, hard in quota_hard.items():
         kind, _, resource = key.partition(".")
         if kind not in ("requests", "limits") or resource not in COMPUTE:
-            if key == "pods" and replicas > int(hard):
-                problems.append(f"{replicas} pod(s) exceed the quota of {hard} pods")
             continue
-        values = pod.limits if kind == "limits" else pod.requests
-        if kind == "limits" and resource not in values and resource != GPU_RESOURCE:
-            problems.append(f"the quota tracks {key}: every container must have a {resource} limit")
-            continue
-        charged = (total.limits if kind == "limits" else total.requests).get(resource, Fraction(0))
+        charged = (usage.limits if kind == "limits" else usage.requests).get(resource, Fraction(0))
         if charged > quantity(hard):
             problems.append(
-                f"{key}: {fmt_quantity(charged, resource)} for {replicas} pod(s) exceeds the "
-                f"quota of {hard}"
+                f"{key}: {fmt_quantity(charged, resource)} {what}exceeds the quota of {hard}"
             )
-    return Admission(pod, problems)
+    return problems
 
 
 # --- the restricted Pod Security Standard ------------------------------------------------------

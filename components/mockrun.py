@@ -134,6 +134,7 @@ PROVIDER_MODULES = (
     "pulumi_kubernetes.apps.v1",
     "pulumi_kubernetes.autoscaling.v2",
     "pulumi_kubernetes.core.v1",
+    "pulumi_kubernetes.networking.v1",
 )
 
 

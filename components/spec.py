@@ -30,7 +30,13 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components.admission import FETCH_MODEL_RESOURCES, GPU_RESOURCE, admit, quantity
+from components.admission import (
+    FETCH_MODEL_RESOURCES,
+    GPU_RESOURCE,
+    admit,
+    over_quota,
+    quantity,
+)
 from components.gpu import allowed_gpu_families, gpu_instance
 
 NAMESPACE = "mlinfra"
@@ -660,19 +666,17 @@ def _quota_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
         minimum = usage if minimum is None else minimum + usage
         pods += ep.max_instances + 1
     if minimum is not None:
-        for key, value in hard.items():
-            kind, _, resource = key.partition(".")
-            need = (minimum.limits if kind == "limits" else minimum.requests).get(resource, 0)
-            if need > quantity(value):
-                field = "gpus" if resource == GPU_RESOURCE else resource
-                problems.append(
-                    (
-                        _path(("cluster", "quota", field)),
-                        f"the Kubernetes endpoints need {key} of at least {need} at their "
-                        f"minimum plus one rollout pod each; the quota is {value}",
-                    )
+        for problem in over_quota(minimum, hard):
+            resource = problem.split(":")[0].partition(".")[2]
+            field = "gpus" if resource == GPU_RESOURCE else resource
+            problems.append(
+                (
+                    _path(("cluster", "quota", field)),
+                    f"the Kubernetes endpoints at their minimum plus one rollout pod each: "
+                    f"{problem}",
                 )
-                break
+            )
+            break
         if pods > quota.pods:
             problems.append(
                 (
