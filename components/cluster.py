@@ -457,7 +457,7 @@ class GpuCluster(pulumi.ComponentResource):
                                 },
                                 "resources": {
                                     "requests": {"cpu": "50m", "memory": "64Mi"},
-                                    "limits": {"memory": "256Mi"},
+                                    "limits": {"cpu": "500m", "memory": "256Mi"},
                                 },
                                 "volumeMounts": [
                                     {

@@ -52,7 +52,7 @@ def job_manifests(stack: str) -> list[dict[str, Any]]:
     gpu_quota = SPECS[stack].cluster.quota.gpus
     out: list[dict[str, Any]] = []
     for pool, ref in desc.cluster.node_pools.items():
-        base = {"pool": pool, "train_uri": f"{desc.buckets.features}/train/"}
+        base = {"pool": pool, "train_uri": f"{desc.buckets.features}/train/", "tag": "1.0.0"}
         out += render_training_job(desc, name=f"{pool}-defaults"[:52], **base)
         out += render_training_job(desc, name=f"{pool}-cpu"[:52], cpu="1500m", **base)
         # As many nodes as the team's GPU quota admits, at most 3.

@@ -174,7 +174,9 @@ def test_every_rendered_pod_is_admitted_by_the_limit_range_and_the_quota(stack):
 
 def test_a_gpu_training_pod_gets_its_share_of_the_node_not_the_limit_range_default():
     desc = descriptor("vision-dev")
-    (job,) = render_training_job(desc, name="defaults", pool="train-a10g", train_uri="s3://b/k")
+    (job,) = render_training_job(
+        desc, name="defaults", pool="train-a10g", train_uri="s3://b/k", tag="1"
+    )
     pod = pod_template(job)
     (train,) = pod["containers"]
     assert train["resources"]["limits"] == {"cpu": "3", "memory": "12Gi", "nvidia.com/gpu": 1}
@@ -183,7 +185,7 @@ def test_a_gpu_training_pod_gets_its_share_of_the_node_not_the_limit_range_defau
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "3Gi"}
     assert quantity(shm["emptyDir"]["sizeLimit"]) < quantity(train["resources"]["limits"]["memory"])
     (job,) = render_training_job(
-        desc, name="four", pool="train-a10g", train_uri="s3://b/k", cpu="4"
+        desc, name="four", pool="train-a10g", train_uri="s3://b/k", cpu="4", tag="1"
     )
     verdict = admit(pod_template(job), LIMIT_RANGE, _hard("vision-dev"))
     assert verdict.admitted, verdict.problems
@@ -201,7 +203,12 @@ def test_a_gpu_training_pod_gets_its_share_of_the_node_not_the_limit_range_defau
 def test_bad_resources_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         render_training_job(
-            descriptor("vision-dev"), name="x", pool="train-a10g", train_uri="s3://b/k", **kwargs
+            descriptor("vision-dev"),
+            name="x",
+            pool="train-a10g",
+            train_uri="s3://b/k",
+            tag="1",
+            **kwargs,
         )
 
 
