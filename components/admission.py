@@ -32,18 +32,8 @@ _SUFFIXES: dict[str, Fraction] = {
     "u": Fraction(1, 10**6),
     "m": Fraction(1, 10**3),
     "": Fraction(1),
-    "k": Fraction(10**3),
-    "M": Fraction(10**6),
-    "G": Fraction(10**9),
-    "T": Fraction(10**12),
-    "P": Fraction(10**15),
-    "E": Fraction(10**18),
-    "Ki": Fraction(2**10),
-    "Mi": Fraction(2**20),
-    "Gi": Fraction(2**30),
-    "Ti": Fraction(2**40),
-    "Pi": Fraction(2**50),
-    "Ei": Fraction(2**60),
+    **{suffix: Fraction(10 ** (3 * i)) for i, suffix in enumerate("kMGTPE", 1)},
+    **{f"{suffix}i": Fraction(2 ** (10 * i)) for i, suffix in enumerate("KMGTPE", 1)},
 }
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]?)$")
 # "No quantity may represent a number greater than 2^63-1 in magnitude" (apimachinery).

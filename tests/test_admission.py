@@ -286,3 +286,12 @@ def test_jobs_cover_every_pool():
             if m["kind"] == "Job"
         }
         assert rendered_pools == pools
+
+
+def test_quantities_parse_exactly_and_within_kubernetes_bounds():
+    assert quantity("500m") * 2 == 1
+    assert quantity("16Gi") == 16 * 2**30 and quantity("2k") == 2000 and quantity(4) == 4
+    assert quantity("9223372036854775807") == 2**63 - 1
+    for bad in ("9223372036854775808", "1x", "-1", "", True):
+        with pytest.raises(ValueError):
+            quantity(bad)
