@@ -52,7 +52,12 @@ def job_manifests(stack: str) -> list[dict[str, Any]]:
     gpu_quota = SPECS[stack].cluster.quota.gpus
     out: list[dict[str, Any]] = []
     for pool, ref in desc.cluster.node_pools.items():
-        base = {"pool": pool, "train_uri": f"{desc.buckets.features}/train/", "tag": "1.0.0"}
+        base = {
+            "pool": pool,
+            "train_uri": f"{desc.buckets.features}/train/",
+            "tag": "1.0.0",
+            "hyperparameters": {"target": "label", "epochs": 3},
+        }
         out += render_training_job(desc, name=f"{pool}-defaults"[:52], **base)
         out += render_training_job(desc, name=f"{pool}-cpu"[:52], cpu="1500m", **base)
         # As many nodes as the team's GPU quota admits, at most 3.
@@ -62,7 +67,6 @@ def job_manifests(stack: str) -> list[dict[str, Any]]:
             name=f"{pool}-multi"[:52],
             nodes=max(nodes, 1),
             checkpoint_claim="checkpoints",
-            hyperparameters={"epochs": 3},
             **base,
         )
     return out

@@ -37,6 +37,7 @@ from tests.stack_support import rendered_stack
 from workloads.jobs.kubernetes_manifest import render_training_job
 
 LIMIT_RANGE = limit_range_spec()
+HP = {"target": "label"}
 
 
 def _hard(stack: str) -> dict[str, str]:
@@ -175,17 +176,23 @@ def test_every_rendered_pod_is_admitted_by_the_limit_range_and_the_quota(stack):
 def test_a_gpu_training_pod_gets_its_share_of_the_node_not_the_limit_range_default():
     desc = descriptor("vision-dev")
     (job,) = render_training_job(
-        desc, name="defaults", pool="train-a10g", train_uri="s3://b/k", tag="1"
+        desc, name="defaults", pool="train-a10g", train_uri="s3://b/k", tag="1", hyperparameters=HP
     )
     pod = pod_template(job)
     (train,) = pod["containers"]
-    assert train["resources"]["limits"] == {"cpu": "3", "memory": "12Gi", "nvidia.com/gpu": 1}
+    assert train["resources"]["limits"] == {"cpu": "3", "memory": "12Gi", "nvidia.com/gpu": "1"}
     assert train["resources"]["requests"] == train["resources"]["limits"]
     (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "3Gi"}
     assert quantity(shm["emptyDir"]["sizeLimit"]) < quantity(train["resources"]["limits"]["memory"])
     (job,) = render_training_job(
-        desc, name="four", pool="train-a10g", train_uri="s3://b/k", cpu="4", tag="1"
+        desc,
+        name="four",
+        pool="train-a10g",
+        train_uri="s3://b/k",
+        cpu="4",
+        tag="1",
+        hyperparameters=HP,
     )
     verdict = admit(pod_template(job), LIMIT_RANGE, _hard("vision-dev"))
     assert verdict.admitted, verdict.problems
@@ -208,6 +215,7 @@ def test_bad_resources_are_named(kwargs, message):
             pool="train-a10g",
             train_uri="s3://b/k",
             tag="1",
+            hyperparameters=HP,
             **kwargs,
         )
 

@@ -122,7 +122,10 @@ def test_single_node_job(descriptor):
     assert pod["restartPolicy"] == "Never"  # what podFailurePolicy requires
     assert pod["terminationGracePeriodSeconds"] >= 60
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
     assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [1]
     assert rules[1]["onExitCodes"]["containerName"] == container["name"]
     yaml.safe_dump_all(manifests)  # plain data, serialisable as-is

@@ -166,7 +166,10 @@ def render_training_job(
         "podFailurePolicy": {
             "rules": [
                 # Spot reclaim, node drain, preemption: not the job's fault, not counted.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
                 # The trainer said why it failed (data, configuration): retrying won't help.
                 {
                     "action": "FailJob",
