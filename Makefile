@@ -7,7 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 STACK ?= local
 PYTEST_ARGS ?=
 
-.PHONY: venv up down purge test lint fmt clean bench-train bench-serve bench-features
+# The Kubernetes scanner (checkov) lives in a venv of its own: it pins boto3==1.35.49,
+# packaging<24 and networkx<2.7, which would downgrade the project's own. ~290 MB.
+SCAN_VENV := .venv-scan
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(SCAN_VENV)/bin/checkov
+
+.PHONY: venv scan-venv up down purge test lint fmt clean bench-train bench-serve bench-features
 
 # torch==2.13.0 first: it is the CPU build this machine has on disk; the range in
 # pyproject.toml admits it, so the project install adds no CUDA packages. The sagemaker
@@ -21,6 +27,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(CHECKOV):
+	test -x $(SCAN_VENV)/bin/python || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+
+scan-venv: $(CHECKOV)
 
 up: venv
 	$(VENV)/bin/mlinfra up --stack $(STACK)
@@ -41,8 +53,9 @@ fmt: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: venv lint
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+# MLINFRA_CHECKOV makes the scanner test run (and fail if checkov is missing) under make.
+test: venv lint scan-venv
+	MLINFRA_CHECKOV=$(CHECKOV) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 # Benchmarks print figures; see benchmarks/README.md. bench-serve needs wrk and Java 17.
 bench-train: venv
@@ -55,4 +68,4 @@ bench-features: venv
 	$(PY) benchmarks/features.py --small-rows 1e6,3e6
 
 clean:
-	rm -rf $(VENV) .mlinfra .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN_VENV) .mlinfra .pytest_cache .ruff_cache

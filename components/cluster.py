@@ -8,13 +8,14 @@ is tainted `nvidia.com/gpu=true:NoSchedule` so only GPU work lands there, and bo
 launch template that requires IMDSv2 and encrypts the root volume.
 
 On the cluster, through a Kubernetes provider built from the cluster's own endpoint: the
-NVIDIA device plugin, the team namespace with a GPU/CPU/memory quota and a LimitRange, and
-a service account bound by IRSA to a role that reaches only the team's data.
+NVIDIA device plugin, the team namespace (components/tenancy.py: quota, LimitRange,
+`restricted` Pod Security, NetworkPolicies), and a service account bound by IRSA to a
+role that reaches only the team's data.
 
 Sub-parts live in modules of their own: who reaches the API and from where
 (cluster_access.py), cluster-autoscaler and the metrics-server add-on (autoscaling.py),
-and the monitoring job's identity, the only reader of captured traffic
-(monitoring_identity.py).
+the team namespace (tenancy.py), and the monitoring job's identity, the only reader of
+captured traffic (monitoring_identity.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from components.monitoring_identity import monitoring_identity
 from components.network import Network
 from components.spec import GpuPoolSpec, PlatformSpec
 from components.storage import DataLake
+from components.tenancy import team_namespace
 
 CONTROL_PLANE_LOGS = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 GPU_TAINT_KEY = "nvidia.com/gpu"
@@ -284,50 +286,10 @@ class GpuCluster(pulumi.ComponentResource):
             system_nodes=system_nodes,
         )
         metrics_server(self, name, spec, cluster, system_nodes)
-        ns = k8s.core.v1.Namespace(
-            f"{name}-namespace",
-            metadata={
-                "name": spec.team,
-                "labels": {
-                    "team": spec.team,
-                    "environment": spec.environment,
-                    "pod-security.kubernetes.io/enforce": "baseline",
-                    "pod-security.kubernetes.io/warn": "restricted",
-                },
-            },
-            opts=on_cluster,
-        )
+        # The namespace, its quota, LimitRange, Pod Security level and NetworkPolicies.
+        ns = team_namespace(name, spec, cluster.name, self.k8s_provider, parent=self)
         self.namespace = ns.metadata.name
         in_ns = pulumi.ResourceOptions(parent=self, provider=self.k8s_provider, depends_on=[ns])
-        quota = spec.cluster.quota
-        k8s.core.v1.ResourceQuota(
-            f"{name}-quota",
-            metadata={"name": "team-quota", "namespace": self.namespace},
-            spec={
-                "hard": {
-                    # Extended resources are quota'd on requests only (requests == limits).
-                    f"requests.{GPU_TAINT_KEY}": str(quota.gpus),
-                    "requests.cpu": quota.cpu,
-                    "requests.memory": quota.memory,
-                }
-            },
-            opts=in_ns,
-        )
-        k8s.core.v1.LimitRange(
-            f"{name}-limits",
-            metadata={"name": "team-defaults", "namespace": self.namespace},
-            spec={
-                "limits": [
-                    {
-                        # Pods without requests would dodge the quota: give them defaults.
-                        "type": "Container",
-                        "defaultRequest": {"cpu": "250m", "memory": "512Mi"},
-                        "default": {"cpu": "1", "memory": "2Gi"},
-                    }
-                ]
-            },
-            opts=in_ns,
-        )
 
         # --- IRSA: the team's workloads reach the team's data and nothing else ------------
         sa_name = f"{spec.team}-workloads"
@@ -352,6 +314,8 @@ class GpuCluster(pulumi.ComponentResource):
                 "namespace": self.namespace,
                 "annotations": {"eks.amazonaws.com/role-arn": role.arn},
             },
+            # IRSA projects its own token; no workload needs the Kubernetes API.
+            automount_service_account_token=False,
             opts=in_ns,
         )
         self.service_account = sa.metadata.name
@@ -396,10 +360,10 @@ class GpuCluster(pulumi.ComponentResource):
         depends_on: list[pulumi.Resource],
     ) -> aws.eks.NodeGroup:
         spec, name = self._spec, self._name
-        tags = {**spec.tags, "Name": f"{spec.prefix}-{pool}", "pool": pool}
+        tags = {**spec.tags, "Name": spec.physical(pool), "pool": pool}
         template = aws.ec2.LaunchTemplate(
             f"{name}-{pool}-template",
-            name=f"{spec.prefix}-{pool}",
+            name=spec.physical(pool),
             description=f"{spec.prefix} {pool} nodes: IMDSv2 only, encrypted root volume",
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled",
@@ -433,7 +397,7 @@ class GpuCluster(pulumi.ComponentResource):
         group = aws.eks.NodeGroup(
             f"{name}-{pool}",
             cluster_name=cluster.name,
-            node_group_name=f"{spec.prefix}-{pool}",
+            node_group_name=spec.physical(pool),
             node_role_arn=node_role.arn,
             subnet_ids=subnet_ids,
             ami_type=ami_type,
@@ -477,6 +441,9 @@ class GpuCluster(pulumi.ComponentResource):
                     "metadata": {"labels": labels},
                     "spec": {
                         "priorityClassName": "system-node-critical",
+                        # It serves the kubelet over a socket, never the Kubernetes API.
+                        "automountServiceAccountToken": False,
+                        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                         "tolerations": [
                             {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
                         ],
@@ -501,14 +468,18 @@ class GpuCluster(pulumi.ComponentResource):
                             {
                                 "name": "nvidia-device-plugin",
                                 "image": DEVICE_PLUGIN_IMAGE,
+                                "imagePullPolicy": "IfNotPresent",  # public image
                                 "env": [{"name": "FAIL_ON_INIT_ERROR", "value": "false"}],
+                                # Root, for the kubelet's root-owned socket directory (a
+                                # hostPath): the one privilege it keeps. See README.
                                 "securityContext": {
                                     "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]},
                                 },
                                 "resources": {
                                     "requests": {"cpu": "50m", "memory": "64Mi"},
-                                    "limits": {"memory": "256Mi"},
+                                    "limits": {"cpu": "500m", "memory": "256Mi"},
                                 },
                                 "volumeMounts": [
                                     {

@@ -145,7 +145,7 @@ class Endpoints(pulumi.ComponentResource):
 
         self.endpoint_names, self.endpoint_urls, self.refs, self.waiting = {}, {}, {}, {}
         for ep in spec.endpoints:
-            physical = f"{spec.prefix}-{ep.name}"
+            physical = spec.physical(ep.name)
             readiness = self._readiness.get(ep.name)
             if readiness is not None and not readiness.ready:
                 self.waiting[ep.name] = readiness.waiting_for or ""
@@ -209,7 +209,7 @@ class Endpoints(pulumi.ComponentResource):
                     ep.target_invocations_per_instance if ep.kind == "sagemaker" else None
                 ),
                 "policy_name": (
-                    scaling_policy_name(f"{self._args.spec.prefix}-{ep.name}")
+                    scaling_policy_name(self._args.spec.physical(ep.name))
                     if ep.kind == "sagemaker"
                     else None
                 ),
@@ -312,7 +312,7 @@ class Endpoints(pulumi.ComponentResource):
     def _sagemaker(self, ep: EndpointSpec) -> dict[str, Any]:
         spec, args = self._args.spec, self._args
         child = pulumi.ResourceOptions(parent=self)
-        physical = f"{spec.prefix}-{ep.name}"
+        physical = spec.physical(ep.name)
         assert self._role is not None and self._alarm_topic is not None
         capture = self._capture(ep, physical)
         volume_key = None if has_instance_storage(ep.instance_type) else args.kms_key_arn
@@ -491,7 +491,7 @@ class Endpoints(pulumi.ComponentResource):
     def _kubernetes(self, ep: EndpointSpec) -> dict[str, Any]:
         spec, args = self._args.spec, self._args
         opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
-        physical = f"{spec.prefix}-{ep.name}"
+        physical = spec.physical(ep.name)
         selector = {"app.kubernetes.io/name": physical, "app.kubernetes.io/component": "endpoint"}
         labels = {**spec.tags, **selector, "mlinfra.io/model-group": ep.model_group}
         image = pulumi.Output.concat(self._image, ep.image_tag)
@@ -603,7 +603,7 @@ def _check(spec: PlatformSpec, args: EndpointsArgs) -> None:
                 f"mlinfra:endpoints[{i}].kind: {ep.name!r} is a kubernetes endpoint but no "
                 "cluster provider and namespace were given"
             )
-        physical = f"{spec.prefix}-{ep.name}"
+        physical = spec.physical(ep.name)
         if physical != physical.lower():
             raise ValueError(
                 f"mlinfra:endpoints[{i}].name: {ep.name!r} must be lowercase for a "

@@ -139,7 +139,7 @@ def feature_group_args(
 ) -> dict:
     """The inputs of one `aws.sagemaker.FeatureGroup`."""
     args: dict = {
-        "feature_group_name": f"{spec.prefix}-{group.name}",
+        "feature_group_name": spec.physical(group.name),
         "description": group.description or None,
         "record_identifier_feature_name": group.record_identifier,
         "event_time_feature_name": group.event_time,
@@ -174,7 +174,7 @@ def feature_group_args(
             data_catalog_config=aws.sagemaker.FeatureGroupOfflineStoreConfigDataCatalogConfigArgs(
                 catalog="AwsDataCatalog",
                 database=database_name,
-                table_name=f"{spec.prefix}-{group.name}".replace("-", "_").lower(),
+                table_name=spec.physical(group.name).replace("-", "_").lower(),
             ),
             disable_glue_table_creation=False,
             table_format=OFFLINE_TABLE_FORMAT,

@@ -139,6 +139,7 @@ PROVIDER_MODULES = (
     "pulumi_kubernetes.autoscaling.v2",
     "pulumi_kubernetes.core.v1",
     "pulumi_kubernetes.rbac.v1",
+    "pulumi_kubernetes.networking.v1",
 )
 
 

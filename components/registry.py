@@ -124,7 +124,7 @@ class ModelRegistry(pulumi.ComponentResource):
                 description += f" (approved when {gate.metric} {op} {gate.threshold})"
             package_group = aws.sagemaker.ModelPackageGroup(
                 f"{name}-{group.name}",
-                model_package_group_name=f"{spec.prefix}-{group.name}",
+                model_package_group_name=spec.physical(group.name),
                 model_package_group_description=description,
                 tags=spec.tags,
                 # The group holds every registered version and its approval history.

@@ -12,6 +12,7 @@ from typing import Any
 
 import pulumi
 
+from components.admission import FETCH_MODEL_RESOURCES
 from components.spec import EndpointSpec
 
 SERVE_PORT = 8080  # the SageMaker hosting contract
@@ -25,6 +26,9 @@ PRESTOP_SLEEP_S = 5  # endpoint removal takes seconds to reach kube-proxy on eve
 MODEL_ANNOTATION = "mlinfra.io/model-package"
 # A non-root user the serving image runs as (any UID works: the root filesystem is read-only).
 RUN_AS_USER = 1000  # the `mlinfra` user of docker/serve.Dockerfile
+# Always ask the registry: a node's cached copy of a private image is no proof that this
+# pod may pull it (ECR answers a cached tag with its manifest; the layers stay cached).
+IMAGE_PULL_POLICY = "Always"
 
 # The init container that puts the model into MODEL_DIR on Kubernetes, as SageMaker does
 # before it starts the serving container. Runs in the serving image (Python and boto3).
@@ -65,14 +69,9 @@ def serving_pod_spec(
         },
     ]
 
-    resources = {
-        "requests": {"cpu": ep.cpu, "memory": ep.memory},
-        # Limits equal requests: Guaranteed QoS, steady latency, nothing evicted first.
-        "limits": {"cpu": ep.cpu, "memory": ep.memory},
-    }
+    resources = ep.resources  # limits equal requests (Guaranteed QoS)
     tolerations = []
     if ep.gpus:
-        resources["limits"][GPU_RESOURCE] = str(ep.gpus)
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     container_security = {
         "allowPrivilegeEscalation": False,
@@ -89,6 +88,8 @@ def serving_pod_spec(
     pod_spec = {
         "nodeSelector": {POOL_LABEL: ep.node_pool},
         "tolerations": tolerations,
+        # IRSA projects its own token; the server never talks to the Kubernetes API.
+        "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -103,12 +104,10 @@ def serving_pod_spec(
             {
                 "name": "fetch-model",
                 "image": image,
+                "imagePullPolicy": IMAGE_PULL_POLICY,
                 "command": ["python", "-c", FETCH_MODEL],
                 "env": model_env,
-                "resources": {
-                    "requests": {"cpu": "250m", "memory": "512Mi"},
-                    "limits": {"cpu": "1", "memory": "1Gi"},
-                },
+                "resources": FETCH_MODEL_RESOURCES,
                 "securityContext": container_security,
                 "volumeMounts": mounts,
             }
@@ -117,6 +116,7 @@ def serving_pod_spec(
             {
                 "name": "serve",
                 "image": image,
+                "imagePullPolicy": IMAGE_PULL_POLICY,
                 "ports": [{"name": "http", "containerPort": SERVE_PORT}],
                 "env": [
                     {"name": "SM_MODEL_DIR", "value": MODEL_DIR},

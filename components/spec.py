@@ -31,6 +31,13 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from components.admission import (
+    FETCH_MODEL_RESOURCES,
+    GPU_RESOURCE,
+    admit,
+    over_quota,
+    quantity,
+)
 from components.gpu import allowed_gpu_families, gpu_instance
 
 NAMESPACE = "mlinfra"
@@ -65,6 +72,24 @@ CLUSTER_AUTOSCALER_TAGS = {
 # keeps only the newest `keepImages` of them. Every other tag is a release tag, never
 # expired, so the image a pinned or deployed endpoint runs is always there to pull.
 BUILD_TAG_PATTERNS = ("sha-*", "pr-*", "dev-*")
+_SUBNET_RE = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
+_VPC_RE = re.compile(r"^vpc-([0-9a-f]{8}|[0-9a-f]{17})$")
+# A Kubernetes label: optional DNS-subdomain prefix and "/", then a name of at most 63.
+_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+# Bounds: what AWS or Kubernetes accept, or, where the API takes any int32, a century of
+# days or a sane count, so that a typo of a few zeros is an error and not a bill.
+MAX_DAYS = 36500
+# EKS service quota: nodes per managed node group.
+MAX_NODES_PER_GROUP = 450
+MAX_INSTANCES = 1000
+# The EKS versions a new cluster can be created with (standard or extended support, late
+# 2026; the EKS version calendar). Older ones are refused by CreateCluster.
+EKS_VERSIONS = ("1.32", "1.33", "1.34", "1.35", "1.36")
+# Node label prefixes the kubelet may not set (NodeRestriction) or the platform owns.
+RESERVED_LABEL_PREFIXES = ("kubernetes.io", "k8s.io", "mlinfra.io", "nvidia.com")
 
 
 def _matches(pattern: re.Pattern[str], allowed: str):
@@ -92,13 +117,66 @@ K8sName = Annotated[
 ]
 Region = Annotated[str, _matches(_REGION_RE, "an AWS region such as us-east-1")]
 Email = Annotated[str, _matches(_EMAIL_RE, "an e-mail address")]
-Quantity = Annotated[str, _matches(_QUANTITY_RE, "a Kubernetes quantity such as 4, 500m or 16Gi")]
+
+
+def _bounded_quantity(value: str) -> str:
+    quantity(value)  # within Kubernetes' 2^63-1
+    return value
+
+
+Quantity = Annotated[
+    str,
+    _matches(_QUANTITY_RE, "a Kubernetes quantity such as 4, 500m or 16Gi"),
+    AfterValidator(_bounded_quantity),
+]
 RoleArn = Annotated[
     str, _matches(_ROLE_ARN_RE, "an IAM role ARN such as arn:aws:iam::123456789012:role/deploy")
 ]
 CostCenter = Annotated[
     str, _matches(_COST_CENTER_RE, "1-32 letters, digits, '.', '_' or '-' (a cost-allocation tag)")
 ]
+SubnetId = Annotated[str, _matches(_SUBNET_RE, "a subnet ID such as subnet-0aa11bb22cc33dd44")]
+VpcId = Annotated[str, _matches(_VPC_RE, "a VPC ID such as vpc-0aa11bb22cc33dd44")]
+Days = Annotated[int, Field(ge=1, le=MAX_DAYS)]
+
+
+def _public_cidr(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IPv4 or IPv6 CIDR block such as 203.0.113.0/24"
+        ) from None
+    if net.prefixlen == 0:
+        raise ValueError(f"{value!r} opens the API to the internet")
+    return value
+
+
+Cidr = Annotated[str, AfterValidator(_public_cidr)]
+
+
+def _label_problems(key: str, value: str) -> list[str]:
+    """Why EKS or Kubernetes would refuse a node label (EKS caps keys at 63 characters)."""
+    problems = []
+    prefix, _, name = key.rpartition("/")
+    if len(key) > 63 or not _LABEL_NAME_RE.fullmatch(name):
+        problems.append(
+            f"label key {key!r}: at most 63 characters, a name of letters, digits, '-', '_' "
+            "or '.' after an optional DNS prefix and '/'"
+        )
+    elif prefix and not _LABEL_PREFIX_RE.fullmatch(prefix):
+        problems.append(f"label key {key!r}: the prefix must be a lowercase DNS name")
+    elif prefix and any(prefix == p or prefix.endswith("." + p) for p in RESERVED_LABEL_PREFIXES):
+        problems.append(
+            f"label key {key!r}: prefixes {', '.join(RESERVED_LABEL_PREFIXES)} are reserved "
+            "for Kubernetes and the platform"
+        )
+    if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE_RE.fullmatch(value):
+        problems.append(
+            f"label {key!r}: value {value!r} must be at most 63 letters, digits, '-', '_' or "
+            "'.', starting and ending with a letter or digit"
+        )
+    return problems
 
 
 class _Spec(BaseModel):
@@ -118,8 +196,8 @@ class _Spec(BaseModel):
 class NetworkSpec(_Spec):
     """A new VPC across `availabilityZones` zones, or an existing one given by `vpcId`."""
 
-    vpc_id: str | None = None
-    private_subnet_ids: list[str] = Field(default_factory=list)
+    vpc_id: VpcId | None = None
+    private_subnet_ids: list[SubnetId] = Field(default_factory=list, max_length=16)
     cidr: str = "10.0.0.0/16"
     availability_zones: int = Field(default=2, ge=2, le=6)
     # "single": one NAT gateway (cheap, dev); "perAz": one per zone (no cross-AZ outage).
@@ -138,6 +216,9 @@ class NetworkSpec(_Spec):
                 "privateSubnetIds: an existing VPC needs at least two private subnets "
                 "in different availability zones"
             )
+        for i, subnet in enumerate(self.private_subnet_ids):
+            if subnet in self.private_subnet_ids[:i]:
+                raise ValueError(f"privateSubnetIds[{i}]: {subnet!r} is listed twice")
         return self
 
 
@@ -150,18 +231,18 @@ class StorageSpec(_Spec):
     # Protected buckets survive `pulumi destroy`. Default: protected in prod only.
     protect: bool | None = None
     # Days before objects move to Infrequent Access, and before old versions expire.
-    infrequent_access_after_days: int = Field(default=30, ge=30)
-    noncurrent_version_expiry_days: int = Field(default=90, ge=1)
-    log_retention_days: int = Field(default=365, ge=1)
+    infrequent_access_after_days: int = Field(default=30, ge=30, le=MAX_DAYS)
+    noncurrent_version_expiry_days: Days = 90
+    log_retention_days: Days = 365
 
 
 # --- cluster and GPU node pools ------------------------------------------------------------
 
 
 class SystemPoolSpec(_Spec):
-    instance_type: str = "m6i.large"
-    min_size: int = Field(default=2, ge=1)
-    max_size: int = Field(default=4, ge=1)
+    instance_type: str = Field(default="m6i.large", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+    min_size: int = Field(default=2, ge=1, le=MAX_NODES_PER_GROUP)
+    max_size: int = Field(default=4, ge=1, le=MAX_NODES_PER_GROUP)
 
     @model_validator(mode="after")
     def _sizes(self) -> SystemPoolSpec:
@@ -172,14 +253,15 @@ class SystemPoolSpec(_Spec):
 
 class GpuPoolSpec(_Spec):
     name: K8sName
-    instance_types: list[str] = Field(min_length=1)
+    instance_types: list[str] = Field(min_length=1, max_length=20)
     capacity: Literal["onDemand", "spot"] = "onDemand"
     ami_type: Literal["AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"] = "AL2023_x86_64_NVIDIA"
-    min_size: int = Field(default=0, ge=0)  # 0: scale from zero, pay nothing while idle
-    max_size: int = Field(default=2, ge=1)
-    desired_size: int | None = None  # defaults to minSize
+    # 0: scale from zero, pay nothing while idle
+    min_size: int = Field(default=0, ge=0, le=MAX_NODES_PER_GROUP)
+    max_size: int = Field(default=2, ge=1, le=MAX_NODES_PER_GROUP)
+    desired_size: int | None = Field(default=None, ge=0, le=MAX_NODES_PER_GROUP)  # minSize
     disk_size_gib: int = Field(default=200, ge=50, le=16384)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=50)
 
     @model_validator(mode="after")
     def _check(self) -> GpuPoolSpec:
@@ -210,6 +292,11 @@ class GpuPoolSpec(_Spec):
                 f"instanceTypes: one instance size per pool (the autoscaler sizes a pool by "
                 f"its first type), got {', '.join(sizes)}; make a pool per size"
             )
+        for i, itype in enumerate(self.instance_types):
+            if itype in self.instance_types[:i]:
+                errors.append(f"instanceTypes[{i}]: {itype!r} is listed twice")
+        for key, value in self.labels.items():
+            errors += [f"labels: {p}" for p in _label_problems(key, value)]
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -230,9 +317,34 @@ class GpuPoolSpec(_Spec):
 class NamespaceQuotaSpec(_Spec):
     """The team namespace's ResourceQuota."""
 
-    gpus: int = Field(default=4, ge=0)
+    gpus: int = Field(default=4, ge=0, le=10000)
     cpu: Quantity = "64"
     memory: Quantity = "256Gi"
+    pods: int = Field(default=100, ge=1, le=10000)
+    # Persistent volume claims: their total size and their number.
+    storage: Quantity = "1Ti"
+    volume_claims: int = Field(default=20, ge=0, le=10000)
+
+    @property
+    def hard(self) -> dict[str, str]:
+        """The ResourceQuota's `spec.hard`: compute requests and limits, counts, storage.
+
+        Limits are capped like requests; the platform's pods set limits equal to requests.
+        No LoadBalancer or NodePort services: endpoints are ClusterIP, inside the cluster.
+        """
+        return {
+            # Extended resources are quota'd on requests only (requests == limits).
+            f"requests.{GPU_RESOURCE}": str(self.gpus),
+            "requests.cpu": self.cpu,
+            "limits.cpu": self.cpu,
+            "requests.memory": self.memory,
+            "limits.memory": self.memory,
+            "pods": str(self.pods),
+            "requests.storage": self.storage,
+            "persistentvolumeclaims": str(self.volume_claims),
+            "services.loadbalancers": "0",
+            "services.nodeports": "0",
+        }
 
 
 class ClusterAccessSpec(_Spec):
@@ -274,10 +386,11 @@ class ClusterAccessSpec(_Spec):
 
 
 class ClusterSpec(_Spec):
-    kubernetes_version: str = Field(default="1.33", pattern=r"^1\.[0-9]{2}$")
+    kubernetes_version: Literal[EKS_VERSIONS] = "1.33"  # type: ignore[valid-type]
     # The API server is private by default; CI reaches it from inside the VPC.
     public_endpoint: bool = False
-    public_access_cidrs: list[str] = Field(default_factory=list)
+    # EKS takes at most 40 CIDR blocks for public access.
+    public_access_cidrs: list[Cidr] = Field(default_factory=list, max_length=40)
     system_pool: SystemPoolSpec = Field(default_factory=SystemPoolSpec)
     gpu_pools: list[GpuPoolSpec] = Field(default_factory=list)
     quota: NamespaceQuotaSpec = Field(default_factory=NamespaceQuotaSpec)
@@ -298,9 +411,6 @@ class ClusterSpec(_Spec):
             raise ValueError("gpuPools: 'system' is the system pool's name")
         if self.public_endpoint and not self.public_access_cidrs:
             raise ValueError("publicAccessCidrs: a public endpoint needs the CIDRs allowed in")
-        for cidr in self.public_access_cidrs:
-            if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
-                raise ValueError(f"publicAccessCidrs: {cidr!r} opens the API to the internet")
         return self
 
 
@@ -322,7 +432,7 @@ class FeatureGroupSpec(_Spec):
     features: list[FeatureSpec] = Field(min_length=2)
     online: bool = True
     offline: bool = True
-    online_ttl_days: int | None = Field(default=None, ge=1)
+    online_ttl_days: Days | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FeatureGroupSpec:
@@ -359,8 +469,8 @@ class FeatureGroupSpec(_Spec):
 class ApprovalGateSpec(_Spec):
     """A model version is approved automatically when its metric passes the threshold."""
 
-    metric: str
-    threshold: float
+    metric: str = Field(min_length=1, max_length=255)
+    threshold: float = Field(allow_inf_nan=False)  # NaN never passes: refuse it
     mode: Literal["max", "min"] = "max"
 
 
@@ -375,7 +485,7 @@ class RegistrySpec(_Spec):
     # ECR lifecycle: how many build-tagged images (BUILD_TAG_PATTERNS) to keep, and days
     # before untagged images expire. Release tags are never expired.
     keep_images: int = Field(default=30, ge=1, le=1000)
-    untagged_image_expiry_days: int = Field(default=7, ge=1)
+    untagged_image_expiry_days: Days = 7
 
 
 # --- endpoints -----------------------------------------------------------------------------
@@ -395,20 +505,40 @@ class EndpointSpec(_Spec):
     # (until then the endpoint waits). Prod requires one: prod serves only what was approved
     # and reviewed in a pull request. Without one (non-prod), `mlinfra deploy` chooses the
     # version and creates (SageMaker) or scales up (Kubernetes) the endpoint.
-    model_version: int | None = Field(default=None, ge=1)
-    min_instances: int = Field(default=1, ge=1)
-    max_instances: int = Field(default=2, ge=1)
-    target_invocations_per_instance: int = Field(default=100, ge=1)
+    model_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    min_instances: int = Field(default=1, ge=1, le=MAX_INSTANCES)
+    max_instances: int = Field(default=2, ge=1, le=MAX_INSTANCES)
+    target_invocations_per_instance: int = Field(default=100, ge=1, le=1_000_000)
     # SageMaker
     instance_type: str = Field(default="ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
     data_capture: DataCaptureSpec = Field(default_factory=DataCaptureSpec)
-    latency_alarm_ms: int = Field(default=500, ge=1)
-    max_5xx_errors: int = Field(default=5, ge=1, alias="max5xxErrors")  # in 5 minutes
+    # SageMaker real-time invocations time out after 60 s: a slower alarm never fires.
+    latency_alarm_ms: int = Field(default=500, ge=1, le=60_000)
+    max_5xx_errors: int = Field(default=5, ge=1, le=1_000_000, alias="max5xxErrors")  # in 5 min
     # Kubernetes
     node_pool: str = "system"
     gpus: int = Field(default=0, ge=0, le=8)
     cpu: Quantity = "1"
     memory: Quantity = "2Gi"
+
+    @property
+    def resources(self) -> dict[str, dict[str, str]]:
+        """The serving container's resources on Kubernetes.
+
+        Limits equal requests: Guaranteed QoS, steady latency, nothing evicted first.
+        """
+        limits = {"cpu": self.cpu, "memory": self.memory}
+        if self.gpus:
+            limits[GPU_RESOURCE] = str(self.gpus)
+        return {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": limits}
+
+    @property
+    def pod_resources(self) -> dict[str, list[dict[str, Any]]]:
+        """The containers of the endpoint's pod as the quota counts them."""
+        return {
+            "containers": [{"name": "serve", "resources": self.resources}],
+            "initContainers": [{"name": "fetch-model", "resources": FETCH_MODEL_RESOURCES}],
+        }
 
     @model_validator(mode="after")
     def _check(self) -> EndpointSpec:
@@ -427,8 +557,10 @@ MAX_BUDGET_NOTIFICATIONS = 5
 
 
 class BudgetSpec(_Spec):
-    monthly_limit_usd: float = Field(gt=0)
-    alert_emails: list[Email] = Field(min_length=1)
+    # AWS Budgets takes a decimal string: finite, and bounded so that it prints as one.
+    monthly_limit_usd: float = Field(gt=0, le=1_000_000_000, allow_inf_nan=False)
+    # AWS Budgets: at most 10 e-mail subscribers per notification.
+    alert_emails: list[Email] = Field(min_length=1, max_length=10)
     # Notify when actual spend crosses each of these percentages of the limit, and once
     # when the month's forecast crosses the highest (the early warning).
     thresholds_percent: list[int] = Field(default_factory=lambda: [80, 100])
@@ -498,6 +630,10 @@ class PlatformSpec(_Spec):
         self-hosted runner in the network `cluster.access.apiAccessCidrs` admits."""
         return ["self-hosted", "linux", self.cluster.access.runner_label]
 
+    def physical(self, name: str) -> str:
+        """The physical name of a named part (pool, endpoint, group): `<prefix>-<name>`."""
+        return f"{self.prefix}-{name}"
+
     def model_group(self, name: str) -> ModelGroupSpec:
         return next(g for g in self.model_registry.model_groups if g.name == name)
 
@@ -543,36 +679,127 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+# --- physical names --------------------------------------------------------------------------
+
+# The longest name each service takes for a name the platform derives from the spec.
+NAME_LIMITS: dict[str, tuple[int, str]] = {
+    "nodeGroup": (63, "EKS node group names"),
+    "launchTemplate": (128, "EC2 launch template names"),
+    "featureGroup": (64, "SageMaker feature group names"),
+    "modelGroup": (63, "SageMaker model package group names"),
+    "endpoint": (63, "SageMaker endpoint names and Kubernetes DNS labels"),
+}
+
+
+def derived_names(spec: PlatformSpec) -> list[tuple[tuple[Any, ...], str, str]]:
+    """Every physical name made from a name in the spec: (field location, kind, name).
+
+    Fixed names (`<prefix>-eks-cluster`, `<prefix>-raw`) are short by construction: team
+    and environment are bounded. Names made from a name the team chose are listed here,
+    made with `PlatformSpec.physical` like the components make them.
+    """
+    out: list[tuple[tuple[Any, ...], str, str]] = []
+    for i, pool in enumerate(spec.cluster.gpu_pools):
+        loc = ("cluster", "gpuPools", i, "name")
+        out += [(loc, "nodeGroup", spec.physical(pool.name))]
+        out += [(loc, "launchTemplate", spec.physical(pool.name))]
+    for i, group in enumerate(spec.feature_groups):
+        out.append((("featureGroups", i, "name"), "featureGroup", spec.physical(group.name)))
+    for i, group in enumerate(spec.model_registry.model_groups):
+        loc = ("modelRegistry", "modelGroups", i, "name")
+        out.append((loc, "modelGroup", spec.physical(group.name)))
+    for i, ep in enumerate(spec.endpoints):
+        out.append((("endpoints", i, "name"), "endpoint", spec.physical(ep.name)))
+    return out
+
+
+def _name_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
+    problems = []
+    for loc, kind, name in derived_names(spec):
+        limit, who = NAME_LIMITS[kind]
+        if len(name) > limit:
+            room = limit - len(spec.prefix) - 1
+            problems.append(
+                (
+                    _path(loc),
+                    f"{name} is longer than {who} may be ({limit}); use at most {room} characters",
+                )
+            )
+    return problems
+
+
+_QUOTA_FIELD = {"gpus": GPU_RESOURCE, "memory": "memory", "cpu": "cpu"}
+
+
+def _quota_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
+    """Kubernetes endpoints must fit the team quota: each at its maximum, all at their
+    minimum plus one rolling-update surge pod each."""
+    problems: list[tuple[str, str]] = []
+    quota = spec.cluster.quota
+    hard = {k: v for k, v in quota.hard.items() if k.split(".")[0] in ("requests", "limits")}
+    minimum = None
+    pods = 0
+    for i, ep in enumerate(spec.endpoints):
+        if ep.kind != "kubernetes":
+            continue
+        one = admit(ep.pod_resources, {}, hard)
+        if not one.admitted:
+            first = one.problems[0]
+            field = next(f for f in ("gpus", "memory", "cpu") if _QUOTA_FIELD[f] in first)
+            problems.append(
+                (_path(("endpoints", i, field)), f"one pod is over the team quota: {first}")
+            )
+            continue
+        at_max = admit(ep.pod_resources, {}, hard, replicas=ep.max_instances)
+        if not at_max.admitted:
+            problems.append(
+                (
+                    _path(("endpoints", i, "maxInstances")),
+                    f"{ep.max_instances} pods are over the team quota: {at_max.problems[0]}",
+                )
+            )
+        usage = one.usage.scaled(ep.min_instances + 1)
+        minimum = usage if minimum is None else minimum + usage
+        pods += ep.max_instances + 1
+    if minimum is not None:
+        for problem in over_quota(minimum, hard):
+            resource = problem.split(":")[0].partition(".")[2]
+            field = "gpus" if resource == GPU_RESOURCE else resource
+            problems.append(
+                (
+                    _path(("cluster", "quota", field)),
+                    f"the Kubernetes endpoints at their minimum plus one rollout pod each: "
+                    f"{problem}",
+                )
+            )
+            break
+        if pods > quota.pods:
+            problems.append(
+                (
+                    _path(("cluster", "quota", "pods")),
+                    f"the Kubernetes endpoints may run {pods} pods (maxInstances plus one "
+                    f"rollout pod each); the quota is {quota.pods}",
+                )
+            )
+    return problems
+
+
 def _cross_checks(spec: PlatformSpec) -> list[tuple[str, str]]:
     """Checks that span sections; each names the exact field at fault."""
     problems: list[tuple[str, str]] = []
-    prefix_len = len(spec.prefix) + 1
 
-    def unique(items: list[Any], section: str) -> None:
+    def unique(items: list[Any], section: tuple[str, ...]) -> None:
         seen: set[str] = set()
         for i, item in enumerate(items):
             if item.name in seen:
-                problems.append((_path((section, i, "name")), f"{item.name!r} is declared twice"))
+                problems.append((_path((*section, i, "name")), f"{item.name!r} is declared twice"))
             seen.add(item.name)
 
-    def fits(items: list[Any], section: str, limit: int) -> None:
-        for i, item in enumerate(items):
-            if prefix_len + len(item.name) > limit:
-                problems.append(
-                    (
-                        _path((section, i, "name")),
-                        f"{spec.prefix}-{item.name} is longer than AWS allows ({limit}); "
-                        f"use at most {limit - prefix_len} characters",
-                    )
-                )
-
-    unique(spec.feature_groups, "featureGroups")
-    fits(spec.feature_groups, "featureGroups", 64)
+    unique(spec.feature_groups, ("featureGroups",))
     groups = spec.model_registry.model_groups
-    unique(groups, "modelRegistry")
-    fits(groups, "modelRegistry", 63)
-    unique(spec.endpoints, "endpoints")
-    fits(spec.endpoints, "endpoints", 63)
+    unique(groups, ("modelRegistry", "modelGroups"))
+    unique(spec.endpoints, ("endpoints",))
+    problems += _name_problems(spec)
 
     group_names = [g.name for g in groups]
     pool_names = ["system"] + [p.name for p in spec.cluster.gpu_pools]
@@ -633,6 +860,9 @@ def _cross_checks(spec: PlatformSpec) -> list[tuple[str, str]]:
                     )
                 )
 
+    if not problems:
+        problems += _quota_problems(spec)
+
     if spec.is_prod:
         if spec.storage.protect is False:
             problems.append(
@@ -661,6 +891,12 @@ def parse_spec(values: dict[str, Any], source: str) -> PlatformSpec:
     """
     fields: dict[str, Any] = {}
     for key, value in values.items():
+        if not isinstance(key, str):
+            # YAML makes `yes:`, `1:` and `~:` a bool, an int and None, not a string.
+            raise SpecError(
+                source,
+                [("config", f"key {key!r} is not a string; keys look like {NAMESPACE}:<name>")],
+            )
         namespace, _, name = key.partition(":")
         if key == "aws:region":
             name = "region"
@@ -671,9 +907,13 @@ def parse_spec(values: dict[str, Any], source: str) -> PlatformSpec:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise SpecError(source, [(key, f"is not valid JSON: {exc}")]) from None
+            except RecursionError:
+                raise SpecError(source, [(key, "is nested too deeply")]) from None
         fields[name] = value
     try:
         spec = PlatformSpec.model_validate(fields)
+    except RecursionError:
+        raise SpecError(source, [(f"{NAMESPACE}:", "a value is nested too deeply")]) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -89,8 +89,9 @@ def test_single_node_job(descriptor):
     ]
     (container,) = pod["containers"]
     assert container["image"].endswith("/vision-train:2024.11.3")  # the tag, never latest
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
-    assert container["resources"]["requests"] == {"cpu": "8", "memory": "32Gi"}
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "4"}
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert container["imagePullPolicy"] == "Always"  # a cached private image proves nothing
     assert container["command"] == [
         "torchrun",
         "--standalone",
@@ -121,7 +122,10 @@ def test_single_node_job(descriptor):
     assert pod["restartPolicy"] == "Never"  # what podFailurePolicy requires
     assert pod["terminationGracePeriodSeconds"] >= 60
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
     assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [1]
     assert rules[1]["onExitCodes"]["containerName"] == container["name"]
     yaml.safe_dump_all(manifests)  # plain data, serialisable as-is

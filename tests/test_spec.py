@@ -244,6 +244,97 @@ BAD_CONFIGS = [
     ),
     ("vision-prod", _set("mlinfra:network.cidr", "10.20.0.0/8"), "mlinfra:network.cidr"),
     ("vision-dev", _set("mlinfra:budget.alertEmails", ["finops"]), "mlinfra:budget.alertEmails[0]"),
+    # Found by fuzzing: values AWS or Kubernetes would refuse at apply time, or that break
+    # a rule silently (a NaN threshold never passes).
+    (
+        "vision-dev",
+        _set("mlinfra:modelRegistry.modelGroups[0].approvalGate.threshold", float("nan")),
+        "mlinfra:modelRegistry.modelGroups[0].approvalGate.threshold",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:budget.monthlyLimitUsd", float("inf")),
+        "mlinfra:budget.monthlyLimitUsd",
+    ),
+    ("vision-dev", _set("mlinfra:budget.monthlyLimitUsd", 1e30), "mlinfra:budget.monthlyLimitUsd"),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].maxSize", 10**30),
+        "mlinfra:cluster.gpuPools[0].maxSize",
+    ),
+    ("vision-dev", _set("mlinfra:cluster.quota.gpus", 10**30), "mlinfra:cluster.quota.gpus"),
+    ("vision-dev", _set("mlinfra:cluster.quota.cpu", "1" + "0" * 30), "mlinfra:cluster.quota.cpu"),
+    (
+        "nlp-dev",
+        _set("mlinfra:endpoints[0].maxInstances", 10**30),
+        "mlinfra:endpoints[0].maxInstances",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:storage", {"logRetentionDays": 10**30}),
+        "mlinfra:storage.logRetentionDays",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:featureGroups[0].onlineTtlDays", 10**30),
+        "mlinfra:featureGroups[0].onlineTtlDays",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].name", "p" * 71),
+        "mlinfra:cluster.gpuPools[0].name",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].labels", {"kubernetes.io/hostname": "evil"}),
+        "mlinfra:cluster.gpuPools[0].labels",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].labels", {"team/Bad Key": "x"}),
+        "mlinfra:cluster.gpuPools[0].labels",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].labels", {"tier": "v" * 64}),
+        "mlinfra:cluster.gpuPools[0].labels",
+    ),
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.kubernetesVersion", "1.00"),
+        "mlinfra:cluster.kubernetesVersion",
+    ),
+    (
+        "nlp-prod",
+        _set(
+            "mlinfra:network.privateSubnetIds",
+            ["subnet-0aa11bb22cc33dd44", "subnet-0aa11bb22cc33dd44"],
+        ),
+        "mlinfra:network.privateSubnetIds[1]",
+    ),
+    ("vision-dev", _set("mlinfra:endpoints[0].cpu", "500"), "mlinfra:endpoints[0].cpu"),
+    ("vision-dev", _set("mlinfra:endpoints[0].memory", "4000Gi"), "mlinfra:endpoints[0].memory"),
+    (
+        "vision-dev",
+        _set("mlinfra:endpoints[0].maxInstances", 30),
+        "mlinfra:endpoints[0].maxInstances",
+    ),
+    (
+        "vision-dev",
+        _both(
+            _set("mlinfra:cluster.publicEndpoint", True),
+            _set("mlinfra:cluster.publicAccessCidrs", ["not-a-cidr"]),
+        ),
+        "mlinfra:cluster.publicAccessCidrs[0]",
+    ),
+    (
+        "vision-dev",
+        _both(
+            _set("mlinfra:cluster.publicEndpoint", True),
+            _set("mlinfra:cluster.publicAccessCidrs", ["203.0.113.0/24", "0.0.0.0/0"]),
+        ),
+        "mlinfra:cluster.publicAccessCidrs[1]",
+    ),
     # Prod is stricter than dev: each of these is fine in the dev stack.
     (
         "vision-prod",

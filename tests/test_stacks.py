@@ -230,13 +230,26 @@ def test_team_namespace_has_a_gpu_quota_and_limit_range(stack):
     spec, rendered = stack
     namespace = rendered.one("kubernetes:core/v1:Namespace")
     assert namespace.inputs["metadata"]["name"] == spec.team
+    labels = namespace.inputs["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["pod-security.kubernetes.io/enforce-version"] == (
+        f"v{spec.cluster.kubernetes_version}"
+    )
     quota = rendered.one("kubernetes:core/v1:ResourceQuota")
     assert quota.inputs["metadata"]["namespace"] == spec.team
     hard = quota.inputs["spec"]["hard"]
+    q = spec.cluster.quota
     assert hard == {
-        "requests.nvidia.com/gpu": str(spec.cluster.quota.gpus),
-        "requests.cpu": spec.cluster.quota.cpu,
-        "requests.memory": spec.cluster.quota.memory,
+        "requests.nvidia.com/gpu": str(q.gpus),
+        "requests.cpu": q.cpu,
+        "limits.cpu": q.cpu,
+        "requests.memory": q.memory,
+        "limits.memory": q.memory,
+        "pods": str(q.pods),
+        "requests.storage": q.storage,
+        "persistentvolumeclaims": str(q.volume_claims),
+        "services.loadbalancers": "0",
+        "services.nodeports": "0",
     }
     limits = rendered.one("kubernetes:core/v1:LimitRange")
     assert limits.inputs["metadata"]["namespace"] == spec.team

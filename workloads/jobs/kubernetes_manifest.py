@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from components.admission import fmt_quantity, quantity
 from workloads.jobs.environment import container_env
 from workloads.platform import NodePoolRef, PlatformDescriptor
 
@@ -35,6 +36,20 @@ TERMINATION_LOG = "/dev/termination-log"
 EXIT_FAILED = 1  # the trainer's own failure (reason in the failure file): no retry
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 52  # leaves room for Kubernetes' pod-name suffixes under the 63-char limit
+# Without cpu/memory arguments a pod asks for this much per GPU: what the smallest GPU
+# node of every supported family (4 vCPUs and 16 GiB per GPU, as g4dn/g5/g6.xlarge)
+# still has allocatable after the kubelet's reserve and the node's DaemonSets.
+CPU_PER_GPU = "3"
+MEMORY_PER_GPU = "12Gi"
+# On a CPU pool: one CPU and 2 GiB, the namespace's LimitRange defaults.
+CPU_DEFAULT = "1"
+MEMORY_DEFAULT = "2Gi"
+# /dev/shm is memory-backed: what the DataLoader workers and NCCL put there counts against
+# the container's memory limit. It gets this share of the limit by default.
+SHM_FRACTION = 4
+# Always ask the registry: a node's cached copy of a private image is no proof that this
+# pod may pull it. With ECR a cached tag costs one manifest request; layers stay cached.
+IMAGE_PULL_POLICY = "Always"
 
 
 def render_training_job(
@@ -51,6 +66,7 @@ def render_training_job(
     model_uri: str | None = None,
     cpu: str | None = None,
     memory: str | None = None,
+    shm: str | None = None,
     checkpoint_claim: str | None = None,
     backoff_limit: int = 3,
     active_deadline_seconds: int | None = None,
@@ -66,6 +82,12 @@ def render_training_job(
     bucket>/checkpoints/<name>`, or live on `checkpoint_claim` (a PersistentVolumeClaim),
     so a rescheduled pod resumes. `channels` adds channels besides train and validation;
     `labels` and `annotations` are stamped on the Job and its pods.
+
+    Every pod sets requests and equal limits for CPU, memory and GPUs (Guaranteed QoS),
+    so the namespace's LimitRange never lowers them and the quota counts what runs:
+    `cpu`/`memory` default to a per-GPU share that fits the pool's smallest node (one CPU
+    and 2Gi on a CPU pool). `shm` sizes the memory-backed /dev/shm (default: a quarter of
+    `memory`, which it counts against).
     """
     cluster = descriptor.cluster
     if cluster is None:
@@ -105,13 +127,14 @@ def render_training_job(
     if validation_uri:
         all_channels["validation"] = validation_uri
     master = f"{name}-0.{name}.{namespace}.svc.cluster.local"
+    resources, shm_size = _resources(node_pool, cpu, memory, shm)
     container = _container(
         image=image,
         command=_torchrun(name, nodes, max(1, node_pool.gpus_per_node), master),
         env=_env(
             descriptor, name, all_channels, hyperparameters, model_uri, checkpoint_claim, nodes
         ),
-        resources=_resources(node_pool, cpu, memory),
+        resources=resources,
     )
     pod_spec: dict[str, Any] = {
         "serviceAccountName": cluster.service_account,
@@ -129,7 +152,7 @@ def render_training_job(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": _volumes(checkpoint_claim),
+        "volumes": _volumes(checkpoint_claim, shm_size),
     }
     if node_pool.gpus_per_node > 0:
         pod_spec["tolerations"] = [
@@ -143,7 +166,10 @@ def render_training_job(
         "podFailurePolicy": {
             "rules": [
                 # Spot reclaim, node drain, preemption: not the job's fault, not counted.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
                 # The trainer said why it failed (data, configuration): retrying won't help.
                 {
                     "action": "FailJob",
@@ -232,21 +258,40 @@ def _env(
     return env
 
 
-def _resources(pool: NodePoolRef, cpu: str | None, memory: str | None) -> dict[str, Any]:
-    requests: dict[str, str] = {}
-    limits: dict[str, Any] = {}
-    if cpu:
-        requests["cpu"] = cpu
-    if memory:
-        requests["memory"] = limits["memory"] = memory
-    if pool.gpus_per_node > 0:  # extended resources: the limit is the request
-        limits[GPU_RESOURCE] = str(pool.gpus_per_node)  # a quantity: the client wants a string
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
+def _resources(
+    pool: NodePoolRef, cpu: str | None, memory: str | None, shm: str | None
+) -> tuple[dict[str, Any], str]:
+    """Requests equal to limits for CPU, memory and GPUs, and the /dev/shm size."""
+    gpus = pool.gpus_per_node
+    values = {
+        "cpu": cpu or (_times(CPU_PER_GPU, gpus, "cpu") if gpus else CPU_DEFAULT),
+        "memory": memory or (_times(MEMORY_PER_GPU, gpus, "memory") if gpus else MEMORY_DEFAULT),
+    }
+    for key, value in values.items():
+        try:
+            if quantity(value) <= 0:
+                raise ValueError(f"{value!r} is not above zero")
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    mem = quantity(values["memory"])
+    shm_size = shm or fmt_quantity(mem / SHM_FRACTION // 2**20 * 2**20, "memory")
+    try:
+        shm_bytes = quantity(shm_size)
+    except ValueError as exc:
+        raise ValueError(f"shm: {exc}") from None
+    if not 0 < shm_bytes < mem:
+        raise ValueError(
+            f"shm: {shm_size} must be above zero and below memory ({values['memory']}): "
+            "/dev/shm counts against the container's memory limit"
+        )
+    limits: dict[str, Any] = dict(values)
+    if gpus > 0:  # extended resources: the request is the limit
+        limits[GPU_RESOURCE] = str(gpus)  # a quantity: the client wants a string
+    return {"requests": dict(limits), "limits": limits}, shm_size
+
+
+def _times(per_gpu: str, gpus: int, resource: str) -> str:
+    return fmt_quantity(quantity(per_gpu) * gpus, resource)
 
 
 def _container(
@@ -259,7 +304,7 @@ def _container(
     return {
         "name": "train",
         "image": image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": IMAGE_PULL_POLICY,
         "command": command,
         "env": env,
         "resources": resources,
@@ -281,7 +326,7 @@ def _container(
     }
 
 
-def _volumes(checkpoint_claim: str | None) -> list[dict[str, Any]]:
+def _volumes(checkpoint_claim: str | None, shm_size: str) -> list[dict[str, Any]]:
     checkpoints: dict[str, Any] = (
         {"persistentVolumeClaim": {"claimName": checkpoint_claim}}
         if checkpoint_claim
@@ -292,7 +337,7 @@ def _volumes(checkpoint_claim: str | None) -> list[dict[str, Any]]:
         {"name": "output", "emptyDir": {}},
         {"name": "checkpoints", **checkpoints},
         {"name": "tmp", "emptyDir": {}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
     ]
 
 
