@@ -5,6 +5,7 @@
     mlinfra status [--stack local]                  what is up, where, does it answer /ping
     mlinfra predict ENDPOINT FILE                   send CSV or JSON rows, print predictions
     mlinfra down [--stack local] [--purge]          stop the endpoints (data stays)
+    mlinfra tune --train DATA [--space tune.yaml]   tune hyperparameters, register the best
 
 State lives under `--state-dir` (default `$MLINFRA_STATE_DIR` or `.mlinfra/`).
 """
@@ -562,6 +563,73 @@ def jobs_stop(
     with _job_errors():
         _jobs(stack, state_dir, platform, on).cancel(job)
     console.print(f"stopped {job}", highlight=False)
+
+
+@app.command()
+def tune(
+    train: Annotated[str, typer.Option(help="Training data (file, folder, file:// or s3://)")],
+    validation: Annotated[
+        str | None, typer.Option(help="Validation data (default: a held-out share)")
+    ] = None,
+    space: Annotated[Path, typer.Option(help="The search space (YAML)")] = Path("tune.yaml"),
+    group: Annotated[
+        str | None, typer.Option(help="Model group (default: the stack's only one)")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: GROUP-SPACE)")] = None,
+    deploy: Annotated[bool, typer.Option(help="Roll the best model out if approved")] = False,
+    stack: StackOpt = "local",
+    state_dir: StateOpt = None,
+    stacks_dir: StacksDirOpt = Path("stacks"),
+) -> None:
+    """Tune hyperparameters: trials under the training contract, pruned, resumable; the
+    best is registered, gated and (with --deploy) rolled out."""
+    try:
+        from workloads.tuning import report
+        from workloads.tuning.local import TuningError
+        from workloads.tuning.run import tune_local
+        from workloads.tuning.space import SpaceError
+    except ImportError as exc:
+        raise _fail(f"{exc}: tuning needs the 'tune' extra (pip install -e '.[tune]')") from None
+    from rich.live import Live
+
+    views: dict[int, Any] = {}
+    live = Live(console=console, auto_refresh=False)
+    metric = ""
+
+    def started(searched: Any, name: str) -> None:
+        nonlocal metric
+        metric = searched.objective.metric
+        console.print(f"study {name}: {searched.budget.trials} trials, "
+                      f"{searched.budget.parallel} at a time", highlight=False)  # fmt: skip
+        live.start()
+
+    def update(view: Any) -> None:
+        views[view.number] = view
+        live.update(report.trials_table(list(views.values()), metric), refresh=True)
+
+    try:
+        outcome = tune_local(
+            space,
+            train=train,
+            validation=validation,
+            stack=stack,
+            state=state_dir,
+            group=group,
+            study=study,
+            deploy=deploy,
+            stacks_dir=stacks_dir,
+            on_start=started,
+            on_update=update,
+        )
+    except (SpaceError, TuningError, KeyError, SpecError, localenv.LocalEnvError) as exc:
+        raise _fail(str(exc).strip("'\"")) from None
+    finally:
+        live.stop()
+    for line in report.summary_lines(outcome.result, outcome.space.objective.metric):
+        console.print(escape(line), highlight=False)
+    console.print(f"report: {outcome.report}", highlight=False)
+    for message in outcome.messages:
+        console.print(f"- {escape(message)}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""The search space: a table of bad inputs (each names its field and what is allowed) and
+the compiled Optuna distributions, sampler and pruner."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import optuna
+import pytest
+
+from workloads.tuning.space import SpaceError, load_space, parse_space
+
+GOOD = {
+    "objective": {"metric": "accuracy", "direction": "maximize"},
+    "budget": {"trials": 4, "parallel": 2},
+    "fixed": {"target": "y", "epochs": 3},
+    "parameters": {
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "batch_size": {"type": "int", "low": 16, "high": 64, "step": 16},
+        "hidden_sizes": {"type": "categorical", "choices": ["16", "32,16"]},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5, "when": {"hidden_sizes": "32,16"}},
+    },
+}
+
+
+def with_(path: str, value, base=GOOD) -> dict:
+    """GOOD with the field at `path` ('a.b.c') set to `value` (or removed for ...)."""
+    doc = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    node = doc
+    for part in parents:
+        node = node[part]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return doc
+
+
+BAD = [
+    # (field set, value, field named, words the message must contain)
+    ("objective", ..., "objective", "required"),
+    ("objective.direction", "up", "objective.direction", "'maximize' or 'minimize'"),
+    ("objective.metric", "val loss", "objective.metric", "must match"),
+    ("budget.trials", 0, "budget.trials", "greater than or equal to 1"),
+    ("budget.parallel", 0, "budget.parallel", "greater than or equal to 1"),
+    ("budget.timeout", -5, "budget.timeout", "greater than 0"),
+    ("budget.retries", 2, "budget.retries", "unknown field"),
+    ("sampler", "cmaes", "sampler", "'tpe', 'random' or 'grid'"),
+    ("pruning", "asha", "pruning.type", "'median', 'hyperband' or 'off'"),
+    ("parameters", {}, "parameters", "at least 1 item"),
+    ("parameters.dropout.type", "uniform", "parameters.dropout", "float, int, categorical"),
+    ("parameters.learning_rate.low", 0.5, "parameters.learning_rate", "must be below 'high'"),
+    ("parameters.learning_rate.low", 0, "parameters.learning_rate", "'log' needs 'low' > 0"),
+    ("parameters.learning_rate.step", 0.01, "parameters.learning_rate", "cannot be combined"),
+    ("parameters.batch_size.log", True, "parameters.batch_size", "'log' needs step 1"),
+    ("parameters.batch_size.low", "many", "parameters.batch_size.low", "valid integer"),
+    ("parameters.hidden_sizes.choices", [], "parameters.hidden_sizes.choices", "at least 1"),
+    (
+        "parameters.hidden_sizes.choices",
+        [[32, 16]],
+        "parameters.hidden_sizes.choices",
+        "write a list as a string",
+    ),  # fmt: skip
+    (
+        "parameters.hidden_sizes.choices",
+        ["16", "16"],
+        "parameters.hidden_sizes.choices",
+        "repeat a value",
+    ),  # fmt: skip
+    (
+        "parameters.dropout.when",
+        {"nope": 1},
+        "parameters.dropout.when",
+        "not an unconditional categorical",
+    ),  # fmt: skip
+    (
+        "parameters.dropout.when",
+        {"hidden_sizes": "8"},
+        "parameters.dropout.when",
+        "not among 'hidden_sizes'",
+    ),  # fmt: skip
+    # the training contract's own rules, checked at the bounds before any trial runs
+    ("parameters.dropout.high", 1.0, "parameters.dropout", "hyperparameter 'dropout'"),
+    (
+        "parameters.momentum",
+        {"type": "float", "low": 0.1, "high": 0.9},
+        "parameters.momentum",
+        "unknown hyperparameter 'momentum'",
+    ),  # fmt: skip
+    ("fixed.target", ..., "fixed", "hyperparameter 'target' is required"),
+    ("fixed.batch_size", 32, "parameters.batch_size", "also in 'fixed'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "words"), BAD, ids=[b[0] + "=" + repr(b[1])[:20] for b in BAD]
+)
+def test_bad_space_names_the_field_and_what_is_allowed(path, value, field, words):
+    with pytest.raises(SpaceError) as err:
+        parse_space(with_(path, value), "tune.yaml")
+    message = str(err.value)
+    assert message.startswith("invalid search space tune.yaml:\n")
+    assert field in err.value.fields, message
+    assert words in message, message
+
+
+def test_grid_needs_finite_parameters():
+    doc = with_("sampler", "grid")
+    with pytest.raises(SpaceError) as err:
+        parse_space(doc, "tune.yaml")
+    assert "parameters.learning_rate" in err.value.fields
+    assert "needs a finite set: give 'step'" in str(err.value)
+    assert "parameters.dropout.when" in err.value.fields  # the grid has no conditions
+
+
+def test_file_errors(tmp_path: Path):
+    with pytest.raises(SpaceError, match="not found"):
+        load_space(tmp_path / "tune.yaml")
+    bad = tmp_path / "tune.yaml"
+    bad.write_text("objective: [unclosed\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(SpaceError, match="expected a mapping"):
+        load_space(bad)
+
+
+def test_yaml_off_and_exponents(tmp_path: Path):
+    path = tmp_path / "tune.yaml"
+    path.write_text(
+        "objective: {metric: r2, direction: maximize}\n"
+        "budget: {trials: 3}\n"
+        "pruning: off\n"  # YAML reads a bare off as false
+        "fixed: {target: y}\n"
+        "parameters:\n"
+        "  learning_rate: {type: float, low: 1e-4, high: 1e-2, log: true}\n"  # strings in YAML 1.1
+    )
+    space = load_space(path)
+    assert space.pruning.type == "off"
+    assert isinstance(space.make_pruner(), optuna.pruners.NopPruner)
+    assert space.parameters["learning_rate"].low == pytest.approx(1e-4)
+
+
+def test_compiles_to_optuna():
+    space = parse_space(GOOD, "tune.yaml")
+    dists = space.distributions()
+    assert dists["learning_rate"] == optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    assert dists["batch_size"] == optuna.distributions.IntDistribution(16, 64, step=16)
+    assert isinstance(space.make_sampler(), optuna.samplers.TPESampler)
+    assert isinstance(space.make_pruner(), optuna.pruners.MedianPruner)
+    assert space.conditional() == ["dropout"]
+    hyper = parse_space(with_("pruning", "hyperband"), "tune.yaml")
+    assert isinstance(hyper.make_pruner(), optuna.pruners.HyperbandPruner)
+    # a conditional parameter is sampled only when its condition holds
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for _ in range(12):
+        params = space.suggest(study.ask())
+        assert ("dropout" in params) == (params["hidden_sizes"] == "32,16")
+        seen.append(params["hidden_sizes"])
+    assert set(seen) == {"16", "32,16"}
+    grid = with_("sampler", "grid")
+    del grid["parameters"]["dropout"]
+    grid["parameters"]["learning_rate"] = {"type": "float", "low": 0.01, "high": 0.03, "step": 0.01}
+    g = parse_space(grid, "tune.yaml")
+    assert g.grid() == {
+        "learning_rate": [0.01, 0.02, 0.03],
+        "batch_size": [16, 32, 48, 64],
+        "hidden_sizes": ["16", "32,16"],
+    }
+    assert g.grid_size() == 24
+    assert space.fingerprint() != g.fingerprint()
+    assert space.fingerprint() == parse_space(with_("budget.trials", 9), "x").fingerprint()

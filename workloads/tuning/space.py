@@ -1,0 +1,411 @@
+"""The search space: a YAML file validated like the stack spec, compiled to Optuna.
+
+    study: churn-mlp                     # optional; default: the model group and file name
+    objective: {metric: auc, direction: maximize}
+    budget: {trials: 30, parallel: 2, timeout: 3600}   # timeout in seconds, optional
+    sampler: tpe                         # tpe (default), random, grid
+    pruning: median                      # median (default), hyperband, off
+    seed: 0
+    fixed: {target: churned, epochs: 30} # hyperparameters every trial gets
+    parameters:
+      learning_rate: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+      batch_size: {type: int, low: 32, high: 256, step: 32}
+      hidden_sizes: {type: categorical, choices: ["64", "128,64"]}
+      dropout: {type: float, low: 0.0, high: 0.5, when: {hidden_sizes: "128,64"}}
+
+A parameter is a hyperparameter of the training contract (the harness settings and the
+task's own); `when` makes it conditional on a categorical parameter's value. A bad space
+fails before any trial, with the file, the field and what is allowed (`SpaceError`); a
+space a backend cannot express is refused by that backend with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workloads.training.contract import ContractError, parse_hyperparameters
+from workloads.training.metric_line import check_name
+
+if TYPE_CHECKING:
+    import optuna
+
+DEFAULT_FILE = "tune.yaml"
+Scalar = str | int | float | bool | None
+MAX_GRID = 10_000
+
+
+class SpaceError(ValueError):
+    """A search space that cannot be searched: every problem, with its field path."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"invalid search space {source}:"]
+        lines += [f"  {path}: {message}" for path, message in problems]
+        super().__init__("\n".join(lines))
+
+    @property
+    def fields(self) -> list[str]:
+        return [path for path, _ in self.problems]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Param(_Model):
+    # {parent: value or [values]}: sampled only when the parent categorical has that value
+    when: dict[str, Scalar | list[Scalar]] | None = None
+
+    def condition(self) -> tuple[str, list[Scalar]] | None:
+        if not self.when:
+            return None
+        ((parent, values),) = self.when.items()
+        return parent, values if isinstance(values, list) else [values]
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log)
+        if self.log and self.step is not None:
+            raise ValueError("'step' and 'log' cannot be combined; drop one")
+        return self
+
+    def values(self) -> list[Any] | None:
+        if self.step is None:
+            return None
+        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        return [round(self.low + i * self.step, 12) for i in range(count)]
+
+    def bounds(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_range(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("'log' needs step 1; drop 'step' or 'log'")
+        return self
+
+    def values(self) -> list[Any]:
+        return list(range(self.low, self.high + 1, self.step))
+
+    def bounds(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _scalars(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for choice in value:
+                if isinstance(choice, list | dict):
+                    raise ValueError(
+                        f"choice {choice!r} is not a scalar: choices are strings, numbers, "
+                        "booleans or null (write a list as a string, e.g. '128,64')"
+                    )
+        return value
+
+    @field_validator("choices")
+    @classmethod
+    def _unique(cls, value: list[Scalar]) -> list[Scalar]:
+        if len({json.dumps(v) for v in value}) != len(value):
+            raise ValueError(f"choices {value!r} repeat a value")
+        return value
+
+    def values(self) -> list[Any]:
+        return list(self.choices)
+
+    def bounds(self) -> list[Any]:
+        return list(self.choices)
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if not low < high:
+        raise ValueError(f"'low' ({low}) must be below 'high' ({high})")
+    if log and low <= 0:
+        raise ValueError(f"'log' needs 'low' > 0 (got {low})")
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class Objective(_Model):
+    metric: str = Field(min_length=1)
+    direction: Literal["maximize", "minimize"]
+
+    @field_validator("metric")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+
+class Budget(_Model):
+    trials: int = Field(ge=1, le=100_000)
+    parallel: int = Field(1, ge=1, le=1000)
+    timeout: float | None = Field(None, gt=0)  # seconds; no new trial starts after it
+
+
+class Pruning(_Model):
+    type: Literal["median", "hyperband", "off"] = "median"
+    startup_trials: int = Field(5, ge=0)  # median: trials completed before pruning starts
+    warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it may be pruned
+    reduction_factor: int = Field(3, ge=2)  # hyperband
+
+
+class SearchSpace(_Model):
+    study: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    objective: Objective
+    budget: Budget
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruning: Pruning = Pruning()
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Param] = Field(min_length=1)
+
+    @field_validator("pruning", mode="before")
+    @classmethod
+    def _pruning(cls, value: Any) -> Any:
+        # YAML reads a bare `off` (and `no`) as false.
+        if value is False or value is None or value == "none":
+            return {"type": "off"}
+        return {"type": value} if isinstance(value, str) else value
+
+    # -- what drivers use -----------------------------------------------------------------
+
+    def conditional(self) -> list[str]:
+        return [name for name, p in self.parameters.items() if p.when]
+
+    def epochs(self) -> int:
+        """The most epochs a trial runs (the `epochs` hyperparameter or the harness's)."""
+        return int(
+            parse_hyperparameters(dict(self.fixed), "the space's fixed hyperparameters").epochs
+        )
+
+    def fingerprint(self) -> str:
+        """What a study was created from: resuming with another space is refused."""
+        doc = self.model_dump(mode="json", exclude={"budget", "study"})
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {name: p.values() for name, p in self.parameters.items()}  # type: ignore[misc]
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values())
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        from optuna import distributions as d
+
+        out: dict[str, d.BaseDistribution] = {}
+        for name, p in self.parameters.items():
+            if isinstance(p, FloatParam):
+                out[name] = d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+            elif isinstance(p, IntParam):
+                out[name] = d.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+            else:
+                out[name] = d.CategoricalDistribution(p.choices)
+        return out
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Sample a trial's parameters, in file order; a conditional one only when its
+        condition holds (define-by-run, so TPE and random samplers handle it)."""
+        chosen: dict[str, Any] = {}
+        for name, p in self.parameters.items():
+            cond = p.condition()
+            if cond and chosen.get(cond[0]) not in cond[1]:
+                continue
+            if isinstance(p, FloatParam):
+                chosen[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+            elif isinstance(p, IntParam):
+                chosen[name] = trial.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
+            else:
+                chosen[name] = trial.suggest_categorical(name, p.choices)
+        return chosen
+
+    def hyperparameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's full hyperparameters: the fixed ones plus its sampled ones."""
+        return dict(self.fixed) | dict(params)
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        import optuna
+
+        if self.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        if self.sampler == "grid":
+            return optuna.samplers.GridSampler(self.grid(), seed=self.seed)
+        # constant_liar: parallel workers do not all sample next to one running trial.
+        return optuna.samplers.TPESampler(
+            seed=self.seed, constant_liar=self.budget.parallel > 1, multivariate=True, group=True
+        )
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        import optuna
+
+        p = self.pruning
+        if p.type == "median":
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs
+            )
+        if p.type == "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=1, max_resource=self.epochs(), reduction_factor=p.reduction_factor
+            )
+        return optuna.pruners.NopPruner()
+
+
+# Field names in messages: as written in the file.
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("float", "int", "categorical"):  # the union's tag: not a field
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required"
+    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        return f"'type' must be one of: float, int, categorical (got {err.get('input')!r})"
+    if kind == "literal_error":
+        return f"got {err['input']!r}; allowed: {ctx.get('expected', '')}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{msg} (got {err['input']!r})" if "got" not in msg else msg
+
+
+def _cross_checks(space: SearchSpace) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    names = list(space.parameters)
+    for name, p in space.parameters.items():
+        at = f"parameters.{name}"
+        if name in space.fixed:
+            problems.append(
+                (at, f"{name!r} is also in 'fixed'; a hyperparameter is one or the other")
+            )
+        cond = p.condition()
+        if p.when is not None and len(p.when) != 1:
+            problems.append((f"{at}.when", "name exactly one parent parameter: {parent: value}"))
+            continue
+        if cond:
+            parent, values = cond
+            other = space.parameters.get(parent)
+            if not isinstance(other, CategoricalParam) or other.when:
+                problems.append(
+                    (
+                        f"{at}.when",
+                        f"{parent!r} is not an unconditional categorical parameter; "
+                        f"declared: {', '.join(n for n in names if n != name)}",
+                    )
+                )
+            elif names.index(parent) > names.index(name):
+                problems.append((f"{at}.when", f"{parent!r} must be declared before {name!r}"))
+            else:
+                bad = [v for v in values if v not in other.choices]
+                if bad:
+                    problems.append(
+                        (f"{at}.when", f"{bad!r} not among {parent!r}'s choices {other.choices!r}")
+                    )
+    if space.sampler == "grid":
+        for name, p in space.parameters.items():
+            if p.when:
+                problems.append((f"parameters.{name}.when", "the grid sampler has no conditions"))
+            if isinstance(p, FloatParam) and p.step is None:
+                problems.append(
+                    (
+                        f"parameters.{name}",
+                        "the grid sampler needs a finite set: give 'step', or make it categorical",
+                    )
+                )
+        if not problems and space.grid_size() > MAX_GRID:
+            problems.append(
+                ("sampler", f"the grid has {space.grid_size()} points (at most {MAX_GRID})")
+            )
+    if space.pruning.type == "hyperband":
+        try:
+            if space.epochs() < 2:
+                problems.append(("pruning", "hyperband needs at least 2 epochs per trial"))
+        except ContractError:
+            pass  # reported with 'fixed' below
+    return problems
+
+
+def _contract_checks(space: SearchSpace) -> list[tuple[str, str]]:
+    """Every value a trial can get must be a hyperparameter the training contract accepts:
+    the fixed ones alone, then each parameter at its bounds (or each choice)."""
+    problems: list[tuple[str, str]] = []
+    try:
+        parse_hyperparameters(dict(space.fixed), "fixed")
+    except ContractError as exc:
+        return [("fixed", str(exc).removeprefix("fixed: "))]
+    for name, p in space.parameters.items():
+        for value in p.bounds():
+            source = f"parameters.{name}"
+            try:
+                parse_hyperparameters(space.hyperparameters({name: value}), source)
+            except ContractError as exc:
+                problems.append((source, str(exc).removeprefix(f"{source}: ")))
+                break
+    return problems
+
+
+def parse_space(doc: Any, source: str) -> SearchSpace:
+    """Validate a search-space document; every problem is reported at once."""
+    if not isinstance(doc, Mapping):
+        raise SpaceError(source, [("(top level)", "expected a mapping of fields")])
+    try:
+        space = SearchSpace.model_validate(doc)
+    except ValidationError as exc:
+        raise SpaceError(
+            source, [(_path(tuple(e["loc"])), _message(e)) for e in exc.errors()]
+        ) from None
+    problems = _cross_checks(space) or _contract_checks(space)
+    if problems:
+        raise SpaceError(source, problems)
+    return space
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    if not path.is_file():
+        raise SpaceError(
+            str(path), [("(file)", f"not found; write one (see {__name__}) or pass --space")]
+        )
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(str(path), [("(file)", f"not valid YAML: {exc}")]) from None
+    return parse_space(doc, str(path))
