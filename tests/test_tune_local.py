@@ -110,6 +110,14 @@ def start_tuner(doc: dict, folder: Path, data) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def wait_for(predicate, timeout: float = 90.0) -> None:
     end = time.monotonic() + timeout
     while not predicate():
@@ -119,7 +127,7 @@ def wait_for(predicate, timeout: float = 90.0) -> None:
 
 def test_resume_after_the_tuner_is_killed_mid_run(tmp_path, data):
     # Slow enough trials (many epochs, small batches) that one is caught mid-run.
-    doc = space(3, epochs=400)
+    doc = space(2, epochs=40)
     doc["fixed"] |= {"batch_size": 8, "patience": 1000, "checkpoint_steps": 20}
     proc = start_tuner(doc, tmp_path, data)
 
@@ -140,21 +148,20 @@ def test_resume_after_the_tuner_is_killed_mid_run(tmp_path, data):
         proc.wait()
     before = {t.number: t for t in trials(tmp_path)}
     orphan = int((tmp_path / "trials" / f"{running.number:04d}" / "pid").read_text())
-    assert localenv.pid_alive(orphan)
+    assert alive(orphan)
 
-    doc["fixed"]["epochs"] = 400  # the same space: the study is resumed, not refused
     result = tuner(doc, tmp_path, data).run()
     after = trials(tmp_path)
-    assert [t.number for t in after] == [0, 1, 2]  # none lost, none duplicated
+    assert [t.number for t in after] == [0, 1]  # none lost, none duplicated
     assert all(t.state.name == "COMPLETE" for t in after)
     for number, old in before.items():
         if old.state.name == "COMPLETE":  # finished trials kept as they were
             assert after[number].value == old.value
             assert after[number].datetime_complete == old.datetime_complete
-    assert not localenv.pid_alive(orphan)
+    assert not alive(orphan)
     log = (tmp_path / "trials" / f"{running.number:04d}" / "train.log").read_text()
     assert "resumed from checkpoint" in log  # the orphan checkpointed on SIGTERM; resumed
-    assert result.count("COMPLETE") == 3
+    assert result.count("COMPLETE") == 2
 
 
 def test_two_tuners_share_one_study(tmp_path, data):

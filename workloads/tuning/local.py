@@ -22,6 +22,7 @@ ones still missing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -443,7 +444,7 @@ class LocalTuner:
 
     def _publish(self, view: TrialView) -> None:
         self._views[view.number] = view
-        self.on_update(view)
+        self.on_update(dataclasses.replace(view, params=dict(view.params)))  # a snapshot
 
     def _view(self, t: optuna.trial.FrozenTrial) -> TrialView:
         live = self._views.get(t.number)

@@ -1,0 +1,178 @@
+"""Tuning quality and speed: TPE with median pruning against random search without pruning,
+and `parallel` 2 against 1.
+
+    .venv/bin/python benchmarks/tune.py [--trials 30] [--datasets breast_cancer,wine,diabetes]
+                                        [--epochs 60] [--parallel-trials 8] [--skip-parallel]
+
+For each scikit-learn dataset (split 60/20/20 into train, validation and a held-out test
+set, seeded) it runs the local driver (`workloads.tuning.local.LocalTuner`, each trial a
+real `workloads.train` process) twice over the same search space: TPE + median pruning, and
+random search with pruning off. It prints the best trial's held-out test score (accuracy, or
+r2 for diabetes; the trial chosen by its validation objective), the total training epochs
+all trials ran, and the wall time, next to a scikit-learn linear baseline (logistic
+regression / ridge on standardised features) fitted on the same train split. Then, on the
+first dataset, trials per minute with `parallel` 1 and 2 (random search, no pruning, the
+same trials). Figures go to stdout and, as JSON, to `benchmarks/out/tune.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import datasets
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from workloads.training.artifact import load_model  # noqa: E402
+from workloads.tuning.local import LocalTuner  # noqa: E402
+from workloads.tuning.space import parse_space  # noqa: E402
+
+REGRESSION = {"diabetes"}
+
+
+def split(name: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    frame = getattr(datasets, f"load_{name}")(as_frame=True).frame
+    stratify = None if name in REGRESSION else frame["target"]
+    rest, test = train_test_split(frame, test_size=0.2, random_state=0, stratify=stratify)
+    stratify = None if name in REGRESSION else rest["target"]
+    train, val = train_test_split(rest, test_size=0.25, random_state=0, stratify=stratify)
+    folder.mkdir(parents=True, exist_ok=True)
+    train.to_csv(folder / "train.csv", index=False)
+    val.to_csv(folder / "validation.csv", index=False)
+    return train, val, test
+
+
+def score(name: str, truth: Any, predicted: Any) -> float:
+    return float(r2_score(truth, predicted) if name in REGRESSION else accuracy_score(truth, predicted))
+
+
+def baseline(name: str, train: pd.DataFrame, test: pd.DataFrame) -> float:
+    linear = Ridge() if name in REGRESSION else LogisticRegression(max_iter=5000)
+    model = make_pipeline(StandardScaler(), linear)
+    model.fit(train.drop(columns="target"), train["target"])
+    return score(name, test["target"], model.predict(test.drop(columns="target")))
+
+
+def held_out(name: str, model_dir: Path, test: pd.DataFrame) -> float:
+    predictor = load_model(model_dir)
+    records = test.drop(columns="target").to_dict("records")
+    out = predictor.predict_records(records)
+    predicted = out if name in REGRESSION else [row["label"] for row in out]
+    return score(name, test["target"], predicted)
+
+
+def space(name: str, trials: int, epochs: int, sampler: str, pruning: str, parallel: int = 1):
+    regression = name in REGRESSION
+    return parse_space(
+        {
+            "objective": {
+                "metric": "r2" if regression else "accuracy",
+                "direction": "maximize",
+            },
+            "budget": {"trials": trials, "parallel": parallel},
+            "sampler": sampler,
+            "pruning": {"type": pruning, "startup_trials": 5, "warmup_epochs": 3},
+            "seed": 0,
+            "fixed": {
+                "target": "target",
+                "problem": "regression" if regression else "",
+                "epochs": epochs,
+                "patience": epochs,  # the budget is the pruner's to cut, not early stopping's
+                "checkpoint_steps": 100_000,
+            },
+            "parameters": {
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+                "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+                "batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+                "hidden_sizes": {"type": "categorical", "choices": ["32", "64,32", "128,64"]},
+                "dropout": {"type": "float", "low": 0.0, "high": 0.4},
+            },
+        },
+        "benchmarks/tune.py",
+    )
+
+
+def run(space_, folder: Path, data: Path) -> dict[str, Any]:
+    tuner = LocalTuner(
+        space_,
+        folder,
+        study="bench",
+        train=str(data / "train.csv"),
+        validation=str(data / "validation.csv"),
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    started = time.perf_counter()
+    result = tuner.run()
+    wall = time.perf_counter() - started
+    return {
+        "result": result,
+        "wall_s": wall,
+        "epochs": result.epochs,
+        "complete": result.count("COMPLETE"),
+        "pruned": result.count("PRUNED"),
+        "best_validation": result.best.value if result.best else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--datasets", default="breast_cancer,wine,diabetes")
+    parser.add_argument("--parallel-trials", type=int, default=8)
+    parser.add_argument("--skip-parallel", action="store_true")
+    args = parser.parse_args()
+    figures: dict[str, Any] = {"trials": args.trials, "epochs": args.epochs, "datasets": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
+        root = Path(tmp)
+        names = args.datasets.split(",")
+        for name in names:
+            train, _, test = split(name, root / name / "data")
+            row: dict[str, Any] = {"linear_baseline": baseline(name, train, test)}
+            for label, sampler, pruning in (("tpe+median", "tpe", "median"), ("random", "random", "off")):
+                out = run(space(name, args.trials, args.epochs, sampler, pruning),
+                          root / name / label, root / name / "data")  # fmt: skip
+                result = out.pop("result")
+                out["held_out"] = held_out(name, result.best_model_dir, test)
+                row[label] = out
+                print(f"{name:14s} {label:10s} held-out {out['held_out']:.4f}  "
+                      f"epochs {out['epochs']:5d}  pruned {out['pruned']:2d}  "
+                      f"wall {out['wall_s']:7.1f} s", flush=True)  # fmt: skip
+            saved = 1 - row["tpe+median"]["epochs"] / max(1, row["random"]["epochs"])
+            row["epochs_saved"] = saved
+            print(f"{name:14s} linear baseline {row['linear_baseline']:.4f}; "
+                  f"pruning saved {saved:.0%} of the epochs", flush=True)  # fmt: skip
+            figures["datasets"][name] = row
+        if not args.skip_parallel:
+            name = names[0]
+            per_minute = {}
+            for parallel in (1, 2):
+                out = run(space(name, args.parallel_trials, args.epochs, "random", "off", parallel),
+                          root / name / f"parallel-{parallel}", root / name / "data")  # fmt: skip
+                per_minute[parallel] = args.parallel_trials / out["wall_s"] * 60
+                print(f"{name:14s} parallel {parallel}: {args.parallel_trials} trials in "
+                      f"{out['wall_s']:.1f} s = {per_minute[parallel]:.2f} trials/min", flush=True)  # fmt: skip
+            figures["trials_per_minute"] = per_minute
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(exist_ok=True)
+    (out / "tune.json").write_text(json.dumps(figures, indent=2, default=str))
+    print(json.dumps(figures, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

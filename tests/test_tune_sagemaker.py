@@ -1,0 +1,248 @@
+"""The SageMaker tuner request built from a search space (moto runs
+CreateHyperParameterTuningJob), what SageMaker requires of it, the spaces it refuses, and
+finished SageMaker trials copied into the Optuna study (Stubber: moto lacks
+ListTrainingJobsForHyperParameterTuningJob)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from datetime import UTC, datetime
+
+import boto3
+import optuna
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from workloads.training.metric_line import format_metric
+from workloads.tuning import sagemaker
+from workloads.tuning.sagemaker_request import (
+    TrainingSetup,
+    UnsupportedSpace,
+    tuning_job_name,
+    tuning_request,
+)
+from workloads.tuning.space import parse_space
+
+SPACE = {
+    "objective": {"metric": "auc", "direction": "maximize"},
+    "budget": {"trials": 20, "parallel": 3, "timeout": 7200},
+    "seed": 7,
+    "fixed": {"target": "churned", "epochs": 30, "hidden_sizes": [64, 32]},
+    "parameters": {
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "batch_size": {"type": "int", "low": 32, "high": 256},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "problem": {"type": "categorical", "choices": ["binary", "multiclass"]},
+    },
+}
+SETUP = TrainingSetup(
+    image="123456789012.dkr.ecr.us-east-1.amazonaws.com/demo-train:abc123",
+    role_arn="arn:aws:iam::123456789012:role/demo-dev-training",
+    train_uri="s3://demo-dev-artifacts/datasets/churn/train/",
+    validation_uri="s3://demo-dev-artifacts/datasets/churn/validation/",
+    output_uri="s3://demo-dev-artifacts/tuning/",
+    kms_key="arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+)
+
+
+def space(**changes):
+    doc = copy.deepcopy(SPACE)
+    for key, value in changes.items():
+        doc[key] = value
+    return parse_space(doc, "tune.yaml")
+
+
+def test_request_shape_accepted_by_the_api(aws_env):
+    name = tuning_job_name("churn-churn-tune", "a1b2c3")
+    request = tuning_request(space(pruning="median"), SETUP, name)
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Bayesian"
+    assert config["TrainingJobEarlyStoppingType"] == "Auto"  # median pruning
+    assert config["ResourceLimits"] == {
+        "MaxParallelTrainingJobs": 3,
+        "MaxNumberOfTrainingJobs": 20,
+        "MaxRuntimeInSeconds": 7200,
+    }
+    assert config["RandomSeed"] == 7
+    ranges = config["ParameterRanges"]
+    assert ranges["ContinuousParameterRanges"][0] == {
+        "Name": "learning_rate",
+        "MinValue": "0.0001",
+        "MaxValue": "0.1",
+        "ScalingType": "Logarithmic",
+    }
+    assert ranges["IntegerParameterRanges"] == [
+        {"Name": "batch_size", "MinValue": "32", "MaxValue": "256", "ScalingType": "Linear"}
+    ]
+    assert ranges["CategoricalParameterRanges"] == [
+        {"Name": "problem", "Values": ["binary", "multiclass"]}
+    ]
+    definition = request["TrainingJobDefinition"]
+    # Static hyperparameters are strings the harness decodes (lists as JSON).
+    assert definition["StaticHyperParameters"] == {
+        "target": "churned",
+        "epochs": "30",
+        "hidden_sizes": "[64, 32]",
+    }
+    # The metric definitions are the metric line's: each regex finds the value SageMaker
+    # graphs and tunes on, in the very line the harness prints, within the 500-char cap.
+    metrics = definition["AlgorithmSpecification"]["MetricDefinitions"]
+    assert [m["Name"] for m in metrics] == ["auc", "validation_loss", "train_loss"]
+    for m in metrics:
+        assert len(m["Regex"]) <= 500
+        line = "2026-11-30 10:00:00 " + format_metric(m["Name"], 0.8125, epoch=4)
+        assert re.search(m["Regex"], line).group(1) == "0.8125"
+    assert [c["ChannelName"] for c in definition["InputDataConfig"]] == ["train", "validation"]
+    with mock_aws():
+        client = boto3.client("sagemaker", region_name="us-east-1")
+        arn = sagemaker.start(client, space(pruning="median"), SETUP, name)
+        assert arn.endswith(f"hyper-parameter-tuning-job/{name}")
+        described = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        assert described["HyperParameterTuningJobConfig"]["Strategy"] == "Bayesian"
+        got = described["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+        assert got == metrics
+        # a rerun finds the job instead of failing on the name
+        assert sagemaker.start(client, space(pruning="median"), SETUP, name) == arn
+
+
+def test_strategies_and_hyperband():
+    random = tuning_request(space(sampler="random", pruning="off"), SETUP, "t")
+    assert random["HyperParameterTuningJobConfig"]["Strategy"] == "Random"
+    assert random["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] == "Off"
+    hyper = tuning_request(space(pruning="hyperband"), SETUP, "t")["HyperParameterTuningJobConfig"]
+    assert hyper["Strategy"] == "Hyperband"
+    # SageMaker requires its early stopping Off with Hyperband (it stops jobs itself).
+    assert hyper["TrainingJobEarlyStoppingType"] == "Off"
+    assert hyper["StrategyConfig"] == {
+        "HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 30}
+    }
+    grid = space(
+        sampler="grid",
+        parameters={
+            "learning_rate": {"type": "float", "low": 0.01, "high": 0.03, "step": 0.01},
+            "batch_size": {"type": "int", "low": 32, "high": 64, "step": 32},
+            "problem": {"type": "categorical", "choices": ["binary"]},
+        },
+    )
+    config = tuning_request(grid, SETUP, "t")["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Grid"
+    # Grid takes categorical ranges only and counts its jobs itself.
+    assert set(config["ParameterRanges"]) == {"CategoricalParameterRanges"}
+    assert config["ParameterRanges"]["CategoricalParameterRanges"][0]["Values"] == [
+        "0.01",
+        "0.02",
+        "0.03",
+    ]
+    assert "MaxNumberOfTrainingJobs" not in config["ResourceLimits"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "reason"),
+    [
+        (
+            {
+                "problem": {"type": "categorical", "choices": ["binary", "multiclass"]},
+                "dropout": {"type": "float", "low": 0, "high": 0.5, "when": {"problem": "binary"}},
+            },
+            "parameters.dropout: SageMaker's tuner has no conditional parameters",
+        ),
+        (
+            {"batch_size": {"type": "int", "low": 32, "high": 256, "step": 32}},
+            "parameters.batch_size: SageMaker's ranges have no step",
+        ),
+        (
+            {"problem": {"type": "categorical", "choices": ["binary", None]}},
+            "null cannot be one",
+        ),
+    ],
+)
+def test_spaces_sagemaker_cannot_express_are_refused_with_the_reason(parameters, reason):
+    with pytest.raises(UnsupportedSpace, match="cannot run on SageMaker") as err:
+        tuning_request(space(parameters=parameters), SETUP, "t")
+    assert reason in str(err.value)
+
+
+def test_job_names_fit_sagemaker():
+    assert tuning_job_name("churn_churn.tune", "x1") == "churn-churn-tune-x1"
+    long = tuning_job_name("a" * 80, "20261130-1000")
+    assert len(long) == 32 and long.endswith("-20261130-1000")
+    with pytest.raises(UnsupportedSpace, match="must match"):
+        tuning_request(space(), SETUP, "bad_name")
+
+
+def _summary(name: str, status: str, lr: str, problem: str, value: float | None = None) -> dict:
+    out = {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+        "CreationTime": datetime(2026, 11, 30, tzinfo=UTC),
+        "TrainingJobStatus": status,
+        "TunedHyperParameters": {
+            "learning_rate": lr,
+            "batch_size": "64",
+            "dropout": "0.1",
+            "problem": f'"{problem}"',  # the SDK JSON-quotes string values
+        },
+    }
+    if value is not None:
+        out["FinalHyperParameterTuningJobObjectiveMetric"] = {"MetricName": "auc", "Value": value}
+    return out
+
+
+def test_finished_sagemaker_trials_join_the_study(tmp_path, aws_env):
+    s = space()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
+    )
+    study = optuna.create_study(study_name="churn", storage=storage, direction="maximize")
+    local = study.ask()
+    s.suggest(local)
+    study.tell(local, 0.7)  # a local trial: both backends compare in one study
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    jobs = [
+        _summary("t-001", "Completed", "0.01", "binary", 0.91),
+        _summary("t-002", "Stopped", "0.0002", "binary", 0.55),
+        _summary("t-003", "InProgress", "0.05", "multiclass"),
+        _summary("t-004", "Failed", "0.09", "binary") | {"FailureReason": "AlgorithmError: oom"},
+    ]
+    expected = {"HyperParameterTuningJobName": "churn-tune"}
+    with Stubber(client) as stub:
+        stub.add_response(
+            "list_training_jobs_for_hyper_parameter_tuning_job",
+            {"TrainingJobSummaries": jobs},
+            expected,
+        )
+        stub.add_response(
+            "list_training_jobs_for_hyper_parameter_tuning_job",
+            {
+                "TrainingJobSummaries": [
+                    *jobs[:2],
+                    jobs[2]
+                    | {
+                        "TrainingJobStatus": "Completed",
+                        "FinalHyperParameterTuningJobObjectiveMetric": {
+                            "MetricName": "auc",
+                            "Value": 0.93,
+                        },
+                    },
+                    jobs[3],
+                ]
+            },  # fmt: skip
+            expected,
+        )
+        assert sagemaker.import_trials(study, s, client, "churn-tune") == 3
+        assert sagemaker.import_trials(study, s, client, "churn-tune") == 1  # only the new one
+    trials = {t.user_attrs.get(sagemaker.JOB_ATTR): t for t in study.get_trials()}
+    assert trials["t-001"].state.name == "COMPLETE" and trials["t-001"].value == 0.91
+    assert trials["t-001"].params == {
+        "learning_rate": 0.01,
+        "batch_size": 64,
+        "dropout": 0.1,
+        "problem": "binary",
+    }
+    assert trials["t-002"].state.name == "PRUNED"  # stopped early by SageMaker
+    assert trials["t-004"].state.name == "FAIL"
+    assert trials["t-004"].user_attrs["failure"] == "AlgorithmError: oom"
+    assert study.best_trial.user_attrs[sagemaker.JOB_ATTR] == "t-003"
+    assert len(study.trials) == 5
