@@ -13,7 +13,7 @@ SCAN_VENV := .venv-scan
 CHECKOV_VERSION := 3.3.30
 CHECKOV := $(SCAN_VENV)/bin/checkov
 
-.PHONY: venv scan-venv up down purge test lint fmt clean bench-train bench-serve bench-features
+.PHONY: venv scan-venv up down purge test lint fmt clean bench-train bench-serve bench-features bench-tune
 
 # torch==2.13.0 first: it is the CPU build this machine has on disk; the range in
 # pyproject.toml admits it, so the project install adds no CUDA packages. The sagemaker
@@ -66,6 +66,9 @@ bench-serve: venv
 
 bench-features: venv
 	$(PY) benchmarks/features.py --small-rows 1e6,3e6
+
+bench-tune: venv
+	$(PY) benchmarks/tune.py
 
 clean:
 	rm -rf $(VENV) $(SCAN_VENV) .mlinfra .pytest_cache .ruff_cache
