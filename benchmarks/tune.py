@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sklearn import datasets
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -58,7 +57,9 @@ def split(name: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
 
 
 def score(name: str, truth: Any, predicted: Any) -> float:
-    return float(r2_score(truth, predicted) if name in REGRESSION else accuracy_score(truth, predicted))
+    return float(
+        r2_score(truth, predicted) if name in REGRESSION else accuracy_score(truth, predicted)
+    )
 
 
 def baseline(name: str, train: pd.DataFrame, test: pd.DataFrame) -> float:
@@ -144,7 +145,10 @@ def main() -> None:
         for name in names:
             train, _, test = split(name, root / name / "data")
             row: dict[str, Any] = {"linear_baseline": baseline(name, train, test)}
-            for label, sampler, pruning in (("tpe+median", "tpe", "median"), ("random", "random", "off")):
+            for label, sampler, pruning in (
+                ("tpe+median", "tpe", "median"),
+                ("random", "random", "off"),
+            ):
                 out = run(space(name, args.trials, args.epochs, sampler, pruning),
                           root / name / label, root / name / "data")  # fmt: skip
                 result = out.pop("result")
@@ -165,8 +169,11 @@ def main() -> None:
                 out = run(space(name, args.parallel_trials, args.epochs, "random", "off", parallel),
                           root / name / f"parallel-{parallel}", root / name / "data")  # fmt: skip
                 per_minute[parallel] = args.parallel_trials / out["wall_s"] * 60
-                print(f"{name:14s} parallel {parallel}: {args.parallel_trials} trials in "
-                      f"{out['wall_s']:.1f} s = {per_minute[parallel]:.2f} trials/min", flush=True)  # fmt: skip
+                print(
+                    f"{name:14s} parallel {parallel}: {args.parallel_trials} trials in "
+                    f"{out['wall_s']:.1f} s = {per_minute[parallel]:.2f} trials/min",
+                    flush=True,
+                )
             figures["trials_per_minute"] = per_minute
     out = REPO / "benchmarks" / "out"
     out.mkdir(exist_ok=True)

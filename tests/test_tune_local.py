@@ -97,15 +97,19 @@ import json, sys
 from pathlib import Path
 from workloads.tuning.local import LocalTuner
 from workloads.tuning.space import parse_space
-doc, folder, train, validation = json.loads(sys.argv[1]), *sys.argv[2:5]
-LocalTuner(parse_space(doc, "tune.yaml"), Path(folder), study="s", train=train,
-           validation=validation).run()
+doc, folder, train, validation, enqueue = json.loads(sys.argv[1]), *sys.argv[2:5], sys.argv[5]
+tuner = LocalTuner(parse_space(doc, "tune.yaml"), Path(folder), study="s", train=train,
+                   validation=validation)
+for params in json.loads(enqueue):
+    tuner.study.enqueue_trial(params)
+tuner.run()
 """
 
 
-def start_tuner(doc: dict, folder: Path, data) -> subprocess.Popen:
+def start_tuner(doc: dict, folder: Path, data, enqueue: list | None = None) -> subprocess.Popen:
+    argv = [json.dumps(doc), str(folder), *data, json.dumps(enqueue or [])]
     return subprocess.Popen(
-        [sys.executable, "-c", TUNER_SCRIPT, json.dumps(doc), str(folder), *data],
+        [sys.executable, "-c", TUNER_SCRIPT, *argv],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
@@ -126,10 +130,13 @@ def wait_for(predicate, timeout: float = 90.0) -> None:
 
 
 def test_resume_after_the_tuner_is_killed_mid_run(tmp_path, data):
-    # Slow enough trials (many epochs, small batches) that one is caught mid-run.
-    doc = space(2, epochs=40)
+    # A quick first trial, then a slow one (many epochs, small batches) caught mid-run.
+    doc = space(2)
+    del doc["fixed"]["epochs"]
     doc["fixed"] |= {"batch_size": 8, "patience": 1000, "checkpoint_steps": 20}
-    proc = start_tuner(doc, tmp_path, data)
+    doc["parameters"]["epochs"] = {"type": "categorical", "choices": [2, 100]}
+    enqueue = [{"learning_rate": 0.05, "epochs": 2}, {"learning_rate": 0.05, "epochs": 100}]
+    proc = start_tuner(doc, tmp_path, data, enqueue)
 
     def one_done_one_running() -> bool:
         if not (tmp_path / "journal.log").exists():
@@ -165,13 +172,13 @@ def test_resume_after_the_tuner_is_killed_mid_run(tmp_path, data):
 
 
 def test_two_tuners_share_one_study(tmp_path, data):
-    doc = space(4, epochs=2)
+    doc = space(3, epochs=2)
     a, b = start_tuner(doc, tmp_path, data), start_tuner(doc, tmp_path, data)
     for proc in (a, b):
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out.decode()
     done = trials(tmp_path)
-    assert [t.number for t in done] == [0, 1, 2, 3]  # the budget is the study's, not each one's
+    assert [t.number for t in done] == [0, 1, 2]  # the budget is the study's, not each one's
     assert all(t.state.name == "COMPLETE" for t in done)
     assert len({t.user_attrs["tuner"] for t in done}) == 2  # both did work
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -260,10 +261,17 @@ class SearchSpace(_Model):
             return optuna.samplers.RandomSampler(seed=self.seed)
         if self.sampler == "grid":
             return optuna.samplers.GridSampler(self.grid(), seed=self.seed)
-        # constant_liar: parallel workers do not all sample next to one running trial.
-        return optuna.samplers.TPESampler(
-            seed=self.seed, constant_liar=self.budget.parallel > 1, multivariate=True, group=True
-        )
+        # multivariate + group: parameters are sampled jointly (and conditional ones by the
+        # group they appear in); constant_liar: parallel workers do not all sample next to
+        # one running trial. Optuna still marks these experimental.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=self.seed,
+                constant_liar=self.budget.parallel > 1,
+                multivariate=True,
+                group=True,
+            )
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         import optuna
