@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from rich.table import Table
 
+from workloads.storage import atomic_write
 from workloads.tuning.local import TrialView, TuneResult
 
 STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}
@@ -118,7 +119,5 @@ def save_report(study: optuna.Study, result: TuneResult, metric: str, path: Path
         f"<table><tr>{head}</tr>{rows}</table>{''.join(images)}</body></html>"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    atomic_write(path, page)
     return path
