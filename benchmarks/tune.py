@@ -87,7 +87,12 @@ def space(name: str, trials: int, epochs: int, sampler: str, pruning: str, paral
             },
             "budget": {"trials": trials, "parallel": parallel},
             "sampler": sampler,
-            "pruning": {"type": pruning, "startup_trials": 5, "warmup_epochs": 3},
+            # Median pruning starts once a sixth of the budget (at least 2) has completed.
+            "pruning": {
+                "type": pruning,
+                "startup_trials": max(2, trials // 6),
+                "warmup_epochs": 3,
+            },
             "seed": 0,
             "fixed": {
                 "target": "target",
