@@ -50,7 +50,8 @@ def summary_lines(result: TuneResult, metric: str) -> list[str]:
         f"{result.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
     )
     lines = [
-        f"study {result.study}: {len(result.trials)} trials ({done}), {result.epochs} epochs, "
+        f"study {result.study}: {len(result.trials)} trial{'s' * (len(result.trials) != 1)} "
+        f"({done}), {result.epochs} epochs, "
         f"{result.wall_seconds:.0f} s",
         f"journal: {result.journal}",
     ]
