@@ -134,8 +134,8 @@ def test_resume_after_the_tuner_is_killed_mid_run(tmp_path, data):
     doc = space(2)
     del doc["fixed"]["epochs"]
     doc["fixed"] |= {"batch_size": 8, "patience": 1000, "checkpoint_steps": 20}
-    doc["parameters"]["epochs"] = {"type": "categorical", "choices": [2, 60]}
-    enqueue = [{"learning_rate": 0.05, "epochs": 2}, {"learning_rate": 0.05, "epochs": 60}]
+    doc["parameters"]["epochs"] = {"type": "categorical", "choices": [2, 30]}
+    enqueue = [{"learning_rate": 0.05, "epochs": 2}, {"learning_rate": 0.05, "epochs": 30}]
     proc = start_tuner(doc, tmp_path, data, enqueue)
 
     def one_done_one_running() -> bool:
