@@ -608,21 +608,22 @@ def tune(
         live.update(report.trials_table(list(views.values()), metric), refresh=True)
 
     try:
-        outcome = tune_local(
-            space,
-            train=train,
-            validation=validation,
-            stack=stack,
-            state=state_dir,
-            group=group,
-            study=study,
-            deploy=deploy,
-            stacks_dir=stacks_dir,
-            on_start=started,
-            on_update=update,
-        )
-    except (SpaceError, TuningError, KeyError, SpecError, localenv.LocalEnvError) as exc:
-        raise _fail(str(exc).strip("'\"")) from None
+        with _one_line_errors():
+            outcome = tune_local(
+                space,
+                train=train,
+                validation=validation,
+                stack=stack,
+                state=state_dir,
+                group=group,
+                study=study,
+                deploy=deploy,
+                stacks_dir=stacks_dir,
+                on_start=started,
+                on_update=update,
+            )
+    except (SpaceError, TuningError) as exc:
+        raise _fail(str(exc)) from None
     finally:
         live.stop()
     for line in report.summary_lines(outcome.result, outcome.space.objective.metric):
