@@ -227,7 +227,10 @@ class LocalTuner:
             trials=trials,
             best=self._view(best) if best else None,
             best_metrics=dict(best.user_attrs.get("metrics", {})) if best else {},
-            best_model_dir=Path(best.user_attrs["model_dir"]) if best else None,
+            # None for a trial another backend ran (copied into the study without an artifact)
+            best_model_dir=Path(best.user_attrs["model_dir"])
+            if best and "model_dir" in best.user_attrs
+            else None,
             wall_seconds=wall_seconds,
             notes=self.notes,
         )

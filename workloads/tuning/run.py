@@ -74,8 +74,14 @@ def tune_local(
     result = tuner.run()
     report = save_report(tuner.study, result, space.objective.metric, folder / "report.html")
     outcome = TuneOutcome(space, result, report)
-    if result.best is None or result.best_model_dir is None:
+    if result.best is None:
         outcome.messages.append("no trial completed: nothing to register")
+        return outcome
+    if result.best_model_dir is None:
+        outcome.messages.append(
+            f"the best trial ({result.best.number}) ran on another backend: its artifact is "
+            "registered from there"
+        )
         return outcome
     register_best(outcome, descriptor, group, stack)
     if deploy:
