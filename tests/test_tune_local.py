@@ -22,8 +22,9 @@ from workloads.cli import app
 from workloads.local import env as localenv
 from workloads.platform import load_descriptor
 from workloads.registry.store import registry_from_descriptor
-from workloads.tuning.local import LocalTuner, TuningError
+from workloads.tuning.local import LocalTuner
 from workloads.tuning.space import parse_space
+from workloads.tuning.study import TuningError
 
 REPO = Path(__file__).resolve().parents[1]
 STACKS = REPO / "stacks"

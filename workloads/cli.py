@@ -585,9 +585,9 @@ def tune(
     best is registered, gated and (with --deploy) rolled out."""
     try:
         from workloads.tuning import report
-        from workloads.tuning.local import TuningError
         from workloads.tuning.run import tune_local
         from workloads.tuning.space import SpaceError
+        from workloads.tuning.study import TuningError
     except ImportError as exc:
         raise _fail(f"{exc}: tuning needs the 'tune' extra (pip install -e '.[tune]')") from None
     from rich.live import Live

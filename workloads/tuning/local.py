@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
@@ -34,18 +33,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from workloads.training.contract import TrainingContract, parse_hyperparameters
 from workloads.training.metric_line import parse_metric_lines
 from workloads.tuning.space import SearchSpace
+from workloads.tuning.study import (
+    TrialView,
+    TuneResult,
+    TuningError,
+    flock,
+    held,
+    open_study,
+)
 
 EXIT_TERMINATED = 143
 MAX_FAILURES = 3  # trials failing in a row before the search stops
@@ -54,92 +58,6 @@ POLL_S = 0.1
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class TuningError(RuntimeError):
-    """The search cannot go on; the message says why and what to do."""
-
-
-@dataclass
-class TrialView:
-    """One trial as people look at it (the live table)."""
-
-    number: int
-    state: str  # RUNNING, COMPLETE, PRUNED, FAIL
-    params: dict[str, Any]
-    value: float | None = None  # the objective: the latest epoch's, then the final one
-    epochs: int = 0  # epochs run
-    note: str = ""  # resumed, the failure reason, ...
-
-
-@dataclass
-class TuneResult:
-    study: str
-    journal: Path
-    trials: list[TrialView]
-    best: TrialView | None
-    best_metrics: dict[str, float]
-    best_model_dir: Path | None
-    wall_seconds: float
-    notes: list[str] = field(default_factory=list)
-
-    def count(self, state: str) -> int:
-        return sum(1 for t in self.trials if t.state == state)
-
-    @property
-    def epochs(self) -> int:
-        return sum(t.epochs for t in self.trials)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, blocking: bool = True) -> Iterator[IO[str] | None]:
-    """An exclusive lock on `path`; yields None when not blocking and someone holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield None
-            return
-        yield handle
-    finally:
-        handle.close()
-
-
-def _held(path: Path) -> bool:
-    """Whether a live process holds the lock on `path`."""
-    if not path.exists():
-        return False
-    with _flock(path, blocking=False) as handle:
-        return handle is None
-
-
-def open_study(space: SearchSpace, folder: Path, name: str) -> optuna.Study:
-    """The study in `folder`'s journal, created on first use; a study made from another
-    space is refused (its trials would not compare)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(folder / "journal.log")))
-    with _flock(folder / "study.lock"):
-        study = optuna.create_study(
-            study_name=name,
-            storage=storage,
-            direction=space.objective.direction,
-            sampler=space.make_sampler(),
-            pruner=space.make_pruner(),
-            load_if_exists=True,
-        )
-        made_from = study.user_attrs.get("space")
-        if made_from is None:
-            study.set_user_attr("space", space.fingerprint())
-            study.set_user_attr("objective", space.objective.model_dump())
-        elif made_from != space.fingerprint():
-            raise TuningError(
-                f"study {name!r} ({folder}) was made from another search space; its trials "
-                "would not compare with this one's. Use the same space, or a new study name "
-                f"(--study, or 'study:' in the space file), or remove {folder}"
-            )
-    return study
 
 
 class LocalTuner:
@@ -182,7 +100,7 @@ class LocalTuner:
         started = time.monotonic()
         deadline = started + self.space.budget.timeout if self.space.budget.timeout else None
         tuner_lock = self.folder / "tuners" / f"{self.id}.lock"
-        with _flock(tuner_lock), self._signals():
+        with flock(tuner_lock), self._signals():
             workers = [
                 threading.Thread(target=self._work, args=(deadline,), name=f"trial-worker-{i}")
                 for i in range(self.space.budget.parallel)
@@ -252,12 +170,12 @@ class LocalTuner:
     def _claim(self, deadline: float | None) -> tuple[optuna.Trial, bool] | None:
         """The next trial for this worker: an orphaned one first, else a new one while the
         budget lasts. Under the study lock, so tuners never exceed the budget together."""
-        with self._lock, _flock(self.folder / "study.lock"):
+        with self._lock, flock(self.folder / "study.lock"):
             trials = self.study.get_trials(deepcopy=False)
             for t in trials:
                 owner = t.user_attrs.get("tuner")
                 if t.state == TrialState.RUNNING and owner != self.id:
-                    if owner is None or not _held(self.folder / "tuners" / f"{owner}.lock"):
+                    if owner is None or not held(self.folder / "tuners" / f"{owner}.lock"):
                         trial = optuna.trial.Trial(self.study, t._trial_id)
                         trial.set_user_attr("tuner", self.id)
                         return trial, True
@@ -295,9 +213,9 @@ class LocalTuner:
         view = TrialView(number, "RUNNING", params, note="resumed" if adopted else "")
         view.epochs = len(trial.storage.get_trial(trial._trial_id).intermediate_values)
         self._publish(view)
-        if adopted and _held(folder / "lock"):  # its orphaned process still runs
+        if adopted and held(folder / "lock"):  # its orphaned process still runs
             self._stop_orphan(folder)
-        with _flock(folder / "lock") as handle:
+        with flock(folder / "lock") as handle:
             assert handle is not None
             contract = self._contract(number, params)
             outputs = contract.output_dir / "metrics.json"
@@ -318,7 +236,7 @@ class LocalTuner:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         waited = time.monotonic() + ORPHAN_STOP_S
-        while _held(folder / "lock"):
+        while held(folder / "lock"):
             if time.monotonic() > waited:
                 raise TuningError(f"{folder}: the trial's old process (pid {pid}) does not stop")
             time.sleep(POLL_S)

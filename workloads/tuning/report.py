@@ -14,7 +14,7 @@ import optuna
 from rich.table import Table
 
 from workloads.storage import atomic_write
-from workloads.tuning.local import TrialView, TuneResult
+from workloads.tuning.study import TrialView, TuneResult
 
 STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}
 

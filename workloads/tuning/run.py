@@ -11,9 +11,10 @@ from pathlib import Path
 from workloads.local import env as localenv
 from workloads.platform import NotDeclaredError, PlatformDescriptor, load_descriptor
 from workloads.training.artifact import publish_model
-from workloads.tuning.local import LocalTuner, TrialView, TuneResult, TuningError
+from workloads.tuning.local import LocalTuner
 from workloads.tuning.report import save_report, summary_lines
 from workloads.tuning.space import SearchSpace, load_space
+from workloads.tuning.study import TrialView, TuneResult, TuningError
 
 
 @dataclass

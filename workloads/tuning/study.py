@@ -1,0 +1,108 @@
+"""One study, shared: its Optuna file journal, the file locks that say who is alive, and
+what a search reports (`TrialView`, `TuneResult`).
+
+The journal (`optuna.storages.journal`) serves several processes on one file; SQLite does
+not under parallel writers. Locks are `flock`s, which the kernel releases when their holder
+dies, however it dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from workloads.tuning.space import SearchSpace
+
+
+class TuningError(RuntimeError):
+    """The search cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class TrialView:
+    """One trial as people look at it (the live table)."""
+
+    number: int
+    state: str  # RUNNING, COMPLETE, PRUNED, FAIL
+    params: dict[str, Any]
+    value: float | None = None  # the objective: the latest epoch's, then the final one
+    epochs: int = 0  # epochs run
+    note: str = ""  # resumed, the failure reason, ...
+
+
+@dataclass
+class TuneResult:
+    study: str
+    journal: Path
+    trials: list[TrialView]
+    best: TrialView | None
+    best_metrics: dict[str, float]
+    best_model_dir: Path | None
+    wall_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        return sum(1 for t in self.trials if t.state == state)
+
+    @property
+    def epochs(self) -> int:
+        return sum(t.epochs for t in self.trials)
+
+
+@contextlib.contextmanager
+def flock(path: Path, blocking: bool = True) -> Iterator[IO[str] | None]:
+    """An exclusive lock on `path`; yields None when not blocking and someone holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        yield handle
+    finally:
+        handle.close()
+
+
+def held(path: Path) -> bool:
+    """Whether a live process holds the lock on `path`."""
+    if not path.exists():
+        return False
+    with flock(path, blocking=False) as handle:
+        return handle is None
+
+
+def open_study(space: SearchSpace, folder: Path, name: str) -> optuna.Study:
+    """The study in `folder`'s journal, created on first use; a study made from another
+    space is refused (its trials would not compare)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(folder / "journal.log")))
+    with flock(folder / "study.lock"):
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction=space.objective.direction,
+            sampler=space.make_sampler(),
+            pruner=space.make_pruner(),
+            load_if_exists=True,
+        )
+        made_from = study.user_attrs.get("space")
+        if made_from is None:
+            study.set_user_attr("space", space.fingerprint())
+            study.set_user_attr("objective", space.objective.model_dump())
+        elif made_from != space.fingerprint():
+            raise TuningError(
+                f"study {name!r} ({folder}) was made from another search space; its trials "
+                "would not compare with this one's. Use the same space, or a new study name "
+                f"(--study, or 'study:' in the space file), or remove {folder}"
+            )
+    return study
