@@ -84,7 +84,7 @@ def tune_local(
             "registered from there"
         )
         return outcome
-    register_best(outcome, descriptor, group, stack)
+    register_best(outcome, descriptor, group)
     if deploy:
         if outcome.status == "Approved":
             outcome.messages += localenv.rollout(stack, state, stacks_dir=stacks_dir).messages
@@ -93,13 +93,11 @@ def tune_local(
     return outcome
 
 
-def register_best(
-    outcome: TuneOutcome, descriptor: PlatformDescriptor, group: str, stack: str
-) -> None:
+def register_best(outcome: TuneOutcome, descriptor: PlatformDescriptor, group: str) -> None:
     """Publish the best trial's artifact to the artifacts bucket and register it once (a
     rerun of a finished search finds its version), with its metrics and the search's
     summary; then the gate."""
-    from workloads.registry.gate import apply_gate
+    from workloads.jobs.run import apply_gate
     from workloads.registry.store import registry_from_descriptor
 
     result, metric = outcome.result, outcome.space.objective.metric
@@ -122,8 +120,9 @@ def register_best(
             description=f"tuned: {summary}",
         )
     outcome.version = version.version
-    by_hand = f"mlinfra approve {group} {version.version} --stack {stack}"
-    outcome.status, outcome.gate = apply_gate(registry, descriptor, group, version.version, by_hand)
+    outcome.status, outcome.gate = apply_gate(
+        registry, descriptor, group, version.version, dict(version.metrics)
+    )
     outcome.messages.append(
         f"registered: {group} v{version.version} ({outcome.status}) at {uri}: {outcome.gate}"
     )
