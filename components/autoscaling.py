@@ -39,6 +39,7 @@ from components.spec import CLUSTER_AUTOSCALER_TAGS, PlatformSpec
 NAMESPACE = "kube-system"
 AUTOSCALER = "cluster-autoscaler"
 AUTOSCALER_IMAGE = "registry.k8s.io/autoscaling/cluster-autoscaler"
+HEALTH_PORT = 8085  # cluster-autoscaler's default --address
 AUTOSCALER_TAG_PREFIX = "k8s.io/cluster-autoscaler"
 NODE_TEMPLATE = f"{AUTOSCALER_TAG_PREFIX}/node-template"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -310,11 +311,23 @@ def cluster_autoscaler(
                         {
                             "name": AUTOSCALER,
                             "image": image,
+                            "imagePullPolicy": "Always",
                             "command": autoscaler_args(cluster_name),
                             "env": [{"name": "AWS_REGION", "value": spec.region}],
+                            # Its default --address: metrics and /health-check.
+                            "ports": [{"name": "http", "containerPort": HEALTH_PORT}],
+                            "livenessProbe": {
+                                "httpGet": {"path": "/health-check", "port": HEALTH_PORT},
+                                "initialDelaySeconds": 30,
+                                "periodSeconds": 20,
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/health-check", "port": HEALTH_PORT},
+                                "periodSeconds": 10,
+                            },
                             "resources": {
                                 "requests": {"cpu": "100m", "memory": "600Mi"},
-                                "limits": {"memory": "600Mi"},
+                                "limits": {"cpu": "1", "memory": "600Mi"},
                             },
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,

@@ -272,8 +272,9 @@ def test_network_policies_fence_the_namespace_and_are_enforced(stack):
     for m in pulumi_manifests(rendered):
         if m["kind"] == "NetworkPolicy":
             assert m["metadata"]["namespace"] == spec.team
-    (addon,) = rendered.by_type("aws:eks/addon:Addon")
-    assert addon.inputs["addonName"] == "vpc-cni"
+    (addon,) = [
+        a for a in rendered.by_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "vpc-cni"
+    ]
     assert json.loads(addon.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
     cluster = rendered.one("aws:eks/cluster:Cluster")
     assert addon.inputs["clusterName"] == cluster.outputs["name"]
@@ -281,7 +282,14 @@ def test_network_policies_fence_the_namespace_and_are_enforced(stack):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_workload_service_account_mounts_no_api_token(stack):
-    (sa,) = [m for m in all_manifests(stack) if m["kind"] == "ServiceAccount"]
+    team = SPECS[stack].team
+    (sa,) = [
+        m
+        for m in all_manifests(stack)
+        if m["kind"] == "ServiceAccount"
+        and m["metadata"].get("namespace") == team
+        and m["metadata"]["name"].endswith("-workloads")
+    ]
     assert sa["automountServiceAccountToken"] is False
 
 

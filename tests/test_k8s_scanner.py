@@ -46,6 +46,8 @@ ALLOWED: list[tuple[str, str, str]] = [
     ("CKV_K8S_43", r"DaemonSet\.kube-system\.nvidia-device-plugin", "NVIDIA's versioned tag"),
     # The device plugin serves the kubelet over a unix socket and has no health endpoint;
     # the kubelet re-registers it when it restarts.
+    # cluster-autoscaler watches pods and nodes and resizes groups: it needs its API token.
+    ("CKV_K8S_38", r"Deployment\.kube-system\.cluster-autoscaler", "talks to the API"),
     ("CKV_K8S_8", r"DaemonSet\.kube-system\.nvidia-device-plugin", "no health endpoint"),
     ("CKV_K8S_9", r"DaemonSet\.kube-system\.nvidia-device-plugin", "no health endpoint"),
 ]
