@@ -1,0 +1,106 @@
+"""An AWS platform descriptor for the rollout and batch tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workloads.platform import PlatformDescriptor
+
+ACCOUNT = "123456789012"
+SERVE_REPO = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/team-dev-serve"
+KEY = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/team"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/team-dev-endpoints"
+ALARMS = ["team-dev-churn-5xx-errors", "team-dev-churn-model-latency"]
+
+
+def sagemaker_ref(**overrides: Any) -> dict[str, Any]:
+    ref = {
+        "name": "team-dev-churn",
+        "kind": "sagemaker",
+        "model_group": "churn",
+        "url": None,
+        "scaling": {
+            "min_instances": 1,
+            "max_instances": 3,
+            "target_invocations_per_instance": 100,
+            "policy_name": "team-dev-churn-invocations-per-instance",
+            "scale_in_cooldown_s": 300,
+            "scale_out_cooldown_s": 60,
+        },
+        "sagemaker": {
+            "role_arn": ROLE,
+            "variant": "AllTraffic",
+            "instance_type": "ml.m5.large",
+            "image": f"{SERVE_REPO}:abc123",
+            "subnets": ["subnet-a", "subnet-b"],
+            "security_groups": ["sg-endpoints"],
+            "network_isolation": True,
+            "volume_kms_key_arn": KEY,
+            "data_capture": {
+                "destination": "s3://team-dev-logs/data-capture/team-dev-churn",
+                "sampling_percent": 20,
+                "kms_key_arn": KEY,
+                "json_content_types": ["application/json"],
+                "csv_content_types": ["text/csv"],
+            },
+            "scaling_resource_id": "endpoint/team-dev-churn/variant/AllTraffic",
+            "scalable_dimension": "sagemaker:variant:DesiredInstanceCount",
+            "scaling_metric": "SageMakerVariantInvocationsPerInstance",
+            "alarms": ALARMS,
+            "alarm_topic_arn": f"arn:aws:sns:us-east-1:{ACCOUNT}:team-dev-endpoint-alarms",
+            "tags": {"team": "team", "environment": "dev"},
+        },
+    }
+    ref.update(overrides)
+    return ref
+
+
+def kubernetes_ref(namespace: str = "team", **overrides: Any) -> dict[str, Any]:
+    ref = {
+        "name": "team-dev-ranker",
+        "kind": "kubernetes",
+        "model_group": "churn",
+        "url": "http://team-dev-ranker.team.svc.cluster.local",
+        "scaling": {"min_instances": 2, "max_instances": 4},
+        "kubernetes": {
+            "namespace": namespace,
+            "deployment": "team-dev-ranker",
+            "service": "team-dev-ranker",
+            "autoscaler": "team-dev-ranker",
+            "model_annotation": "mlinfra.io/model-package",
+        },
+    }
+    ref.update(overrides)
+    return ref
+
+
+def aws_descriptor(endpoints: dict[str, dict[str, Any]] | None = None) -> PlatformDescriptor:
+    return PlatformDescriptor.model_validate(
+        {
+            "backend": "aws",
+            "stack": "team-dev",
+            "team": "team",
+            "environment": "dev",
+            "region": "us-east-1",
+            "buckets": {
+                "raw": "s3://team-dev-raw",
+                "features": "s3://team-dev-features",
+                "artifacts": "s3://team-dev-artifacts",
+                "logs": "s3://team-dev-logs",
+            },
+            "feature_store": {"database": "team_dev_features", "groups": {}},
+            "registry": {
+                "model_groups": {"churn": {"name": "team-dev-churn", "gate": None}},
+                "repositories": {"serve": SERVE_REPO, "train": SERVE_REPO + "-train"},
+            },
+            "endpoints": endpoints
+            if endpoints is not None
+            else {"churn": sagemaker_ref(), "ranker": kubernetes_ref()},
+            "cluster": {
+                "name": "team-dev",
+                "namespace": "team",
+                "service_account": "team-workloads",
+                "node_pools": {},
+            },
+        }
+    )
