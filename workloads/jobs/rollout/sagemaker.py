@@ -107,10 +107,7 @@ class SageMakerDeployer(Deployer):
                 Namespace="AWS/SageMaker",
                 Dimensions=[
                     {"Name": "EndpointName", "Value": live["EndpointName"]},
-                    {
-                        "Name": "VariantName",
-                        "Value": config["ProductionVariants"][0]["VariantName"],
-                    },
+                    {"Name": "VariantName", "Value": variant},
                 ],
             )
             alarms += [a["AlarmName"] for a in found.get("MetricAlarms", [])]
