@@ -564,6 +564,42 @@ def jobs_stop(
     console.print(f"stopped {job}", highlight=False)
 
 
+@app.command()
+def deploy(
+    endpoint: Annotated[str, typer.Argument(help="Endpoint name in the stack's spec")],
+    stack: StackOpt = "local",
+    version: Annotated[
+        int | None, typer.Option(help="Model version (default: the newest approved)", min=1)
+    ] = None,
+    image_tag: Annotated[
+        str | None,
+        typer.Option(help="Serve with this tag of the serve image (default: the version's)"),
+    ] = None,
+    platform: Annotated[
+        Path | None,
+        typer.Option(help="The stack's descriptor (pulumi stack output platform --json)"),
+    ] = None,
+    state_dir: StateOpt = None,
+    stacks_dir: StacksDirOpt = Path("stacks"),
+) -> None:
+    """Serve an approved model version on an endpoint (SageMaker, Kubernetes or local)."""
+    from workloads.jobs import rollout
+
+    try:
+        descriptor = rollout.load_platform(stack, platform, state_dir)
+        kind = descriptor.endpoints[endpoint].kind if endpoint in descriptor.endpoints else ""
+        extra = {"stacks_dir": stacks_dir} if kind == "local" else {}
+        with console.status(f"deploying to {endpoint} ..."):
+            result = rollout.deploy(descriptor, endpoint, version, image_tag=image_tag, **extra)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    for message in result.messages:
+        console.print(f"- {escape(message)}", highlight=False)
+    console.print(
+        f"{endpoint} ({result.physical}): v{result.version} {result.outcome}", highlight=False
+    )
+
+
 if __name__ == "__main__":
     app()
 

@@ -15,8 +15,10 @@ alarms exist). A refusal is one `RolloutError` naming what is wrong.
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from workloads.platform import EndpointRef, NotDeclaredError, PlatformDescriptor
@@ -119,3 +121,52 @@ def deployer_for(
     module, _, name = target.partition(":")
     backend: type[Deployer] = getattr(importlib.import_module(module), name)
     return backend(descriptor, registry, **clients)
+
+
+def load_platform(
+    stack: str, platform: str | Path | None = None, state_dir: str | Path | None = None
+) -> PlatformDescriptor:
+    """The stack's descriptor: `platform` (a path, or `pulumi stack output platform --json`
+    saved), else `$MLINFRA_PLATFORM`, else the local environment's `<state>/<stack>`."""
+    from workloads.platform import DESCRIPTOR_ENV, load_descriptor
+
+    if platform is None and not os.environ.get(DESCRIPTOR_ENV):
+        from workloads.local.env import StackPaths
+
+        path = StackPaths.of(stack, state_dir).descriptor
+        if not path.is_file():
+            raise RolloutError(
+                f"no descriptor for stack {stack}: pass --platform FILE "
+                f"(pulumi stack output platform --json -s {stack} > FILE), set "
+                f"{DESCRIPTOR_ENV}, or run `mlinfra up --stack {stack}` for a local stack"
+            )
+        platform = path
+    descriptor = load_descriptor(platform)
+    if descriptor.stack != stack:
+        raise RolloutError(
+            f"the descriptor is stack {descriptor.stack!r}, not {stack!r}: pass that stack's"
+        )
+    return descriptor
+
+
+def deploy(
+    descriptor: PlatformDescriptor,
+    endpoint: str,
+    version: int | None = None,
+    *,
+    image_tag: str | None = None,
+    **clients: Any,
+) -> DeployResult:
+    """Serve `version` (default: the newest approved) of the endpoint's model group."""
+    from workloads.registry.store import registry_from_descriptor
+
+    ref = UnknownEndpointError.lookup(descriptor.endpoints, endpoint)
+    if ref.model_group not in descriptor.registry.model_groups:
+        raise RolloutError(
+            f"endpoint {endpoint!r} names model group {ref.model_group!r}, which the "
+            "descriptor does not declare"
+        )
+    registry = registry_from_descriptor(descriptor)
+    return deployer_for(descriptor, endpoint, registry, **clients).deploy(
+        endpoint, version, image_tag=image_tag
+    )

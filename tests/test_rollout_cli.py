@@ -1,0 +1,42 @@
+"""`mlinfra deploy`: one clear message for bad input, from the descriptor and the registry."""
+
+from __future__ import annotations
+
+import boto3
+from moto import mock_aws
+from typer.testing import CliRunner
+
+from tests.rollout_support import SERVE_REPO, aws_descriptor
+from workloads.cli import app
+from workloads.registry.store import registry_from_descriptor
+
+runner = CliRunner()
+
+
+def test_deploy_refuses_bad_input_with_one_message(aws_env, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLINFRA_PLATFORM", raising=False)
+    descriptor = aws_descriptor()
+    path = tmp_path / "platform.json"
+    descriptor.write(path)
+    with mock_aws():
+        boto3.client("sagemaker", region_name="us-east-1").create_model_package_group(
+            ModelPackageGroupName="team-dev-churn"
+        )
+        registry = registry_from_descriptor(descriptor)
+        registry.register("churn", "s3://a/1.tar.gz", {"auc": 0.5}, f"{SERVE_REPO}:abc")
+
+        def deploy(*args: str) -> tuple[int, str]:
+            result = runner.invoke(app, ["deploy", *args])
+            return result.exit_code, " ".join(result.output.split())
+
+        base = ["--stack", "team-dev", "--platform", str(path)]
+        code, out = deploy("churn", *base, "--version", "1")
+        assert code == 1 and "churn v1 is PendingManualApproval, not Approved" in out
+        code, out = deploy("churn", *base)
+        assert code == 1 and "model group 'churn' has no approved version to deploy" in out
+        code, out = deploy("nope", *base)
+        assert code == 1 and "endpoint 'nope' is not declared in the platform" in out
+        code, out = deploy("churn", "--stack", "other", "--platform", str(path))
+        assert code == 1 and "the descriptor is stack 'team-dev', not 'other'" in out
+        code, out = deploy("churn", "--stack", "ghost", "--state-dir", str(tmp_path / "s"))
+        assert code == 1 and "no descriptor for stack ghost: pass --platform FILE" in out
