@@ -1,4 +1,4 @@
-"""Rollout to a SageMaker endpoint, and batch scoring as a Batch Transform job, with boto3.
+"""Rollout to a SageMaker endpoint with boto3.
 
 boto3 rather than the SageMaker SDK v3: `ModelBuilder.deploy(update_endpoint=True)` raises
 in 3.27.0, and a blue/green update with auto-rollback is one UpdateEndpoint call anyway.

@@ -1,9 +1,9 @@
-"""The SageMaker rollout and batch requests, as plain dicts (no client, no calls).
+"""The SageMaker rollout requests, as plain dicts (no client, no calls).
 
 Shapes follow the SageMaker and Application Auto Scaling API references: CreateModel,
 CreateEndpointConfig, CreateEndpoint, UpdateEndpoint (DeploymentConfig with a
 BlueGreenUpdatePolicy and an AutoRollbackConfiguration on CloudWatch alarms),
-RegisterScalableTarget, PutScalingPolicy and CreateTransformJob. `sagemaker.py` sends them.
+RegisterScalableTarget and PutScalingPolicy. `sagemaker.py` sends them.
 """
 
 from __future__ import annotations
