@@ -1,19 +1,17 @@
 """`mlinfra deploy` to a Kubernetes endpoint: the official client against kmock's Kubernetes
-API emulator over real HTTP on loopback (started and stopped here). Nothing runs in the
-emulator, so the test plays the Deployment controller: between polls it writes the status a
-controller would."""
+API emulator over real HTTP on loopback (tests/kube_emulator.py starts and stops it).
+Nothing runs in the emulator, so the test plays the Deployment controller: between polls it
+writes the status a controller would."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kmock import KubernetesEmulator, Server
 from kubernetes import client
 
+from tests.kube_emulator import kube_emulator
 from tests.rollout_support import SERVE_REPO, aws_descriptor
 from workloads.jobs.rollout import RolloutError, deployer_for
 from workloads.jobs.rollout.kubernetes import KubernetesDeployer, rollout_state
@@ -23,40 +21,10 @@ NS, NAME, ANNOTATION = "team", "team-dev-ranker", "mlinfra.io/model-package"
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/team-dev-churn/{}"
 
 
-class Emulator:
-    """kmock's emulator on a loopback port, in a thread with its own event loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.stop = asyncio.Event()
-        self.url = ""
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.run(),))
-
-    async def run(self) -> None:
-        self.stop = asyncio.Event()
-        async with KubernetesEmulator() as kmock, Server(kmock) as server:
-            self.url = str(server.url).rstrip("/")
-            self.ready.set()
-            await self.stop.wait()
-
-    def __enter__(self) -> Emulator:
-        self.thread.start()
-        assert self.ready.wait(10), "the emulator did not start"
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture
 def api() -> Iterator[client.ApiClient]:
-    with Emulator() as emulator:
-        config = client.Configuration(host=emulator.url)
-        with client.ApiClient(config) as api_client:
-            yield api_client
+    with kube_emulator() as emulated:
+        yield emulated.api
 
 
 class FakeRegistry:
