@@ -1,4 +1,5 @@
-"""`mlinfra deploy`: one clear message for bad input, from the descriptor and the registry."""
+"""`mlinfra deploy` and `mlinfra batch`: one clear message for bad input, before anything
+is created."""
 
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ def test_deploy_refuses_bad_input_with_one_message(aws_env, tmp_path, monkeypatc
         registry = registry_from_descriptor(descriptor)
         registry.register("churn", "s3://a/1.tar.gz", {"auc": 0.5}, f"{SERVE_REPO}:abc")
 
-        def deploy(*args: str) -> tuple[int, str]:
-            result = runner.invoke(app, ["deploy", *args])
+        def run_cli(*args: str) -> tuple[int, str]:
+            result = runner.invoke(app, list(args))
             return result.exit_code, " ".join(result.output.split())
+
+        def deploy(*args: str) -> tuple[int, str]:
+            return run_cli("deploy", *args)
 
         base = ["--stack", "team-dev", "--platform", str(path)]
         code, out = deploy("churn", *base, "--version", "1")
@@ -40,3 +44,9 @@ def test_deploy_refuses_bad_input_with_one_message(aws_env, tmp_path, monkeypatc
         assert code == 1 and "the descriptor is stack 'team-dev', not 'other'" in out
         code, out = deploy("churn", "--stack", "ghost", "--state-dir", str(tmp_path / "s"))
         assert code == 1 and "no descriptor for stack ghost: pass --platform FILE" in out
+
+        # mlinfra batch: the same checks, before any job exists.
+        code, out = run_cli("batch", "s3://i/", "s3://o/", "-g", "nope", *base)
+        assert code == 1 and "model group 'nope' is not declared in the platform" in out
+        code, out = run_cli("batch", "s3://i/", "s3://o/", "-g", "churn", *base)
+        assert code == 1 and "model group 'churn' has no approved version" in out

@@ -600,6 +600,44 @@ def deploy(
     )
 
 
+@app.command("batch")
+def batch_command(
+    input_uri: Annotated[str, typer.Argument(help="What to score: s3:// prefix (or a local file)")],
+    output_uri: Annotated[str, typer.Argument(help="Where predictions go: s3:// prefix or a file")],
+    model_group: Annotated[
+        str, typer.Option("--model-group", "-g", help="Model group in the spec")
+    ],
+    stack: StackOpt = "local",
+    version: Annotated[
+        int | None, typer.Option(help="Model version (default: the newest approved)", min=1)
+    ] = None,
+    on: Annotated[
+        str | None, typer.Option(help="sagemaker or local (default: the stack's backend)")
+    ] = None,
+    image_tag: Annotated[str | None, typer.Option(help="Serve image tag (SageMaker)")] = None,
+    platform: Annotated[
+        Path | None,
+        typer.Option(help="The stack's descriptor (pulumi stack output platform --json)"),
+    ] = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Score a dataset with an approved model version (SageMaker Batch Transform, or here)."""
+    from workloads.jobs import rollout
+    from workloads.jobs.batch import batch
+
+    try:
+        descriptor = rollout.load_platform(stack, platform, state_dir)
+        with console.status(f"scoring {input_uri} ..."):
+            result = batch(
+                descriptor, model_group, input_uri, output_uri, version, on=on, image_tag=image_tag
+            )
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    for message in result.messages:
+        console.print(f"- {escape(message)}", highlight=False)
+    console.print(f"{model_group} v{result.version}: {result.output_uri}", highlight=False)
+
+
 if __name__ == "__main__":
     app()
 

@@ -42,6 +42,29 @@ class DeployResult:
     messages: list[str] = field(default_factory=list)
 
 
+def approved_version(registry: Any, group: str, version: int | None) -> ModelVersion:
+    """The version to serve: the one asked for, which must be Approved, or the newest
+    approved one. An undeclared group raises the registry's UnknownGroupError."""
+    if version is None:
+        latest = registry.latest_approved(group)
+        if latest is None:
+            raise RolloutError(
+                f"model group {group!r} has no approved version to deploy; approve one "
+                f"(mlinfra approve {group} N) or pass --version"
+            )
+        return latest
+    try:
+        chosen = registry.get(group, version)
+    except RegistryError as exc:
+        raise RolloutError(str(exc)) from None
+    if chosen.status != "Approved":
+        raise RolloutError(
+            f"{group} v{version} is {chosen.status}, not Approved: only approved versions "
+            f"are served (mlinfra approve {group} {version} after review)"
+        )
+    return chosen
+
+
 class Deployer(ABC):
     """One backend. `deploy` is written once here; backends implement `_check` and `_roll`."""
 
@@ -66,27 +89,7 @@ class Deployer(ABC):
         return self._roll(plan)
 
     def approved_version(self, ref: EndpointRef, version: int | None) -> ModelVersion:
-        """The version to serve: the one asked for, which must be Approved, or the newest
-        approved one."""
-        group = ref.model_group
-        if version is None:
-            latest = self.registry.latest_approved(group)
-            if latest is None:
-                raise RolloutError(
-                    f"model group {group!r} has no approved version to deploy; approve one "
-                    f"(mlinfra approve {group} N) or pass --version"
-                )
-            return latest
-        try:
-            chosen = self.registry.get(group, version)
-        except RegistryError as exc:
-            raise RolloutError(str(exc)) from None
-        if chosen.status != "Approved":
-            raise RolloutError(
-                f"{group} v{version} is {chosen.status}, not Approved: only approved versions "
-                f"are served (mlinfra approve {group} {version} after review)"
-            )
-        return chosen
+        return approved_version(self.registry, ref.model_group, version)
 
     @abstractmethod
     def _prepare(

@@ -1,9 +1,9 @@
-"""The SageMaker rollout requests, as plain dicts (no client, no calls).
+"""The SageMaker rollout and batch requests, as plain dicts (no client, no calls).
 
 Shapes follow the SageMaker and Application Auto Scaling API references: CreateModel,
 CreateEndpointConfig, CreateEndpoint, UpdateEndpoint (DeploymentConfig with a
 BlueGreenUpdatePolicy and an AutoRollbackConfiguration on CloudWatch alarms),
-RegisterScalableTarget and PutScalingPolicy. `sagemaker.py` sends them.
+RegisterScalableTarget, PutScalingPolicy and CreateTransformJob. `sagemaker.py` sends them.
 """
 
 from __future__ import annotations
@@ -255,3 +255,43 @@ def scaling_policy_request(target: Target) -> dict[str, Any]:
             "ScaleOutCooldown": target.scale_out_cooldown_s,
         },
     }
+
+
+def transform_job_request(
+    *,
+    name: str,
+    model_name: str,
+    input_uri: str,
+    output_uri: str,
+    instance_type: str,
+    instance_count: int,
+    kms_key_arn: str | None,
+    content_type: str = "text/csv",
+    tags: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Batch Transform job over every object under `input_uri`, one record per line.
+
+    Concurrency, batch strategy and payload size are left out: SageMaker asks the serving
+    container's `GET /execution-parameters` for them.
+    """
+    request: dict[str, Any] = {
+        "TransformJobName": name,
+        "ModelName": model_name,
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
+            "ContentType": content_type,
+            "SplitType": "Line",
+            "CompressionType": "None",
+        },
+        "TransformOutput": {
+            "S3OutputPath": output_uri,
+            "Accept": "application/json",
+            "AssembleWith": "Line",
+        },
+        "TransformResources": {"InstanceType": instance_type, "InstanceCount": instance_count},
+        "Tags": tag_list(tags or {}),
+    }
+    if kms_key_arn:
+        request["TransformOutput"]["KmsKeyId"] = kms_key_arn
+        request["TransformResources"]["VolumeKmsKeyId"] = kms_key_arn
+    return request
