@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import boto3
+import pandas as pd
 import pytest
 from moto import mock_aws
 
@@ -112,3 +113,33 @@ def test_an_unknown_group_and_a_stack_without_a_job_role_are_refused(aws):
         batch(descriptor(), "nope", "s3://i/", "s3://o/", registry=registry, session=session)
     with pytest.raises(BatchJobError, match="no training section"):
         run(aws, "s3://i/", "s3://o/", platform=descriptor(training=False))
+
+
+def test_local_batch_scores_the_approved_versions_artifact(tmp_path):
+    from tests.serve_support import make_frame, train_model
+    from workloads.registry.store import LocalModelRegistry
+
+    model_dir = train_model(tmp_path, make_frame(200), "label")
+    local = aws_descriptor().model_dump()
+    local |= {
+        "backend": "local",
+        "endpoints": {},
+        "cluster": None,
+        "local": {
+            "root": str(tmp_path / "state"),
+            "online_store": str(tmp_path / "online.db"),
+            "registry": str(tmp_path / "registry"),
+        },
+    }
+    platform = PlatformDescriptor.model_validate(local)
+    registry = LocalModelRegistry(tmp_path / "registry", platform.registry.model_groups)
+    version = registry.register("churn", model_dir.as_uri(), {"auc": 0.9})
+    frame = make_frame(40, seed=5).drop(columns=["label"])
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(RolloutError, match="has no approved version"):
+        batch(platform, "churn", str(tmp_path / "in.csv"), str(tmp_path / "out.parquet"))
+    registry.approve("churn", version.version)
+    result = batch(platform, "churn", str(tmp_path / "in.csv"), str(tmp_path / "out.parquet"))
+    scored = pd.read_parquet(tmp_path / "out.parquet")
+    assert len(scored) == 40 and "prediction" in scored.columns
+    assert result.version == 1
