@@ -33,6 +33,11 @@ class FakeRegistry:
     def __init__(self, statuses: dict[int, str]):
         self.statuses = statuses
 
+    def ref(self, group: str) -> object:
+        from workloads.registry.store import UnknownGroupError
+
+        return UnknownGroupError.lookup({"churn": object()}, group)
+
     def get(self, group: str, version: int) -> ModelVersion:
         from workloads.registry.store import RegistryError
 

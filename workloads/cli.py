@@ -612,7 +612,8 @@ def batch_command(
         int | None, typer.Option(help="Model version (default: the newest approved)", min=1)
     ] = None,
     on: Annotated[
-        str | None, typer.Option(help="sagemaker or local (default: the stack's backend)")
+        str | None,
+        typer.Option(help="sagemaker, kubernetes or local (default: the stack's backend)"),
     ] = None,
     image_tag: Annotated[str | None, typer.Option(help="Serve image tag (SageMaker)")] = None,
     platform: Annotated[

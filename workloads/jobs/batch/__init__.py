@@ -1,7 +1,8 @@
 """Batch scoring on the platform (`mlinfra batch`): an approved model version over a dataset.
 
 One interface, one backend per place it runs, side by side: `sagemaker.py` (a SageMaker
-Batch Transform job) and `local.py` (the `batch` entrypoint in this process). The version is
+Batch Transform job), `kubernetes.py` (a Job on the team's cluster running `batch`) and
+`local.py` (the `batch` entrypoint in this process). The version is
 checked as a rollout checks it (declared group, Approved) before anything is created.
 """
 
@@ -62,6 +63,7 @@ class BatchBackend(ABC):
 
 BACKENDS: dict[str, str] = {
     "sagemaker": "workloads.jobs.batch.sagemaker:TransformBackend",
+    "kubernetes": "workloads.jobs.batch.kubernetes:KubernetesBatch",
     "local": "workloads.jobs.batch.local:LocalBatch",
 }
 DEFAULT_BACKEND = {"aws": "sagemaker", "local": "local"}
