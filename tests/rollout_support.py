@@ -1,15 +1,18 @@
-"""An AWS platform descriptor for the rollout and batch tests."""
+"""An AWS platform descriptor and stand-ins (registry answers, ECR) for the rollout and batch
+tests."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from workloads.platform import PlatformDescriptor
+from workloads.registry.store import ModelVersion, RegistryError, UnknownGroupError
 
 ACCOUNT = "123456789012"
 SERVE_REPO = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/team-dev-serve"
 KEY = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/team"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/team-dev-endpoints"
+ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/team-dev-churn/{}"
 ALARMS = ["team-dev-churn-5xx-errors", "team-dev-churn-model-latency"]
 
 
@@ -104,3 +107,46 @@ def aws_descriptor(endpoints: dict[str, dict[str, Any]] | None = None) -> Platfo
             },
         }
     )
+
+
+class FakeRegistry:
+    """The registry's answers (the SageMaker registry is tested with moto elsewhere)."""
+
+    def __init__(self, statuses: dict[int, str]):
+        self.statuses = statuses
+
+    def ref(self, group: str) -> object:
+        return UnknownGroupError.lookup({"churn": object()}, group)
+
+    def get(self, group: str, version: int) -> ModelVersion:
+        if version not in self.statuses:
+            raise RegistryError(f"model group {group!r} has no version {version}")
+        return ModelVersion(
+            group=group, version=version, status=self.statuses[version],
+            model_uri=f"s3://a/{version}", image=f"{SERVE_REPO}:abc", metrics={},
+            created_at="2026-11-30T00:00:00Z", arn=ARN.format(version), description="",
+        )  # fmt: skip
+
+    def latest_approved(self, group: str) -> ModelVersion | None:
+        approved = [v for v, s in self.statuses.items() if s == "Approved"]
+        return self.get(group, max(approved)) if approved else None
+
+
+class FakeEcr:
+    """describe_images as ECR answers it: the tags it holds, ImageNotFound otherwise."""
+
+    class exceptions:  # noqa: N801 - boto3's spelling
+        class ImageNotFoundException(Exception):
+            pass
+
+        class RepositoryNotFoundException(Exception):
+            pass
+
+    def __init__(self, tags: set[str]):
+        self.tags = tags
+
+    def describe_images(self, **request: Any) -> dict:
+        tag = request["imageIds"][0]["imageTag"]
+        if tag not in self.tags:
+            raise self.exceptions.ImageNotFoundException(tag)
+        return {"imageDetails": [{"imageTags": [tag]}]}

@@ -15,8 +15,7 @@ from kubernetes import client
 from moto import mock_aws
 
 from tests.kube_emulator import kube_emulator
-from tests.rollout_support import SERVE_REPO, aws_descriptor
-from tests.test_rollout_kubernetes import ARN, FakeRegistry
+from tests.rollout_support import ARN, SERVE_REPO, FakeEcr, FakeRegistry, aws_descriptor
 from workloads.jobs.batch import BatchJobError, batch
 from workloads.jobs.batch.kubernetes import job_state
 from workloads.jobs.batch.pod import fetch_model, upload
@@ -24,26 +23,6 @@ from workloads.jobs.rollout import RolloutError
 
 STAMP = "20261130100000"
 NAME = f"batch-churn-v1-{STAMP}"
-
-
-class FakeEcr:
-    """describe_images as ECR answers it: the tags it holds, ImageNotFound otherwise."""
-
-    class exceptions:  # noqa: N801 - boto3's spelling
-        class ImageNotFoundException(Exception):
-            pass
-
-        class RepositoryNotFoundException(Exception):
-            pass
-
-    def __init__(self, tags: set[str]):
-        self.tags = tags
-
-    def describe_images(self, **request: Any) -> dict:
-        tag = request["imageIds"][0]["imageTag"]
-        if tag not in self.tags:
-            raise self.exceptions.ImageNotFoundException(tag)
-        return {"imageDetails": [{"imageTags": [tag]}]}
 
 
 @pytest.fixture

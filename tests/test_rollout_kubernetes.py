@@ -12,46 +12,17 @@ import pytest
 from kubernetes import client
 
 from tests.kube_emulator import kube_emulator
-from tests.rollout_support import SERVE_REPO, aws_descriptor
+from tests.rollout_support import ARN, SERVE_REPO, FakeEcr, FakeRegistry, aws_descriptor
 from workloads.jobs.rollout import RolloutError, deployer_for
 from workloads.jobs.rollout.kubernetes import KubernetesDeployer, rollout_state
-from workloads.registry.store import ModelVersion
 
 NS, NAME, ANNOTATION = "team", "team-dev-ranker", "mlinfra.io/model-package"
-ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/team-dev-churn/{}"
 
 
 @pytest.fixture
 def api() -> Iterator[client.ApiClient]:
     with kube_emulator() as emulated:
         yield emulated.api
-
-
-class FakeRegistry:
-    """The registry's answers (the SageMaker registry is tested with moto elsewhere)."""
-
-    def __init__(self, statuses: dict[int, str]):
-        self.statuses = statuses
-
-    def ref(self, group: str) -> object:
-        from workloads.registry.store import UnknownGroupError
-
-        return UnknownGroupError.lookup({"churn": object()}, group)
-
-    def get(self, group: str, version: int) -> ModelVersion:
-        from workloads.registry.store import RegistryError
-
-        if version not in self.statuses:
-            raise RegistryError(f"model group {group!r} has no version {version}")
-        return ModelVersion(
-            group=group, version=version, status=self.statuses[version],
-            model_uri=f"s3://a/{version}", image=f"{SERVE_REPO}:abc", metrics={},
-            created_at="2026-11-30T00:00:00Z", arn=ARN.format(version), description="",
-        )  # fmt: skip
-
-    def latest_approved(self, group: str) -> ModelVersion | None:
-        approved = [v for v, s in self.statuses.items() if s == "Approved"]
-        return self.get(group, max(approved)) if approved else None
 
 
 def create_deployment(api: client.ApiClient, replicas: int, annotation: str = "") -> None:
@@ -167,3 +138,22 @@ def test_rollout_state_reads_the_deployment_as_kubectl_does():
     )
     status["replicas"] = 2
     assert rollout_state({**base, "status": status}) == ("done", "2 pods ready")
+
+
+def test_an_image_tag_is_checked_in_ecr_then_set_on_every_container(api):
+    create_deployment(api, replicas=1, annotation=ARN.format(1))
+    registry = FakeRegistry({1: "Approved", 2: "Approved"})
+
+    def never(_seconds: float) -> None:
+        raise AssertionError("nothing should be waited for")
+
+    refused = deployer(api, registry, never, ecr=FakeEcr({"abc", "def456"}))
+    with pytest.raises(RolloutError, match="team-dev-serve:nope does not exist"):
+        refused.deploy("ranker", 2, image_tag="nope")
+    assert template(api)["spec"]["template"]["metadata"]["annotations"][ANNOTATION] == ARN.format(1)
+
+    ready = deployer(api, registry, controller(api, ready=True), ecr=FakeEcr({"def456"}))
+    ready.deploy("ranker", 2, image_tag="def456")
+    pod = template(api)["spec"]["template"]["spec"]
+    images = {c["name"]: c["image"] for c in pod["initContainers"] + pod["containers"]}
+    assert images == {"fetch-model": f"{SERVE_REPO}:def456", "serve": f"{SERVE_REPO}:def456"}
