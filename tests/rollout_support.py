@@ -3,6 +3,7 @@ tests."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from workloads.platform import PlatformDescriptor
@@ -150,3 +151,15 @@ class FakeEcr:
         if tag not in self.tags:
             raise self.exceptions.ImageNotFoundException(tag)
         return {"imageDetails": [{"imageTags": [tag]}]}
+
+
+def push_image(ecr: Any, repository: str, tag: str) -> None:
+    """A repository holding one tagged image (moto's ECR)."""
+    ecr.create_repository(repositoryName=repository)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"digest": "sha256:" + "a" * 64, "size": 1, "mediaType": "x"},
+        "layers": [],
+    }
+    ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)

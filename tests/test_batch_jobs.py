@@ -3,14 +3,12 @@ the Model and the job as requested), and one message for bad input, with nothing
 
 from __future__ import annotations
 
-import json
-
 import boto3
 import pandas as pd
 import pytest
 from moto import mock_aws
 
-from tests.rollout_support import KEY, SERVE_REPO, aws_descriptor
+from tests.rollout_support import KEY, SERVE_REPO, aws_descriptor, push_image
 from workloads.jobs.batch import BatchJobError, batch
 from workloads.jobs.rollout import RolloutError
 from workloads.platform import PlatformDescriptor
@@ -43,17 +41,7 @@ def aws(aws_env):
         image = f"{SERVE_REPO}:abc123"
         registry.approve("churn", registry.register("churn", "s3://a/1.tar.gz", {}, image).version)
         registry.register("churn", "s3://a/2.tar.gz", {}, image)
-        ecr = session.client("ecr")
-        ecr.create_repository(repositoryName="team-dev-serve")
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {"digest": "sha256:" + "b" * 64, "size": 1, "mediaType": "x"},
-            "layers": [],
-        }
-        ecr.put_image(
-            repositoryName="team-dev-serve", imageManifest=json.dumps(manifest), imageTag="abc123"
-        )
+        push_image(session.client("ecr"), "team-dev-serve", "abc123")
         yield session, registry
 
 

@@ -4,14 +4,20 @@ request's shape is asserted: blue/green with the alarms, KMS, VPC, data capture.
 
 from __future__ import annotations
 
-import json
-
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from tests.rollout_support import ALARMS, KEY, ROLE, SERVE_REPO, aws_descriptor, sagemaker_ref
+from tests.rollout_support import (
+    ALARMS,
+    KEY,
+    ROLE,
+    SERVE_REPO,
+    aws_descriptor,
+    push_image,
+    sagemaker_ref,
+)
 from workloads.jobs.rollout import RolloutError, UnknownEndpointError, deployer_for
 from workloads.jobs.rollout.sagemaker import SageMakerDeployer
 from workloads.registry.store import SageMakerModelRegistry
@@ -37,17 +43,7 @@ def aws(aws_env):
         registry.register(
             "churn", "s3://team-dev-artifacts/m/2.tar.gz", {"auc": 0.7}, f"{SERVE_REPO}:abc123"
         )
-        ecr = session.client("ecr")
-        ecr.create_repository(repositoryName="team-dev-serve")
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {"digest": "sha256:" + "a" * 64, "size": 1, "mediaType": "x"},
-            "layers": [],
-        }
-        ecr.put_image(
-            repositoryName="team-dev-serve", imageManifest=json.dumps(manifest), imageTag="abc123"
-        )
+        push_image(session.client("ecr"), "team-dev-serve", "abc123")
         cloudwatch = session.client("cloudwatch")
         for name, metric in zip(ALARMS, ("Invocation5XXErrors", "ModelLatency"), strict=True):
             cloudwatch.put_metric_alarm(

@@ -15,6 +15,7 @@ from typing import Any
 
 from workloads.jobs.batch import BatchBackend, BatchJobError, BatchResult
 from workloads.jobs.batch.kubernetes_manifest import render_batch_job
+from workloads.jobs.rollout.clients import aws_clients, kube_api_client
 from workloads.jobs.rollout.images import check_image, image_with_tag
 from workloads.platform import PlatformDescriptor
 from workloads.registry.store import ModelVersion
@@ -63,20 +64,11 @@ class KubernetesBatch(BatchBackend):
         stamp: Callable[[], str] = lambda: time.strftime("%Y%m%d%H%M%S"),
     ):
         super().__init__(descriptor, registry)
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if api_client is None:  # the kubeconfig `aws eks update-kubeconfig` writes
-            config.load_kube_config()
-            api_client = client.ApiClient()
-        self.api_client = api_client
-        self.jobs = client.BatchV1Api(api_client)
-        if ecr is None:
-            import boto3
-
-            ecr = (session or boto3.Session(region_name=descriptor.region)).client(
-                "ecr", region_name=descriptor.region
-            )
-        self.ecr = ecr
+        self.api_client = kube_api_client(api_client)
+        self.jobs = client.BatchV1Api(self.api_client)
+        self.ecr = aws_clients(descriptor, session, ecr=ecr)["ecr"]
         self.poll_s, self.timeout_s, self.sleep, self.stamp = poll_s, timeout_s, sleep, stamp
 
     def _prepare(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workloads.jobs.batch import BatchBackend, BatchJobError, BatchResult
+from workloads.jobs.rollout.clients import aws_clients
 from workloads.jobs.rollout.images import check_image, image_with_tag
 from workloads.jobs.rollout.sagemaker_request import (
     Target,
@@ -60,13 +61,8 @@ class TransformBackend(BatchBackend):
         stamp: Callable[[], str] = lambda: time.strftime("%Y%m%d%H%M%S"),
     ):
         super().__init__(descriptor, registry)
-        if session is None and None in (sagemaker, ecr):
-            import boto3
-
-            session = boto3.Session(region_name=descriptor.region)
-        region = descriptor.region
-        self.sagemaker = sagemaker or session.client("sagemaker", region_name=region)
-        self.ecr = ecr or session.client("ecr", region_name=region)
+        clients = aws_clients(descriptor, session, sagemaker=sagemaker, ecr=ecr)
+        self.sagemaker, self.ecr = clients["sagemaker"], clients["ecr"]
         self.instance_type, self.instance_count = instance_type, instance_count
         self.poll_s, self.timeout_s, self.sleep, self.stamp = poll_s, timeout_s, sleep, stamp
 

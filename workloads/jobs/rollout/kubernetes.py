@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workloads.jobs.rollout import Deployer, DeployResult, RolloutError
+from workloads.jobs.rollout.clients import aws_clients, kube_api_client
 from workloads.jobs.rollout.images import check_image, image_with_tag
 from workloads.platform import EndpointRef, KubernetesEndpointRef, PlatformDescriptor
 from workloads.registry.store import ModelVersion
@@ -74,20 +75,11 @@ class KubernetesDeployer(Deployer):
         sleep: Callable[[float], None] = time.sleep,
     ):
         super().__init__(descriptor, registry)
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if api_client is None:  # the kubeconfig `aws eks update-kubeconfig` writes
-            config.load_kube_config()
-            api_client = client.ApiClient()
-        self.apps = client.AppsV1Api(api_client)
+        self.apps = client.AppsV1Api(kube_api_client(api_client))
         self.api_exception = client.ApiException
-        if ecr is None:
-            import boto3
-
-            ecr = (session or boto3.Session(region_name=descriptor.region)).client(
-                "ecr", region_name=descriptor.region
-            )
-        self.ecr = ecr
+        self.ecr = aws_clients(descriptor, session, ecr=ecr)["ecr"]
         self.poll_s, self.timeout_s, self.sleep = poll_s, timeout_s, sleep
 
     def read(self, ref: KubernetesEndpointRef) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workloads.jobs.rollout import Deployer, DeployResult, RolloutError
+from workloads.jobs.rollout.clients import aws_clients
 from workloads.jobs.rollout.images import check_image, image_with_tag
 from workloads.jobs.rollout.sagemaker_request import (
     Target,
@@ -69,18 +70,12 @@ class SageMakerDeployer(Deployer):
         stamp: Callable[[], str] = lambda: time.strftime("%Y%m%d%H%M%S"),
     ):
         super().__init__(descriptor, registry)
-        if session is None and None in (sagemaker, autoscaling, ecr, cloudwatch):
-            import boto3
-
-            session = boto3.Session(region_name=descriptor.region)
-
-        def client(given: Any, name: str) -> Any:
-            return given or session.client(name, region_name=descriptor.region)
-
-        self.sagemaker = client(sagemaker, "sagemaker")
-        self.autoscaling = client(autoscaling, "application-autoscaling")
-        self.ecr = client(ecr, "ecr")
-        self.cloudwatch = client(cloudwatch, "cloudwatch")
+        clients = aws_clients(
+            descriptor, session, sagemaker=sagemaker, autoscaling=autoscaling, ecr=ecr,
+            cloudwatch=cloudwatch,
+        )  # fmt: skip
+        self.sagemaker, self.autoscaling = clients["sagemaker"], clients["autoscaling"]
+        self.ecr, self.cloudwatch = clients["ecr"], clients["cloudwatch"]
         self.poll_s, self.timeout_s, self.sleep, self.stamp = poll_s, timeout_s, sleep, stamp
 
     # --- checks -----------------------------------------------------------------------------
