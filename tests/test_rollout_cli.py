@@ -41,9 +41,9 @@ def test_deploy_refuses_bad_input_with_one_message(aws_env, tmp_path, monkeypatc
         code, out = deploy("nope", *base)
         assert code == 1 and "endpoint 'nope' is not declared in the platform" in out
         code, out = deploy("churn", "--stack", "other", "--platform", str(path))
-        assert code == 1 and "the descriptor is stack 'team-dev', not 'other'" in out
+        assert code == 1 and "the platform descriptor is stack 'team-dev', not 'other'" in out
         code, out = deploy("churn", "--stack", "ghost", "--state-dir", str(tmp_path / "s"))
-        assert code == 1 and "no descriptor for stack ghost: pass --platform FILE" in out
+        assert code == 1 and "no platform descriptor for stack 'ghost'" in out
 
         # mlinfra batch: the same checks, before any job exists.
         code, out = run_cli("batch", "s3://i/", "s3://o/", "-g", "nope", *base)

@@ -584,9 +584,10 @@ def deploy(
 ) -> None:
     """Serve an approved model version on an endpoint (SageMaker, Kubernetes or local)."""
     from workloads.jobs import rollout
+    from workloads.jobs.run import stack_descriptor
 
     try:
-        descriptor = rollout.load_platform(stack, platform, state_dir)
+        descriptor = stack_descriptor(stack, state_dir, platform)
         kind = descriptor.endpoints[endpoint].kind if endpoint in descriptor.endpoints else ""
         extra = {"stacks_dir": stacks_dir} if kind == "local" else {}
         with console.status(f"deploying to {endpoint} ..."):
@@ -623,11 +624,11 @@ def batch_command(
     state_dir: StateOpt = None,
 ) -> None:
     """Score a dataset with an approved model version (SageMaker Batch Transform, or here)."""
-    from workloads.jobs import rollout
     from workloads.jobs.batch import batch
+    from workloads.jobs.run import stack_descriptor
 
     try:
-        descriptor = rollout.load_platform(stack, platform, state_dir)
+        descriptor = stack_descriptor(stack, state_dir, platform)
         with console.status(f"scoring {input_uri} ..."):
             result = batch(
                 descriptor, model_group, input_uri, output_uri, version, on=on, image_tag=image_tag

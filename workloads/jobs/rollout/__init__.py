@@ -15,10 +15,8 @@ alarms exist). A refusal is one `RolloutError` naming what is wrong.
 from __future__ import annotations
 
 import importlib
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from workloads.platform import EndpointRef, NotDeclaredError, PlatformDescriptor
@@ -124,32 +122,6 @@ def deployer_for(
     module, _, name = target.partition(":")
     backend: type[Deployer] = getattr(importlib.import_module(module), name)
     return backend(descriptor, registry, **clients)
-
-
-def load_platform(
-    stack: str, platform: str | Path | None = None, state_dir: str | Path | None = None
-) -> PlatformDescriptor:
-    """The stack's descriptor: `platform` (a path, or `pulumi stack output platform --json`
-    saved), else `$MLINFRA_PLATFORM`, else the local environment's `<state>/<stack>`."""
-    from workloads.platform import DESCRIPTOR_ENV, load_descriptor
-
-    if platform is None and not os.environ.get(DESCRIPTOR_ENV):
-        from workloads.local.env import StackPaths
-
-        path = StackPaths.of(stack, state_dir).descriptor
-        if not path.is_file():
-            raise RolloutError(
-                f"no descriptor for stack {stack}: pass --platform FILE "
-                f"(pulumi stack output platform --json -s {stack} > FILE), set "
-                f"{DESCRIPTOR_ENV}, or run `mlinfra up --stack {stack}` for a local stack"
-            )
-        platform = path
-    descriptor = load_descriptor(platform)
-    if descriptor.stack != stack:
-        raise RolloutError(
-            f"the descriptor is stack {descriptor.stack!r}, not {stack!r}: pass that stack's"
-        )
-    return descriptor
 
 
 def deploy(
