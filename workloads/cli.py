@@ -633,6 +633,82 @@ def tune(
         console.print(f"- {escape(message)}", highlight=False)
 
 
+@app.command()
+def deploy(
+    endpoint: Annotated[str, typer.Argument(help="Endpoint name in the stack's spec")],
+    stack: StackOpt = "local",
+    version: Annotated[
+        int | None, typer.Option(help="Model version (default: the newest approved)", min=1)
+    ] = None,
+    image_tag: Annotated[
+        str | None,
+        typer.Option(help="Serve with this tag of the serve image (default: the version's)"),
+    ] = None,
+    platform: Annotated[
+        Path | None,
+        typer.Option(help="The stack's descriptor (pulumi stack output platform --json)"),
+    ] = None,
+    state_dir: StateOpt = None,
+    stacks_dir: StacksDirOpt = Path("stacks"),
+) -> None:
+    """Serve an approved model version on an endpoint (SageMaker, Kubernetes or local)."""
+    from workloads.jobs import rollout
+    from workloads.jobs.run import stack_descriptor
+
+    try:
+        descriptor = stack_descriptor(stack, state_dir, platform)
+        kind = descriptor.endpoints[endpoint].kind if endpoint in descriptor.endpoints else ""
+        extra = {"stacks_dir": stacks_dir} if kind == "local" else {}
+        with console.status(f"deploying to {endpoint} ..."):
+            result = rollout.deploy(descriptor, endpoint, version, image_tag=image_tag, **extra)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    for message in result.messages:
+        console.print(f"- {escape(message)}", highlight=False)
+    console.print(
+        f"{endpoint} ({result.physical}): v{result.version} {result.outcome}", highlight=False
+    )
+
+
+@app.command("batch")
+def batch_command(
+    input_uri: Annotated[str, typer.Argument(help="What to score: s3:// prefix (or a local file)")],
+    output_uri: Annotated[str, typer.Argument(help="Where predictions go: s3:// prefix or a file")],
+    model_group: Annotated[
+        str, typer.Option("--model-group", "-g", help="Model group in the spec")
+    ],
+    stack: StackOpt = "local",
+    version: Annotated[
+        int | None, typer.Option(help="Model version (default: the newest approved)", min=1)
+    ] = None,
+    on: Annotated[
+        str | None,
+        typer.Option(help="sagemaker, kubernetes or local (default: the stack's backend)"),
+    ] = None,
+    image_tag: Annotated[str | None, typer.Option(help="Serve image tag (SageMaker)")] = None,
+    platform: Annotated[
+        Path | None,
+        typer.Option(help="The stack's descriptor (pulumi stack output platform --json)"),
+    ] = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Score a dataset with an approved model version (SageMaker Batch Transform, or here)."""
+    from workloads.jobs.batch import batch
+    from workloads.jobs.run import stack_descriptor
+
+    try:
+        descriptor = stack_descriptor(stack, state_dir, platform)
+        with console.status(f"scoring {input_uri} ..."):
+            result = batch(
+                descriptor, model_group, input_uri, output_uri, version, on=on, image_tag=image_tag
+            )
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    for message in result.messages:
+        console.print(f"- {escape(message)}", highlight=False)
+    console.print(f"{model_group} v{result.version}: {result.output_uri}", highlight=False)
+
+
 if __name__ == "__main__":
     app()
 

@@ -6,6 +6,8 @@ Two backends behind one interface, picked from the platform descriptor:
   BatchGetRecord for the online store (SageMaker replicates each put to the offline store),
   and the offline store read from its S3 parquet layout
   (`<offline_uri>/<account>/sagemaker/<region>/offline-store/<group>-<ts>/data/.../*.parquet`).
+  Training sets are built by Athena over the offline store's Glue tables
+  (`workloads.features.athena`), written to the artifacts bucket as a training channel.
 - `LocalFeatureStore`: the offline store is parquet files under the group's `file://` folder,
   each written atomically (temp file + rename, so readers never see a partial file); the
   online store is a SQLite database keeping the latest record per id by event time, safe for
@@ -40,6 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workloads.features.athena import AthenaTrainingSets, TrainingSet
 from workloads.features.pit import point_in_time_join, to_utc
 from workloads.platform import FeatureGroupRef, NotDeclaredError, PlatformDescriptor
 from workloads.storage import SqliteDatabase, atomic_path
@@ -280,6 +283,28 @@ class _Groups:
         identifier). Feature columns join with their plain names; a name that two groups, or
         a group and the labels, share is an error.
         """
+        refs, entities = self._plan_training_set(labels, groups, entity_column, time_column)
+        out = labels
+        for group, ref in refs.items():
+            entity = entities[group]
+            features = self.read_offline(group).rename(columns={ref.record_identifier: entity})
+            out = point_in_time_join(
+                out,
+                features,
+                entity_column=entity,
+                label_time_column=time_column,
+                feature_time_column=ref.event_time,
+            )
+        return out
+
+    def _plan_training_set(
+        self,
+        labels: pd.DataFrame,
+        groups: list[str],
+        entity_column: str | None,
+        time_column: str,
+    ) -> tuple[dict[str, FeatureGroupRef], dict[str, str]]:
+        """Check a training set request; return each group's ref and its labels' entity column."""
         if not isinstance(labels, pd.DataFrame):
             raise ValueError(f"labels: expected a pandas DataFrame, got {type(labels).__name__}")
         if not groups:
@@ -304,18 +329,7 @@ class _Groups:
                         f"{owners[name]}"
                     )
                 owners[name] = f"group {group!r}"
-        out = labels
-        for group, ref in refs.items():
-            entity = entity_column or ref.record_identifier
-            features = self.read_offline(group).rename(columns={ref.record_identifier: entity})
-            out = point_in_time_join(
-                out,
-                features,
-                entity_column=entity,
-                label_time_column=time_column,
-                feature_time_column=ref.event_time,
-            )
-        return out
+        return refs, {g: entity_column or ref.record_identifier for g, ref in refs.items()}
 
 
 # --- local ----------------------------------------------------------------------------------
@@ -465,12 +479,56 @@ class SageMakerFeatureStore(_Groups):
         s3: Any,
         max_workers: int = 8,
         page_size: int = 1000,
+        training_sets: AthenaTrainingSets | None = None,
     ):
         super().__init__(groups)
         self.runtime = runtime
         self.s3 = s3
         self.max_workers = max_workers
         self.page_size = page_size
+        self.training_sets = training_sets
+
+    def training_set_uri(
+        self,
+        labels: pd.DataFrame,
+        groups: list[str],
+        *,
+        entity_column: str | None = None,
+        time_column: str = "event_time",
+        name: str | None = None,
+    ) -> TrainingSet:
+        """Build the training set with Athena, where the offline store lives.
+
+        The result's `uri` (`s3://<artifacts>/training-sets/<name>/data/`) holds only its
+        Parquet files: pass it as a training channel as it is.
+        """
+        if self.training_sets is None:
+            raise ValueError(
+                "this SageMaker feature store has no Athena configuration (training_sets=); "
+                "build it with feature_store_from_descriptor"
+            )
+        refs, entities = self._plan_training_set(labels, groups, entity_column, time_column)
+        return self.training_sets.build(labels, refs, entities, time_column, name)
+
+    def training_set(
+        self,
+        labels: pd.DataFrame,
+        groups: list[str],
+        *,
+        entity_column: str | None = None,
+        time_column: str = "event_time",
+    ) -> pd.DataFrame:
+        """The training set as a DataFrame: built by Athena and read back when the store has
+        an Athena configuration (as from the factory), else joined here from the offline
+        files (small stores)."""
+        if self.training_sets is None:
+            return super().training_set(
+                labels, groups, entity_column=entity_column, time_column=time_column
+            )
+        built = self.training_set_uri(
+            labels, groups, entity_column=entity_column, time_column=time_column
+        )
+        return self.training_sets.read(built)
 
     def _record(self, ref: FeatureGroupRef, row: Mapping[str, Any]) -> list[dict[str, str]]:
         record = []
@@ -626,8 +684,17 @@ def feature_store_from_descriptor(
     import boto3
 
     session = session or boto3.Session(region_name=descriptor.region)
+    region = descriptor.region
+    s3 = session.client("s3", region_name=region)
     return SageMakerFeatureStore(
         groups,
-        runtime=session.client("sagemaker-featurestore-runtime", region_name=descriptor.region),
-        s3=session.client("s3", region_name=descriptor.region),
+        runtime=session.client("sagemaker-featurestore-runtime", region_name=region),
+        s3=s3,
+        training_sets=AthenaTrainingSets(
+            athena=session.client("athena", region_name=region),
+            glue=session.client("glue", region_name=region),
+            s3=s3,
+            sagemaker=session.client("sagemaker", region_name=region),
+            artifacts=descriptor.buckets.artifacts,
+        ),
     )
