@@ -87,6 +87,7 @@ def test_image_beats_pixel_logistic_regression_on_shifted_digits(tmp_path):
         tmp_path, images, labels, list(range(10)), "flip=false", "width=8", "stages=2",
         "epochs=12", "patience=4", "batch_size=32",
     )  # fmt: skip
+    print(f"quality: CNN {ours:.3f} vs logistic regression {linear:.3f}")
     assert ours >= linear + MARGIN, f"CNN {ours:.3f} vs logistic regression {linear:.3f}"
 
 
@@ -96,6 +97,7 @@ def test_image_beats_pixel_logistic_regression_on_defects(tmp_path):
         tmp_path, images, labels, list(CLASSES), "width=8", "stages=2",
         "epochs=15", "patience=4", "batch_size=32",
     )  # fmt: skip
+    print(f"quality: CNN {ours:.3f} vs logistic regression {linear:.3f}")
     assert ours >= linear + MARGIN, f"CNN {ours:.3f} vs logistic regression {linear:.3f}"
 
 
@@ -120,5 +122,6 @@ def test_text_matches_tfidf_logistic_regression_on_tickets(tmp_path, model, lear
     baseline = make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression(max_iter=2000))
     baseline.fit(frame.iloc[tr]["text"], frame.iloc[tr]["category"])
     linear = float(baseline.score(test["text"], test["category"]))
+    print(f"quality: {model} {ours:.3f} vs TF-IDF + logistic regression {linear:.3f}")
     assert ours >= linear - 0.02, f"{model} {ours:.3f} vs TF-IDF + logistic regression {linear:.3f}"
     assert isinstance(pd.Series(predicted).iloc[0], str)
