@@ -168,11 +168,11 @@ def test_an_image_sent_to_a_text_model_is_refused(text_server):
 
 @pytest.mark.parametrize("task", ["image", "text"])
 def test_concurrent_requests_are_batched_and_ping_answers(task, image_model, text_model):
-    """A slow forward pass (0.3 s): requests that arrive meanwhile share the next one, of
-    different text lengths / image sizes, and /ping answers while it runs."""
+    """A slow forward pass (1 s): requests that arrive meanwhile share the next one, of
+    different text lengths / image sizes, and /ping answers while they wait."""
     model = image_model if task == "image" else text_model
     server = Server(
-        model, "--loader", "tests.serve_support:slow_model", env={PREDICT_DELAY_ENV: "0.3"}
+        model, "--loader", "tests.serve_support:slow_model", env={PREDICT_DELAY_ENV: "1.0"}
     ).wait_ready()
     try:
         if task == "image":
@@ -191,9 +191,8 @@ def test_concurrent_requests_are_batched_and_ping_answers(task, image_model, tex
         for t in threads:
             t.start()
         time.sleep(0.1)
-        started = time.monotonic()
         assert server.client.get("/ping").status_code == 200
-        assert time.monotonic() - started < 0.25  # not stuck behind the batch
+        assert len(answers) < 8  # answered while requests wait for the batch
         for t in threads:
             t.join(30)
         assert [r.status_code for r in answers] == [200] * 8
