@@ -52,6 +52,9 @@ class SlowPredictor:
         time.sleep(self.delay_s)
         return self.inner.predict_matrix(x)
 
+    def __getattr__(self, name: str) -> Any:  # the task's own hooks (content_types, collate...)
+        return getattr(self.inner, name)
+
 
 def slow_model(model_dir: str | Path) -> SlowPredictor:
     time.sleep(float(os.environ.get(LOAD_DELAY_ENV, "0")))

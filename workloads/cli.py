@@ -28,7 +28,7 @@ from rich.table import Table
 from components.plan import plan_command
 from components.spec import SpecError
 from workloads.local import env as localenv
-from workloads.local.pipeline import PipelineError, run_pipeline
+from workloads.local.pipeline import PipelineError, default_stack, run_pipeline
 from workloads.platform import NotDeclaredError, PlatformDescriptor
 from workloads.registry.store import RegistryError, registry_from_descriptor
 from workloads.storage import NoSpaceError, StorageError, is_no_space
@@ -353,7 +353,15 @@ def approve(
 
 @app.command()
 def pipeline(
-    stack: StackOpt = "local",
+    stack: Annotated[
+        str | None,
+        typer.Option(
+            "--stack",
+            "-s",
+            help="Stack config (default: local for churn, vision-dev for defects, nlp-dev for "
+            "tickets)",
+        ),
+    ] = None,
     state_dir: StateOpt = None,
     rows: Annotated[int, typer.Option(help="Label rows of churn data", min=100)] = 10_000,
     epochs: Annotated[int, typer.Option(help="Most training epochs", min=1)] = 20,
@@ -362,11 +370,14 @@ def pipeline(
         bool, typer.Option("--wait", help="If another run of the stack is in progress, queue")
     ] = False,
     stacks_dir: StacksDirOpt = Path("stacks"),
+    workload: Annotated[
+        str, typer.Option(help="Reference workload: churn, defects (vision) or tickets (NLP)")
+    ] = "churn",
 ) -> None:
     """The reference lifecycle: data -> features -> train -> register -> gate -> rollout."""
     with _one_line_errors():
         run_pipeline(
-            stack,
+            stack or default_stack(workload),
             state_dir,
             rows=rows,
             epochs=epochs,
@@ -374,6 +385,7 @@ def pipeline(
             stacks_dir=stacks_dir,
             console=console,
             wait=wait,
+            workload=workload,
         )
 
 

@@ -5,6 +5,10 @@
     -> register with its metrics -> approve if it passes the group's gate -> roll out to the
     endpoint -> sample requests
 
+The vision and NLP reference workloads (`workload="defects"|"tickets"`, see
+`workloads.local.reference`) generate their images or texts into the raw bucket and train
+from those files (no feature store), then take the same steps from `train` on.
+
 It reads only the platform descriptor, so the steps are the same ones a cloud run makes.
 
 Resumable: a run's progress is saved in `<state>/<stack>/pipeline/run.json` after every
@@ -44,6 +48,7 @@ from workloads.jobs.run import apply_gate
 from workloads.local import churn
 from workloads.local import env as localenv
 from workloads.local.process import LockHeldError, exclusive
+from workloads.local.reference import REFERENCES, Reference
 from workloads.platform import PlatformDescriptor
 from workloads.storage import CorruptStoreError, atomic_path, atomic_write
 
@@ -84,7 +89,12 @@ class Pipeline:
         stacks_dir: str | Path,
         console: Console,
         wait: bool = False,
+        workload: str = "churn",
     ):
+        if workload != "churn" and workload not in REFERENCES:
+            known = ", ".join(["churn", *REFERENCES])
+            raise PipelineError(f"unknown workload {workload!r}: use one of {known}")
+        self.reference: Reference | None = REFERENCES.get(workload)
         self.stack, self.state, self.stacks_dir = stack, state, stacks_dir
         self.rows, self.epochs, self.seed = rows, epochs, seed
         self.console, self.wait = console, wait
@@ -94,7 +104,8 @@ class Pipeline:
             self.descriptor: PlatformDescriptor = localenv.read_descriptor(self.paths)
         except localenv.LocalEnvError as exc:
             raise PipelineError(str(exc)) from None
-        missing = [g for g in FEATURE_GROUPS if g not in self.descriptor.feature_store.groups]
+        groups = self.descriptor.feature_store.groups
+        missing = [g for g in FEATURE_GROUPS if g not in groups] if not self.reference else []
         if missing:
             raise PipelineError(
                 f"stack {stack} declares no feature group(s) {missing}: the churn pipeline needs "
@@ -104,7 +115,7 @@ class Pipeline:
             raise PipelineError(f"stack {stack} declares no endpoint to roll the model out to")
         self.endpoint = self.spec.endpoints[0]
         self.group = self.endpoint.model_group
-        self.dataset = f"churn-rows{rows}-seed{seed}"
+        self.dataset = f"{workload}-rows{rows}-seed{seed}"
         self.buckets = {
             k: localenv.uri_path(v) for k, v in self.descriptor.buckets.model_dump().items()
         }
@@ -228,7 +239,9 @@ class Pipeline:
         a, b = (sum(1 for _ in f.open()) - 1 for f in files)
         return a, b
 
-    def train(self, run: RunState, train_csv: Path, validation_csv: Path) -> dict[str, float]:
+    def train(
+        self, run: RunState, train: Path, validation: Path, hps: dict[str, Any]
+    ) -> dict[str, float]:
         """The training job, as SageMaker would run it: a job of the local job backend,
         attached to this process (it gets SIGTERM, checkpoints and stops if we die)."""
         jobs = self.jobs()
@@ -239,13 +252,11 @@ class Pipeline:
                 return status.metrics  # trained before a crash
             if not status.terminal:
                 status = jobs.wait(name)
-        hps = {"target": churn.TARGET, "epochs": self.epochs, "seed": self.seed}
-        hps |= {"batch_size": 256, "hidden_sizes": "64,32", "patience": 5}
         request = JobRequest(
             name=name,
             channels={
-                "train": localenv.file_uri(train_csv.parent),
-                "validation": localenv.file_uri(validation_csv.parent),
+                "train": localenv.file_uri(train),
+                "validation": localenv.file_uri(validation),
             },
             hyperparameters={k: str(v) for k, v in hps.items()},
             model_group=self.group,
@@ -350,23 +361,18 @@ class Pipeline:
 
                 return finish
 
-            finish = step("data", f"churn data, {self.rows} label rows, seed {self.seed}")
-            data = self.generate()
-            finish(
-                f"{len(data.labels)} labels, {len(data.profile)} profile and "
-                f"{len(data.activity)} activity records"
-            )
-
-            finish = step("ingest", "feature groups " + ", ".join(FEATURE_GROUPS))
-            counts = self.ingest(data)
-            finish(", ".join(f"{g}: {n} records" for g, n in counts.items()))
-
-            finish = step("training set", "point-in-time join, split by time")
-            train_csv, validation_csv, n_train, n_val = self.training_set(data)
-            finish(f"{n_train} train / {n_val} validation rows (later period)")
+            if self.reference is None:
+                train, validation, hps = self._churn_data(step)
+            else:
+                ref = self.reference
+                finish = step("data", f"{ref.summary}, {self.rows} train rows, seed {self.seed}")
+                folder = self.buckets["raw"] / ref.name / self.dataset
+                train, validation, n_train, n_val = ref.write_data(folder, self.rows, self.seed)
+                finish(f"{n_train} train / {n_val} validation in {folder}")
+                hps = ref.hyperparameters(self.epochs, self.seed)
 
             finish = step("train", f"python -m workloads.train, {self.epochs} epochs at most")
-            run.metrics = self.train(run, train_csv, validation_csv)
+            run.metrics = self.train(run, train, validation, hps)
             finish(", ".join(f"{k} {v:.4f}" for k, v in run.metrics.items()))
 
             finish = step("publish", "model artifact into the artifacts bucket")
@@ -388,15 +394,51 @@ class Pipeline:
             else:
                 say(f"[yellow]v{run.version} is {run.status}: {why}; the endpoint keeps "
                     "serving the previous approved version (if any)[/]")  # fmt: skip
-        self._report(run, validation_csv)
+        self._report(run, validation)
         # Done: the next pipeline run starts a new run (and registers a new version).
         self.run_dir(run).mkdir(parents=True, exist_ok=True)
         shutil.move(self.run_file, self.run_dir(run) / "run.json")
         return run
 
-    def _report(self, run: RunState, validation_csv: Path) -> None:
+    def _churn_data(self, step: Callable[[str, str], Callable[[str], None]]):
+        finish = step("data", f"churn data, {self.rows} label rows, seed {self.seed}")
+        data = self.generate()
+        finish(
+            f"{len(data.labels)} labels, {len(data.profile)} profile and "
+            f"{len(data.activity)} activity records"
+        )
+
+        finish = step("ingest", "feature groups " + ", ".join(FEATURE_GROUPS))
+        counts = self.ingest(data)
+        finish(", ".join(f"{g}: {n} records" for g, n in counts.items()))
+
+        finish = step("training set", "point-in-time join, split by time")
+        train_csv, validation_csv, n_train, n_val = self.training_set(data)
+        finish(f"{n_train} train / {n_val} validation rows (later period)")
+        hps = {"target": churn.TARGET, "epochs": self.epochs, "seed": self.seed}
+        hps |= {"batch_size": 256, "hidden_sizes": "64,32", "patience": 5}
+        return train_csv.parent, validation_csv.parent, hps
+
+    def _reference_sample(self, validation: Path) -> tuple[Table, list]:
+        assert self.reference is not None
+        columns, cells, request, truth = self.reference.samples(validation)
+        url = self.endpoint_url()
+        response = httpx.post(f"{url}/invocations", json=request, timeout=60)
+        if response.status_code != 200:
+            raise PipelineError(f"{url}/invocations answered {response.status_code}: "
+                                f"{response.text.strip()}")  # fmt: skip
+        table = Table()
+        for col in (*columns, "predicted", "p(predicted)", "actual"):
+            table.add_column(col)
+        for row, pred, actual in zip(cells, response.json()["predictions"], truth, strict=True):
+            p = pred["probabilities"].get(str(pred["label"]), 0.0)
+            table.add_row(*row, str(pred["label"]), f"{p:.3f}", str(actual))
+        return table, truth
+
+    def _report(self, run: RunState, validation: Path) -> None:
         say = self.console.print
-        metrics = Table(title=f"metrics of run {run.run_id} (validation = the later period)")
+        later = " (validation = the later period)" if self.reference is None else ""
+        metrics = Table(title=f"metrics of run {run.run_id}{later}")
         metrics.add_column("metric")
         metrics.add_column("value", justify="right")
         for name, value in run.metrics.items():
@@ -408,7 +450,13 @@ class Pipeline:
         if ep is None or ep.state != "serving":
             say(f"endpoint {self.endpoint.name}: {ep.state if ep else 'unknown'}")
             return
-        records, predictions, truth = self.sample(validation_csv)
+        if self.reference is not None:
+            table, _ = self._reference_sample(validation)
+            table.title = f"sample requests to {ep.url}/invocations (serving v{ep.model_version})"
+            say(table)
+            say(f"endpoint {ep.name}: {ep.url} (serving {self.group} v{ep.model_version})")
+            return
+        records, predictions, truth = self.sample(validation / "validation.csv")
         table = Table(
             title=f"sample requests to {ep.url}/invocations (serving v{ep.model_version})"
         )
@@ -446,6 +494,7 @@ def run_pipeline(
     stacks_dir: str | Path = "stacks",
     console: Console | None = None,
     wait: bool = False,
+    workload: str = "churn",
 ) -> RunState:
     pipeline = Pipeline(
         stack,
@@ -456,5 +505,12 @@ def run_pipeline(
         stacks_dir=stacks_dir,
         console=console or Console(soft_wrap=True),
         wait=wait,
+        workload=workload,
     )
     return pipeline.run()
+
+
+def default_stack(workload: str) -> str:
+    """The stack a workload's pipeline runs on unless told: its team's."""
+    reference = REFERENCES.get(workload)
+    return reference.stack if reference else "local"

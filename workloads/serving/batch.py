@@ -1,7 +1,9 @@
 """Batch scoring: `python -m workloads.serving.batch INPUT OUTPUT [--model-dir D]`.
 
-INPUT is a CSV or Parquet file, a folder of them, or a `file://` / `s3://` location (read the
-way training reads its channels). Every input column is kept and prediction columns are added:
+INPUT is a CSV, Parquet or JSONL file, a folder of them, or a `file://` / `s3://` location
+(read the way training reads its channels). A predictor may read other inputs itself
+(`batch_frames`): the image task reads a folder of images, the text task a `.txt` file of one
+text per line. Every input column is kept and prediction columns are added:
 `prediction` (the class label, or the number for regression) and, for classification, one
 `probability_<class>` column per class. OUTPUT's suffix picks the format: `.csv`, `.parquet`
 or `.jsonl`. It is written to a temporary file next to it and renamed into place, so a reader
@@ -85,7 +87,8 @@ def score_frames(
             scored = chunk.reset_index(drop=True).assign(
                 **_prediction_columns(predictor, predictions)
             )
-            yield scored
+            # inputs not worth copying to the output (an image's bytes)
+            yield scored.drop(columns=list(getattr(predictor, "batch_input_only", ())))
 
 
 def read_input(location: str | Path) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -138,12 +141,20 @@ def score(
     if chunk_size < 1:
         raise BatchError(f"chunk size must be >= 1, got {chunk_size}")
     predictor = load_model(model_dir)
-    return write_output(score_frames(predictor, read_input(input), chunk_size), Path(output))
+    frames = None
+    if hasattr(predictor, "batch_frames"):  # an input the task reads itself (images, .txt)
+        frames = predictor.batch_frames(local_channel(input))
+    frames = frames or read_input(input)
+    return write_output(score_frames(predictor, frames, chunk_size), Path(output))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="batch", description="Score a CSV/Parquet file or folder.")
-    p.add_argument("input", help="CSV or Parquet file, a folder of them, file:// or s3://")
+    p = argparse.ArgumentParser(prog="batch", description="Score a file or folder of inputs.")
+    p.add_argument(
+        "input",
+        help="CSV/Parquet/JSONL file or a folder of them (or of images, for an image model; "
+        "a .txt file for a text model), file:// or s3://",
+    )
     p.add_argument("output", type=Path, help="output file: .csv, .parquet or .jsonl")
     p.add_argument(
         "--model-dir",

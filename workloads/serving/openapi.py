@@ -85,7 +85,7 @@ def openapi(predictor: Any = None) -> dict[str, Any]:
         + ", ".join(columns)
         + ". Numbers as decimal text, flags as true/false/1/0/yes/no, an empty field is missing."
     )
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "mlinfra inference server", "version": "1.0.0"},
         "paths": {
@@ -199,3 +199,6 @@ def openapi(predictor: Any = None) -> dict[str, Any]:
             }
         },
     }
+    if hasattr(predictor, "openapi_content"):  # a task that describes its own input (image, text)
+        doc["paths"]["/invocations"]["post"]["requestBody"]["content"] = predictor.openapi_content()
+    return doc

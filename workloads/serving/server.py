@@ -6,7 +6,10 @@
   `--model-dir`, `SM_MODEL_DIR` or `/opt/ml/model` with `workloads.training.artifact.load_model`.
 - `GET /ping`: 503 while the model loads, 200 once it is loaded.
 - `POST /invocations`: `application/json` `{"instances": [{column: value}, ...]}` or `text/csv`
-  rows in `feature_columns` order without a header; answers `{"predictions": [...]}`.
+  rows in `feature_columns` order without a header; answers `{"predictions": [...]}`. A
+  predictor may accept more content types (`content_types`, e.g. `image/png` for the image
+  task): such a body is one instance, handed to `predictor.prepare(content_type, body)` on the
+  batcher thread.
 - `GET /openapi.json` (the API description), `GET /stats` (batching counters of this worker),
   `GET /execution-parameters` (what SageMaker batch transform asks for).
 
@@ -173,7 +176,7 @@ def _input_error_type() -> type[Exception]:
 
 @dataclass(slots=True)
 class _Job:
-    kind: str  # "json" (records) or "csv" (rows)
+    kind: str  # "json" (records), "csv" (rows), or a predictor's own content type (one body)
     payload: list
     rows: int
     future: asyncio.Future
@@ -237,6 +240,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.input_error = input_error
+        self.collate: Callable[[list], Any] | None = getattr(predictor, "collate", None)
         self.stats = BatchStats()
         # /invocations requests between arrival and answer; kept by the event loop thread.
         self.open_requests = 0
@@ -300,7 +304,9 @@ class Batcher:
     def _prepare(self, job: _Job) -> np.ndarray:
         if job.kind == "json":
             return self.predictor.prepare_records(job.payload)
-        return self.predictor.prepare_rows(job.payload)
+        if job.kind == "csv":
+            return self.predictor.prepare_rows(job.payload)
+        return self.predictor.prepare(job.kind, job.payload[0])
 
     def _process(self, jobs: list[_Job]) -> None:
         results: list[tuple[asyncio.Future, int, bytes]] = []
@@ -316,8 +322,12 @@ class Batcher:
         rows = 0
         if ready:
             mats = [m for _, m in ready]
-            x = mats[0] if len(mats) == 1 else np.concatenate(mats)
-            rows = x.shape[0]
+            # A predictor whose inputs differ in shape (token ids) merges them itself.
+            if self.collate is not None:
+                x = self.collate(mats)
+            else:
+                x = mats[0] if len(mats) == 1 else np.concatenate(mats)
+            rows = len(x)
             try:
                 preds = self.predictor.predict_matrix(x)
             except Exception as exc:
@@ -329,7 +339,7 @@ class Batcher:
             else:
                 start = 0
                 for job, m in ready:
-                    end = start + m.shape[0]
+                    end = start + len(m)
                     results.append((job.future, *_answer(preds[start:end])))
                     start = end
         ok = sum(1 for r in results if r[1] == 200)
@@ -458,6 +468,7 @@ class InferenceApp:
         self.settings = settings
         self.predictor: Any = None
         self.batcher: Batcher | None = None
+        self.raw_types: frozenset[bytes] = frozenset()  # the predictor's own content types
         self.load_error: str | None = None
         self._loader_thread: threading.Thread | None = None
         # Set on SIGTERM (lifecycle.DrainingServer): answers close their connection.
@@ -483,6 +494,9 @@ class InferenceApp:
                 max_wait_s=s.max_wait_ms / 1000 if s.batching else 0.0,
                 input_error=_input_error_type(),
                 threads=s.threads,
+            )
+            self.raw_types = frozenset(
+                t.encode("latin-1") for t in getattr(predictor, "content_types", ())
             )
             self.predictor = predictor
             log.info(
@@ -581,11 +595,10 @@ class InferenceApp:
             raise _HTTPError(406, f"cannot answer Accept: {accept.decode('latin-1')}; "
                              "this server answers application/json")  # fmt: skip
         media = _media_type(content_type) if content_type else b""
-        if media not in (JSON, CSV):
+        if media not in (JSON, CSV) and media not in self.raw_types and self.batcher:
             shown = content_type.decode("latin-1") if content_type else "(none)"
-            raise _HTTPError(
-                415, f"unsupported Content-Type {shown}: use application/json or text/csv"
-            )
+            usable = ", ".join(t.decode() for t in (JSON, CSV, *sorted(self.raw_types)))
+            raise _HTTPError(415, f"unsupported Content-Type {shown}: use {usable}")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise _HTTPError(
                 413, f"body of {int(length)} bytes is over the {MAX_BODY_BYTES} byte limit"
@@ -598,8 +611,10 @@ class InferenceApp:
             body = await _read_body(receive)
             if media == JSON:
                 future = batcher.submit("json", parse_json(body))
-            else:
+            elif media == CSV:
                 future = batcher.submit("csv", parse_csv(body))
+            else:  # one instance in the predictor's own format, decoded on the batcher thread
+                future = batcher.submit(media.decode("latin-1"), [body])
             return await future
         finally:
             batcher.open_requests -= 1

@@ -1,4 +1,4 @@
-"""Training data: read CSV/Parquet files or folders, and infer the problem type of a label.
+"""Training data: read CSV/Parquet/JSONL files or folders, and infer the problem type of a label.
 
 A channel is a file or a folder of files (SageMaker copies an S3 prefix into a folder);
 it may also be given as a `file://` or `s3://` URI, which is how a Kubernetes Job passes
@@ -17,7 +17,7 @@ import pandas as pd
 
 Problem = Literal["binary", "multiclass", "regression"]
 PROBLEMS: tuple[str, ...] = ("binary", "multiclass", "regression")
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
 # An integer label with at most this many distinct values is a class label.
 MAX_INTEGER_CLASSES = 20
 
@@ -61,12 +61,14 @@ def _download_s3(bucket: str, prefix: str) -> Path:
 
 
 def data_files(path: Path) -> list[Path]:
-    """The data files of a channel: the file itself, or every CSV/Parquet file in a folder."""
+    """The data files of a channel: the file itself, or every CSV/Parquet/JSONL file in a folder."""
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
     if path.is_file():
         if path.suffix.lower() not in SUFFIXES:
-            raise DataError(f"{path}: unsupported file type (expected .csv, .parquet or .pq)")
+            raise DataError(
+                f"{path}: unsupported file type (expected .csv, .parquet, .pq or .jsonl)"
+            )
         return [path]
     files = sorted(
         p
@@ -74,14 +76,17 @@ def data_files(path: Path) -> list[Path]:
         if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
     )
     if not files:
-        raise DataError(f"no .csv or .parquet files in {path}")
+        raise DataError(f"no .csv, .parquet or .jsonl files in {path}")
     return files
 
 
 def read_file(path: Path) -> pd.DataFrame:
     try:
-        if SUFFIXES[path.suffix.lower()] == "csv":
+        kind = SUFFIXES[path.suffix.lower()]
+        if kind == "csv":
             frame = pd.read_csv(path)
+        elif kind == "jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError as exc:

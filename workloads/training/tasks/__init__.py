@@ -18,6 +18,8 @@ __all__ = ["BUILTIN_TASKS", "Task", "TaskLoadError", "load_task"]
 # their own libraries).
 BUILTIN_TASKS: dict[str, str] = {
     "tabular": "workloads.training.tasks.tabular:TabularTask",
+    "image": "workloads.training.tasks.image:ImageTask",
+    "text": "workloads.training.tasks.text:TextTask",
 }
 # Older jobs and artifacts name the tabular problem as the task.
 TASK_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {

@@ -1,0 +1,189 @@
+"""The text task: a text column and a label, a subword tokenizer, a Transformer from scratch.
+
+Data: CSV, Parquet or JSONL with a text column (`text_column`, default `text`) and the label
+(`target`). A byte-pair-encoding tokenizer (Hugging Face `tokenizers`) is trained on the training
+channel and saved in the artifact (tokenizer.json). The model is a small Transformer encoder
+(`model=transformer`) or an embedding bag (`model=bag`), both trained from scratch: no
+pretrained weights, nothing downloaded. Texts are truncated to `max_length` tokens; training
+pads to the longest training text (at most `max_length`), serving to each batch's longest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from workloads.training.data import DataError, load_table
+from workloads.training.tasks.base import TaskParams
+from workloads.training.tasks.classify import (
+    ClassificationTask,
+    Labelled,
+    fit_classes,
+    label_tensor,
+)
+from workloads.training.tasks.text.model import build_text_model
+from workloads.training.tasks.text.tokens import (
+    TextPredictor,
+    encode,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+__all__ = ["TextParams", "TextPredictor", "TextTask"]
+
+
+class TextParams(TaskParams):
+    target: str = Field(min_length=1)
+    text_column: str = Field("text", min_length=1)
+    model: Literal["transformer", "bag"] = "transformer"
+    vocab_size: int = Field(8000, ge=50, le=200_000)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+    max_length: int = Field(128, ge=4, le=4096)  # tokens; longer texts are truncated
+    dim: int = Field(128, ge=8, le=4096)
+    layers: int = Field(2, ge=1, le=24)
+    heads: int = Field(4, ge=1, le=64)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> TextParams:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class TextTask(ClassificationTask):
+    name: ClassVar[str] = "text"
+    Params = TextParams
+    harness_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 20,
+        "learning_rate": 1e-3,
+        "patience": 3,
+    }
+    artifact_files: ClassVar[tuple[str, ...]] = ("tokenizer.json", "text.json")
+    params: TextParams
+
+    def __init__(self, params: TextParams, settings: Any) -> None:
+        super().__init__(params, settings)
+        self.tok: Any = None
+        self.classes: list = []
+        self.seq_len = 0
+        self.rows = (0, 0)
+
+    # -- data -------------------------------------------------------------------------
+
+    def read_channel(self, location: str) -> Labelled:
+        frame = load_table(location)
+        p = self.params
+        missing = [c for c in (p.text_column, p.target) if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{location}: column(s) {missing} not found (text_column={p.text_column!r}, "
+                f"target={p.target!r}); columns are {list(frame.columns)}"
+            )
+        texts, labels = frame[p.text_column], frame[p.target]
+        bad = ~texts.map(lambda t: isinstance(t, str))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            value = texts.tolist()[row]
+            raise DataError(
+                f"{location}: column {p.text_column!r} row {row} is not a text "
+                f"({value!r}); {int(bad.sum())} such row(s)"
+            )
+        keep = labels.notna().to_numpy() & texts.str.strip().astype(bool).to_numpy()
+        if not keep.any():
+            raise DataError(f"{location}: no rows with both a text and a {p.target!r} label")
+        return Labelled(texts[keep].tolist(), labels[keep].tolist(), str(location))
+
+    def fit_preprocessing(self, train: Labelled, validation: Labelled) -> None:
+        p = self.params
+        self.classes = fit_classes(train, validation)
+        self.tok = train_tokenizer(train.items, p.vocab_size, p.min_frequency, p.lowercase)
+        lengths = [len(e.ids) for e in self.tok.encode_batch(train.items)]
+        self.seq_len = max(1, min(p.max_length, max(lengths)))
+        self.rows = (len(train), len(validation))
+
+    def datasets(self, train: Labelled, validation: Labelled) -> tuple[Dataset, Dataset]:
+        return tuple(  # type: ignore[return-value]
+            TensorDataset(
+                torch.from_numpy(encode(self.tok, part.items, self.seq_len, self.seq_len)),
+                label_tensor(part.labels, self.classes),
+            )
+            for part in (train, validation)
+        )
+
+    # -- model ------------------------------------------------------------------------
+
+    def _doc(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "classes": self.classes,
+            "model": p.model,
+            "vocab": self.tok.get_vocab_size(),
+            "max_length": self.seq_len,
+            "text_column": p.text_column,
+            "dim": p.dim,
+            "layers": p.layers,
+            "heads": p.heads,
+            "dropout": p.dropout,
+        }
+
+    def build_model(self) -> nn.Module:
+        doc = self._doc()
+        return build_text_model(doc["model"], doc["vocab"], len(self.classes), doc)
+
+    def compute_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        ids, y = batch
+        return nn.functional.cross_entropy(model(ids), y)
+
+    # -- run identity and reporting ------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        vocab = json.dumps(sorted(self.tok.get_vocab().items())).encode()
+        return {
+            "classes": self.classes,
+            "vocab": hashlib.sha256(vocab).hexdigest()[:16],
+            "seq_len": self.seq_len,
+            "n": self.rows[0],
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "problem": self.problem,
+            "classes": len(self.classes),
+            "model": self.params.model,
+            "vocab": self.tok.get_vocab_size() if self.tok else 0,
+            "sequence_length": self.seq_len,
+            "train_rows": self.rows[0],
+            "validation_rows": self.rows[1],
+        }
+
+    # -- artifact ---------------------------------------------------------------------
+
+    def save(self, directory: Path, model: nn.Module) -> dict[str, Any]:
+        self.tok.save(str(directory / "tokenizer.json"))
+        doc = self._doc()
+        (directory / "text.json").write_text(json.dumps(doc, indent=2))
+        return {
+            "problem": self.problem,
+            "classes": self.classes,
+            "target": self.params.target,
+            "feature_columns": [self.params.text_column],
+        }
+
+    @classmethod
+    def load_predictor(cls, directory: Path, meta: dict[str, Any]) -> TextPredictor:
+        doc = json.loads((directory / "text.json").read_text())
+        net = build_text_model(doc["model"], doc["vocab"], len(doc["classes"]), doc)
+        net.load_state_dict(
+            torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+        )
+        return TextPredictor(net, load_tokenizer(directory / "tokenizer.json"), doc)
