@@ -29,6 +29,11 @@ from components.plan import plan_command
 from components.spec import SpecError
 from workloads.local import env as localenv
 from workloads.local.pipeline import PipelineError, run_pipeline
+from workloads.monitoring.baseline import BaselineError
+from workloads.monitoring.monitor import MonitorError
+from workloads.monitoring.reader import CaptureError
+from workloads.monitoring.report import summary_table
+from workloads.monitoring.run import monitor_model_dir
 from workloads.platform import NotDeclaredError, PlatformDescriptor
 from workloads.registry.store import RegistryError, registry_from_descriptor
 from workloads.storage import NoSpaceError, StorageError, is_no_space
@@ -68,6 +73,9 @@ USER_ERRORS = (
     StorageError,
     RegistryError,
     NotDeclaredError,
+    MonitorError,
+    BaselineError,
+    CaptureError,
 )
 
 
@@ -631,6 +639,63 @@ def tune(
     console.print(f"report: {outcome.report}", highlight=False)
     for message in outcome.messages:
         console.print(f"- {escape(message)}", highlight=False)
+
+
+@app.command()
+def monitor(
+    model_dir: Annotated[
+        Path, typer.Option("--model-dir", help="The served model's artifact (its baseline.json)")
+    ],
+    capture: Annotated[
+        str, typer.Option("--capture", help="Captured traffic: a folder, file:// or s3:// URI")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="Folder for the report files")],
+    ground_truth: Annotated[
+        str | None, typer.Option("--ground-truth", help="Ground-truth labels (JSON Lines)")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Window start: 24h, 30m or an ISO time")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end: a duration ago or an ISO time")
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="One drift test for all features (e.g. psi); default: Evidently's"),
+    ] = None,
+    drift_share: Annotated[
+        float, typer.Option(help="Dataset drift when at least this share of features drift")
+    ] = 0.5,
+    model_version: Annotated[
+        str | None, typer.Option(help="Report (not mix) events captured from other versions")
+    ] = None,
+) -> None:
+    """Compare captured traffic with the model's baseline: drift, data and model quality.
+    Exit 0: nothing found; 3: drift or violations; 1: error."""
+    with _one_line_errors():
+        outcome = monitor_model_dir(
+            model_dir,
+            capture,
+            output,
+            ground_truth=ground_truth,
+            since=since,
+            until=until,
+            method=method,
+            drift_share=drift_share,
+            model_version=model_version,
+        )
+    report = outcome.report
+    if not report.get("rows"):
+        console.print(
+            f"no captured rows in the window ({report.get('requests', 0)} requests): "
+            "nothing to compare; no drift report written"
+        )
+        raise typer.Exit(outcome.exit_code)
+    console.print(summary_table(report))
+    quality = report["data_quality"]
+    console.print(
+        f"{len(report['violations'])} violations; rejected {quality['rejected_share']:.1%}; "
+        f"unreadable lines {quality['unreadable_lines']}; reports in {escape(str(output))}"
+    )
+    raise typer.Exit(outcome.exit_code)
 
 
 if __name__ == "__main__":
