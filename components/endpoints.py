@@ -39,6 +39,7 @@ import pulumi_kubernetes as k8s
 
 from components.endpoint_iam import execution_policy
 from components.iam import assume_role_policy
+from components.monitoring import monitored, scheduled_monitors
 from components.readiness import Readiness
 from components.registry import repository_name
 from components.serving_pod import MODEL_ANNOTATION, serving_pod_spec
@@ -171,6 +172,19 @@ class Endpoints(pulumi.ComponentResource):
             self.refs[ep.name] = ref
             self.endpoint_names[ep.name] = ref["name"]
             self.endpoint_urls[ep.name] = ref["url"]
+        if args.k8s_provider is not None and args.namespace is not None and monitored(spec):
+            assert self._alarm_topic is not None  # monitored endpoints are SageMaker ones
+            scheduled_monitors(
+                self,
+                name,
+                spec,
+                serve_repository_url=args.serve_repository_url,
+                logs_bucket=args.logs_bucket,
+                model_group_names=args.model_group_names,
+                namespace=args.namespace,
+                provider=args.k8s_provider,
+                alarm_topic_arn=self._alarm_topic.arn,
+            )
 
         self.register_outputs(
             {
