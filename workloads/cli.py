@@ -30,6 +30,7 @@ from components.spec import SpecError
 from workloads.local import env as localenv
 from workloads.local.pipeline import PipelineError, run_pipeline
 from workloads.monitoring.baseline import BaselineError
+from workloads.monitoring.local import monitor_local_endpoint, newest_result
 from workloads.monitoring.monitor import MonitorError
 from workloads.monitoring.reader import CaptureError
 from workloads.monitoring.report import summary_table
@@ -99,6 +100,22 @@ def _parse_ports(values: list[str]) -> dict[str, int]:
             raise _fail(f"--port {value!r}: expected NAME=PORT, e.g. --port churn=8080")
         ports[name] = int(port)
     return ports
+
+
+def monitoring_line(paths: localenv.StackPaths, endpoint: str) -> str:
+    result = newest_result(paths.buckets, endpoint)
+    if result is None:
+        return f"no report yet (mlinfra monitor {endpoint})"
+    if "error" in result:
+        return f"{result['when']}: {result['error']}"
+    if not result["rows"]:
+        return f"{result['when']}: no captured rows in the window"
+    drift = "DATASET DRIFT" if result["dataset_drift"] else "no dataset drift"
+    drifted = f" (drifted: {', '.join(result['drifted'])})" if result["drifted"] else ""
+    return (
+        f"{result['when']}: {result['rows']} rows, {drift}{drifted}, "
+        f"{result['violations']} violations; {result['report']}"
+    )
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -221,6 +238,8 @@ def status(stack: StackOpt = "local", state_dir: StateOpt = None) -> None:
     console.print(f"  endpoint logs {paths.endpoints}", highlight=False)
     console.print(registry_table)
     console.print(endpoints_table(statuses))
+    for s in statuses:
+        console.print(f"  monitoring {s.name}: {monitoring_line(paths, s.name)}", highlight=False)
     bad = [s for s in statuses if s.state in ("dead", "not answering")]
     for s in bad:
         console.print(
@@ -643,13 +662,22 @@ def tune(
 
 @app.command()
 def monitor(
+    endpoint: Annotated[
+        str | None, typer.Argument(help="A local stack's endpoint (or use --model-dir ...)")
+    ] = None,
+    stack: StackOpt = "local",
+    state_dir: StateOpt = None,
     model_dir: Annotated[
-        Path, typer.Option("--model-dir", help="The served model's artifact (its baseline.json)")
-    ],
+        Path | None,
+        typer.Option("--model-dir", help="The served model's artifact (its baseline.json)"),
+    ] = None,
     capture: Annotated[
-        str, typer.Option("--capture", help="Captured traffic: a folder, file:// or s3:// URI")
-    ],
-    output: Annotated[Path, typer.Option("--output", help="Folder for the report files")],
+        str | None,
+        typer.Option("--capture", help="Captured traffic: a folder, file:// or s3:// URI"),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Folder for the report files")
+    ] = None,
     ground_truth: Annotated[
         str | None, typer.Option("--ground-truth", help="Ground-truth labels (JSON Lines)")
     ] = None,
@@ -670,18 +698,34 @@ def monitor(
 ) -> None:
     """Compare captured traffic with the model's baseline: drift, data and model quality.
     Exit 0: nothing found; 3: drift or violations; 1: error."""
+    if endpoint is None and (model_dir is None or capture is None or output is None):
+        raise _fail("give an ENDPOINT (with --stack), or --model-dir, --capture and --output")
+    if endpoint is not None and (model_dir or capture or output):
+        raise _fail("give either an ENDPOINT or --model-dir/--capture/--output, not both")
     with _one_line_errors():
-        outcome = monitor_model_dir(
-            model_dir,
-            capture,
-            output,
-            ground_truth=ground_truth,
-            since=since,
-            until=until,
-            method=method,
-            drift_share=drift_share,
-            model_version=model_version,
-        )
+        if endpoint is not None:
+            outcome = monitor_local_endpoint(
+                localenv.StackPaths.of(stack, state_dir),
+                endpoint,
+                since=since or "24h",
+                until=until,
+                method=method,
+                drift_share=drift_share,
+            )
+            output = outcome.files[0].parent
+        else:
+            assert model_dir and capture and output
+            outcome = monitor_model_dir(
+                model_dir,
+                capture,
+                output,
+                ground_truth=ground_truth,
+                since=since,
+                until=until,
+                method=method,
+                drift_share=drift_share,
+                model_version=model_version,
+            )
     report = outcome.report
     if not report.get("rows"):
         console.print(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
@@ -70,10 +71,16 @@ def _counts(
     ref: np.ndarray, cur: np.ndarray, ref_weights: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Counts of each value seen in either sample, in one order (sorted keys)."""
-    keys, inverse = np.unique(np.concatenate([ref, cur]), return_inverse=True)
-    ref_idx, cur_idx = inverse[: len(ref)], inverse[len(ref) :]
-    ref_counts = np.bincount(ref_idx, weights=ref_weights, minlength=len(keys)).astype(float)
-    cur_counts = np.bincount(cur_idx, minlength=len(keys)).astype(float)
+    both = np.concatenate([ref, cur])
+    if both.dtype.kind in "OUS":  # strings: hashing beats sorting; keys in sorted order
+        codes, uniques = pd.factorize(both, sort=True)
+        n_keys = len(uniques)
+    else:
+        uniques, codes = np.unique(both, return_inverse=True)
+        n_keys = len(uniques)
+    ref_idx, cur_idx = codes[: len(ref)], codes[len(ref) :]
+    ref_counts = np.bincount(ref_idx, weights=ref_weights, minlength=n_keys).astype(float)
+    cur_counts = np.bincount(cur_idx, minlength=n_keys).astype(float)
     return ref_counts, cur_counts
 
 
@@ -82,7 +89,7 @@ def _binned(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shares per bin (numbers: 30 equal-width bins over both samples; strings: per value),
     as Evidently's `get_binned_data`; `floor` replaces empty bins by 0.0001 (PSI)."""
-    if kind == "numeric" and len(np.unique(np.concatenate([ref, cur]))) > FEW_VALUES:
+    if kind == "numeric" and len(pd.unique(np.concatenate([ref, cur]))) > FEW_VALUES:
         edges = np.histogram_bin_edges(np.concatenate([ref, cur]), bins=N_BINS)
         ref_c = np.histogram(ref, bins=edges, weights=ref_weights)[0].astype(float)
         cur_c = np.histogram(cur, bins=edges)[0].astype(float)
@@ -156,7 +163,8 @@ def drop_missing(values: np.ndarray, kind: Kind) -> np.ndarray:
     if kind == "numeric":
         values = np.asarray(values, dtype=float)
         return values[~np.isnan(values)]
-    return np.asarray([v for v in values if v is not None and v == v], dtype=object).astype(str)
+    series = pd.Series(values, dtype=object)
+    return series[series.notna()].astype(str).to_numpy(dtype=object)
 
 
 def column_drift(
@@ -176,7 +184,7 @@ def column_drift(
         raise ValueError(f"unknown drift method {method!r}: allowed {list(METHODS)}")
     rows = len(ref) if reference_rows is None else reference_rows
     if method is None:
-        n_values = len(np.unique(np.concatenate([ref, cur])))
+        n_values = len(pd.unique(np.concatenate([ref, cur])))
         method = default_method(kind, rows, n_values)
     limit = threshold_of(method) if threshold is None else threshold
     if len(ref) == 0 or len(cur) == 0:
