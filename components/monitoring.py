@@ -22,7 +22,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from components.serving_pod import POOL_LABEL, RUN_AS_USER
+from components.serving_pod import POOL_LABEL, container_security_context, pod_security_context
 from components.spec import EndpointSpec, PlatformSpec
 from workloads.monitoring.layout import capture_destination, endpoint_capture_uri, reports_uri
 from workloads.monitoring.scheduled import DATASET_DRIFT_METRIC, METRICS_NAMESPACE
@@ -115,25 +115,16 @@ def cronjob_manifest(
             "requests": {"cpu": "250m", "memory": "1Gi"},
             "limits": {"cpu": "1", "memory": "2Gi"},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     pod = {
         "serviceAccountName": monitoring_service_account(spec),
+        # IRSA projects its own token; the monitor never talks to the Kubernetes API.
+        "automountServiceAccountToken": False,
         "restartPolicy": "Never",
         "nodeSelector": {POOL_LABEL: SYSTEM_POOL},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}],
     }

@@ -43,6 +43,7 @@ def test_cronjob_runs_the_monitor_on_the_system_pool_as_the_monitoring_identity(
     assert pod["nodeSelector"] == {"mlinfra.io/pool": "system"}
     assert pod["serviceAccountName"] == monitoring_service_account(PROD) == "vision-monitoring"
     assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"]
+    assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
     assert container["image"] == "123.dkr.ecr/serve:1.0"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
