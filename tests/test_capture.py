@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -167,5 +168,7 @@ def test_the_server_captures_served_and_rejected_requests(tmp_path, model_dir):
 def test_capture_flags_are_checked(tmp_path):
     from workloads.serving.server import parse_args
 
+    before = dict(os.environ)
     with pytest.raises(SystemExit):
         parse_args(["--capture-dir", str(tmp_path), "--capture-percent", "150"])
+    assert dict(os.environ) == before  # a refused flag leaves the environment alone

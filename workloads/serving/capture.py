@@ -274,7 +274,9 @@ def add_flags(parser: Any) -> None:
 
 
 def apply_flags(args: Any, env: MutableMapping[str, str]) -> None:
-    """Put the flags given into `env`, then check the result builds a capturer."""
+    """Put the flags given into `env` once they build a capturer: a bad value raises a
+    ValueError naming it and leaves `env` as it was."""
+    given = {}
     for flag, name in (
         ("capture_dir", ENV_DIR),
         ("capture_percent", ENV_PERCENT),
@@ -282,5 +284,6 @@ def apply_flags(args: Any, env: MutableMapping[str, str]) -> None:
     ):
         value = getattr(args, flag, None)
         if value is not None:
-            env[name] = str(value)
-    from_env(dict(env))  # raises ValueError naming a bad value
+            given[name] = str(value)
+    from_env({**env, **given})
+    env.update(given)
