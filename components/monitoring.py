@@ -22,10 +22,11 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components.monitoring_identity import METRICS_NAMESPACE, monitoring_service_account
 from components.serving_pod import POOL_LABEL, container_security_context, pod_security_context
 from components.spec import EndpointSpec, PlatformSpec
 from workloads.monitoring.layout import capture_destination, endpoint_capture_uri, reports_uri
-from workloads.monitoring.scheduled import DATASET_DRIFT_METRIC, METRICS_NAMESPACE
+from workloads.monitoring.scheduled import DATASET_DRIFT_METRIC
 
 SYSTEM_POOL = "system"
 VARIANT = "AllTraffic"
@@ -33,11 +34,6 @@ VARIANT = "AllTraffic"
 WINDOWS = {"@hourly": "1h", "@daily": "24h", "@weekly": "7d"}
 JOB_DEADLINE_S = 3000  # a run stops before the next hourly one starts
 NAME_LIMIT = 52  # CronJob names: the controller appends 11 characters to a 63-character limit
-
-
-def monitoring_service_account(spec: PlatformSpec) -> str:
-    """The service account the monitoring job runs as (the cluster creates it with IRSA)."""
-    return f"{spec.team}-monitoring"
 
 
 def monitored(spec: PlatformSpec) -> list[EndpointSpec]:

@@ -15,9 +15,9 @@ from components.monitoring import (
     cronjob_manifest,
     drift_alarm_args,
     monitored,
-    monitoring_service_account,
     window_of,
 )
+from components.monitoring_identity import METRICS_NAMESPACE, monitoring_service_account
 from components.spec import load_stack_file
 from tests.monitor_support import frame, model_dir, write_capture
 from tests.test_services import LOGS, STACKS, render
@@ -56,6 +56,12 @@ def test_cronjob_runs_the_monitor_on_the_system_pool_as_the_monitoring_identity(
     assert opts["--output"] == f"s3://{LOGS}/monitoring/defects-batch-api"
     assert opts["--model-version"] == "3" and opts["--since"] == "1h"
     assert len(doc["metadata"]["name"]) <= 52
+
+
+def test_the_job_publishes_where_the_identity_may():
+    from workloads.monitoring import scheduled
+
+    assert scheduled.METRICS_NAMESPACE == METRICS_NAMESPACE  # the policy's namespace condition
 
 
 def test_windows_follow_the_schedule():
