@@ -23,7 +23,12 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components.monitoring_identity import METRICS_NAMESPACE, monitoring_service_account
-from components.serving_pod import POOL_LABEL, container_security_context, pod_security_context
+from components.serving_pod import (
+    IMAGE_PULL_POLICY,
+    POOL_LABEL,
+    container_security_context,
+    pod_security_context,
+)
 from components.spec import EndpointSpec, PlatformSpec
 from workloads.monitoring.layout import capture_destination, endpoint_capture_uri, reports_uri
 from workloads.monitoring.scheduled import DATASET_DRIFT_METRIC
@@ -101,6 +106,7 @@ def cronjob_manifest(
     container = {
         "name": "monitor",
         "image": image,
+        "imagePullPolicy": IMAGE_PULL_POLICY,
         "command": monitor_args(spec, ep, logs_bucket, model_group),
         "env": [
             {"name": "AWS_REGION", "value": spec.region},

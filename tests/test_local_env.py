@@ -282,7 +282,8 @@ def test_an_interrupted_pipeline_completes_when_run_again(state, tmp_path, monke
     assert list((paths.buckets / "logs" / "data-capture" / "churn" / "AllTraffic").rglob("*.jsonl"))
     result = newest_result(paths.buckets, "churn")
     assert result is not None and result["rows"] > 0 and result["dataset_drift"]
-    assert set(result["drifted"]) <= set(pipeline.MONITOR_SHIFT) and result["drifted"]
+    # the shifted columns drift (a small sampled window may flag another one by chance)
+    assert len(set(result["drifted"]) & set(pipeline.MONITOR_SHIFT)) >= 2
     assert "DATASET DRIFT" in monitoring_line(paths, "churn")
     # No partial or temporary file is left where readers look.
     leftovers = [p for p in (state / "local" / "buckets").rglob("*") if ".tmp" in p.name]
