@@ -39,10 +39,12 @@ import pulumi_kubernetes as k8s
 
 from components.endpoint_iam import execution_policy
 from components.iam import assume_role_policy
+from components.monitoring import monitored, scheduled_monitors
 from components.readiness import Readiness
 from components.registry import repository_name
 from components.serving_pod import MODEL_ANNOTATION, serving_pod_spec
 from components.spec import EndpointSpec, PlatformSpec
+from workloads.monitoring.layout import capture_destination
 
 VARIANT = "AllTraffic"
 HPA_CPU_UTILIZATION = 70
@@ -62,8 +64,10 @@ _INSTANCE_STORE_FAMILIES = {"g5", "g6", "g6e", "p5", "p5e", "p5en", "trn1", "trn
 _INSTANCE_STORE_RE = re.compile(r"^[a-z]+[0-9]+[a-z]*d[a-z]*$")
 
 
-def data_capture_uri(logs_bucket: str, endpoint_name: str) -> str:
-    return f"s3://{logs_bucket}/data-capture/{endpoint_name}"
+def data_capture_uri(logs_bucket: str) -> str:
+    """SageMaker's DestinationS3Uri: it appends `<endpoint>/<variant>/yyyy/mm/dd/hh/` itself,
+    so the endpoint's name is not part of it (`workloads.monitoring.layout`)."""
+    return capture_destination(f"s3://{logs_bucket}")
 
 
 def has_instance_storage(instance_type: str) -> bool:
@@ -168,6 +172,19 @@ class Endpoints(pulumi.ComponentResource):
             self.refs[ep.name] = ref
             self.endpoint_names[ep.name] = ref["name"]
             self.endpoint_urls[ep.name] = ref["url"]
+        if args.k8s_provider is not None and args.namespace is not None and monitored(spec):
+            assert self._alarm_topic is not None  # monitored endpoints are SageMaker ones
+            scheduled_monitors(
+                self,
+                name,
+                spec,
+                serve_repository_url=args.serve_repository_url,
+                logs_bucket=args.logs_bucket,
+                model_group_names=args.model_group_names,
+                namespace=args.namespace,
+                provider=args.k8s_provider,
+                alarm_topic_arn=self._alarm_topic.arn,
+            )
 
         self.register_outputs(
             {
@@ -300,9 +317,7 @@ class Endpoints(pulumi.ComponentResource):
         if not ep.data_capture.enabled:
             return None
         return {
-            "destination": pulumi.Output.from_input(self._args.logs_bucket).apply(
-                lambda b: data_capture_uri(b, physical)
-            ),
+            "destination": pulumi.Output.from_input(self._args.logs_bucket).apply(data_capture_uri),
             "sampling_percent": ep.data_capture.sampling_percent,
             "kms_key_arn": self._args.kms_key_arn,
             "json_content_types": CAPTURE_JSON_TYPES,

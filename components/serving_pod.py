@@ -52,6 +52,27 @@ print("model", arn, "from", url, "in", os.environ["MODEL_DIR"])
 """
 
 
+def pod_security_context() -> dict[str, Any]:
+    """Pods of the serving image: its non-root user, the runtime's seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Containers of the serving image: read-only root, no privilege, no capabilities."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
 def serving_pod_spec(
     ep: EndpointSpec,
     image: pulumi.Input[str],
@@ -73,12 +94,7 @@ def serving_pod_spec(
     tolerations = []
     if ep.gpus:
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
-    container_security = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    container_security = container_security_context()
     mounts = [
         {"name": "model", "mountPath": MODEL_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
@@ -90,13 +106,7 @@ def serving_pod_spec(
         "tolerations": tolerations,
         # IRSA projects its own token; the server never talks to the Kubernetes API.
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         # The countdown starts with preStop: its sleep, then the server's drain after
         # SIGTERM (a 2 s window, a 1 s last call, in-flight requests up to 30 s).
         "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + 40,

@@ -494,6 +494,11 @@ class RegistrySpec(_Spec):
 class DataCaptureSpec(_Spec):
     enabled: bool = True
     sampling_percent: int = Field(default=20, ge=1, le=100)
+    # When the monitor compares the capture with the model's baseline (a cron schedule, UTC;
+    # a Kubernetes CronJob on stacks with a cluster): hourly by default.
+    monitor_schedule: str = Field(
+        default="0 * * * *", pattern=r"^(@(hourly|daily|weekly)|(\S+\s+){4}\S+)$"
+    )
 
 
 class EndpointSpec(_Spec):

@@ -22,10 +22,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from components.spec import SpecError, load_stack
-from workloads.cli import app
+from workloads.cli import app, monitoring_line
 from workloads.local import env as localenv
 from workloads.local import pipeline
 from workloads.local.process import LockHeldError, exclusive
+from workloads.monitoring.local import newest_result
 from workloads.platform import load_descriptor
 from workloads.registry.store import registry_from_descriptor
 
@@ -276,6 +277,14 @@ def test_an_interrupted_pipeline_completes_when_run_again(state, tmp_path, monke
     assert versions[0].metrics["accuracy"] >= 0.7
     assert [(s.state, s.model_version) for s in localenv.status("local", state)] == [("serving", 1)]
     assert not (state / "local" / "pipeline" / "run.json").exists()
+    # The pipeline ended with a shifted window of traffic: captured, monitored, drift found.
+    paths = localenv.StackPaths.of("local", state)
+    assert list((paths.buckets / "logs" / "data-capture" / "churn" / "AllTraffic").rglob("*.jsonl"))
+    result = newest_result(paths.buckets, "churn")
+    assert result is not None and result["rows"] > 0 and result["dataset_drift"]
+    # the shifted columns drift (a small sampled window may flag another one by chance)
+    assert len(set(result["drifted"]) & set(pipeline.MONITOR_SHIFT)) >= 2
+    assert "DATASET DRIFT" in monitoring_line(paths, "churn")
     # No partial or temporary file is left where readers look.
     leftovers = [p for p in (state / "local" / "buckets").rglob("*") if ".tmp" in p.name]
     assert leftovers == []

@@ -387,7 +387,7 @@ def test_s3_channel_and_model_publish(tmp_path, monkeypatch):
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="artifacts")["Contents"]}
         assert keys == {
             f"models/iris-1/{f}"
-            for f in ("model.pt", "preprocess.json", "metrics.json", "meta.json")
+            for f in ("model.pt", "preprocess.json", "metrics.json", "meta.json", "baseline.json")
         }
         report = json.loads((tmp_path / "out" / "metrics.json").read_text())
         assert report["train_rows"] + report["validation_rows"] == len(frame)

@@ -29,6 +29,12 @@ from components.plan import plan_command
 from components.spec import SpecError
 from workloads.local import env as localenv
 from workloads.local.pipeline import PipelineError, default_stack, run_pipeline
+from workloads.monitoring.baseline import BaselineError
+from workloads.monitoring.local import monitor_local_endpoint, newest_result
+from workloads.monitoring.monitor import MonitorError
+from workloads.monitoring.reader import CaptureError
+from workloads.monitoring.report import summary_table
+from workloads.monitoring.run import monitor_model_dir
 from workloads.platform import NotDeclaredError, PlatformDescriptor
 from workloads.registry.store import RegistryError, registry_from_descriptor
 from workloads.storage import NoSpaceError, StorageError, is_no_space
@@ -68,6 +74,9 @@ USER_ERRORS = (
     StorageError,
     RegistryError,
     NotDeclaredError,
+    MonitorError,
+    BaselineError,
+    CaptureError,
 )
 
 
@@ -91,6 +100,22 @@ def _parse_ports(values: list[str]) -> dict[str, int]:
             raise _fail(f"--port {value!r}: expected NAME=PORT, e.g. --port churn=8080")
         ports[name] = int(port)
     return ports
+
+
+def monitoring_line(paths: localenv.StackPaths, endpoint: str) -> str:
+    result = newest_result(paths.buckets, endpoint)
+    if result is None:
+        return f"no report yet (mlinfra monitor {endpoint})"
+    if "error" in result:
+        return f"{result['when']}: {result['error']}"
+    if not result["rows"]:
+        return f"{result['when']}: no captured rows in the window"
+    drift = "DATASET DRIFT" if result["dataset_drift"] else "no dataset drift"
+    drifted = f" (drifted: {', '.join(result['drifted'])})" if result["drifted"] else ""
+    return (
+        f"{result['when']}: {result['rows']} rows, {drift}{drifted}, "
+        f"{result['violations']} violations; {result['report']}"
+    )
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -213,6 +238,8 @@ def status(stack: StackOpt = "local", state_dir: StateOpt = None) -> None:
     console.print(f"  endpoint logs {paths.endpoints}", highlight=False)
     console.print(registry_table)
     console.print(endpoints_table(statuses))
+    for s in statuses:
+        console.print(f"  monitoring {s.name}: {monitoring_line(paths, s.name)}", highlight=False)
     bad = [s for s in statuses if s.state in ("dead", "not answering")]
     for s in bad:
         console.print(
@@ -719,6 +746,88 @@ def batch_command(
     for message in result.messages:
         console.print(f"- {escape(message)}", highlight=False)
     console.print(f"{model_group} v{result.version}: {result.output_uri}", highlight=False)
+
+
+@app.command()
+def monitor(
+    endpoint: Annotated[
+        str | None, typer.Argument(help="A local stack's endpoint (or use --model-dir ...)")
+    ] = None,
+    stack: StackOpt = "local",
+    state_dir: StateOpt = None,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option("--model-dir", help="The served model's artifact (its baseline.json)"),
+    ] = None,
+    capture: Annotated[
+        str | None,
+        typer.Option("--capture", help="Captured traffic: a folder, file:// or s3:// URI"),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Folder for the report files")
+    ] = None,
+    ground_truth: Annotated[
+        str | None, typer.Option("--ground-truth", help="Ground-truth labels (JSON Lines)")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Window start: 24h, 30m or an ISO time")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end: a duration ago or an ISO time")
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="One drift test for all features (e.g. psi); default: Evidently's"),
+    ] = None,
+    drift_share: Annotated[
+        float, typer.Option(help="Dataset drift when at least this share of features drift")
+    ] = 0.5,
+    model_version: Annotated[
+        str | None, typer.Option(help="Report (not mix) events captured from other versions")
+    ] = None,
+) -> None:
+    """Compare captured traffic with the model's baseline: drift, data and model quality.
+    Exit 0: nothing found; 3: drift or violations; 1: error."""
+    if endpoint is None and (model_dir is None or capture is None or output is None):
+        raise _fail("give an ENDPOINT (with --stack), or --model-dir, --capture and --output")
+    if endpoint is not None and (model_dir or capture or output):
+        raise _fail("give either an ENDPOINT or --model-dir/--capture/--output, not both")
+    with _one_line_errors():
+        if endpoint is not None:
+            outcome = monitor_local_endpoint(
+                localenv.StackPaths.of(stack, state_dir),
+                endpoint,
+                since=since or "24h",
+                until=until,
+                method=method,
+                drift_share=drift_share,
+            )
+            output = outcome.files[0].parent
+        else:
+            assert model_dir and capture and output
+            outcome = monitor_model_dir(
+                model_dir,
+                capture,
+                output,
+                ground_truth=ground_truth,
+                since=since,
+                until=until,
+                method=method,
+                drift_share=drift_share,
+                model_version=model_version,
+            )
+    report = outcome.report
+    if not report.get("rows"):
+        console.print(
+            f"no captured rows in the window ({report.get('requests', 0)} requests): "
+            "nothing to compare; no drift report written"
+        )
+        raise typer.Exit(outcome.exit_code)
+    console.print(summary_table(report))
+    quality = report["data_quality"]
+    console.print(
+        f"{len(report['violations'])} violations; rejected {quality['rejected_share']:.1%}; "
+        f"unreadable lines {quality['unreadable_lines']}; reports in {escape(str(output))}"
+    )
+    raise typer.Exit(outcome.exit_code)
 
 
 if __name__ == "__main__":

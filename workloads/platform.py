@@ -77,7 +77,9 @@ class ScalingRef(_Doc):
 
 
 class DataCaptureRef(_Doc):
-    destination: str  # s3://<logs>/data-capture/<endpoint>: SageMaker's DestinationS3Uri
+    # s3://<logs>/data-capture: SageMaker's DestinationS3Uri; it writes the files under
+    # <destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/ (workloads.monitoring.layout)
+    destination: str
     sampling_percent: int
     kms_key_arn: str
     json_content_types: list[str]

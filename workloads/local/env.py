@@ -384,7 +384,26 @@ def stop_process(pid: int | None, timeout: float = STOP_TIMEOUT_S) -> None:
     raise LocalEnvError(f"process {pid} did not stop")
 
 
-def start_server(paths: StackPaths, record: EndpointProcess) -> EndpointProcess:
+def capture_env(paths: StackPaths, spec: PlatformSpec, name: str, version: int) -> dict[str, str]:
+    """The server's data-capture settings when the endpoint's `dataCapture` is on: the
+    SageMaker layout under the logs bucket's `data-capture/` folder, the spec's percent."""
+    ep = next(e for e in spec.endpoints if e.name == name)
+    if not ep.data_capture.enabled:
+        return {}
+    from workloads.monitoring.layout import CAPTURE_FOLDER
+    from workloads.serving import capture
+
+    return {
+        capture.ENV_DIR: str(paths.buckets / "logs" / CAPTURE_FOLDER),
+        capture.ENV_PERCENT: str(ep.data_capture.sampling_percent),
+        capture.ENV_ENDPOINT: name,
+        capture.ENV_MODEL_VERSION: str(version),
+    }
+
+
+def start_server(
+    paths: StackPaths, record: EndpointProcess, extra_env: dict[str, str] | None = None
+) -> EndpointProcess:
     """Start a detached inference server and wait until it answers /ping.
 
     Its pid is saved as soon as it exists, so an interrupted `up` never leaves a server
@@ -401,6 +420,7 @@ def start_server(paths: StackPaths, record: EndpointProcess) -> EndpointProcess:
     # One worker with one torch thread: the local machine is shared with training.
     env.setdefault("SAGEMAKER_MODEL_SERVER_WORKERS", "1")
     env.setdefault("MLINFRA_SERVE_THREADS", "1")
+    env.update(extra_env or {})
     with open(log_path, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
         log.flush()
@@ -603,6 +623,7 @@ def _reconcile_endpoint(
         EndpointProcess(
             name=name, port=port, model_version=version.version, model_dir=str(model_dir)
         ),
+        capture_env(paths, spec, name, version.version),
     )
     messages.append(f"endpoint {name}: serving {version.group} v{version.version} at {url}")
     return EndpointStatus(name, url, "serving", proc.pid, version.version, log, True)

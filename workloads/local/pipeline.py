@@ -55,6 +55,8 @@ from workloads.storage import CorruptStoreError, atomic_path, atomic_write
 FEATURE_GROUPS = ("customer-profile", "customer-activity")
 LAUNCHER_ENV = local_jobs.LAUNCHER_ENV  # e.g. "torchrun --nproc-per-node 2"
 SAMPLE_REQUESTS = 5
+# The columns the pipeline's monitoring window shifts (in its second half).
+MONITOR_SHIFT = ["sessions_30d", "avg_session_minutes", "monthly_charges", "plan"]
 
 
 class PipelineError(RuntimeError):
@@ -482,6 +484,32 @@ class Pipeline:
         say(table)
         say(f"endpoint {ep.name}: {ep.url} (serving {self.group} v{ep.model_version})")
         say(f"try it: mlinfra predict {ep.name} {self.sample_file} --stack {self.stack}")
+        self._monitor(ep.name, ep.url or "", validation / "validation.csv")
+
+    def _monitor(self, name: str, url: str, validation_csv: Path) -> None:
+        """A window of traffic with a known shift, then the monitor's summary."""
+        from workloads.monitoring import local as monitoring
+        from workloads.monitoring.report import summary_table
+
+        say = self.console.print
+        if not self.endpoint.data_capture.enabled:
+            say(f"endpoint {name}: dataCapture is off; no monitoring window sent")
+            return
+        frame = pd.read_csv(validation_csv)[churn.FEATURES]
+        sent = monitoring.send_window(url, frame, MONITOR_SHIFT, seed=self.seed)
+        monitoring.wait_for_capture(url)
+        say(
+            f"monitoring window: {sent['rows']} rows sent to {name}; the last "
+            f"{sent['shifted_rows']} shifted ({', '.join(MONITOR_SHIFT)}: numbers x"
+            f"{monitoring.SHIFT_SCALE:g}, the plan set to its rarest value); "
+            f"{self.endpoint.data_capture.sampling_percent}% of requests captured"
+        )
+        outcome = monitoring.monitor_local_endpoint(self.paths, name, since="1h")
+        if not outcome.report.get("rows"):
+            say("monitor: no captured rows in the window")
+            return
+        say(summary_table(outcome.report))
+        say(f"monitor report: {outcome.files[-1]} (mlinfra monitor {name} --stack {self.stack})")
 
 
 def run_pipeline(

@@ -10,8 +10,12 @@
   predictor may accept more content types (`content_types`, e.g. `image/png` for the image
   task): such a body is one instance, handed to `predictor.prepare(content_type, body)` on the
   batcher thread.
-- `GET /openapi.json` (the API description), `GET /stats` (batching counters of this worker),
-  `GET /execution-parameters` (what SageMaker batch transform asks for).
+- `GET /openapi.json` (the API description), `GET /stats` (batching counters of this worker,
+  and its capture counters), `GET /execution-parameters` (what SageMaker batch transform asks for).
+- Data capture (`workloads.serving.capture`): with `--capture-dir` / `MLINFRA_CAPTURE_DIR`
+  each sampled request (`--capture-percent`) and its answer, 4xx included, is written in
+  SageMaker's data-capture format under `<dir>/<--endpoint-name>/AllTraffic/yyyy/mm/dd/hh/`;
+  `X-Amzn-SageMaker-Inference-Id` becomes the record's `inferenceId`.
 
 Why this shape: the request path is a hand-written ASGI app (no framework routing or request
 objects) on uvicorn with httptools and uvloop, with orjson for JSON, and several worker
@@ -50,6 +54,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from workloads.serving import capture
 from workloads.serving.openapi import MAX_BODY_MB, openapi
 
 log = logging.getLogger("mlinfra.serve")
@@ -473,6 +478,7 @@ class InferenceApp:
         self._loader_thread: threading.Thread | None = None
         # Set on SIGTERM (lifecycle.DrainingServer): answers close their connection.
         self.draining = False
+        self.capturer = capture.from_env(dict(os.environ))  # None: capture off
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -513,6 +519,8 @@ class InferenceApp:
     def stop(self) -> None:
         if self.batcher is not None:
             self.batcher.stop()
+        if self.capturer is not None:
+            self.capturer.stop()
 
     # -- ASGI --------------------------------------------------------------------------------
 
@@ -526,6 +534,8 @@ class InferenceApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.capturer is not None:
+                    self.capturer.start()
                 self.start_loading(asyncio.get_running_loop())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -550,6 +560,8 @@ class InferenceApp:
             elif path == "/stats":
                 _require(method, "GET", path)
                 stats = self.batcher.stats.as_dict() if self.batcher else {}
+                if self.capturer is not None:
+                    stats["capture"] = self.capturer.stats()
                 status, body = 200, orjson.dumps(stats)
             elif path == "/execution-parameters":
                 _require(method, "GET", path)
@@ -583,9 +595,11 @@ class InferenceApp:
         }
 
     async def _invoke(self, scope: dict, receive: Callable) -> tuple[int, bytes]:
-        content_type = accept = length = None
+        content_type = accept = length = inference_id = None
         for name, value in scope["headers"]:
-            if name == b"content-type":
+            if name == b"x-amzn-sagemaker-inference-id":
+                inference_id = value.decode("latin-1")
+            elif name == b"content-type":
                 content_type = value
             elif name == b"accept":
                 accept = value
@@ -607,6 +621,7 @@ class InferenceApp:
         if batcher is None:
             raise _HTTPError(503, self.load_error or "model is loading; retry when /ping is 200")
         batcher.open_requests += 1
+        body = b""
         try:
             body = await _read_body(receive)
             if media == JSON:
@@ -615,9 +630,21 @@ class InferenceApp:
                 future = batcher.submit("csv", parse_csv(body))
             else:  # one instance in the predictor's own format, decoded on the batcher thread
                 future = batcher.submit(media.decode("latin-1"), [body])
-            return await future
+            status, answer = await future
+        except _HTTPError as exc:
+            self._capture(media, body, exc.status, _error(exc.message), inference_id)
+            raise
         finally:
             batcher.open_requests -= 1
+        self._capture(media, body, status, answer, inference_id)
+        return status, answer
+
+    def _capture(
+        self, media: bytes, body: bytes, status: int, answer: bytes, inference_id: str | None
+    ) -> None:
+        """Hand a served (or rejected, 4xx) request to the capturer; never blocks."""
+        if self.capturer is not None and status < 500:
+            self.capturer.offer(media.decode("latin-1"), body, answer, inference_id)
 
 
 def _require(method: str, allowed: str, path: str) -> None:
@@ -679,7 +706,12 @@ def parse_args(argv: list[str] | None = None) -> ServeSettings:
         default=base.drain_s,
         help=f"${ENV_DRAIN}: after SIGTERM, keep answering this long (default 2)",
     )
+    capture.add_flags(p)
     args = p.parse_args(argv)
+    try:
+        capture.apply_flags(args, os.environ)
+    except ValueError as exc:
+        p.error(str(exc))
     threads = args.threads
     if threads is None:  # the environment's value, else share the cores between the workers
         threads = base.threads if os.environ.get(ENV_THREADS) else None

@@ -71,11 +71,13 @@ def save_artifact(
     model: nn.Module,
     meta: dict[str, Any],
     metrics: dict[str, float],
+    extra: dict[str, str] | None = None,
 ) -> Path:
     """Write the artifact atomically: a temp dir next to `model_dir`, then a rename.
 
     `meta` is what the harness records (the task reference, hyperparameters...); the task
-    adds its own files and meta through `task.save`.
+    adds its own files and meta through `task.save`; `extra` is more files (name: text),
+    e.g. the monitoring baseline.
     """
     model_dir = Path(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,8 @@ def save_artifact(
         torch.save(state, tmp / "model.pt")
         full_meta = {"format": FORMAT, **meta, **task.save(tmp, model)}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
         _swap_in(tmp, model_dir)
     finally:

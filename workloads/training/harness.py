@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+from workloads.monitoring.baseline import FILE as BASELINE_FILE
 from workloads.storage import StorageError, atomic_write
 from workloads.training import metric_line
 from workloads.training.artifact import publish_model, save_artifact
@@ -86,6 +87,7 @@ class Run:
     ddp: Dist
     fingerprint: str
     batch_size: int
+    validation: Any = None  # the task's validation data as read (for the baseline)
 
 
 class StopFlag:
@@ -118,7 +120,8 @@ def prepare(contract: TrainingContract, ddp: Dist) -> Run:
     if len(train_set) == 0 or len(val_set) == 0:
         raise DataError(f"{contract.train}: no rows to train or validate on")
     batch_size = hp.settings.batch_size or auto_batch_size(len(train_set))
-    return Run(contract, task, train_set, val_set, ddp, run_fingerprint(contract, task), batch_size)
+    fingerprint = run_fingerprint(contract, task)
+    return Run(contract, task, train_set, val_set, ddp, fingerprint, batch_size, validation)
 
 
 def auto_batch_size(train_rows: int) -> int:
@@ -345,13 +348,39 @@ def write_outputs(run: Run, net: nn.Module, state: TrainState) -> dict[str, Any]
         "world_size": run.ddp.world,
         "batch_size": run.batch_size,
     }
-    save_artifact(contract.model_dir, task, net, meta, metrics)
+    baseline = write_baseline(run, net)
+    extra = {BASELINE_FILE: baseline} if baseline else {}
+    save_artifact(contract.model_dir, task, net, meta, metrics, extra)
     contract.output_dir.mkdir(parents=True, exist_ok=True)
+    if baseline:
+        atomic_write(contract.output_dir / BASELINE_FILE, baseline)
     atomic_write(contract.output_dir / "metrics.json", json.dumps(report, indent=2))
     plot_loss_curve(state.curve, contract.output_dir / "loss_curve.png")
     if contract.model_uri:
         publish_model(contract.model_dir, contract.model_uri)
     return report
+
+
+def write_baseline(run: Run, net: nn.Module) -> str | None:
+    """The task's monitoring baseline as JSON text; a task whose hook fails gets none (a
+    warning), never a failed training run."""
+    task = run.task
+    if not hasattr(task, "baseline"):
+        return None
+    try:
+        device = torch.device("cpu")
+        predictions = task.validation_predictions(net, run.val_set, device)
+        doc = task.baseline(run.validation, predictions)
+        return json.dumps(doc, default=_json_default)
+    except Exception as exc:  # a team's own task: its baseline must not lose the model
+        log.warning("no monitoring baseline: %s.baseline failed: %s", type(task).__name__, exc)
+        return None
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def plot_loss_curve(curve: list[dict], path: Path) -> None:

@@ -16,6 +16,8 @@ The call order on each rank:
     model = task.build_model()
     loss = task.compute_loss(model, batch)          # per step; `model` may be DDP-wrapped
     metrics = task.compute_metrics(model, val_ds, device)   # per epoch, on rank 0
+    preds = task.validation_predictions(model, val_ds, device)  # rank 0, once at the end
+    baseline = task.baseline(val, preds)           # rank 0: baseline.json, for monitoring
     meta = task.save(directory, model)              # rank 0, into the artifact being written
     predictor = TaskClass.load_predictor(directory, meta)   # serving, batch scoring
 
@@ -133,6 +135,18 @@ class Task(Protocol):
         """Facts for the log and metrics.json (rows, classes, problem type...)."""
         ...
 
+    def validation_predictions(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> list:
+        """The model's predictions on the validation set, as serving formats them (labels
+        or values): the baseline's prediction distribution."""
+        ...
+
+    def baseline(self, validation: Any, predictions: list) -> dict[str, Any]:
+        """The monitoring baseline (`workloads.monitoring.baseline`): per input feature
+        what the monitor compares traffic with, and the prediction distribution."""
+        ...
+
     def save(self, directory: Path, model: nn.Module) -> dict[str, Any]:
         """Write the task's files (preprocessing, vocabulary...) into the artifact folder
         being assembled, and return what goes into meta.json. The harness writes the
@@ -174,6 +188,29 @@ class TaskBase:
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+    def validation_predictions(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> list:
+        """Class indices (outputs wider than one) or values (one output)."""
+        outs = []
+        model.eval()
+        with torch.inference_mode():
+            for batch in eval_batches(dataset, device):
+                x = batch[0] if isinstance(batch, tuple | list) else batch
+                outs.append(model(x).float().cpu())
+        model.train()
+        out = torch.cat(outs)
+        out = out.reshape(len(out), -1)
+        if out.shape[1] > 1:
+            return out.argmax(dim=1).tolist()
+        return out[:, 0].double().tolist()
+
+    def baseline(self, validation: Any, predictions: list) -> dict[str, Any]:
+        """Only the prediction distribution; a task knowing its inputs adds features."""
+        from workloads.monitoring.baseline import prediction_baseline
+
+        return prediction_baseline(self.name, predictions)
 
 
 def _take(data: Any, index: np.ndarray) -> Any:

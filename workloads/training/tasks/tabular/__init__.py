@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from workloads.monitoring.baseline import table_baseline
 from workloads.training.data import DataError, infer_problem, load_table, split_target
 from workloads.training.tasks.base import TaskBase, TaskParams, eval_batches
 from workloads.training.tasks.tabular.model import Predictor, TabularNet
@@ -261,6 +262,21 @@ class TabularTask(TaskBase):
             "inputs": self.preprocessor.output_dim if self.preprocessor else 0,
             "hidden_sizes": self.hidden_sizes,
         }
+
+    # -- monitoring -------------------------------------------------------------------
+
+    def validation_predictions(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> list:
+        raw = super().validation_predictions(model, dataset, device)
+        if self.problem == "regression":
+            return [v * self.target_scale + self.target_mean for v in raw]
+        classes = self.classes or []
+        return [{"label": classes[i]} for i in raw]
+
+    def baseline(self, validation: Table, predictions: list) -> dict[str, Any]:
+        """Per feature column its distribution on the validation rows, and the predictions'."""
+        return table_baseline(self.name, validation.features, predictions)
 
     # -- artifact ---------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Model monitoring: the capture reader, the baseline, drift and quality, the reports."""

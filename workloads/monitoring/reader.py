@@ -1,0 +1,228 @@
+"""Reading captured traffic and ground truth, from `file://` (or a plain path) and `s3://`.
+
+Captures are SageMaker data-capture JSON Lines, whichever backend served them:
+
+    {"captureData": {"endpointInput": {"observedContentType": "text/csv", "mode": "INPUT",
+                                       "data": "...", "encoding": "CSV"},
+                     "endpointOutput": {... "mode": "OUTPUT" ...}},
+     "eventMetadata": {"eventId": "...", "inferenceId": "...", "inferenceTime": "..."},
+     "eventVersion": "0"}
+
+under `<destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl`. Files are streamed line
+by line, never loaded whole; files whose hour folder lies outside the window are skipped
+unread. A line that cannot be read is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+
+HOUR_PATH = re.compile(r"(\d{4})/(\d{2})/(\d{2})/(\d{2})/[^/]*$")
+
+
+class CaptureError(ValueError):
+    """A capture or ground-truth location that cannot be read; the message says which."""
+
+
+@dataclass
+class Event:
+    """One captured request: its rows, the response's predictions, when and which."""
+
+    key: str  # the inference id when the caller sent one, else the event id
+    time: datetime
+    content_type: str
+    inputs: list  # records (dicts) or CSV rows (lists)
+    predictions: list | None  # None: the request was rejected (an error body)
+    model_version: str | None = None
+
+
+@dataclass
+class ReadStats:
+    files: int = 0
+    lines: int = 0
+    unreadable: int = 0
+    outside_window: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few reasons, for the report
+
+    def bad(self, where: str, why: str) -> None:
+        self.unreadable += 1
+        if len(self.errors) < 5:
+            self.errors.append(f"{where}: {why}")
+
+
+def _split(uri: str) -> tuple[str, str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return "s3", parsed.netloc, parsed.path.lstrip("/")
+    if parsed.scheme in ("", "file"):
+        return "file", "", parsed.path if parsed.scheme else uri
+    raise CaptureError(
+        f"{uri}: unsupported location scheme {parsed.scheme!r}: use file:// or s3://"
+    )
+
+
+def _in_window(name: str, since: datetime | None, until: datetime | None) -> bool:
+    match = HOUR_PATH.search(name)
+    if not match:
+        return True
+    y, m, d, h = (int(g) for g in match.groups())
+    hour = datetime(y, m, d, h, tzinfo=UTC)
+    if since is not None and hour + timedelta(hours=1) <= since:
+        return False
+    return until is None or hour < until
+
+
+def iter_lines(
+    uri: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    stats: ReadStats | None = None,
+) -> Iterator[tuple[str, bytes]]:
+    """(file name, line) of every `.jsonl` file under `uri`, in name order (time order)."""
+    scheme, bucket, prefix = _split(uri)
+    if scheme == "file":
+        root = Path(prefix)
+        if not root.exists():
+            raise CaptureError(f"{uri}: no such file or folder")
+        files = [root] if root.is_file() else sorted(root.rglob("*.jsonl"))
+        for path in files:
+            if not _in_window(path.as_posix(), since, until):
+                continue
+            if stats:
+                stats.files += 1
+            with path.open("rb") as fh:
+                for line in fh:
+                    yield path.name, line
+        return
+    import boto3
+
+    s3 = boto3.client("s3")
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".jsonl")]
+    for key in sorted(keys):
+        if not _in_window(key, since, until):
+            continue
+        if stats:
+            stats.files += 1
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        for line in body.iter_lines():
+            yield key, line
+
+
+def decode_data(part: dict) -> bytes:
+    data = part.get("data", "")
+    if part.get("encoding") == "BASE64":
+        return base64.b64decode(data)
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+def parse_payload(content_type: str, body: bytes) -> list:
+    """Request rows: CSV rows (lists of strings) or JSON `{"instances": [...]}` records."""
+    media = content_type.split(";")[0].strip().lower()
+    if media == "text/csv":
+        return [row for row in csv.reader(io.StringIO(body.decode())) if row]
+    doc = orjson.loads(body)
+    if isinstance(doc, dict) and "instances" in doc:
+        return list(doc["instances"])
+    raise ValueError(f'unexpected {media} payload: expected {{"instances": [...]}}')
+
+
+def parse_predictions(content_type: str, body: bytes) -> list | None:
+    media = content_type.split(";")[0].strip().lower()
+    if media == "text/csv":
+        return [row[0] if len(row) == 1 else row for row in csv.reader(io.StringIO(body.decode()))]
+    doc = orjson.loads(body)
+    if isinstance(doc, dict) and "predictions" in doc:
+        return list(doc["predictions"])
+    return None  # an error body: the request was rejected
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_event(line: bytes) -> Event:
+    doc = orjson.loads(line)
+    data, meta = doc["captureData"], doc["eventMetadata"]
+    inp, out = data["endpointInput"], data.get("endpointOutput")
+    content_type = inp.get("observedContentType", "application/json")
+    inputs = parse_payload(content_type, decode_data(inp))
+    predictions = None
+    if out is not None:
+        predictions = parse_predictions(
+            out.get("observedContentType", "application/json"), decode_data(out)
+        )
+    return Event(
+        key=str(meta.get("inferenceId") or meta["eventId"]),
+        time=parse_time(meta["inferenceTime"]),
+        content_type=content_type,
+        inputs=inputs,
+        predictions=predictions,
+        model_version=meta.get("modelVersion"),
+    )
+
+
+def read_events(
+    uri: str, since: datetime | None, until: datetime | None, stats: ReadStats
+) -> Iterator[Event]:
+    for name, line in iter_lines(uri, since, until, stats):
+        if not line.strip():
+            continue
+        stats.lines += 1
+        try:
+            event = parse_event(line)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            stats.bad(name, f"{type(exc).__name__}: {exc}"[:200])
+            continue
+        if (since is not None and event.time < since) or (
+            until is not None and event.time >= until
+        ):
+            stats.outside_window += 1
+            continue
+        yield event
+
+
+def read_ground_truth(uri: str, stats: ReadStats) -> dict[str, list]:
+    """Labels by inference id (or event id): `{"groundTruthData": {"data": ..., "encoding":
+    "CSV" | "JSON" | "BASE64"}, "eventMetadata": {"eventId": ...}, "eventVersion": "0"}`."""
+    labels: dict[str, list] = {}
+    for name, line in iter_lines(uri, stats=stats):
+        if not line.strip():
+            continue
+        try:
+            doc = orjson.loads(line)
+            part, key = doc["groundTruthData"], str(doc["eventMetadata"]["eventId"])
+            body = decode_data(part)
+            if part.get("encoding") == "JSON":
+                value: Any = orjson.loads(body)
+                values = value if isinstance(value, list) else [value]
+            else:
+                values = [_scalar(v) for row in csv.reader(io.StringIO(body.decode())) for v in row]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            stats.bad(name, f"ground truth: {type(exc).__name__}: {exc}"[:200])
+            continue
+        labels[key] = values
+    return labels
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
