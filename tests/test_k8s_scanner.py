@@ -29,12 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # (check, resource pattern "Kind.namespace.name", why it is accepted)
 ALLOWED: list[tuple[str, str, str]] = [
     # Team images: ECR repositories have IMMUTABLE tags, so a tag names one image for good
-    # (as a digest does); jobs also take a digest (image_tag="sha256:...").
-    ("CKV_K8S_43", r"(Deployment|Job)\.[a-z0-9-]+\..*", "immutable ECR tags pin the image"),
+    # (as a digest does); jobs also take a digest (image_tag="sha256:..."). The monitoring
+    # CronJobs run the team's serving image, also by immutable tag.
+    ("CKV_K8S_43", r"(Deployment|Job|CronJob)\.[a-z0-9-]+\..*", "immutable ECR tags pin the image"),
     # The platform's images run as uid 1000 (the `mlinfra` user of docker/*.Dockerfile),
     # non-root, no capabilities, read-only root filesystem, no hostPath that a host uid
     # could share; a uid above 10000 adds nothing here.
-    ("CKV_K8S_40", r"(Deployment|Job)\.[a-z0-9-]+\..*", "uid 1000, restricted, no hostPath"),
+    (
+        "CKV_K8S_40",
+        r"(Deployment|Job|CronJob)\.[a-z0-9-]+\..*",
+        "uid 1000, restricted, no hostPath",
+    ),
     # The NVIDIA device plugin (kube-system): it writes its socket into the kubelet's
     # root-owned /var/lib/kubelet/device-plugins (a hostPath), so it runs as root with no
     # capabilities, no privilege escalation, RuntimeDefault seccomp and a read-only root.
