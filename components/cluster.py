@@ -329,6 +329,7 @@ class GpuCluster(pulumi.ComponentResource):
             lake=args.data_lake,
             namespace=self.namespace,
             opts=in_ns,
+            model_group_arns=args.model_group_arns or [],
         )
 
         self.register_outputs(

@@ -28,9 +28,11 @@ def monitoring_service_account(spec: PlatformSpec) -> str:
     return f"{spec.team}-monitoring"
 
 
-def monitoring_policy(lake: DataLake) -> dict[str, Any]:
+def monitoring_policy(
+    lake: DataLake, model_group_arns: list[pulumi.Output[str]] | None = None
+) -> dict[str, Any]:
     logs = lake.bucket_arns["logs"]
-    return {
+    policy: dict[str, Any] = {
         "Version": "2012-10-17",
         "Statement": [
             {
@@ -77,6 +79,31 @@ def monitoring_policy(lake: DataLake) -> dict[str, Any]:
             },
         ],
     }
+    if model_group_arns:
+        # The job finds the served version and its artifact (the baseline) in the registry:
+        # read-only, the team's groups and their versions.
+        versions = [
+            pulumi.Output.from_input(arn).apply(
+                lambda a: a.replace(":model-package-group/", ":model-package/") + "/*"
+            )
+            for arn in model_group_arns
+        ]
+        policy["Statement"] += [
+            {
+                "Sid": "ReadTeamModelRegistry",
+                "Effect": "Allow",
+                "Action": ["sagemaker:DescribeModelPackageGroup", "sagemaker:DescribeModelPackage"],
+                "Resource": [*model_group_arns, *versions],
+            },
+            {
+                # List actions take no resource in IAM; they return metadata, never data.
+                "Sid": "ListModelVersions",
+                "Effect": "Allow",
+                "Action": ["sagemaker:ListModelPackages"],
+                "Resource": "*",
+            },
+        ]
+    return policy
 
 
 def monitoring_identity(
@@ -89,6 +116,7 @@ def monitoring_identity(
     lake: DataLake,
     namespace: pulumi.Input[str],
     opts: pulumi.ResourceOptions,
+    model_group_arns: list[pulumi.Output[str]] | None = None,
 ) -> k8s.core.v1.ServiceAccount:
     """The monitoring role, its policy and the service account bound to it."""
     sa_name = monitoring_service_account(spec)
@@ -100,7 +128,7 @@ def monitoring_identity(
         issuer=issuer,
         namespace=spec.team,
         service_account=sa_name,
-        policy=monitoring_policy(lake),
+        policy=monitoring_policy(lake, model_group_arns),
         tags=spec.tags,
     )
     return k8s.core.v1.ServiceAccount(

@@ -394,6 +394,21 @@ def test_only_the_monitoring_identity_reads_captures(stack):
     (trust,) = _policy(roles[f"{spec.prefix}-monitoring"], "assumeRolePolicy")["Statement"]
     subject = f"system:serviceaccount:{spec.team}:{monitoring_service_account(spec)}"
     assert subject in trust["Condition"]["StringEquals"].values()
+    # The scheduled job looks up the served version (and its baseline) in the registry:
+    # read-only, on the team's own model groups and their versions.
+    monitoring = [
+        s
+        for p in rendered.by_type(ROLE_POLICY)
+        if p.inputs["role"] == f"{spec.prefix}-monitoring"
+        for s in _policy(p)["Statement"]
+    ]
+    registry = [s for s in monitoring if s.get("Sid") == "ReadTeamModelRegistry"]
+    if spec.model_registry.model_groups:
+        (statement,) = registry
+        assert all(a.startswith("sagemaker:Describe") for a in _list(statement["Action"]))
+        groups = [spec.physical(g.name) for g in spec.model_registry.model_groups]
+        for resource in _list(statement["Resource"]):
+            assert any(f"/{group}" in resource for group in groups), resource
 
 
 # --- 10. AWS Budgets: at most five notifications ----------------------------------------------
