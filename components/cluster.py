@@ -64,6 +64,8 @@ class GpuClusterArgs:
     data_lake: DataLake
     feature_group_arns: list[pulumi.Output[str]] | None = None
     model_group_arns: list[pulumi.Output[str]] | None = None
+    # Building training sets with Athena (components.feature_store.training_set_statements).
+    training_set_statements: list[dict[str, Any]] | None = None
 
 
 def pool_labels(pool: GpuPoolSpec) -> dict[str, str]:
@@ -302,7 +304,10 @@ class GpuCluster(pulumi.ComponentResource):
             namespace=spec.team,
             service_account=sa_name,
             policy=workload_policy(
-                args.data_lake, args.feature_group_arns or [], args.model_group_arns or []
+                args.data_lake,
+                args.feature_group_arns or [],
+                args.model_group_arns or [],
+                args.training_set_statements or [],
             ),
             tags=tags,
         )
@@ -538,6 +543,7 @@ def workload_policy(
     lake: DataLake,
     feature_group_arns: list[pulumi.Output[str]],
     model_group_arns: list[pulumi.Output[str]],
+    training_set_statements: list[dict[str, Any]] = (),  # type: ignore[assignment]
 ) -> dict[str, Any]:
     """Least privilege for the team's workloads: named actions on the team's ARNs only.
 
@@ -610,4 +616,5 @@ def workload_policy(
                 "Resource": "*",
             }
         )
+    statements.extend(training_set_statements)
     return {"Version": "2012-10-17", "Statement": statements}

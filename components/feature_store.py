@@ -5,6 +5,11 @@ an `aws.sagemaker.FeatureGroup` with an online store (KMS-encrypted, with an opt
 and an offline store (Parquet in `s3://<features bucket>/offline/<group>`, KMS-encrypted,
 catalogued in Glue) as the spec asks. SageMaker writes the offline store with a role that
 reaches only that prefix, the team key and the team's Glue database.
+
+Training sets are built from the offline store by Athena (`workloads.features.athena`), in
+a workgroup of the team's own: its query results go to the artifacts bucket under the team
+key whatever a client asks (the workgroup overrides client-side settings), and the team's
+workloads may run queries in it and nowhere else (`training_set_statements`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import pulumi_aws as aws
 
 from components.iam import assume_role_policy
 from components.spec import FeatureGroupSpec, PlatformSpec
+from workloads.features.athena import LABELS_TABLE_PREFIX
 
 # Spec feature types -> SageMaker Feature Store FeatureType.
 FEATURE_TYPES = {"string": "String", "integral": "Integral", "fractional": "Fractional"}
@@ -27,6 +33,8 @@ FEATURE_TYPES = {"string": "String", "integral": "Integral", "fractional": "Frac
 OFFLINE_TABLE_FORMAT = "Glue"
 
 OFFLINE_PREFIX = "offline"
+# Athena's query metadata and results (the training sets themselves go to training-sets/).
+ATHENA_RESULTS_PREFIX = "athena-results"
 
 
 def glue_database_name(spec: PlatformSpec) -> str:
@@ -38,11 +46,17 @@ def offline_uri(bucket: str, group: str) -> str:
     return f"s3://{bucket}/{OFFLINE_PREFIX}/{group}"
 
 
+def workgroup_name(spec: PlatformSpec) -> str:
+    return f"{spec.prefix}-training-sets"
+
+
 @dataclass
 class FeatureStoreArgs:
     spec: PlatformSpec
     features_bucket: pulumi.Input[str]
     kms_key_arn: pulumi.Input[str]
+    # Where Athena writes query results; without it no workgroup is made.
+    artifacts_bucket: pulumi.Input[str] | None = None
 
 
 class FeatureStore(pulumi.ComponentResource):
@@ -53,6 +67,9 @@ class FeatureStore(pulumi.ComponentResource):
     group_names: dict[str, pulumi.Output[str]]
     group_arns: dict[str, pulumi.Output[str]]
     offline_uris: dict[str, pulumi.Output[str]]
+    # The team's Athena workgroup, when some group has an offline store to query.
+    workgroup_name: pulumi.Output[str] | None
+    workgroup_arn: pulumi.Output[str] | None
 
     def __init__(
         self, name: str, args: FeatureStoreArgs, opts: pulumi.ResourceOptions | None = None
@@ -118,9 +135,36 @@ class FeatureStore(pulumi.ComponentResource):
                     lambda b, g=group.name: offline_uri(b, g)
                 )
 
+        self.workgroup_name = self.workgroup_arn = None
+        if args.artifacts_bucket is not None and any(g.offline for g in spec.feature_groups):
+            workgroup = aws.athena.Workgroup(
+                f"{name}-workgroup",
+                name=workgroup_name(spec),
+                description=f"Training sets of {spec.prefix} from its offline feature store",
+                configuration=aws.athena.WorkgroupConfigurationArgs(
+                    enforce_workgroup_configuration=True,
+                    publish_cloudwatch_metrics_enabled=True,
+                    result_configuration=aws.athena.WorkgroupConfigurationResultConfigurationArgs(
+                        output_location=pulumi.Output.concat(
+                            "s3://", args.artifacts_bucket, f"/{ATHENA_RESULTS_PREFIX}/"
+                        ),
+                        encryption_configuration=aws.athena.WorkgroupConfigurationResultConfigurationEncryptionConfigurationArgs(  # noqa: E501
+                            encryption_option="SSE_KMS", kms_key_arn=kms_key_arn
+                        ),
+                    ),
+                ),
+                # Saved queries only; results and training sets live in S3.
+                force_destroy=True,
+                tags=spec.tags,
+                opts=child,
+            )
+            self.workgroup_name = workgroup.name
+            self.workgroup_arn = workgroup.arn
+
         self.register_outputs(
             {
                 "database_name": self.database_name,
+                "workgroup_name": self.workgroup_name,
                 "role_arn": self.role_arn,
                 "group_names": self.group_names,
                 "group_arns": self.group_arns,
@@ -229,3 +273,72 @@ def offline_store_policy(
             },
         ],
     }
+
+
+def training_set_statements(
+    region: str,
+    database: pulumi.Input[str],
+    workgroup_arn: pulumi.Input[str],
+    artifacts_bucket_arn: pulumi.Input[str],
+) -> list[dict]:
+    """What a workload needs to build a training set with Athena, as the caller Athena
+    acts for: queries in the team's workgroup, the offline store's Glue tables (read), its own
+    temporary labels tables (create, delete), and multipart uploads of the results it writes
+    into the artifacts bucket (objects there are already the workload's)."""
+    invoke = pulumi.InvokeOptions()
+    glue = pulumi.Output.concat(
+        "arn:",
+        aws.get_partition_output(opts=invoke).partition,
+        ":glue:",
+        region,
+        ":",
+        aws.get_caller_identity_output(opts=invoke).account_id,
+    )
+    tables = pulumi.Output.concat(glue, ":table/", database, "/")
+    catalog = [
+        pulumi.Output.concat(glue, ":catalog"),
+        pulumi.Output.concat(glue, ":database/", database),
+    ]
+    return [
+        {
+            "Sid": "TrainingSetQueries",
+            "Effect": "Allow",
+            "Action": [
+                "athena:StartQueryExecution",
+                "athena:GetQueryExecution",
+                "athena:StopQueryExecution",
+                "athena:GetWorkGroup",
+            ],
+            "Resource": [workgroup_arn],
+        },
+        {
+            "Sid": "ReadOfflineStoreCatalog",
+            "Effect": "Allow",
+            "Action": [
+                "glue:GetDatabase",
+                "glue:GetTable",
+                "glue:GetTables",
+                "glue:GetPartition",
+                "glue:GetPartitions",
+            ],
+            "Resource": [*catalog, pulumi.Output.concat(tables, "*")],
+        },
+        {
+            "Sid": "TrainingSetLabelsTables",
+            "Effect": "Allow",
+            "Action": ["glue:CreateTable", "glue:DeleteTable"],
+            "Resource": [*catalog, pulumi.Output.concat(tables, LABELS_TABLE_PREFIX, "*")],
+        },
+        {
+            "Sid": "TrainingSetUploads",
+            "Effect": "Allow",
+            "Action": ["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+            "Resource": [pulumi.Output.concat(artifacts_bucket_arn, "/*")],
+        },
+        {
+            "Sid": "TrainingSetUploadsList",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucketMultipartUploads"],
+            "Resource": [artifacts_bucket_arn],
+        },
+    ]

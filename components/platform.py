@@ -17,7 +17,7 @@ from pulumi.runtime.config import CONFIG, get_config_env
 from components.budget import Budget, BudgetArgs
 from components.cluster import SYSTEM_POOL, GpuCluster, GpuClusterArgs
 from components.endpoints import Endpoints, EndpointsArgs
-from components.feature_store import FeatureStore, FeatureStoreArgs
+from components.feature_store import FeatureStore, FeatureStoreArgs, training_set_statements
 from components.network import Network, NetworkArgs
 from components.readiness import AccountState, current, decide
 from components.registry import ModelRegistry, ModelRegistryArgs
@@ -58,7 +58,10 @@ def build_platform(
     features = FeatureStore(
         "featurestore",
         FeatureStoreArgs(
-            spec, features_bucket=lake.bucket_names["features"], kms_key_arn=lake.kms_key_arn
+            spec,
+            features_bucket=lake.bucket_names["features"],
+            kms_key_arn=lake.kms_key_arn,
+            artifacts_bucket=lake.bucket_names["artifacts"],
         ),
     )
     registry = ModelRegistry("registry", ModelRegistryArgs(spec, kms_key_arn=lake.kms_key_arn))
@@ -70,6 +73,16 @@ def build_platform(
             data_lake=lake,
             feature_group_arns=list(features.group_arns.values()),
             model_group_arns=list(registry.group_arns.values()),
+            training_set_statements=(
+                training_set_statements(
+                    spec.region,
+                    features.database_name,
+                    features.workgroup_arn,
+                    lake.bucket_arns["artifacts"],
+                )
+                if features.workgroup_arn is not None
+                else []
+            ),
         ),
     )
     endpoints = Endpoints(
@@ -115,6 +128,7 @@ def build_platform(
         },
         "feature_store": {
             "database": features.database_name,
+            "workgroup": features.workgroup_name,
             "groups": {
                 group.name: {
                     "name": features.group_names[group.name],

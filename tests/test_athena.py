@@ -404,3 +404,129 @@ def test_the_sagemaker_store_builds_training_sets_with_athena(aws):
     without = SageMakerFeatureStore({"profile": PROFILE}, runtime=None, s3=aws.client("s3"))
     with pytest.raises(ValueError, match="no Athena configuration"):
         without.training_set_uri(labels, ["profile"], entity_column="cid", time_column="label_time")
+
+
+# --- the workload role allows what building a training set asks of AWS -----------------------
+
+# What Athena itself does as the caller while it runs the UNLOAD (it acts with the caller's
+# credentials): read the offline store's catalog and files, write the results and its own
+# query metadata. (service, IAM action, resource kind)
+ATHENA_ON_BEHALF = [
+    ("glue", "glue:GetDatabase", "database"),
+    ("glue", "glue:GetTable", "offline-table"),
+    ("glue", "glue:GetTable", "labels-table"),
+    ("glue", "glue:GetPartitions", "offline-table"),
+    ("s3", "s3:GetObject", "features-object"),
+    ("s3", "s3:ListBucket", "features-bucket"),
+    ("s3", "s3:PutObject", "artifacts-object"),
+    ("s3", "s3:AbortMultipartUpload", "artifacts-object"),
+    ("s3", "s3:ListBucketMultipartUploads", "artifacts-bucket"),
+    ("kms", "kms:GenerateDataKey", "key"),
+    ("kms", "kms:Decrypt", "key"),
+]
+
+
+def _iam_action(service: str, operation: str) -> str:
+    return {("s3", "ListObjectsV2"): "s3:ListBucket"}.get(
+        (service, operation), f"{service}:{operation}"
+    )
+
+
+def test_the_workload_role_allows_every_call_of_a_training_set(aws):
+    """Every API call the builder makes (recorded from a real run under moto) and every call
+    Athena makes on the caller's behalf is allowed, on that resource, by the workload role of
+    a rendered stack: an action or a resource missing from the policy fails here, not with
+    AccessDenied in a pod."""
+    import fnmatch
+    import json
+
+    from tests.stack_support import rendered_stack
+
+    calls: list[tuple[str, str, dict]] = []
+
+    def record(model, params, **_):
+        calls.append((model.service_model.signing_name, model.name, params))
+
+    clients = {n: aws.client(n) for n in ("athena", "glue", "s3", "sagemaker")}
+    for client in clients.values():
+        client.meta.events.register("provide-client-params.*.*", record)
+    builder = AthenaTrainingSets(**clients, artifacts="s3://artifacts", poll_s=0)
+    labels = pd.DataFrame({"customer_id": [1, 2], "label_time": [T0, T0], "churned": [0, 1]})
+    refs = {"profile": PROFILE, "activity": ACTIVITY}
+    builder.build(labels, refs, {g: "customer_id" for g in refs}, "label_time", "run-1")
+    assert {(s, o) for s, o, _ in calls} >= {
+        ("athena", "StartQueryExecution"), ("glue", "CreateTable"), ("s3", "PutObject"),
+    }  # fmt: skip
+
+    rendered = rendered_stack("vision-dev")
+    (role,) = [
+        r for r in rendered.by_type("aws:iam/role:Role") if r.inputs["name"].endswith("-workloads")
+    ]
+    (policy,) = [
+        p for p in rendered.by_type("aws:iam/rolePolicy:RolePolicy")
+        if p.inputs["role"] == role.outputs["name"]
+    ]  # fmt: skip
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    buckets = {
+        b.inputs["tags"]["purpose"]: b.outputs["bucket"]
+        for b in rendered.by_type("aws:s3/bucket:Bucket")
+    }
+    (database,) = [
+        d.inputs["name"] for d in rendered.by_type("aws:glue/catalogDatabase:CatalogDatabase")
+    ]
+    (workgroup,) = rendered.by_type("aws:athena/workgroup:Workgroup")
+    results = workgroup.inputs["configuration"]["resultConfiguration"]
+    assert workgroup.inputs["configuration"]["enforceWorkgroupConfiguration"] is True
+    assert results["outputLocation"].startswith(f"s3://{buckets['artifacts']}/")
+    assert results["encryptionConfiguration"]["encryptionOption"] == "SSE_KMS"
+    key = results["encryptionConfiguration"]["kmsKeyArn"]  # the team key
+    glue = "arn:aws:glue:us-east-1:123456789012"
+
+    def table(name: str) -> list[str]:
+        return [f"{glue}:catalog", f"{glue}:database/{database}", f"{glue}:table/{database}/{name}"]
+
+    kinds = {
+        "database": [f"{glue}:catalog", f"{glue}:database/{database}"],
+        "offline-table": table("vision_dev_profile_1700000000"),
+        "labels-table": table("mlinfra_labels_run_1"),
+        "features-object": [f"arn:aws:s3:::{buckets['features']}/offline/profile/x.parquet"],
+        "features-bucket": [f"arn:aws:s3:::{buckets['features']}"],
+        "artifacts-object": [f"arn:aws:s3:::{buckets['artifacts']}/training-sets/run-1/data/x"],
+        "artifacts-bucket": [f"arn:aws:s3:::{buckets['artifacts']}"],
+        "key": [key],
+    }
+
+    def resources(service: str, operation: str, params: dict) -> list[str]:
+        """The ARNs IAM checks for one recorded call, moved onto the rendered stack."""
+        if service == "athena":
+            return [workgroup.outputs["arn"]]
+        if service == "glue":
+            name = params.get("Name") or params.get("TableInput", {}).get("Name")
+            return table(name) if name else kinds["database"]
+        if service == "s3":
+            bucket = buckets["artifacts"] if params["Bucket"] == "artifacts" else params["Bucket"]
+            if "Key" in params:
+                return [f"arn:aws:s3:::{bucket}/{params['Key']}"]
+            return [f"arn:aws:s3:::{bucket}"]
+        assert service == "sagemaker"
+        return [
+            g.outputs["arn"] for g in rendered.by_type("aws:sagemaker/featureGroup:FeatureGroup")
+        ][:1]
+
+    def allowed(action: str, arn: str) -> bool:
+        for statement in statements:
+            actions = statement["Action"]
+            actions = [actions] if isinstance(actions, str) else actions
+            targets = statement["Resource"]
+            targets = [targets] if isinstance(targets, str) else targets
+            if action in actions and any(fnmatch.fnmatchcase(arn, t) for t in targets):
+                return True
+        return False
+
+    needed = [(_iam_action(s, o), arn) for s, o, p in calls for arn in resources(s, o, p)] + [
+        (action, arn) for _, action, kind in ATHENA_ON_BEHALF for arn in kinds[kind]
+    ]
+    missing = sorted({(a, r) for a, r in needed if not allowed(a, r)})
+    assert not missing, missing
+    # And no more than that: the workloads may create and drop only labels tables.
+    assert not allowed("glue:DeleteTable", table("vision_dev_profile_1700000000")[-1])

@@ -84,6 +84,9 @@ def test_platform_output_is_a_valid_descriptor(stack):
         assert (ref.offline_uri is not None) == group.offline
         if group.offline:
             assert ref.offline_uri.startswith(descriptor.buckets.features + "/")
+    workgroups = [w.inputs["name"] for w in rendered.by_type("aws:athena/workgroup:Workgroup")]
+    offline = any(g.offline for g in spec.feature_groups)
+    assert workgroups == ([descriptor.feature_store.workgroup] if offline else [])
     assert set(descriptor.registry.model_groups) == {
         g.name for g in spec.model_registry.model_groups
     }
@@ -291,6 +294,15 @@ def test_service_account_role_reaches_only_team_resources(stack):
             for g in rendered.by_type("aws:sagemaker/modelPackageGroup:ModelPackageGroup")
         ),
     ]
+    team_arns += [w.outputs["arn"] for w in rendered.by_type("aws:athena/workgroup:Workgroup")]
+    # The offline store's Glue database, its tables, and the account's catalog they live in
+    # (Glue authorizes a table call on all three).
+    glue = f"arn:aws:glue:{spec.region}:123456789012"
+    databases = [
+        d.inputs["name"] for d in rendered.by_type("aws:glue/catalogDatabase:CatalogDatabase")
+    ]
+    glue_arns = {f"{glue}:catalog"} | {f"{glue}:database/{d}" for d in databases}
+    glue_tables = tuple(f"{glue}:table/{d}/" for d in databases)
     data_key = rendered.get(rendered.by_type(BUCKET)[0].parent)  # the DataLake
     key_arns = {k.outputs["arn"] for k in rendered.children(data_key) if k.type.endswith("Key")}
     reached = set()
@@ -304,8 +316,11 @@ def test_service_account_role_reaches_only_team_resources(stack):
             continue
         for arn in resources:
             versions = arn.replace(":model-package/", ":model-package-group/").removesuffix("/*")
-            owned = arn in key_arns or any(
-                arn == t or arn.startswith(t + "/") or versions == t for t in team_arns
+            owned = (
+                arn in key_arns
+                or arn in glue_arns
+                or arn.startswith(glue_tables)
+                or any(arn == t or arn.startswith(t + "/") or versions == t for t in team_arns)
             )
             assert owned, f"{arn} is not one of {spec.prefix}'s resources"
             reached.add(arn)
@@ -315,6 +330,8 @@ def test_service_account_role_reaches_only_team_resources(stack):
         expected = purpose in ("raw", "features", "artifacts")
         assert any(r == arn or r.startswith(arn + "/") for r in reached) is expected, purpose
     assert all(arn in reached for arn in team_arns[len(buckets) :])
+    if any(g.offline for g in spec.feature_groups):
+        assert glue_arns <= reached  # training sets: Athena reads the offline store's tables
 
 
 # --- storage ----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class FeatureGroupRef(_Doc):
 
 class FeatureStore(_Doc):
     database: str | None  # Glue database of the offline store (None locally)
+    workgroup: str | None = None  # Athena workgroup training sets are built in (None locally)
     groups: dict[str, FeatureGroupRef]  # keyed by the spec's feature group name
 
 

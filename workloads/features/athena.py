@@ -50,6 +50,8 @@ _API = "__mlinfra_api_time"
 # Columns SageMaker adds to every offline store row.
 WRITE_TIME, API_TIME, IS_DELETED = "write_time", "api_invocation_time", "is_deleted"
 TRAINING_SETS_PREFIX = "training-sets"
+# The temporary Glue tables labels are catalogued in: the only tables a workload may create.
+LABELS_TABLE_PREFIX = "mlinfra_labels_"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 POLL_S = 2.0
 DEFAULT_TIMEOUT_S = 3600.0
@@ -313,7 +315,7 @@ class AthenaTrainingSets:
         database = tables[0].database
         table = labels_table(labels, time_column)
         label_columns = [c for c in table.column_names if c not in (ROW, TIME_US)]
-        glue_name = f"mlinfra_labels_{name.replace('-', '_')}"
+        glue_name = LABELS_TABLE_PREFIX + name.replace("-", "_")
         table_input = glue_table_input(glue_name, f"{root}/labels/", table.schema)
         select = point_in_time_sql(
             f"{quote(database)}.{quote(glue_name)}", label_columns, entity_columns, tables

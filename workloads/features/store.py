@@ -696,5 +696,6 @@ def feature_store_from_descriptor(
             s3=s3,
             sagemaker=session.client("sagemaker", region_name=region),
             artifacts=descriptor.buckets.artifacts,
+            workgroup=descriptor.feature_store.workgroup or "primary",
         ),
     )
