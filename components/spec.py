@@ -62,10 +62,14 @@ _RUNNER_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # The cluster-autoscaler release for each Kubernetes minor version: its minor must match
 # the control plane's. A version missing here has no autoscaler the platform has vetted.
+# The newest patch of each minor promoted to registry.k8s.io (kubernetes/k8s.io #8815 and
+# #9676, July 2026).
 CLUSTER_AUTOSCALER_TAGS = {
-    "1.31": "v1.31.0",
-    "1.32": "v1.32.3",
-    "1.33": "v1.33.1",
+    "1.32": "v1.32.5",
+    "1.33": "v1.33.5",
+    "1.34": "v1.34.4",
+    "1.35": "v1.35.1",
+    "1.36": "v1.36.0",
 }
 
 # Image tags CI builds push (`sha-<commit>`, `pr-<n>-...`, `dev-...`): the ECR lifecycle

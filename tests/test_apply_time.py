@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from typing import Any
 
 import pytest
@@ -35,6 +36,7 @@ from components.network import EKS_UNSUPPORTED_ZONE_IDS
 from components.spec import (
     BUILD_TAG_PATTERNS,
     CLUSTER_AUTOSCALER_TAGS,
+    EKS_VERSIONS,
     MAX_BUDGET_NOTIFICATIONS,
     PlatformSpec,
     load_stack_file,
@@ -256,6 +258,14 @@ def test_cluster_autoscaler_runs_on_the_system_pool_and_finds_every_group(stack)
         # EKS puts both discovery tags on managed node groups' ASGs itself.
         assert group.inputs["tags"][f"k8s.io/cluster-autoscaler/{spec.prefix}"] == "owned"
     assert pod["serviceAccountName"] == AUTOSCALER
+
+
+def test_every_eks_version_a_spec_may_ask_for_has_a_matching_autoscaler():
+    """A spec may name any version EKS creates clusters with; each needs an autoscaler of the
+    same minor, or a valid spec would be refused (or scaled by a mismatched release)."""
+    assert set(CLUSTER_AUTOSCALER_TAGS) == set(EKS_VERSIONS)
+    for minor, tag in CLUSTER_AUTOSCALER_TAGS.items():
+        assert re.fullmatch(rf"v{re.escape(minor)}\.\d+", tag), (minor, tag)
 
 
 def test_cluster_autoscaler_may_scale_only_this_clusters_groups(stack):
