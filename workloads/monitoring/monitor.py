@@ -20,6 +20,7 @@ import numpy as np
 
 from workloads.monitoring import stats
 from workloads.monitoring.baseline import read_baseline, reference_arrays
+from workloads.monitoring.inputs import Derive, extractor
 from workloads.monitoring.reader import ReadStats, read_events, read_ground_truth
 
 EXIT_OK, EXIT_ERROR, EXIT_FOUND = 0, 1, 3
@@ -120,7 +121,9 @@ def read_window(
     options: Options,
     truth: dict[str, list] | None = None,
     positive: str | None = None,
+    derive: Derive | None = None,
 ) -> Window:
+    """`derive` turns a request's inputs into feature rows (image and text models)."""
     names = list(baseline["features"])
     columns = {n: Column(n, baseline["features"][n]["type"]) for n in names}
     window = Window(columns, Column("prediction", baseline["prediction"]["type"]))
@@ -136,7 +139,8 @@ def read_window(
         if preds is None or len(preds) != len(event.inputs):
             window.rejected += 1
             continue
-        for row, pred in zip(event.inputs, preds, strict=True):
+        rows = event.inputs if derive is None else derive(event.inputs)
+        for row, pred in zip(rows, preds, strict=True):
             if isinstance(row, dict):
                 for name, column in columns.items():
                     column.add(row.get(name))
@@ -370,7 +374,8 @@ def run_monitor(
     read = ReadStats()
     if ground_truth:
         truth = read_ground_truth(ground_truth, read)
-    window = read_window(baseline, capture, options, truth, positive_class(meta))
+    derive = extractor(baseline, model_dir)
+    window = read_window(baseline, capture, options, truth, positive_class(meta), derive)
     window.read.unreadable += read.unreadable
     window.read.errors += read.errors
     if window.rows == 0:

@@ -129,10 +129,13 @@ def decode_data(part: dict) -> bytes:
 
 
 def parse_payload(content_type: str, body: bytes) -> list:
-    """Request rows: CSV rows (lists of strings) or JSON `{"instances": [...]}` records."""
+    """Request rows: CSV rows (lists of strings) or JSON `{"instances": [...]}` records; any
+    other body (an image) is one input, its bytes."""
     media = content_type.split(";")[0].strip().lower()
     if media == "text/csv":
         return [row for row in csv.reader(io.StringIO(body.decode())) if row]
+    if media != "application/json" and not media.endswith("+json"):
+        return [body]
     doc = orjson.loads(body)
     if isinstance(doc, dict) and "instances" in doc:
         return list(doc["instances"])

@@ -25,6 +25,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from workloads.monitoring.baseline import FILE as BASELINE_FILE
+from workloads.monitoring.baseline import read_baseline
+from workloads.monitoring.inputs import model_files
 from workloads.monitoring.run import monitor_model_dir
 
 log = logging.getLogger("workloads.monitoring")
@@ -77,7 +79,8 @@ def resolve_model(registry: Any, group: str, version: int | None) -> Any:
 
 
 def fetch_model_files(model_uri: str, dest: Path, s3: Any = None) -> Path:
-    """`baseline.json` and `meta.json` of an artifact (a folder or an `s3://` prefix)."""
+    """`baseline.json` and `meta.json` of an artifact (a folder or an `s3://` prefix), and
+    the files the baseline's inputs name (a text model's tokenizer)."""
     parsed = urlparse(model_uri)
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme else model_uri)
@@ -100,6 +103,9 @@ def fetch_model_files(model_uri: str, dest: Path, s3: Any = None) -> Path:
                     "baselines existed must be retrained to be monitored"
                 ) from None
             raise
+    for name in model_files(read_baseline(dest)):
+        key = f"{prefix}/{name}" if prefix else name
+        s3.download_file(parsed.netloc, key, str(dest / name))
     return dest
 
 

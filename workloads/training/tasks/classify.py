@@ -107,4 +107,16 @@ class ClassificationTask(TaskBase):
     def compute_metrics(
         self, model: nn.Module, dataset: Dataset, device: torch.device
     ) -> dict[str, float]:
-        return classification_metrics(model, dataset, device)
+        return classification_metrics(self.evaluated(model), dataset, device)
+
+    def evaluated(self, model: nn.Module) -> nn.Module:
+        """The model as metrics and predictions run it on the datasets' inputs."""
+        return model
+
+    def validation_predictions(
+        self, model: nn.Module, dataset: Dataset, device: torch.device
+    ) -> list:
+        """`{"label": ...}` per validation example, as serving answers (the baseline's
+        prediction distribution)."""
+        indices = super().validation_predictions(self.evaluated(model), dataset, device)
+        return [{"label": self.classes[i]} for i in indices]

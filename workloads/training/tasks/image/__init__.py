@@ -28,12 +28,12 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from workloads.monitoring.inputs import features_baseline, image_features, input_spec
 from workloads.training.data import DataError, local_channel
 from workloads.training.tasks.base import TaskParams
 from workloads.training.tasks.classify import (
     ClassificationTask,
     Labelled,
-    classification_metrics,
     fit_classes,
     label_tensor,
 )
@@ -213,10 +213,8 @@ class ImageTask(ClassificationTask):
         images, y = batch
         return nn.functional.cross_entropy(model(self.model_input(images, train=True)), y)
 
-    def compute_metrics(
-        self, model: nn.Module, dataset: Dataset, device: torch.device
-    ) -> dict[str, float]:
-        return classification_metrics(_Normalised(model, self), dataset, device)
+    def evaluated(self, model: nn.Module) -> nn.Module:
+        return _Normalised(model, self)
 
     # -- run identity and reporting ------------------------------------------------------
 
@@ -233,6 +231,14 @@ class ImageTask(ClassificationTask):
             "validation_rows": self.rows[1],
             "decoded_in_memory": self.data_workers == 0,
         }
+
+    # -- monitoring -------------------------------------------------------------------
+
+    def baseline(self, validation: Labelled, predictions: list) -> dict[str, Any]:
+        """Per validation image its size, brightness, contrast, mode and format (as the
+        monitor measures captured images), and the predictions' distribution."""
+        rows = [image_features(path) for path in validation.items]
+        return features_baseline(self.name, rows, predictions, input_spec("image"))
 
     # -- artifact ---------------------------------------------------------------------
 

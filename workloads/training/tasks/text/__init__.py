@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from workloads.monitoring.inputs import TextFeatures, features_baseline, input_spec
 from workloads.training.data import DataError, load_table
 from workloads.training.tasks.base import TaskParams
 from workloads.training.tasks.classify import (
@@ -165,6 +166,21 @@ class TextTask(ClassificationTask):
             "train_rows": self.rows[0],
             "validation_rows": self.rows[1],
         }
+
+    # -- monitoring -------------------------------------------------------------------
+
+    def baseline(self, validation: Labelled, predictions: list) -> dict[str, Any]:
+        """Per validation text its length in characters and tokens, the unknown-token and
+        out-of-vocabulary shares under the trained tokenizer and whether it is truncated
+        (as the monitor measures captured texts), and the predictions' distribution."""
+        rows = TextFeatures(self.tok, self.seq_len).features(validation.items)
+        spec = input_spec(
+            "text",
+            text_column=self.params.text_column,
+            max_length=self.seq_len,
+            tokenizer="tokenizer.json",
+        )
+        return features_baseline(self.name, rows, predictions, spec)
 
     # -- artifact ---------------------------------------------------------------------
 
