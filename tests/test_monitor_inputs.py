@@ -72,6 +72,9 @@ def test_image_features_measure_size_brightness_contrast_mode_and_format():
     assert large["image_width"] == 2000 and abs(large["image_brightness"] - 50) < 1
     # what cannot be read gives missing values, never an error
     assert image_features(b"not an image") == dict.fromkeys(IMAGE_FEATURES)
+    noise = np.random.default_rng(0).integers(0, 255, (12, 30), dtype=np.uint8)
+    truncated = image_features(png_bytes(noise)[:80])  # the header is there, the pixels not
+    assert truncated["image_width"] == 30 and truncated["image_brightness"] is None
 
 
 def test_captured_image_inputs_in_every_shape_give_the_same_features():

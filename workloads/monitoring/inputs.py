@@ -10,7 +10,8 @@ drift and data quality are reported for them exactly as for table columns:
   `image_brightness` (mean gray level 0-255), `image_contrast` (the gray levels' standard
   deviation), `image_mode` (Pillow's mode as sent: L, RGB, RGBA, P... which says the
   channels), `image_format` (PNG, JPEG). Brightness and contrast are measured on the image
-  reduced to at most `STATS_SIDE` pixels a side (a 12-Mpx photo costs milliseconds).
+  reduced to at most `STATS_SIDE` pixels a side (a 12-Mpx photo costs milliseconds), and
+  only for images within the serving decoder's pixel limit.
 - text (`TextFeatures`, with the model's trained tokenizer): `text_chars`, `text_tokens`
   (before truncation), `text_unknown_share` (the tokens that are the tokenizer's unknown
   token), `text_oov_share` (the words, as the tokenizer splits words, that are not one entry
@@ -73,32 +74,36 @@ class InputSpecError(BaselineError):
 
 
 def image_features(data: bytes | Path) -> dict[str, Any]:
-    """The image's features (see the module docstring); all None when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    """The image's features (see the module docstring): all None when it is no image; the
+    size, mode and format alone when its pixels cannot be decoded (truncated, too large)."""
+    from PIL import Image
 
     source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                width, height = img.size
-                out: dict[str, Any] = {
-                    "image_width": width,
-                    "image_height": height,
-                    "image_mode": img.mode,
-                    "image_format": img.format,
-                    "image_brightness": None,
-                    "image_contrast": None,
-                }
-                if width * height > MAX_PIXELS:
-                    return out
+    with warnings.catch_warnings():
+        # Only the header is read before the size check below; Pillow's own guard is moot.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(source)
+        except (Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+            return dict.fromkeys(IMAGE_FEATURES)
+        with img:
+            width, height = img.size
+            out: dict[str, Any] = {
+                "image_width": width,
+                "image_height": height,
+                "image_mode": img.mode,
+                "image_format": img.format,
+                "image_brightness": None,
+                "image_contrast": None,
+            }
+            if width * height > MAX_PIXELS:
+                return out
+            try:
                 img.draft("L", (STATS_SIDE, STATS_SIDE))  # JPEG: decode at a reduced scale
                 gray = img.convert("L")
                 gray.thumbnail((STATS_SIDE, STATS_SIDE))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return dict.fromkeys(IMAGE_FEATURES)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return dict.fromkeys(IMAGE_FEATURES)
+            except (Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+                return out
     pixels = np.asarray(gray, dtype=np.float64)
     out["image_brightness"] = round(float(pixels.mean()), 4)
     out["image_contrast"] = round(float(pixels.std()), 4)
