@@ -37,6 +37,7 @@ from components.cluster_access import access_entries, api_security_group, bootst
 from components.iam import assume_role_policy, irsa_role
 from components.monitoring_identity import monitoring_identity
 from components.network import Network
+from components.serving_pod import capture_prefixes
 from components.spec import GpuPoolSpec, PlatformSpec
 from components.storage import DataLake
 from components.tenancy import team_namespace
@@ -308,6 +309,7 @@ class GpuCluster(pulumi.ComponentResource):
                 args.feature_group_arns or [],
                 args.model_group_arns or [],
                 args.training_set_statements or [],
+                capture_prefixes(spec),
             ),
             tags=tags,
         )
@@ -544,11 +546,14 @@ def workload_policy(
     feature_group_arns: list[pulumi.Output[str]],
     model_group_arns: list[pulumi.Output[str]],
     training_set_statements: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    capture_prefixes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Least privilege for the team's workloads: named actions on the team's ARNs only.
 
     Not the logs bucket: captured request and response bodies are read by the monitoring
-    job's own identity (components/monitoring_identity.py), not by every pod.
+    job's own identity (components/monitoring_identity.py), not by every pod. The serving
+    pods of Kubernetes endpoints with capture on (this identity) only put objects under
+    their endpoints' `capture_prefixes` (`data-capture/<endpoint>/AllTraffic/`).
     """
     data = [lake.bucket_arns[p] for p in WORKLOAD_BUCKETS]
     statements: list[dict[str, Any]] = [
@@ -571,6 +576,16 @@ def workload_policy(
             "Resource": [lake.kms_key_arn],
         },
     ]
+    if capture_prefixes:
+        logs = lake.bucket_arns["logs"]
+        statements.append(
+            {
+                "Sid": "WriteEndpointCaptures",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": [pulumi.Output.concat(logs, "/", p, "*") for p in capture_prefixes],
+            }
+        )
     if feature_group_arns:
         statements.append(
             {

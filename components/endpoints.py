@@ -145,7 +145,9 @@ class Endpoints(pulumi.ComponentResource):
 
         sagemaker = [ep for ep in spec.endpoints if ep.kind == "sagemaker"]
         self._role = self._execution_role(name, sagemaker) if sagemaker else None
-        self._alarm_topic = self._alarm_topic_for(name) if sagemaker else None
+        # The endpoint alarms', and the monitors' dataset-drift alarms.
+        alarmed = sagemaker or (args.k8s_provider is not None and monitored(spec))
+        self._alarm_topic = self._alarm_topic_for(name) if alarmed else None
 
         self.endpoint_names, self.endpoint_urls, self.refs, self.waiting = {}, {}, {}, {}
         for ep in spec.endpoints:
@@ -173,7 +175,7 @@ class Endpoints(pulumi.ComponentResource):
             self.endpoint_names[ep.name] = ref["name"]
             self.endpoint_urls[ep.name] = ref["url"]
         if args.k8s_provider is not None and args.namespace is not None and monitored(spec):
-            assert self._alarm_topic is not None  # monitored endpoints are SageMaker ones
+            assert self._alarm_topic is not None  # made for monitored endpoints
             scheduled_monitors(
                 self,
                 name,
@@ -511,7 +513,19 @@ class Endpoints(pulumi.ComponentResource):
         labels = {**spec.tags, **selector, "mlinfra.io/model-group": ep.model_group}
         image = pulumi.Output.concat(self._image, ep.image_tag)
 
-        pod_spec = serving_pod_spec(ep, image, spec.region, args.service_account)
+        capture = None
+        if ep.data_capture.enabled:  # into the logs bucket, where SageMaker endpoints capture
+            capture = pulumi.Output.from_input(args.logs_bucket).apply(
+                lambda bucket: capture_destination(f"s3://{bucket}")
+            )
+        pod_spec = serving_pod_spec(
+            ep,
+            image,
+            spec.region,
+            args.service_account,
+            capture_destination=capture,
+            endpoint_name=physical,
+        )
 
         metadata = {"name": physical, "namespace": args.namespace, "labels": labels}
         template_annotations: dict[str, Any] = {}

@@ -10,8 +10,10 @@ served model's baseline, writes the reports to `s3://<logs>/monitoring/<endpoint
 and publishes `feature_baseline_drift_<feature>`, `dataset_drift` and quality metrics. The
 alarm on `dataset_drift` notifies the team's endpoint alarm topic.
 
-Only SageMaker endpoints capture into S3 (SageMaker writes the files); stacks without a
-cluster run the same command from CI on a schedule (README).
+Both kinds capture into `s3://<logs>/data-capture/<endpoint>/AllTraffic/`: SageMaker writes
+the files of its endpoints, the serving container those of a Kubernetes endpoint
+(`components.serving_pod.capture_env`). Stacks without a cluster run the same command from
+CI on a schedule (README).
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ NAME_LIMIT = 52  # CronJob names: the controller appends 11 characters to a 63-c
 
 
 def monitored(spec: PlatformSpec) -> list[EndpointSpec]:
-    """The endpoints whose captured traffic lands in S3: SageMaker ones with capture on."""
-    return [ep for ep in spec.endpoints if ep.kind == "sagemaker" and ep.data_capture.enabled]
+    """The endpoints whose captured traffic lands in S3: those with capture on (SageMaker
+    writes it; a Kubernetes endpoint's server does, in the same layout)."""
+    return [ep for ep in spec.endpoints if ep.data_capture.enabled]
 
 
 def window_of(schedule: str) -> str:

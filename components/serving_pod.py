@@ -13,7 +13,18 @@ from typing import Any
 import pulumi
 
 from components.admission import FETCH_MODEL_RESOURCES
-from components.spec import EndpointSpec
+from components.spec import EndpointSpec, PlatformSpec
+from workloads.monitoring.layout import CAPTURE_FOLDER, endpoint_capture_uri
+from workloads.serving.capture import (
+    DEFAULT_VARIANT as CAPTURE_VARIANT,
+)
+from workloads.serving.capture import (
+    ENV_DIR,
+    ENV_ENDPOINT,
+    ENV_PACKAGE,
+    ENV_PERCENT,
+    ENV_VARIANT,
+)
 
 SERVE_PORT = 8080  # the SageMaker hosting contract
 # Nodes carry this label with their pool's name ("system" for the system pool).
@@ -73,22 +84,62 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
+def capture_prefixes(spec: PlatformSpec) -> list[str]:
+    """The logs-bucket key prefixes the team's Kubernetes endpoints with capture on write
+    to (`data-capture/<endpoint>/AllTraffic/`): what the serving pods' IRSA role may put."""
+    return [
+        endpoint_capture_uri(CAPTURE_FOLDER, spec.physical(ep.name), CAPTURE_VARIANT) + "/"
+        for ep in spec.endpoints
+        if ep.kind == "kubernetes" and ep.data_capture.enabled
+    ]
+
+
+def capture_env(
+    ep: EndpointSpec, region: str, destination: pulumi.Input[str], endpoint_name: str
+) -> list[dict[str, Any]]:
+    """The serving container's data capture (`workloads.serving.capture`): sampled requests
+    and answers in SageMaker's layout under `<destination>/<endpoint_name>/AllTraffic/`, one
+    S3 object per file, written with the pod's IRSA role (PutObject on that prefix only)."""
+    return [
+        {"name": ENV_DIR, "value": destination},
+        {"name": ENV_PERCENT, "value": str(ep.data_capture.sampling_percent)},
+        {"name": ENV_ENDPOINT, "value": endpoint_name},
+        {"name": ENV_VARIANT, "value": CAPTURE_VARIANT},
+        {"name": "AWS_REGION", "value": region},
+        {"name": "AWS_DEFAULT_REGION", "value": region},
+    ]
+
+
 def serving_pod_spec(
     ep: EndpointSpec,
     image: pulumi.Input[str],
     region: str,
     service_account: pulumi.Input[str] | None,
+    *,
+    capture_destination: pulumi.Input[str] | None = None,
+    endpoint_name: str | None = None,
 ) -> dict[str, Any]:
-    """The pod template's spec of endpoint `ep` running `image`."""
+    """The pod template's spec of endpoint `ep` running `image`; with `capture_destination`
+    (`s3://<logs>/data-capture`) the server captures under `endpoint_name`."""
+    package_env = {
+        # Empty until a model is deployed (the init container then says so); the server
+        # stamps captured records with its version.
+        "name": ENV_PACKAGE,
+        "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{MODEL_ANNOTATION}']"}},
+    }
     model_env = [
         {"name": "MODEL_DIR", "value": MODEL_DIR},
         {"name": "AWS_REGION", "value": region},
-        {
-            # Empty until a model is deployed (the init container then says so).
-            "name": "MODEL_PACKAGE_ARN",
-            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{MODEL_ANNOTATION}']"}},
-        },
+        package_env,
     ]
+    serve_env = [
+        {"name": "SM_MODEL_DIR", "value": MODEL_DIR},
+        {"name": "SAGEMAKER_BIND_TO_PORT", "value": str(SERVE_PORT)},
+    ]
+    if capture_destination is not None:
+        if not endpoint_name:
+            raise ValueError(f"endpoint {ep.name}: capture needs the endpoint's physical name")
+        serve_env += [package_env, *capture_env(ep, region, capture_destination, endpoint_name)]
 
     resources = ep.resources  # limits equal requests (Guaranteed QoS)
     tolerations = []
@@ -128,10 +179,7 @@ def serving_pod_spec(
                 "image": image,
                 "imagePullPolicy": IMAGE_PULL_POLICY,
                 "ports": [{"name": "http", "containerPort": SERVE_PORT}],
-                "env": [
-                    {"name": "SM_MODEL_DIR", "value": MODEL_DIR},
-                    {"name": "SAGEMAKER_BIND_TO_PORT", "value": str(SERVE_PORT)},
-                ],
+                "env": serve_env,
                 "resources": resources,
                 # Loading a large model can take minutes; liveness starts after it.
                 "startupProbe": {**ping, "periodSeconds": 5, "failureThreshold": 60},

@@ -27,7 +27,9 @@ from components.mockrun import (
     render_stack,
     stack_config,
 )
+from components.monitoring import monitored
 from components.network import INTERFACE_ENDPOINTS
+from components.serving_pod import capture_prefixes
 from components.spec import BUCKET_PURPOSES, PlatformSpec, SpecError, load_stack_file
 from components.storage import ACCESS_LOGS
 from tests.stack_support import STACK_FILES, STACKS_DIR, rendered_stack, stack_name
@@ -326,9 +328,20 @@ def test_service_account_role_reaches_only_team_resources(stack):
             reached.add(arn)
     buckets = {b.inputs["tags"]["purpose"]: b.outputs["arn"] for b in rendered.by_type(BUCKET)}
     for purpose, arn in buckets.items():
-        # Captured request bodies (logs) are for the monitoring identity only.
-        expected = purpose in ("raw", "features", "artifacts")
+        # Captured request bodies (logs) are read by the monitoring identity only; the
+        # serving pods of capturing Kubernetes endpoints may only put their own captures.
+        expected = purpose in ("raw", "features", "artifacts") or (
+            purpose == "logs" and bool(capture_prefixes(spec))
+        )
         assert any(r == arn or r.startswith(arn + "/") for r in reached) is expected, purpose
+    logs = buckets["logs"]
+    for statement in statements:
+        resources = statement["Resource"]
+        if any(str(r).startswith(logs) for r in (resources if resources != "*" else [])):
+            assert statement["Action"] == ["s3:PutObject"], statement
+            assert statement["Resource"] == [
+                f"{logs}/{prefix}*" for prefix in capture_prefixes(spec)
+            ], statement
     assert all(arn in reached for arn in team_arns[len(buckets) :])
     if any(g.offline for g in spec.feature_groups):
         assert glue_arns <= reached  # training sets: Athena reads the offline store's tables
@@ -451,9 +464,10 @@ def test_team_key_lets_only_alarms_use_it_besides_the_account(stack):
     assert alarms["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
     assert sorted(alarms["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
     assert "aws:SourceAccount" in alarms["Condition"]["StringEquals"]
-    # The alarm topic (there when SageMaker endpoints are) is encrypted with that key.
+    # The alarm topic (there when SageMaker or monitored endpoints are) uses that key.
     topics = rendered.by_type("aws:sns/topic:Topic")
-    assert len(topics) == (1 if any(e.kind == "sagemaker" for e in spec.endpoints) else 0)
+    alarmed = any(e.kind == "sagemaker" for e in spec.endpoints) or monitored(spec)
+    assert len(topics) == (1 if alarmed else 0)
     assert all(t.inputs["kmsMasterKeyId"] == key.outputs["arn"] for t in topics)
 
 

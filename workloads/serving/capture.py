@@ -18,7 +18,10 @@ else (or every payload, with `base64=True`, SageMaker's default) is BASE64.
 Capture never slows or fails a request: `offer` samples, then puts the bytes on a bounded
 queue without waiting; a full queue drops the record and counts it. A writer thread
 gathers records and writes a new file (atomically: readers never see half a line) every
-`flush_seconds` or `flush_records`, and when the hour changes.
+`flush_seconds` or `flush_records`, and when the hour changes. The destination is a folder
+(local endpoints: the logs bucket folder) or `s3://bucket/prefix` (Kubernetes endpoints: the
+logs bucket's `data-capture/`, one PutObject per file under the pod's IRSA role); a write
+or upload that fails loses that file's records, counted in `write_errors`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ ENV_PERCENT = "MLINFRA_CAPTURE_PERCENT"
 ENV_ENDPOINT = "MLINFRA_ENDPOINT_NAME"
 ENV_VARIANT = "MLINFRA_VARIANT_NAME"
 ENV_MODEL_VERSION = "MLINFRA_MODEL_VERSION"
+ENV_PACKAGE = "MODEL_PACKAGE_ARN"  # set on Kubernetes serving pods (components/serving_pod.py)
 DEFAULT_VARIANT = "AllTraffic"
 QUEUE_SIZE = 10_000
 
@@ -111,10 +115,23 @@ def capture_record(
     }
 
 
+def capture_key(endpoint: str, variant: str, first: datetime) -> str:
+    """`<endpoint>/<variant>/yyyy/mm/dd/hh/<MM-SS-mmm-uuid>.jsonl`, under the destination."""
+    name = f"{first:%M-%S}-{first.microsecond // 1000:03d}-{uuid.uuid4()}.jsonl"
+    return f"{endpoint}/{variant}/{first:%Y/%m/%d/%H}/{name}"
+
+
 def capture_path(root: Path, endpoint: str, variant: str, first: datetime) -> Path:
     """`<root>/<endpoint>/<variant>/yyyy/mm/dd/hh/<MM-SS-mmm-uuid>.jsonl`."""
-    name = f"{first:%M-%S}-{first.microsecond // 1000:03d}-{uuid.uuid4()}.jsonl"
-    return root / endpoint / variant / f"{first:%Y/%m/%d/%H}" / name
+    return root / capture_key(endpoint, variant, first)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """(bucket, prefix without slashes at its ends) of `s3://bucket/prefix`."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"capture destination {uri!r}: expected s3://bucket/prefix")
+    return bucket, prefix.strip("/")
 
 
 class Capturer:
@@ -133,11 +150,20 @@ class Capturer:
         base64_all: bool = False,
         model_version: str | None = None,
         sample: Callable[[], float] = random.random,
+        s3_client: Any = None,
     ) -> None:
+        """`directory` is a folder, or `s3://bucket/prefix`: each file is then one PutObject
+        (with `s3_client`, else a boto3 client made by the writer thread: the pod's IRSA
+        role on Kubernetes)."""
         if not 0 <= percent <= 100:
             raise ValueError(f"capture percent {percent}: must be between 0 and 100")
         if not endpoint or "/" in endpoint:
             raise ValueError(f"endpoint name {endpoint!r}: must be non-empty without '/'")
+        self.s3: tuple[str, str] | None = None
+        if str(directory).startswith("s3://"):
+            self.s3 = split_s3(str(directory))
+        self._s3_client = s3_client
+        self.destination = str(directory)
         self.root, self.endpoint, self.variant = Path(directory), endpoint, variant
         self.percent, self.base64_all, self.model_version = percent, base64_all, model_version
         self.flush_seconds, self.flush_records = flush_seconds, flush_records
@@ -230,21 +256,52 @@ class Capturer:
             + b"\n"
             for i in batch
         )
-        path = capture_path(self.root, self.endpoint, self.variant, batch[0].time)
+        key = capture_key(self.endpoint, self.variant, batch[0].time)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lines)
-        except OSError as exc:  # a full disk loses the records, never the server
+            if self.s3 is None:
+                path = self.root / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, lines)
+            else:
+                self._put(key, lines)
+        except Exception as exc:  # a full disk or a refused upload loses records, never the server
             self.write_errors += 1
-            log.warning("capture: cannot write %s: %s", path, exc)
+            log.warning("capture: cannot write %s to %s: %s", key, self.destination, exc)
             return
         self.files += 1
         self.written += len(batch)
 
+    def _put(self, key: str, lines: bytes) -> None:
+        """One capture file as one S3 object: readers never see half a file. The bucket's
+        default encryption (the team's KMS key) applies."""
+        assert self.s3 is not None
+        bucket, prefix = self.s3
+        if self._s3_client is None:
+            import boto3
+
+            self._s3_client = boto3.client("s3")
+        self._s3_client.put_object(
+            Bucket=bucket,
+            Key=f"{prefix}/{key}" if prefix else key,
+            Body=lines,
+            ContentType="application/jsonl",
+        )
+
+
+def version_of_package(arn: str | None) -> str | None:
+    """The version number at the end of a model package ARN
+    (`arn:aws:sagemaker:<region>:<account>:model-package/<group>/<n>`), else None."""
+    if not arn or ":model-package/" not in arn:
+        return None
+    last = arn.rsplit("/", 1)[-1]
+    return last if last.isdigit() else None
+
 
 def from_env(env: dict[str, str]) -> Capturer | None:
-    """A capturer from `MLINFRA_CAPTURE_DIR` (and percent, endpoint, variant, version), or
-    None when capture is off."""
+    """A capturer from `MLINFRA_CAPTURE_DIR` (a folder or `s3://bucket/prefix`; and percent,
+    endpoint, variant, version), or None when capture is off. Without
+    `MLINFRA_MODEL_VERSION` the version is the one of `MODEL_PACKAGE_ARN` (a Kubernetes
+    serving pod's model), so the monitor keeps versions apart."""
     directory = env.get(ENV_DIR)
     if not directory:
         return None
@@ -257,14 +314,18 @@ def from_env(env: dict[str, str]) -> Capturer | None:
         env.get(ENV_ENDPOINT, "local"),
         variant=env.get(ENV_VARIANT, DEFAULT_VARIANT),
         percent=percent,
-        model_version=env.get(ENV_MODEL_VERSION) or None,
+        model_version=env.get(ENV_MODEL_VERSION) or version_of_package(env.get(ENV_PACKAGE)),
     )
 
 
 def add_flags(parser: Any) -> None:
     """The server's capture flags; each sets its environment variable (worker processes
     read the environment)."""
-    parser.add_argument("--capture-dir", default=None, help=f"${ENV_DIR}: capture destination")
+    parser.add_argument(
+        "--capture-dir",
+        default=None,
+        help=f"${ENV_DIR}: capture destination (a folder or s3://bucket/prefix)",
+    )
     parser.add_argument(
         "--capture-percent", type=float, default=None, help=f"${ENV_PERCENT} (default 100)"
     )
