@@ -98,6 +98,17 @@ def test_capturing_kubernetes_endpoints_write_where_the_monitor_reads(path):
     write = statements["WriteEndpointCaptures"]
     assert write["Action"] == ["s3:PutObject"] and sorted(write["Resource"]) == sorted(granted)
     assert _statement_problems(write) == []
+    # A PutObject into an SSE-KMS bucket needs kms:GenerateDataKey on the bucket's key.
+    (sse,) = [
+        r
+        for r in rendered.by_type(
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+        )
+        if r.name == "datalake-logs-encryption"
+    ]
+    key = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["kmsMasterKeyId"]
+    assert "kms:GenerateDataKey" in statements["UseTeamKey"]["Action"]
+    assert key in statements["UseTeamKey"]["Resource"]
     # nothing else the workloads may do reaches the logs bucket (captures are read only by
     # the monitoring identity)
     for sid, statement in statements.items():
