@@ -3,8 +3,11 @@
 Data: CSV, Parquet or JSONL with a text column (`text_column`, default `text`) and the label
 (`target`). A byte-pair-encoding tokenizer (Hugging Face `tokenizers`) is trained on the training
 channel and saved in the artifact (tokenizer.json). The model is a small Transformer encoder
-(`model=transformer`) or an embedding bag (`model=bag`), both trained from scratch: no
-pretrained weights, nothing downloaded. Texts are truncated to `max_length` tokens; training
+(`model=transformer`) or a bag of token and token-bigram embeddings with TF-IDF weights
+(`model=bag`, fastText-like), both trained from scratch: no pretrained weights, nothing
+downloaded. `model=auto` (the default) picks the bag below `BAG_BELOW_ROWS` training texts,
+where a Transformer from scratch has too little data to beat it (measured in
+tests/test_image_text_quality.py), and the Transformer from there on. Texts are truncated to `max_length` tokens; training
 pads to the longest training text (at most `max_length`), serving to each batch's longest.
 """
 
@@ -30,7 +33,7 @@ from workloads.training.tasks.classify import (
     fit_classes,
     label_tensor,
 )
-from workloads.training.tasks.text.model import build_text_model
+from workloads.training.tasks.text.model import PAD_ID, bigram_keys, build_text_model
 from workloads.training.tasks.text.tokens import (
     TextPredictor,
     encode,
@@ -40,11 +43,13 @@ from workloads.training.tasks.text.tokens import (
 
 __all__ = ["TextParams", "TextPredictor", "TextTask"]
 
+BAG_BELOW_ROWS = 20_000  # model=auto: the bag below this many training texts
+
 
 class TextParams(TaskParams):
     target: str = Field(min_length=1)
     text_column: str = Field("text", min_length=1)
-    model: Literal["transformer", "bag"] = "transformer"
+    model: Literal["auto", "transformer", "bag"] = "auto"
     vocab_size: int = Field(8000, ge=50, le=200_000)
     min_frequency: int = Field(2, ge=1)
     lowercase: bool = True
@@ -53,6 +58,10 @@ class TextParams(TaskParams):
     layers: int = Field(2, ge=1, le=24)
     heads: int = Field(4, ge=1, le=64)
     dropout: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)  # of the training loss
+    # model=bag: at most this many token bigrams, those in most training texts (seen in at
+    # least `min_frequency` texts); 0: tokens only
+    max_bigrams: int = Field(100_000, ge=0, le=10_000_000)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> TextParams:
@@ -64,10 +73,11 @@ class TextParams(TaskParams):
 class TextTask(ClassificationTask):
     name: ClassVar[str] = "text"
     Params = TextParams
+    # Early stopping on the validation loss ends most runs well before `epochs`.
     harness_defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 20,
+        "epochs": 50,
         "learning_rate": 1e-3,
-        "patience": 3,
+        "patience": 5,
     }
     artifact_files: ClassVar[tuple[str, ...]] = ("tokenizer.json", "text.json")
     params: TextParams
@@ -78,6 +88,9 @@ class TextTask(ClassificationTask):
         self.classes: list = []
         self.seq_len = 0
         self.rows = (0, 0)
+        self.kind = params.model
+        self.gram_keys = np.zeros(0, dtype=np.int64)
+        self.idf = np.ones(0, dtype=np.float32)
 
     # -- data -------------------------------------------------------------------------
 
@@ -111,6 +124,13 @@ class TextTask(ClassificationTask):
         lengths = [len(e.ids) for e in self.tok.encode_batch(train.items)]
         self.seq_len = max(1, min(p.max_length, max(lengths)))
         self.rows = (len(train), len(validation))
+        if p.model == "auto":
+            self.kind = "bag" if len(train) < BAG_BELOW_ROWS else "transformer"
+        if self.kind == "bag":
+            ids = encode(self.tok, train.items, self.seq_len, self.seq_len)
+            self.gram_keys, self.idf = fit_ngrams(
+                ids, self.tok.get_vocab_size(), p.min_frequency, p.max_bigrams
+            )
 
     def datasets(self, train: Labelled, validation: Labelled) -> tuple[Dataset, Dataset]:
         return tuple(  # type: ignore[return-value]
@@ -127,8 +147,9 @@ class TextTask(ClassificationTask):
         p = self.params
         return {
             "classes": self.classes,
-            "model": p.model,
+            "model": self.kind,
             "vocab": self.tok.get_vocab_size(),
+            "grams": len(self.gram_keys),
             "max_length": self.seq_len,
             "text_column": p.text_column,
             "dim": p.dim,
@@ -139,11 +160,17 @@ class TextTask(ClassificationTask):
 
     def build_model(self) -> nn.Module:
         doc = self._doc()
-        return build_text_model(doc["model"], doc["vocab"], len(self.classes), doc)
+        net = build_text_model(doc["model"], doc["vocab"], len(self.classes), doc)
+        if self.kind == "bag":  # the fitted n-gram vocabulary and weights
+            net.gram_keys.copy_(torch.from_numpy(self.gram_keys))
+            net.idf.copy_(torch.from_numpy(self.idf))
+        return net
 
     def compute_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         ids, y = batch
-        return nn.functional.cross_entropy(model(ids), y)
+        return nn.functional.cross_entropy(
+            model(ids), y, label_smoothing=self.params.label_smoothing
+        )
 
     # -- run identity and reporting ------------------------------------------------------
 
@@ -154,14 +181,17 @@ class TextTask(ClassificationTask):
             "vocab": hashlib.sha256(vocab).hexdigest()[:16],
             "seq_len": self.seq_len,
             "n": self.rows[0],
+            "model": self.kind,
+            "grams": len(self.gram_keys),
         }
 
     def describe(self) -> dict[str, Any]:
         return {
             "problem": self.problem,
             "classes": len(self.classes),
-            "model": self.params.model,
+            "model": self.kind,
             "vocab": self.tok.get_vocab_size() if self.tok else 0,
+            "bigrams": len(self.gram_keys),
             "sequence_length": self.seq_len,
             "train_rows": self.rows[0],
             "validation_rows": self.rows[1],
@@ -203,3 +233,30 @@ class TextTask(ClassificationTask):
             torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
         )
         return TextPredictor(net, load_tokenizer(directory / "tokenizer.json"), doc)
+
+
+def fit_ngrams(
+    ids: np.ndarray, vocab: int, min_frequency: int, max_bigrams: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bag's bigram vocabulary and inverse document frequencies from the training token
+    ids (n, length): the sorted keys of the `max_bigrams` bigrams in most texts (at least
+    `min_frequency`), and the smoothed idf, ln((1 + n) / (1 + df)) + 1 as scikit-learn's
+    TfidfVectorizer, of every token and then of every kept bigram."""
+    n = len(ids)
+    token_df = np.zeros(vocab, dtype=np.int64)
+    rows = np.repeat(np.arange(n), ids.shape[1])
+    pairs = np.unique(np.stack([rows, ids.ravel()]), axis=1)
+    np.add.at(token_df, pairs[1], 1)
+    keys = bigram_keys(ids, vocab)
+    keys = np.unique(np.stack([np.repeat(np.arange(n), keys.shape[1]), keys.ravel()]), axis=1)
+    keys = keys[1][keys[1] >= 0]
+    gram, gram_df = np.unique(keys, return_counts=True)
+    keep = gram_df >= min_frequency
+    gram, gram_df = gram[keep], gram_df[keep]
+    if len(gram) > max_bigrams:  # the most frequent; ties by key, deterministic
+        top = np.sort(np.lexsort((gram, -gram_df))[:max_bigrams])
+        gram, gram_df = gram[top], gram_df[top]
+    df = np.concatenate([token_df, gram_df])
+    idf = np.log((1 + n) / (1 + df)) + 1
+    idf[PAD_ID] = 0.0
+    return gram.astype(np.int64), idf.astype(np.float32)
