@@ -12,9 +12,12 @@ contiguous batches and doing nothing else. Overhead = 1 - pipeline / compute; ta
 
 `--task image` trains the image task on the `defects` generator (`--image-size`, PNG files
 decoded by the task: the pipeline includes decoding, normalisation and augmentation) and
-`--task text` the text task on the `tickets` generator (`--model transformer|bag`: the
-pipeline includes tokenizer training and encoding); their compute loop trains the task's own
-network on random inputs of the same shape already on the device. On CUDA (when a GPU is
+`--task text` the text task on the `tickets` generator (`--model auto|transformer|bag`: the
+pipeline includes tokenizer training and encoding; `--model auto`, the default, is what the
+task picks for the data size); the image compute loop trains the task's own network on
+random inputs of the same shape already on the device, the text one on the training texts
+encoded beforehand by the run's own tokenizer (the same padding and, for the bag, the same
+n-grams). On CUDA (when a GPU is
 lent) both loops run with or without mixed precision (`--amp`).
 Medians over the repeats, run alternately so background load hits both alike. Both wall
 time and this process's CPU time are measured: on a shared machine other processes' load
@@ -43,6 +46,7 @@ from workloads.local.tickets import generate_tickets  # noqa: E402
 from workloads.training.artifact import load_model  # noqa: E402
 from workloads.training.harness import main as train_main  # noqa: E402
 from workloads.training.tasks.tabular import TabularNet  # noqa: E402
+from workloads.training.tasks.text.tokens import encode  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -108,8 +112,11 @@ def run_pipeline(
     )
 
 
-def compute_inputs(model_dir: Path, rows: int, task: str) -> tuple[nn.Module, torch.Tensor, int]:
-    """The trained task's network and random inputs of its input shape, on the device."""
+def compute_inputs(
+    model_dir: Path, rows: int, task: str, data: Path
+) -> tuple[nn.Module, torch.Tensor, int]:
+    """The trained task's network and inputs of its input shape (text: the training texts
+    encoded by its tokenizer; else random)."""
     meta = json.loads((model_dir / "meta.json").read_text())
     if task == "tabular":
         return TabularNet(meta["in_dim"], 2, [128, 64], 0.1), torch.randn(rows, meta["in_dim"]), 2
@@ -119,16 +126,19 @@ def compute_inputs(model_dir: Path, rows: int, task: str) -> tuple[nn.Module, to
         channels = 1 if predictor.mode == "L" else 3
         x = torch.randn(rows, channels, predictor.size, predictor.size)
     else:
-        vocab = predictor.tok.get_vocab_size()
-        x = torch.randint(1, vocab, (rows, predictor.max_length))
+        texts = pd.read_csv(data)["text"].tolist()[:rows]
+        x = torch.from_numpy(encode(predictor.tok, texts, predictor.max_length))
     return predictor.net, x, classes
 
 
-def run_compute(model_dir: Path, rows: int, args: argparse.Namespace) -> tuple[float, float]:
+def run_compute(
+    model_dir: Path, rows: int, args: argparse.Namespace, data: Path
+) -> tuple[float, float]:
     """The same network, optimizer, loss, batch size, device and precision on pre-loaded
     tensors: nothing else."""
     torch.manual_seed(0)
-    net, x, classes = compute_inputs(model_dir, rows, args.task)
+    net, x, classes = compute_inputs(model_dir, rows, args.task, data)
+    rows = len(x)
     x, y = x.to(DEVICE), torch.randint(0, classes, (rows,), device=DEVICE)
     net = net.to(DEVICE).train()
     if DEVICE.type == "cuda" and x.dim() == 4:
@@ -159,7 +169,7 @@ def main() -> None:
     parser.add_argument("--task", choices=["tabular", "image", "text"], default="tabular")
     parser.add_argument("--rows", type=int, default=None, help="default 100000 (4000 image)")
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--model", choices=["transformer", "bag"], default="transformer")
+    parser.add_argument("--model", choices=["auto", "transformer", "bag"], default="auto")
     parser.add_argument("--amp", choices=["on", "off"], default="on", help="on CUDA only")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -178,7 +188,7 @@ def main() -> None:
         runs: dict[str, list[float]] = {k: [] for k in ("wall", "cpu", "e2e", "cwall", "ccpu")}
         for _ in range(args.repeats):
             wall, cpu, e2e, model_dir = run_pipeline(work, data, task_args, args)
-            cwall, ccpu = run_compute(model_dir, train_rows, args)
+            cwall, ccpu = run_compute(model_dir, train_rows, args, data)
             for key, value in zip(runs, (wall, cpu, e2e, cwall, ccpu), strict=True):
                 runs[key].append(value)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.test_train import (
@@ -155,9 +156,30 @@ def test_jsonl_text_channel_trains(tmp_path):
     frame = __import__("pandas").read_csv(data)
     jsonl = tmp_path / "tickets.jsonl"
     frame.to_json(jsonl, orient="records", lines=True)
-    code = run_main(tmp_path, jsonl, *hp_args("text", "epochs=1", "model=bag"))
+    code = run_main(tmp_path, jsonl, *hp_args("text", "epochs=1", "model=transformer"))
     assert code == 0, (tmp_path / "failure").read_text() if (tmp_path / "failure").exists() else ""
     predictor = load_model(tmp_path / "model")
     out = predictor.predict_matrix(predictor.prepare_records([{"text": "refund my card"}]))
     assert abs(sum(out[0]["probabilities"].values()) - 1) < 1e-5
     assert np.isfinite(list(out[0]["probabilities"].values())).all()
+
+
+def test_bag_ngrams_and_idf_are_fitted_on_the_training_texts():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from workloads.training.tasks.text import fit_ngrams
+    from workloads.training.tasks.text.model import TextBag
+
+    ids = np.array([[5, 6, 7, 0], [5, 6, 0, 0], [7, 5, 6, 0], [8, 0, 0, 0]])
+    keys, idf = fit_ngrams(ids, vocab=10, min_frequency=2, max_bigrams=10)
+    assert keys.tolist() == [56]  # "5 6" in three texts; "6 7" and "7 5" in one each
+    docs = [" ".join(f"t{i}" for i in row if i) + " b56" * ("5 6" in " ".join(map(str, row)))
+            for row in ids.tolist()]  # fmt: skip
+    sk = TfidfVectorizer(token_pattern=r"\S+").fit(docs)
+    expected = dict(zip(sk.get_feature_names_out(), sk.idf_, strict=True))
+    assert idf[0] == 0 and np.allclose(idf[[5, 6, 7, 8]], [expected[f"t{i}"] for i in (5, 6, 7, 8)])
+    assert np.isclose(idf[10], expected["b56"])  # the first bigram comes after the vocabulary
+    net = TextBag(10, 2, 4, 0.0, len(keys))
+    net.gram_keys.copy_(torch.from_numpy(keys))
+    feats = net.features(torch.tensor([[5, 6, 7, 0], [6, 5, 0, 0]]))
+    assert feats.tolist() == [[5, 6, 7, 0, 10, 0, 0], [6, 5, 0, 0, 0, 0, 0]]

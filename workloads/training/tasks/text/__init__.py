@@ -7,8 +7,10 @@ channel and saved in the artifact (tokenizer.json). The model is a small Transfo
 (`model=bag`, fastText-like), both trained from scratch: no pretrained weights, nothing
 downloaded. `model=auto` (the default) picks the bag below `BAG_BELOW_ROWS` training texts,
 where a Transformer from scratch has too little data to beat it (measured in
-tests/test_image_text_quality.py), and the Transformer from there on. Texts are truncated to `max_length` tokens; training
-pads to the longest training text (at most `max_length`), serving to each batch's longest.
+tests/test_image_text_quality.py), and the Transformer from there on. Training uses label
+smoothing (`label_smoothing`, 0.1) and early-stops on the validation log loss. Texts are
+truncated to `max_length` tokens; training pads to the longest training text (at most
+`max_length`), serving to each batch's longest.
 """
 
 from __future__ import annotations
