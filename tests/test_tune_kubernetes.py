@@ -369,6 +369,7 @@ def test_mlinfra_tune_on_a_kubernetes_stack_registers_the_best_trial(emulated, t
         platform=platform,
         state=tmp_path / "state",
         jobs=jobs,
+        deploy=True,
         on_note=notes.append,
         sleep=cluster.tick,
     )
@@ -389,6 +390,11 @@ def test_mlinfra_tune_on_a_kubernetes_stack_registers_the_best_trial(emulated, t
     assert container["Image"].endswith("vision-dev-serve:v3")
     assert outcome.status == "Approved"  # auc 0.95 passes the gate (auc >= 0.8)
     assert outcome.report.is_file()
+    # --deploy: the stack has no endpoint serving the group
+    assert (
+        outcome.messages[-1]
+        == "not deployed: no endpoint of stack 'vision-dev' serves churn unpinned"
+    )
 
 
 def test_mlinfra_tune_on_a_kubernetes_stack_needs_an_image(aws_env, tmp_path):
