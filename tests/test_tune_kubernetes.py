@@ -20,7 +20,13 @@ from kubernetes import client  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from tests.jobs_support import REGION, TRAIN_REPO, aws_descriptor, push_image  # noqa: E402
+from tests.jobs_support import (  # noqa: E402
+    REGION,
+    TRAIN_REPO,
+    aws_descriptor,
+    push_image,
+    terminated,
+)
 from tests.kube_emulator import kube_emulator  # noqa: E402
 from workloads.cli import app  # noqa: E402
 from workloads.jobs.kubernetes import KubernetesJobs  # noqa: E402
@@ -97,29 +103,7 @@ class Cluster:
         if self.fails(hps):
             message = "data error: column 'churned' is missing"
             self.core.patch_namespaced_pod_status(
-                f"{name}-x1",
-                NS,
-                {
-                    "status": {
-                        "phase": "Failed",
-                        "containerStatuses": [
-                            {
-                                "name": "train",
-                                "image": "x",
-                                "imageID": "",
-                                "ready": False,
-                                "restartCount": 0,
-                                "state": {
-                                    "terminated": {
-                                        "exitCode": 1,
-                                        "reason": "Error",
-                                        "message": message,
-                                    }
-                                },
-                            }
-                        ],
-                    }
-                },
+                f"{name}-x1", NS, {"status": terminated(1, message)}
             )
             condition = {"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}
         else:
