@@ -4,6 +4,7 @@ pruning deletes the Job, a failed Job fails its trial, the best trial registered
 
 from __future__ import annotations
 
+import contextlib
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -33,10 +34,15 @@ from workloads.jobs.kubernetes import KubernetesJobs  # noqa: E402
 from workloads.jobs.kubernetes_manifest import JOB_LABEL  # noqa: E402
 from workloads.jobs.kubernetes_quota import fit  # noqa: E402
 from workloads.training.metric_line import format_metric  # noqa: E402
-from workloads.tuning.kubernetes import JOB_ATTR, KubernetesTuner, TrialJobs  # noqa: E402
+from workloads.tuning.kubernetes import (  # noqa: E402
+    JOB_ATTR,
+    STARTED,
+    KubernetesTuner,
+    TrialJobs,
+)
 from workloads.tuning.run import tune_kubernetes  # noqa: E402
 from workloads.tuning.space import parse_space  # noqa: E402
-from workloads.tuning.study import TuningError  # noqa: E402
+from workloads.tuning.study import TuningError, flock  # noqa: E402
 
 NS = "vision"
 DESC = aws_descriptor()
@@ -315,7 +321,7 @@ def test_a_killed_tuner_s_running_trials_are_adopted_and_followed(emulated, tmp_
     cluster = Cluster(emu, epochs=3, loss=by_rate)
     first = tuner(emulated, tmp_path, space(2, 2), sleep=cluster.tick)
     first.plan()
-    assert first._start(None) and first._start(None)  # submitted; then the tuner dies
+    assert first._start(None) == first._start(None) == STARTED  # then the tuner dies
     cluster.tick()
     cluster.tick()  # epoch 1 of both printed
     second = tuner(emulated, tmp_path, space(2, 2), sleep=cluster.tick)
@@ -323,6 +329,49 @@ def test_a_killed_tuner_s_running_trials_are_adopted_and_followed(emulated, tmp_
     assert [v.state for v in result.trials] == ["COMPLETE", "COMPLETE"]
     assert len(cluster.created) == 2  # followed, not submitted again
     assert all(len(t.intermediate_values) == 3 for t in second.study.get_trials())
+
+
+def test_two_tuners_on_one_study_stay_within_the_quota_together(emulated, tmp_path):
+    jobs, emu, _ = emulated
+    quota(emu, "2")
+    cluster = Cluster(emu, epochs=2, loss=by_rate)
+    first = tuner(emulated, tmp_path, space(4, 2), sleep=cluster.tick)
+    first.plan()
+    alive = contextlib.ExitStack()
+    alive.enter_context(flock(first.folder / "tuners" / f"{first.id}.lock"))  # first is alive
+    assert first._start(None) == first._start(None) == STARTED
+    ticks = []
+
+    def tick(seconds: float) -> None:
+        ticks.append(seconds)
+        if len(ticks) == 4:
+            assert len(cluster.created) == 2  # the second tuner waited for free slots
+            alive.close()  # the first tuner dies: the second adopts its trials
+        cluster.tick()
+
+    second = tuner(emulated, tmp_path, space(4, 2), sleep=tick)
+    result = second.run()
+    assert cluster.most_at_once == 2 and len(cluster.created) == 4
+    assert [v.state for v in result.trials] == ["COMPLETE"] * 4
+
+
+def test_ctrl_c_deletes_the_running_trials_jobs(emulated, tmp_path):
+    jobs, emu, _ = emulated
+    quota(emu, "4")
+    cluster = Cluster(emu, epochs=5, loss=by_rate)
+
+    def interrupted(seconds: float) -> None:
+        cluster.tick()
+        if cluster.logs and all("#metric" in log for log in cluster.logs.values()):
+            raise KeyboardInterrupt
+
+    t = tuner(emulated, tmp_path, space(4, 2), sleep=interrupted)
+    with pytest.raises(TuningError, match="interrupted: the running trials' Jobs were deleted"):
+        t.run()
+    assert jobs.list() == []  # nothing runs on
+    assert sorted(cluster.created) == [t.job_name(0), t.job_name(1)]
+    assert [f.state.name for f in t.study.get_trials()] == ["FAIL", "FAIL"]
+    assert t.study.get_trials()[0].user_attrs["failure"] == "stopped: the tuner was interrupted"
 
 
 def test_mlinfra_tune_on_a_kubernetes_stack_registers_the_best_trial(emulated, tmp_path):

@@ -1,8 +1,9 @@
 """The Kubernetes tuning driver: Optuna ask/tell, each trial a training Job on a GPU pool.
 
-One loop on the tuner's machine keeps at most `slots` trials running: the space's
-`parallel`, or fewer when the team namespace's ResourceQuota admits fewer of a trial's
-Job at once (read before the first trial; the run says when it caps). Each trial goes
+One loop on the tuner's machine keeps at most `slots` of the study's trials running (all
+its tuners together: the quota is the namespace's): the space's `parallel`, or fewer when
+the team namespace's ResourceQuota admits fewer of a trial's Job at once (read before the
+first trial; the run says when it caps). Each trial goes
 through the job API (`KubernetesJobs.submit`: the checks, manifests, labels and S3
 outputs of `mlinfra train`) under an explicit name unique to the study and the trial,
 `<study>-<id>-<number>`. The loop reads each Job's pod logs from where it stopped, reports
@@ -52,6 +53,7 @@ JOB_ATTR = "kubernetes_job"
 ID_ATTR = "kubernetes_id"  # the study's own short id, in every trial's Job name
 MAX_FAILURES = 3  # trials failing in a row before the search stops
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+STARTED, FULL, DONE = "started", "full", "done"
 
 
 @dataclass(frozen=True)
@@ -197,14 +199,17 @@ class KubernetesTuner:
             try:
                 self._adopt()
                 while self._fatal is None:
-                    while len(self._running) < self.slots and self._start(deadline):
-                        pass
-                    if not self._running:
+                    step = STARTED
+                    while len(self._running) < self.slots and step == STARTED:
+                        step = self._start(deadline)
+                    if step == FULL:  # another tuner's trials hold the slots
+                        self._adopt()  # unless that tuner is gone
+                    if not self._running and step != FULL:
                         break
                     for r in list(self._running.values()):
                         if self._fatal is None and self._poll(r):
                             self._running.pop(r.trial.number)
-                    if self._running and self._fatal is None:
+                    if self._fatal is None:
                         self.sleep(self.poll_seconds)
             except KeyboardInterrupt:
                 self._stop_all("stopped: the tuner was interrupted")
@@ -244,15 +249,18 @@ class KubernetesTuner:
                 self._running[t.number] = running
                 self._publish(view)
 
-    def _start(self, deadline: float | None) -> bool:
-        """Ask for the next trial and submit its Job, while the budget lasts (all tuners of
-        the study together: under its lock)."""
+    def _start(self, deadline: float | None) -> str:
+        """Ask for the next trial and submit its Job while the budget lasts: STARTED, FULL
+        (the study's running trials, all tuners together, fill the slots: the quota is the
+        namespace's) or DONE. Under the study's lock."""
         if deadline is not None and time.monotonic() > deadline:
-            return False
+            return DONE
         with flock(self.folder / "study.lock"):
             trials = self.study.get_trials(deepcopy=False)
             if sum(1 for t in trials if t.state in (*FINISHED, TrialState.RUNNING)) >= self.trials:
-                return False
+                return DONE
+            if sum(1 for t in trials if t.state == TrialState.RUNNING) >= self.slots:
+                return FULL
             trial = self.study.ask()
             self.space.suggest(trial)
             request = self.request(trial.number, trial.params)
@@ -265,10 +273,10 @@ class KubernetesTuner:
         except JobError as exc:
             self._fail(running, f"not submitted: {exc}")
             self._fatal = f"trial {trial.number}'s Job was refused: {exc}"
-            return False
+            return DONE
         self._running[trial.number] = running
         self._publish(view)
-        return True
+        return STARTED
 
     def _poll(self, r: _Running) -> bool:
         """Read the trial's Job and its new log lines; True when the trial is finished."""
