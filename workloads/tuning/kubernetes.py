@@ -165,8 +165,8 @@ class KubernetesTuner:
         if binding is not None and binding.slots < 1:
             raise TuningError(
                 f"no trial fits namespace {namespace}'s quota: {binding.describe()}. Raise "
-                "the quota (cluster.quota in the stack spec) or use a pool with fewer GPUs "
-                "per node"
+                "the quota (`quota` under mlinfra:cluster in the stack config) or use a pool with "
+                "fewer GPUs per node"
             )
         if binding is not None and binding.slots < parallel:
             self.slots = binding.slots
