@@ -96,3 +96,21 @@ def push_image(session: Any, tag: str) -> None:
     ecr.put_image(
         repositoryName="vision-dev-train", imageManifest=json.dumps(manifest), imageTag=tag
     )
+
+
+def terminated(code: int, message: str = "") -> dict:
+    """A failed pod's status: its train container terminated with `code`."""
+    state = {"terminated": {"exitCode": code, "reason": "Error", "message": message}}
+    return {
+        "phase": "Failed",
+        "containerStatuses": [
+            {
+                "name": "train",
+                "image": "x",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": state,
+            }  # fmt: skip
+        ],
+    }

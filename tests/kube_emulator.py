@@ -2,6 +2,8 @@
 
 kmock serves create/read/list/watch/patch/delete over real HTTP, keeping objects in memory;
 nothing runs (no controllers), so a test moves a Job or pod along by patching its status.
+kmock 0.8 ignores `labelSelector` on lists; here equality selectors (`k=v,k2=v2`, what the
+platform's clients send) filter as on a real server.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ class Emulated:
         self.emulator["get", path] << text
 
 
-RESOURCES = ("batch/v1/jobs", "v1/pods", "v1/services")
+def selected(obj: dict[str, Any], selector: str) -> bool:
+    """Whether `obj` matches an equality-based label selector (`k=v,k2=v2`)."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, _, value = term.partition("=")
+        if labels.get(key) != value.lstrip("="):
+            return False
+    return True
+
+
+RESOURCES = ("batch/v1/jobs", "v1/pods", "v1/services", "v1/resourcequotas")
 
 
 @contextmanager
@@ -36,12 +48,20 @@ def kube_emulator() -> Iterator[Emulated]:
     from kmock import KubernetesEmulator, Server
     from kubernetes import client
 
+    class Emulator(KubernetesEmulator):  # type: ignore[misc]
+        async def _serve_list(self, request: Any) -> Any:
+            payload = await super()._serve_list(request)
+            selector = request.params.get("labelSelector")
+            if selector:
+                payload["items"] = [o for o in payload["items"] if selected(o, selector)]
+            return payload
+
     started = threading.Event()
     state: dict[str, Any] = {}
 
     async def serve() -> None:
         state["stop"] = asyncio.Event()
-        async with KubernetesEmulator() as emulator, Server(emulator, host="127.0.0.1") as server:
+        async with Emulator() as emulator, Server(emulator, host="127.0.0.1") as server:
             # Declared up front, an empty list is empty (as on a real server), not a 404.
             for resource in RESOURCES:
                 emulator.resources[resource] = {}

@@ -16,7 +16,13 @@ import boto3  # noqa: E402
 from kubernetes import client  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from tests.jobs_support import REGION, TRAIN_REPO, aws_descriptor, push_image  # noqa: E402
+from tests.jobs_support import (  # noqa: E402
+    REGION,
+    TRAIN_REPO,
+    aws_descriptor,
+    push_image,
+    terminated,
+)
 from tests.kube_emulator import kube_emulator  # noqa: E402
 from workloads.jobs.base import JobError, JobRequest  # noqa: E402
 from workloads.jobs.kubernetes import KubernetesJobs, eks_token  # noqa: E402
@@ -57,23 +63,6 @@ def pod(name: str, job: str, **status) -> dict:
         "metadata": {"name": name, "namespace": NS, "labels": {"mlinfra.io/training-job": job}},
         "spec": {"containers": [{"name": "train", "image": f"{TRAIN_REPO}:v3"}]},
         "status": status,
-    }
-
-
-def terminated(code: int, message: str = "") -> dict:
-    state = {"terminated": {"exitCode": code, "reason": "Error", "message": message}}
-    return {
-        "phase": "Failed",
-        "containerStatuses": [
-            {
-                "name": "train",
-                "image": "x",
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "state": state,
-            }  # fmt: skip
-        ],
     }
 
 

@@ -173,3 +173,22 @@ def test_compiles_to_optuna():
     assert g.grid_size() == 24
     assert space.fingerprint() != g.fingerprint()
     assert space.fingerprint() == parse_space(with_("budget.trials", 9), "x").fingerprint()
+
+
+def test_the_grid_runs_out_under_ask_and_tell():
+    """Optuna's grid calls study.stop() when its last point is taken, which raises outside
+    study.optimize; the drivers ask and tell, so the space's grid does not."""
+    doc = {
+        "objective": {"metric": "validation_loss", "direction": "minimize"},
+        "budget": {"trials": 2, "parallel": 1},
+        "sampler": "grid",
+        "fixed": {"target": "y"},
+        "parameters": {"learning_rate": {"type": "categorical", "choices": [0.1, 0.01]}},
+    }
+    space = parse_space(doc, "tune.yaml")
+    study = optuna.create_study(sampler=space.make_sampler())
+    for _ in range(space.grid_size()):
+        trial = study.ask()
+        space.suggest(trial)
+        study.tell(trial, trial.params["learning_rate"])  # the last one raised before
+    assert sorted(t.params["learning_rate"] for t in study.trials) == [0.01, 0.1]

@@ -616,15 +616,26 @@ def tune(
     ] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: GROUP-SPACE)")] = None,
     deploy: Annotated[bool, typer.Option(help="Roll the best model out if approved")] = False,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Training image tag (Kubernetes trials)")
+    ] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="GPU pool of the trials (default: the stack's only one)")
+    ] = None,
+    serve_image: Annotated[
+        str | None, typer.Option(help="Serving image tag to register with (default --image)")
+    ] = None,
     stack: StackOpt = "local",
+    platform: PlatformOpt = None,
     state_dir: StateOpt = None,
     stacks_dir: StacksDirOpt = Path("stacks"),
 ) -> None:
-    """Tune hyperparameters: trials under the training contract, pruned, resumable; the
-    best is registered, gated and (with --deploy) rolled out."""
+    """Tune hyperparameters: trials under the training contract (local processes, or Jobs
+    on the stack's GPU pool within the namespace's quota), pruned, resumable; the best is
+    registered, gated and (with --deploy) rolled out."""
     try:
         from workloads.tuning import report
-        from workloads.tuning.run import tune_local
+        from workloads.tuning.run import tune_stack
         from workloads.tuning.space import SpaceError
         from workloads.tuning.study import TuningError
     except ImportError as exc:
@@ -648,18 +659,23 @@ def tune(
 
     try:
         with _one_line_errors():
-            outcome = tune_local(
+            outcome = tune_stack(
                 space,
                 train=train,
                 validation=validation,
                 stack=stack,
                 state=state_dir,
+                platform=platform,
+                image=image,
+                pool=pool,
+                serve_image=serve_image,
                 group=group,
                 study=study,
                 deploy=deploy,
                 stacks_dir=stacks_dir,
                 on_start=started,
                 on_update=update,
+                on_note=lambda line: console.print(f"- {escape(line)}", highlight=False),
             )
     except (SpaceError, TuningError) as exc:
         raise _fail(str(exc)) from None

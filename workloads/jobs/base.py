@@ -182,6 +182,11 @@ class JobBackend(ABC):
         jobs = [j for j in self._list() if j.labels.get(LABEL_STACK) == self.descriptor.stack]
         return sorted(jobs, key=lambda j: j.created or "", reverse=True)
 
+    def read_logs(self, job_id: str, cursor: Any = None) -> tuple[list[str], Any]:
+        """The log lines since `cursor` (None: from the start), and the next cursor: for a
+        caller that follows several jobs at once (the tuning driver)."""
+        return self._read_logs(job_id, cursor)
+
     def logs(
         self, job_id: str, follow: bool = False, timeout: float | None = None
     ) -> Iterator[str]:

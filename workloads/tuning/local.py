@@ -49,6 +49,8 @@ from workloads.tuning.study import (
     flock,
     held,
     open_study,
+    study_result,
+    trial_budget,
 )
 
 EXIT_TERMINATED = 143
@@ -82,11 +84,7 @@ class LocalTuner:
         self.on_update = on_update or (lambda view: None)
         self.id = uuid.uuid4().hex[:12]
         self.study = open_study(space, folder, study)
-        self.trials = self.space.budget.trials
-        self.notes: list[str] = []
-        if space.sampler == "grid" and space.grid_size() < self.trials:
-            self.trials = space.grid_size()
-            self.notes.append(f"the grid has {self.trials} points: {self.trials} trials")
+        self.trials, self.notes = trial_budget(space)
         self._stop = threading.Event()
         self._fatal: str | None = None
         self._failures = 0
@@ -134,24 +132,8 @@ class LocalTuner:
                 proc.send_signal(signal.SIGTERM)
 
     def result(self, wall_seconds: float = 0.0) -> TuneResult:
-        trials = [self._view(t) for t in self.study.get_trials(deepcopy=False)]
-        try:
-            best = self.study.best_trial
-        except ValueError:
-            best = None
-        return TuneResult(
-            study=self.name,
-            journal=self.folder / "journal.log",
-            trials=trials,
-            best=self._view(best) if best else None,
-            best_metrics=dict(best.user_attrs.get("metrics", {})) if best else {},
-            # None for a trial another backend ran (copied into the study without an artifact)
-            best_model_dir=Path(best.user_attrs["model_dir"])
-            if best and "model_dir" in best.user_attrs
-            else None,
-            wall_seconds=wall_seconds,
-            notes=self.notes,
-        )
+        journal = self.folder / "journal.log"
+        return study_result(self.study, self.name, journal, wall_seconds, self.notes, self._views)
 
     # -- claiming work --------------------------------------------------------------------
 
@@ -366,19 +348,6 @@ class LocalTuner:
     def _publish(self, view: TrialView) -> None:
         self._views[view.number] = view
         self.on_update(dataclasses.replace(view, params=dict(view.params)))  # a snapshot
-
-    def _view(self, t: optuna.trial.FrozenTrial) -> TrialView:
-        live = self._views.get(t.number)
-        steps = t.intermediate_values
-        value = t.value if t.value is not None else (steps[max(steps)] if steps else None)
-        return TrialView(
-            number=t.number,
-            state=t.state.name,
-            params=dict(t.params),
-            value=value,
-            epochs=int(t.user_attrs.get("epochs", len(steps))),
-            note=str(t.user_attrs.get("failure", "")) or (live.note if live else ""),
-        )
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:

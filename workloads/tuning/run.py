@@ -4,9 +4,13 @@ gate (and, with `deploy`, roll it out like `mlinfra deploy`)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import optuna
 
 from workloads.local import env as localenv
 from workloads.platform import NotDeclaredError, PlatformDescriptor, load_descriptor
@@ -72,20 +76,8 @@ def tune_local(
     )
     if on_start:
         on_start(space, name)
-    result = tuner.run()
-    report = save_report(tuner.study, result, space.objective.metric, folder / "report.html")
-    outcome = TuneOutcome(space, result, report)
-    if result.best is None:
-        outcome.messages.append("no trial completed: nothing to register")
-        return outcome
-    if result.best_model_dir is None:
-        outcome.messages.append(
-            f"the best trial ({result.best.number}) ran on another backend: its artifact is "
-            "registered from there"
-        )
-        return outcome
-    register_best(outcome, descriptor, group)
-    if deploy:
+    outcome = conclude(tuner.study, tuner.run(), space, folder, descriptor, group)
+    if deploy and outcome.version is not None:
         if outcome.status == "Approved":
             outcome.messages += localenv.rollout(stack, state, stacks_dir=stacks_dir).messages
         else:
@@ -93,30 +85,197 @@ def tune_local(
     return outcome
 
 
-def register_best(outcome: TuneOutcome, descriptor: PlatformDescriptor, group: str) -> None:
-    """Publish the best trial's artifact to the artifacts bucket and register it once (a
-    rerun of a finished search finds its version), with its metrics and the search's
-    summary; then the gate."""
+def conclude(
+    study: optuna.Study,
+    result: TuneResult,
+    space: SearchSpace,
+    folder: Path,
+    descriptor: PlatformDescriptor,
+    group: str,
+    serve_image_tag: str = "local",
+) -> TuneOutcome:
+    """What every driver does once the search ends: the report, then the best trial
+    registered and gated."""
+    report = save_report(study, result, space.objective.metric, folder / "report.html")
+    outcome = TuneOutcome(space, result, report)
+    if result.best is None:
+        outcome.messages.append("no trial completed: nothing to register")
+    elif result.best_model_dir is None and result.best_model_uri is None:
+        outcome.messages.append(
+            f"the best trial ({result.best.number}) ran on another backend: its artifact is "
+            "registered from there"
+        )
+    else:
+        register_best(outcome, descriptor, group, serve_image_tag)
+    return outcome
+
+
+def tune_stack(
+    space_path: Path,
+    *,
+    stack: str = "local",
+    state: str | Path | None = None,
+    platform: str | Path | None = None,
+    image: str | None = None,
+    pool: str | None = None,
+    serve_image: str | None = None,
+    stacks_dir: str | Path = "stacks",
+    on_note: Callable[[str], None] | None = None,
+    **common: Any,
+) -> TuneOutcome:
+    """`mlinfra tune --stack S`: the driver of the stack's training backend (local
+    processes, or Jobs on the stack's GPU pool)."""
+    from workloads.jobs.base import JobError, default_backend
+    from workloads.jobs.run import stack_descriptor
+
+    try:
+        descriptor = stack_descriptor(stack, state, platform)
+    except JobError as exc:
+        raise TuningError(str(exc)) from None
+    backend = default_backend(descriptor)
+    if backend == "local":
+        given = [f"--{n}" for n, v in (("image", image), ("pool", pool)) if v is not None]
+        if given:
+            raise TuningError(
+                f"{' and '.join(given)}: for stacks that train on Kubernetes; stack {stack!r} "
+                "runs its trials as local processes"
+            )
+        return tune_local(space_path, stack=stack, state=state, stacks_dir=stacks_dir, **common)
+    if backend == "kubernetes":
+        return tune_kubernetes(
+            space_path,
+            stack=stack,
+            state=state,
+            platform=platform,
+            image=image,
+            pool=pool,
+            serve_image=serve_image,
+            on_note=on_note,
+            **common,
+        )
+    raise TuningError(
+        f"stack {stack!r} trains on {backend}: `mlinfra tune` runs local and Kubernetes "
+        "trials; SageMaker's tuner is not wired into it yet"
+    )
+
+
+def tune_kubernetes(
+    space_path: Path,
+    *,
+    train: str,
+    stack: str,
+    image: str | None,
+    validation: str | None = None,
+    pool: str | None = None,
+    serve_image: str | None = None,
+    platform: str | Path | None = None,
+    state: str | Path | None = None,
+    group: str | None = None,
+    study: str | None = None,
+    deploy: bool = False,
+    jobs: Any = None,
+    on_start: Callable[[SearchSpace, str], None] | None = None,
+    on_update: Callable[[TrialView], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TuneOutcome:
+    """Tune on the stack's GPU pool: each trial a Kubernetes Job (`tuning.kubernetes`), the
+    study kept under the stack's state dir, the best trial's S3 artifact registered."""
+    from workloads.jobs.base import JobError, gpu_pools
+    from workloads.jobs.kubernetes import KubernetesJobs
+    from workloads.jobs.run import stack_descriptor
+    from workloads.tuning.kubernetes import KubernetesTuner, TrialJobs
+
+    space = load_space(space_path)  # a bad space fails here, before any trial
+    try:
+        descriptor = stack_descriptor(stack, state, platform)
+        jobs = jobs or KubernetesJobs(descriptor)
+    except JobError as exc:
+        raise TuningError(str(exc)) from None
+    group = pick_group(descriptor, group)
+    if pool is None:
+        pools = gpu_pools(descriptor)
+        if len(pools) != 1:
+            raise TuningError(
+                f"stack {stack!r} has GPU pools {pools}: name the trials' pool with --pool"
+            )
+        pool = pools[0]
+    name = study_name(space, space_path, group, study)
+    folder = localenv.StackPaths.of(stack, state).root / "tuning" / name
+    channels = {"train": train} | ({"validation": validation} if validation else {})
+    tuner = KubernetesTuner(
+        space,
+        folder,
+        study=name,
+        jobs=jobs,
+        trial_jobs=TrialJobs(channels, image, pool, group),
+        on_update=on_update,
+        sleep=sleep,
+    )
+    tuner.plan()  # what every trial shares is checked, the quota read: before any trial
+    if on_start:
+        on_start(space, name)
+    for line in tuner.notes:
+        (on_note or (lambda text: None))(line)
+    outcome = conclude(
+        tuner.study, tuner.run(), space, folder, descriptor, group, serve_image or image
+    )
+    if deploy and outcome.version is not None:
+        outcome.messages += deploy_endpoints(outcome, descriptor, group)
+    return outcome
+
+
+def deploy_endpoints(outcome: TuneOutcome, descriptor: PlatformDescriptor, group: str) -> list[str]:
+    """`--deploy` on a cloud stack: the approved version to each endpoint serving `group`
+    whose version the stack does not pin, as `mlinfra deploy` does."""
+    from workloads.jobs import rollout
+
+    if outcome.status != "Approved":
+        return [f"not deployed: version {outcome.version} is {outcome.status}"]
+    names = [
+        n
+        for n, ref in descriptor.endpoints.items()
+        if ref.model_group == group and ref.model_version is None
+    ]
+    if not names:
+        return [f"not deployed: no endpoint of stack {descriptor.stack!r} serves {group} unpinned"]
+    messages = []
+    for endpoint in names:
+        done = rollout.deploy(descriptor, endpoint, outcome.version)
+        messages += done.messages
+        messages.append(f"{endpoint}: v{done.version} {done.outcome}")
+    return messages
+
+
+def register_best(
+    outcome: TuneOutcome, descriptor: PlatformDescriptor, group: str, serve_image_tag: str = "local"
+) -> None:
+    """Register the best trial's artifact once (a rerun of a finished search finds its
+    version), with its metrics and the search's summary; then the gate. A local trial's
+    artifact is published to the artifacts bucket first; a cloud trial's is there already."""
     from workloads.jobs.run import apply_gate
     from workloads.registry.store import registry_from_descriptor
 
     result, metric = outcome.result, outcome.space.objective.metric
-    assert result.best is not None and result.best_model_dir is not None
+    assert result.best is not None
     name = f"tune-{result.study}-trial-{result.best.number:04d}"
-    uri = f"{descriptor.buckets.artifacts.rstrip('/')}/models/{group}/{name}"
+    uri = (
+        result.best_model_uri or f"{descriptor.buckets.artifacts.rstrip('/')}/models/{group}/{name}"
+    )
     registry = registry_from_descriptor(descriptor)
     existing = [v for v in registry.list_versions(group) if v.model_uri == uri]
     if existing:
         version = existing[0]
     else:
-        publish_model(result.best_model_dir, uri)
+        if result.best_model_dir is not None:
+            publish_model(result.best_model_dir, uri)
         lines = summary_lines(result, metric)
         summary = "; ".join(line for line in lines if not line.startswith("journal:"))
         version = registry.register(
             group,
             uri,
             result.best_metrics,
-            image=f"{descriptor.registry.repositories.get('serve', 'local')}:local",
+            image=f"{descriptor.registry.repositories.get('serve', 'local')}:{serve_image_tag}",
             description=f"tuned: {summary}",
         )
     outcome.version = version.version

@@ -260,7 +260,14 @@ class SearchSpace(_Model):
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         if self.sampler == "grid":
-            return optuna.samplers.GridSampler(self.grid(), seed=self.seed)
+
+            class Grid(optuna.samplers.GridSampler):
+                def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                    """Optuna's grid calls `study.stop()` once every point is taken, which
+                    raises outside `study.optimize`; the drivers ask and tell, and stop at
+                    `grid_size()` trials themselves."""
+
+            return Grid(self.grid(), seed=self.seed)
         # multivariate + group: parameters are sampled jointly (and conditional ones by the
         # group they appear in); constant_liar: parallel workers do not all sample next to
         # one running trial. Optuna still marks these experimental.

@@ -48,6 +48,9 @@ class TuneResult:
     best_model_dir: Path | None
     wall_seconds: float
     notes: list[str] = field(default_factory=list)
+    # Where the best trial's artifact already is (a cloud trial wrote it to the artifacts
+    # bucket); None when it is local (`best_model_dir`) or unknown.
+    best_model_uri: str | None = None
 
     def count(self, state: str) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -106,3 +109,60 @@ def open_study(space: SearchSpace, folder: Path, name: str) -> optuna.Study:
                 f"(--study, or 'study:' in the space file), or remove {folder}"
             )
     return study
+
+
+def trial_budget(space: SearchSpace) -> tuple[int, list[str]]:
+    """How many trials the study runs (all tuners together), and why, when not `trials`."""
+    points = space.grid_size() if space.sampler == "grid" else None
+    if points is not None and points < space.budget.trials:
+        return points, [f"the grid has {points} points: {points} trials"]
+    return space.budget.trials, []
+
+
+def trial_view(t: optuna.trial.FrozenTrial, note: str = "") -> TrialView:
+    """A stored trial as the table shows it; `note` is what the driver saw live."""
+    steps = t.intermediate_values
+    value = t.value if t.value is not None else (steps[max(steps)] if steps else None)
+    return TrialView(
+        number=t.number,
+        state=t.state.name,
+        params=dict(t.params),
+        value=value,
+        epochs=int(t.user_attrs.get("epochs", len(steps))),
+        note=str(t.user_attrs.get("failure", "")) or note,
+    )
+
+
+def study_result(
+    study: optuna.Study,
+    name: str,
+    journal: Path,
+    wall_seconds: float,
+    notes: list[str],
+    live: dict[int, TrialView] | None = None,
+) -> TuneResult:
+    """The study's trials and its best one, from whichever backend ran them. A best trial
+    has its artifact at `model_dir` (local), at `model_uri` (a cloud job), or neither (a
+    trial copied from another backend's tuner)."""
+    live = live or {}
+
+    def view(t: optuna.trial.FrozenTrial) -> TrialView:
+        seen = live.get(t.number)
+        return trial_view(t, seen.note if seen else "")
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    attrs = best.user_attrs if best else {}
+    return TuneResult(
+        study=name,
+        journal=journal,
+        trials=[view(t) for t in study.get_trials(deepcopy=False)],
+        best=view(best) if best else None,
+        best_metrics=dict(attrs.get("metrics", {})),
+        best_model_dir=Path(attrs["model_dir"]) if "model_dir" in attrs else None,
+        best_model_uri=attrs.get("model_uri"),
+        wall_seconds=wall_seconds,
+        notes=notes,
+    )
