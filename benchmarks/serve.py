@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +50,52 @@ PY = sys.executable
 MODELS = {"reference": "128,64", "wide": "2048,2048,2048"}
 WORKERS = 2  # one per core on the 2-core reference machine, for every server
 OURS_ON, OURS_OFF, LIMIT = "ours, batching on", "ours, batching off", "in-process limit"
+CEILING = "HTTP ceiling (bare ASGI)"
 TORCHSERVE, BENTOML = "TorchServe, batching on", "BentoML, batching on"
-ORDER = [OURS_ON, OURS_OFF, LIMIT, TORCHSERVE, BENTOML]
+LITSERVE = "LitServe, batching on"
+ORDER = [CEILING, OURS_ON, OURS_OFF, LIMIT, TORCHSERVE, BENTOML, LITSERVE]
+LITSERVE_VENV = ROOT / "benchmarks" / ".venv-litserve"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Contender:
+    """A running server: where to send requests, its health URL, its process group."""
+
+    url: str
+    ping: str
+    pgid: int
+
+    def cpu_seconds(self) -> float:
+        return group_cpu_seconds(self.pgid)
+
+    def pause(self) -> None:
+        """SIGSTOP the whole process group: an idle server burns no CPU between its rounds
+        (LitServe's batch loop polls every 1 ms), so it takes none from the one measured."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGCONT)
+        time.sleep(0.3)  # let every process run again before the load starts
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user + system, own + waited-for children) of every live process in a
+    process group, from /proc."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields after "(comm)": state ppid pgrp session ...
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -134,12 +179,26 @@ def running(name: str, cmd: list[str], ready, cwd: Path = ROOT, env: dict | None
             yield proc
         finally:
             with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)  # a stopped process cannot drain
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@contextlib.contextmanager
+def contender(
+    name: str, cmd: list[str], url: str, ping: str, body: bytes, cwd: Path = ROOT, env=None
+) -> Iterator[Contender]:
+    """`running`, ready once `url` answers `body`, then warmed so every worker has loaded."""
+    with running(name, cmd, lambda: post_ok(url, body), cwd=cwd, env=env) as proc:
+        for _ in range(8 * WORKERS):
+            post_ok(url, body, timeout=60)
+        server = Contender(url, ping, proc.pid)
+        server.pause()  # idle until its rounds (measure resumes it)
+        yield server
 
 
 def post_ok(url: str, body: bytes, timeout: float = 5) -> bool:
@@ -195,11 +254,12 @@ def wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
-    result = {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+    result = {"rps": rps, "requests": requests, "p50_ms": p50, "p99_ms": p99}
     if errors or sock:
         result["errors"] = (errors.group(0) if errors else "") + (sock.group(0) if sock else "")
     return result
@@ -211,59 +271,128 @@ def median(values: list[float]) -> float:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-def measure(servers: dict[str, str], script: Path, levels: list[int], seconds: float, rounds: int):
+def measure(
+    servers: dict[str, Contender], script: Path, levels: list[int], seconds: float, rounds: int
+) -> dict:
     """Round robin: every server, every concurrency, `rounds` times; each figure is the median
-    over the rounds. Interleaving spreads the shared machine's load bursts over everyone."""
-    for url in servers.values():
-        wrk(url, script, max(levels), 2)  # warm-up: caches, connections, the JVM's JIT
+    over the rounds. Interleaving spreads the shared machine's load bursts over everyone.
+    Only the server being measured runs: the others are SIGSTOPped. Each cell also records
+    the CPU seconds the server's processes spent (requests per CPU-second is the steadier
+    figure on a shared machine), and at the highest concurrency every server gets the same
+    /ping probe."""
+    for server in servers.values():
+        server.pause()
     samples: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in servers}
-    pings: list[float] = []
+    pings: dict[str, list[float]] = {name: [] for name in servers}
     for r in range(rounds):
-        for name, url in servers.items():
+        for name, server in servers.items():
+            server.resume()
+            if r == 0:
+                wrk(server.url, script, max(levels), 2)  # warm-up: caches, connections, JIT
             for c in levels:
-                if name == OURS_ON and c == max(levels):
-                    with ping_probe(url.rsplit("/", 1)[0] + "/ping") as probe:
-                        cell = wrk(url, script, c, seconds)
-                    pings += probe
+                cpu = server.cpu_seconds()
+                if c == max(levels):
+                    with ping_probe(server.ping) as probe:
+                        cell = wrk(server.url, script, c, seconds)
+                    pings[name] += probe
                 else:
-                    cell = wrk(url, script, c, seconds)
+                    cell = wrk(server.url, script, c, seconds)
+                cell["cpu_s"] = server.cpu_seconds() - cpu
+                cell["rps_per_cpu_s"] = cell["requests"] / max(cell["cpu_s"], 1e-9)
                 samples[name][c].append(cell)
                 print(
                     f"  round {r + 1}: {name:<24} c={c:<3} {cell['rps']:>8.0f} req/s  p50 "
-                    f"{cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms "
+                    f"{cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
+                    f"{cell['cpu_s']:5.2f} CPU-s  {cell['rps_per_cpu_s']:>6.0f} req/CPU-s "
                     f"{cell.get('errors', '')}",
                     flush=True,
                 )
+            server.pause()
     rows: dict = {}
     for name, by_c in samples.items():
         rows[name] = {}
         for c, cells in by_c.items():
-            rows[name][c] = {k: median([x[k] for x in cells]) for k in ("rps", "p50_ms", "p99_ms")}
+            keys = ("rps", "p50_ms", "p99_ms", "cpu_s", "rps_per_cpu_s")
+            rows[name][c] = {k: median([x[k] for x in cells]) for k in keys}
             errors = [x["errors"] for x in cells if "errors" in x]
             if errors:
                 rows[name][c]["errors"] = errors
-    if pings:
-        rows[OURS_ON]["ping_max_ms"] = max(pings)
-        print(
-            f"  /ping while '{OURS_ON}' ran at c={max(levels)}: max {max(pings):.1f} ms "
-            f"over {len(pings)} probes"
-        )
+        if pings[name]:
+            rows[name]["ping_max_ms"] = max(pings[name])
+            print(
+                f"  /ping while '{name}' ran at c={max(levels)}: max {max(pings[name]):.1f} ms "
+                f"over {len(pings[name])} probes"
+            )
     return rows
 
 
 @contextlib.contextmanager
-def ours(model_dir: Path, body: bytes, batching: bool) -> Iterator[str]:
+def ours(model_dir: Path, body: bytes, batching: bool, root: Path = ROOT) -> Iterator[Contender]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [PY, "-m", "workloads.serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--workers", str(WORKERS), "--threads", "1"]
     cmd += ["--batching" if batching else "--no-batching"]
     name = f"ours-batching-{'on' if batching else 'off'}"
-    # Ready = a prediction answers; then a few more so that every worker has loaded.
-    with running(name, cmd, lambda: post_ok(url + "/invocations", body)):
-        for _ in range(8 * WORKERS):
-            post_ok(url + "/invocations", body, timeout=60)
-        yield url + "/invocations"
+    with contender(name, cmd, url + "/invocations", url + "/ping", body, cwd=root) as server:
+        yield server
+
+
+CEILING_CODE = """
+import multiprocessing, socket, sys
+import uvicorn
+
+ANSWER = b'{"predictions":[{"label":0,"p":0.1250}]}'  # a fixed 40-byte JSON
+assert len(ANSWER) == 40
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"40")]
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:  # read the body, as a real server must
+        message = await receive()
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": ANSWER})
+
+
+def worker(port):
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(4096)
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="off",
+        access_log=False, server_header=False, date_header=False, proxy_headers=False,
+        backlog=4096)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    port, workers = int(sys.argv[1]), int(sys.argv[2])
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=worker, args=(port,)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+"""
+
+
+@contextlib.contextmanager
+def ceiling(body: bytes) -> Iterator[Contender]:
+    """The HTTP ceiling: a bare ASGI app on our stack and process layout (uvicorn + httptools
+    + uvloop, WORKERS processes each on its own SO_REUSEPORT socket) that reads the body and
+    answers a fixed 40-byte JSON: what no server on this stack can beat."""
+    script = OUT / "ceiling.py"
+    script.write_text(CEILING_CODE)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [PY, str(script), str(port), str(WORKERS)]
+    with contender("ceiling", cmd, url + "/invocations", url + "/ping", body) as server:
+        yield server
 
 
 @contextlib.contextmanager
@@ -384,7 +513,7 @@ def handle(data, context):
 
 
 @contextlib.contextmanager
-def torchserve(name: str, model_dir: Path, body: bytes) -> Iterator[str]:
+def torchserve(name: str, model_dir: Path, body: bytes) -> Iterator[Contender]:
     work = OUT / "torchserve" / name
     shutil.rmtree(work, ignore_errors=True)
     (work / "store").mkdir(parents=True)
@@ -430,10 +559,9 @@ def torchserve(name: str, model_dir: Path, body: bytes) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/predictions/{name}"
     env = {"PATH": f"{PEERS / 'bin'}:{os.environ['PATH']}", "LOG_LOCATION": str(work / "logs")}
     env["METRICS_LOCATION"] = str(work / "logs")
-    with running(f"torchserve-{name}", cmd, lambda: post_ok(url, body), cwd=work, env=env):
-        for _ in range(8 * WORKERS):
-            post_ok(url, body, timeout=60)
-        yield url
+    ping = f"http://127.0.0.1:{port}/ping"
+    with contender(f"torchserve-{name}", cmd, url, ping, body, cwd=work, env=env) as server:
+        yield server
 
 
 BENTO_SERVICE = '''
@@ -462,7 +590,7 @@ class Model:
 
 
 @contextlib.contextmanager
-def bentoml(name: str, model_dir: Path, body: bytes) -> Iterator[str]:
+def bentoml(name: str, model_dir: Path, body: bytes) -> Iterator[Contender]:
     work = OUT / "bentoml" / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -475,10 +603,72 @@ def bentoml(name: str, model_dir: Path, body: bytes) -> Iterator[str]:
     env = {"BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(work / "home")}
     env["PATH"] = f"{PEERS / 'bin'}:{os.environ['PATH']}"
     url = f"http://127.0.0.1:{port}/invocations"
-    with running(f"bentoml-{name}", cmd, lambda: post_ok(url, body), cwd=work, env=env):
-        for _ in range(8 * WORKERS):
-            post_ok(url, body, timeout=60)
-        yield url
+    ping = f"http://127.0.0.1:{port}/readyz"
+    with contender(f"bentoml-{name}", cmd, url, ping, body, cwd=work, env=env) as server:
+        yield server
+
+
+LIT_SERVICE = '''
+"""LitServe service for an mlinfra model artifact (written by benchmarks/serve.py)."""
+import sys
+
+sys.path.insert(0, {root!r})
+
+import litserve as ls
+import numpy as np
+
+
+class Model(ls.LitAPI):
+    def setup(self, device):
+        import torch
+
+        from workloads.training.artifact import load_model
+
+        torch.set_num_threads(1)
+        self.predictor = load_model({model_dir!r})
+
+    def decode_request(self, request):
+        return request["instances"]
+
+    def batch(self, inputs):
+        return list(inputs)
+
+    def predict(self, batch):  # one entry per request in LitServe's batch
+        mats = [self.predictor.prepare_records(instances) for instances in batch]
+        preds = self.predictor.predict_matrix(np.concatenate(mats))
+        out, start = [], 0
+        for m in mats:
+            out.append(preds[start : start + len(m)])
+            start += len(m)
+        return out
+
+    def unbatch(self, output):
+        return output
+
+    def encode_response(self, output):
+        return {{"predictions": output}}
+
+
+if __name__ == "__main__":
+    api = Model(max_batch_size=32, batch_timeout=0.005, api_path="/invocations")
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device={workers}, timeout=120)
+    server.run(host="127.0.0.1", port=int(sys.argv[1]), generate_client_file=False)
+'''
+
+
+@contextlib.contextmanager
+def litserve(name: str, model_dir: Path, body: bytes) -> Iterator[Contender]:
+    work = OUT / "litserve" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "service.py").write_text(
+        LIT_SERVICE.format(root=str(ROOT), model_dir=str(model_dir), workers=WORKERS)
+    )
+    port = free_port()
+    cmd = [str(LITSERVE_VENV / "bin" / "python"), "service.py", str(port)]
+    url, ping = f"http://127.0.0.1:{port}/invocations", f"http://127.0.0.1:{port}/health"
+    with contender(f"litserve-{name}", cmd, url, ping, body, cwd=work) as server:
+        yield server
 
 
 def ensure_peers() -> str | None:
@@ -493,10 +683,27 @@ def ensure_peers() -> str | None:
             [*pip, "torch==2.13.0"],  # first: the CPU build; nothing below replaces it
             [*pip, "torchserve", "torch-model-archiver", "bentoml", "pandas", "numpy"],
         ]
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode != 0:
-                return f"installing the peers failed: {' '.join(step)}: {done.stderr[-500:]}"
+        problem = _install(steps)
+        if problem:
+            return problem
+    if not (LITSERVE_VENV / "bin" / "litserve").exists():
+        # Its own venv: LitServe pins FastAPI/uvicorn versions of its own.
+        print(f"creating {LITSERVE_VENV} ...", flush=True)
+        pip = [str(LITSERVE_VENV / "bin" / "pip"), "install", "--quiet"]
+        steps = [
+            [sys.executable, "-m", "venv", str(LITSERVE_VENV)],
+            [*pip, "torch==2.13.0"],
+            [*pip, "litserve==0.2.19", "pandas", "numpy", "pyarrow"],
+        ]
+        return _install(steps)
+    return None
+
+
+def _install(steps: list[list[str]]) -> str | None:
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"installing the peers failed: {' '.join(step)}: {done.stderr[-500:]}"
     return None
 
 
@@ -506,7 +713,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="round-robin rounds (median taken)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--skip-peers", action="store_true", help="only ours and the in-process limit")
+    p.add_argument(
+        "--skip-peers", action="store_true", help="only ours, the ceiling and the in-process limit"
+    )
+    p.add_argument(
+        "--ours-root",
+        type=Path,
+        default=ROOT,
+        help="run our server from this checkout (say, `git worktree` of main: before/after)",
+    )
     args = p.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/serve.py needs wrk: apt-get install wrk")
@@ -529,12 +744,14 @@ def main() -> None:
         print(f"\n== {name} model ({MODELS[name]} hidden), one instance per request", flush=True)
         with contextlib.ExitStack() as stack:
             servers = {
-                OURS_ON: stack.enter_context(ours(model_dir, body, True)),
-                OURS_OFF: stack.enter_context(ours(model_dir, body, False)),
+                CEILING: stack.enter_context(ceiling(body)),
+                OURS_ON: stack.enter_context(ours(model_dir, body, True, args.ours_root)),
+                OURS_OFF: stack.enter_context(ours(model_dir, body, False, args.ours_root)),
             }
             failed = {}
             if peers_problem is None:
-                for label, peer in ((TORCHSERVE, torchserve), (BENTOML, bentoml)):
+                peers = ((TORCHSERVE, torchserve), (BENTOML, bentoml), (LITSERVE, litserve))
+                for label, peer in peers:
                     try:  # one peer failing to start is a result too: report it, go on
                         servers[label] = stack.enter_context(peer(name, model_dir, body))
                     except Exception as exc:
@@ -545,7 +762,9 @@ def main() -> None:
         rows.update(failed)
         rows = {k: rows[k] for k in ORDER if k in rows}
         results["models"][name] = rows
+        results.setdefault("load_average", {})[name] = os.getloadavg()
         print_table(name, rows, levels)
+        print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if peers_problem:
         print(f"\npeers not run: {peers_problem}")
         results["peers_problem"] = peers_problem
@@ -553,7 +772,7 @@ def main() -> None:
 
 
 def print_table(name: str, rows: dict, levels: list[int]) -> None:
-    head = "".join(f" | c={c}: req/s  p50  p99 (ms)" for c in levels)
+    head = "".join(f" | c={c}: req/s  p50  p99 (ms) req/CPU-s" for c in levels)
     print(f"\n{name}\n{'server':<24}{head}")
     for label, cells in rows.items():
         if "error" in cells:
@@ -561,6 +780,21 @@ def print_table(name: str, rows: dict, levels: list[int]) -> None:
             continue
         line = "".join(
             f" | {cells[c]['rps']:>10.0f} {cells[c]['p50_ms']:6.2f} {cells[c]['p99_ms']:7.2f}"
+            f" {cells[c].get('rps_per_cpu_s', float('nan')):>9.0f}"
+            for c in levels
+        )
+        print(f"{label:<24}{line}")
+    base = rows.get(CEILING)
+    if not base or "error" in base:
+        return
+    print(f"\nas a fraction of the {CEILING} (req/s, req/CPU-s; p99 as a multiple)")
+    for label, cells in rows.items():
+        if label == CEILING or "error" in cells or "rps_per_cpu_s" not in cells[levels[0]]:
+            continue
+        line = "".join(
+            f" | c={c}: {cells[c]['rps'] / base[c]['rps']:5.2f} "
+            f"{cells[c]['rps_per_cpu_s'] / base[c]['rps_per_cpu_s']:5.2f} "
+            f"{cells[c]['p99_ms'] / base[c]['p99_ms']:5.2f}x"
             for c in levels
         )
         print(f"{label:<24}{line}")
