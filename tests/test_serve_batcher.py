@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -87,3 +89,90 @@ def test_finite_predictions_with_a_null_label_are_answered() -> None:
 
     [(status, body)] = run([[{"x": 1}]], NullLabel())
     assert status == 200 and body["predictions"][0]["label"] is None
+
+
+class Recording(FakePredictor):
+    """Records which thread ran each call, and how many records each prepare call saw."""
+
+    def __init__(self) -> None:
+        self.prepared: list[int] = []
+        self.threads: list[str] = []
+
+    def prepare_records(self, records: list[dict]) -> np.ndarray:
+        if any(not isinstance(r.get("x"), int) for r in records):
+            raise InputError("x must be an integer")
+        self.prepared.append(len(records))
+        self.threads.append(threading.current_thread().name)
+        return super().prepare_records(records)
+
+
+def serve_in_turns(predictor: Any, turns: list[list[list[dict]]]) -> list[list[tuple[int, dict]]]:
+    """Each turn: submit its requests together, wait for their answers, then the next turn."""
+
+    async def main() -> list[list[tuple[int, bytes]]]:
+        batcher = Batcher(
+            predictor,
+            asyncio.get_running_loop(),
+            max_batch_size=64,
+            max_wait_s=0.0,
+            input_error=InputError,
+        )
+        try:
+            out = []
+            for turn in turns:
+                futures = [batcher.submit("json", records) for records in turn]
+                out.append(await asyncio.wait_for(asyncio.gather(*futures), 10))
+            return out
+        finally:
+            batcher.stop()
+
+    loop = asyncio.new_event_loop()
+    try:
+        answers = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    return [[(status, orjson.loads(body)) for status, body in turn] for turn in answers]
+
+
+def test_requests_that_arrive_together_are_prepared_in_one_pass() -> None:
+    predictor = Recording()
+    [answers] = serve_in_turns(predictor, [[[{"x": 1}], [{"x": 2}, {"x": 3}], [{"x": 4}]]])
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert predictor.prepared == [4]  # one call for the four records of three requests
+    assert [len(body["predictions"]) for _, body in answers] == [1, 2, 1]
+
+
+def test_a_bad_request_among_merged_ones_gets_its_own_error() -> None:
+    predictor = Recording()
+    [answers] = serve_in_turns(predictor, [[[{"x": 1}], [{"x": "two"}], [{"x": 3}]]])
+    assert [status for status, _ in answers] == [200, 400, 200]
+    assert answers[1][1] == {"error": "x must be an integer"}
+    assert predictor.prepared == [1, 1]  # the merged pass failed: each request on its own
+
+
+def test_a_cheap_batch_runs_on_the_event_loop_once_its_cost_is_known() -> None:
+    predictor = Recording()
+    serve_in_turns(predictor, [[[{"x": 1}]], [[{"x": 2}]], [[{"x": 3}], [{"x": 4}]]])
+    # The first batch has no known cost: the thread; then the event loop (no hand-off).
+    assert predictor.threads[0] == "mlinfra-batcher"
+    assert predictor.threads[1:] == [threading.main_thread().name] * 2
+
+
+def test_a_predictor_that_decodes_never_runs_on_the_event_loop() -> None:
+    class Decoding(Recording):
+        content_types = ("image/png",)
+
+    predictor = Decoding()
+    serve_in_turns(predictor, [[[{"x": 1}]], [[{"x": 2}]], [[{"x": 3}]]])
+    assert predictor.threads == ["mlinfra-batcher"] * 3
+
+
+def test_an_expensive_batch_goes_to_the_thread() -> None:
+    class Slow(Recording):
+        def predict_matrix(self, x: np.ndarray) -> list:
+            time.sleep(0.003)  # over the 1 ms budget
+            return super().predict_matrix(x)
+
+    predictor = Slow()
+    serve_in_turns(predictor, [[[{"x": 1}]], [[{"x": 2}]], [[{"x": 3}]]])
+    assert predictor.threads == ["mlinfra-batcher"] * 3

@@ -123,6 +123,10 @@ class ImagePredictor:
         """One raw image body (SageMaker's convention: one image per request)."""
         return self._batch([decode_image(body, self.mode, self.size)])
 
+    def prepare_many(self, content_type: str, bodies: list[bytes]) -> np.ndarray:
+        """Several raw image bodies as one batch (the server merges waiting requests)."""
+        return self._batch([decode_image(body, self.mode, self.size) for body in bodies])
+
     def prepare_records(self, records: list) -> np.ndarray:
         images = []
         for i, record in enumerate(records):
