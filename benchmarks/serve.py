@@ -60,31 +60,36 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 @dataclass
 class Contender:
-    """A running server: where to send requests, its health URL, its process group."""
+    """A running server: where to send requests, its health URL, its first process."""
 
     url: str
     ping: str
-    pgid: int
+    pid: int
 
     def cpu_seconds(self) -> float:
-        return group_cpu_seconds(self.pgid)
+        return sum(cpu for _, cpu in server_processes(self.pid))
 
     def pause(self) -> None:
-        """SIGSTOP the whole process group: an idle server burns no CPU between its rounds
-        (LitServe's batch loop polls every 1 ms), so it takes none from the one measured."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, signal.SIGSTOP)
+        """SIGSTOP every process of the server: an idle server burns no CPU between its
+        rounds (LitServe's batch loop polls every 1 ms), so it takes none from the one
+        being measured."""
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, signal.SIGCONT)
+        self._signal(signal.SIGCONT)
         time.sleep(0.3)  # let every process run again before the load starts
 
+    def _signal(self, signum: int) -> None:
+        for pid, _ in server_processes(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds (user + system, own + waited-for children) of every live process in a
-    process group, from /proc."""
-    total = 0
+
+def server_processes(root: int) -> list[tuple[int, float]]:
+    """(pid, CPU seconds) of a server's processes: `root`, its process group and every
+    descendant (BentoML's and TorchServe's workers start their own process groups). CPU
+    seconds are user + system, own + waited-for children, from /proc."""
+    procs: dict[int, tuple[int, int, float]] = {}  # pid -> (ppid, pgrp, cpu)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -93,9 +98,16 @@ def group_cpu_seconds(pgid: int) -> float:
                 fields = f.read().rsplit(b")", 1)[1].split()
         except OSError:  # exited meanwhile
             continue
-        if int(fields[2]) == pgid:  # fields after "(comm)": state ppid pgrp session ...
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / CLK_TCK
+        # fields after "(comm)": state ppid pgrp session ... utime(11) stime cutime cstime
+        cpu = sum(int(x) for x in fields[11:15]) / CLK_TCK
+        procs[int(entry.name)] = (int(fields[1]), int(fields[2]), cpu)
+    members = {pid for pid, (_, pgrp, _) in procs.items() if pgrp == root} | {root}
+    grew = True
+    while grew:
+        found = {pid for pid, (ppid, _, _) in procs.items() if ppid in members}
+        grew = not found <= members
+        members |= found
+    return [(pid, procs[pid][2]) for pid in members if pid in procs]
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -178,21 +190,29 @@ def running(name: str, cmd: list[str], ready, cwd: Path = ROOT, env: dict | None
                 time.sleep(0.3)
             yield proc
         finally:
+            tree = [pid for pid, _ in server_processes(proc.pid)]
+            for pid in tree:  # a stopped process cannot drain
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGCONT)  # a stopped process cannot drain
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            time.sleep(1)
+            for pid in tree:  # workers in process groups of their own, if still there
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
 def contender(
     name: str, cmd: list[str], url: str, ping: str, body: bytes, cwd: Path = ROOT, env=None
 ) -> Iterator[Contender]:
-    """`running`, ready once `url` answers `body`, then warmed so every worker has loaded."""
+    """`running`, ready once `url` answers `body`, then warmed so every worker has loaded,
+    then paused (SIGSTOP) until its rounds."""
     with running(name, cmd, lambda: post_ok(url, body), cwd=cwd, env=env) as proc:
         for _ in range(8 * WORKERS):
             post_ok(url, body, timeout=60)
