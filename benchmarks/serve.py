@@ -28,6 +28,7 @@ torchserve, torch-model-archiver, bentoml, pandas; TorchServe needs Java 17). Re
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -47,13 +48,22 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 PEERS = ROOT / "benchmarks" / ".venv-peers"
 PY = sys.executable
-MODELS = {"reference": "128,64", "wide": "2048,2048,2048"}
+MODELS = {"reference": "128,64", "wide": "2048,2048,2048"}  # tabular: hidden sizes
+# The image and text tasks: (what the model is, its training hyperparameters).
+TASK_MODELS = {
+    "image": ("small ResNet, 64 px defects images as base64 PNG", ["task=image", "epochs=1"]),
+    "text": (
+        "Transformer encoder, support-ticket texts",
+        ["task=text", "target=category", "epochs=1"],
+    ),
+}
 WORKERS = 2  # one per core on the 2-core reference machine, for every server
 OURS_ON, OURS_OFF, LIMIT = "ours, batching on", "ours, batching off", "in-process limit"
 CEILING = "HTTP ceiling (bare ASGI)"
 TORCHSERVE, BENTOML = "TorchServe, batching on", "BentoML, batching on"
 LITSERVE = "LitServe, batching on"
-ORDER = [CEILING, OURS_ON, OURS_OFF, LIMIT, TORCHSERVE, BENTOML, LITSERVE]
+OURS_BEFORE = "ours (--before), batching on"
+ORDER = [CEILING, OURS_ON, OURS_BEFORE, OURS_OFF, LIMIT, TORCHSERVE, BENTOML, LITSERVE]
 LITSERVE_VENV = ROOT / "benchmarks" / ".venv-litserve"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -131,30 +141,55 @@ def training_table(rows: int, seed: int = 0):
     return joined[churn.FEATURES + [churn.TARGET]]
 
 
-def prepare_models() -> dict[str, tuple[Path, dict]]:
-    """Train both models once (kept under benchmarks/out/models); returns dir + a sample row."""
-    from workloads.local import churn
+def train(name: str, train_path: Path, hps: list[str]) -> Path:
+    """`python -m workloads.train` once (the artifact is kept under benchmarks/out/models)."""
+    work = OUT / "models" / name
+    model_dir = work / "model"
+    if not (model_dir / "meta.json").is_file():
+        cmd = [PY, "-m", "workloads.train", "--train", str(train_path)]
+        cmd += ["--model-dir", str(model_dir), "--output-data-dir", str(work / "output")]
+        cmd += ["--checkpoint-dir", str(work / "ckpt"), "--failure-file", str(work / "fail")]
+        for hp in hps:
+            cmd += ["--hp", hp]
+        print(f"training the {name} model ...", flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    return model_dir
 
-    table = training_table(4000)
-    sample = table[churn.FEATURES].iloc[0]
-    record = {k: (None if v != v else v) for k, v in sample.astype(object).to_dict().items()}
-    record = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
+
+def prepare_models(names: list[str]) -> dict[str, tuple[Path, dict]]:
+    """Train the models once; returns each one's dir and a sample instance."""
     models = {}
-    for name, hidden in MODELS.items():
-        work = OUT / "models" / name
-        model_dir = work / "model"
-        if not (model_dir / "meta.json").is_file():
-            work.mkdir(parents=True, exist_ok=True)
-            rows = 4000 if name == "reference" else 800
-            table.iloc[:rows].to_csv(work / "train.csv", index=False)
-            cmd = [PY, "-m", "workloads.train", "--train", str(work / "train.csv")]
-            cmd += ["--model-dir", str(model_dir), "--output-data-dir", str(work / "output")]
-            cmd += ["--checkpoint-dir", str(work / "ckpt"), "--failure-file", str(work / "fail")]
-            cmd += ["--target", churn.TARGET, "--hp", f"hidden_sizes={hidden}"]
-            cmd += ["--hp", "epochs=10" if name == "reference" else "epochs=1"]
-            print(f"training the {name} model ...", flush=True)
-            subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
-        models[name] = (model_dir, record)
+    tabular = [n for n in names if n in MODELS]
+    if tabular:
+        from workloads.local import churn
+
+        table = training_table(4000)
+        sample = table[churn.FEATURES].iloc[0]
+        record = {k: (None if v != v else v) for k, v in sample.astype(object).to_dict().items()}
+        record = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
+        for name in tabular:
+            path = OUT / "models" / name / "train.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.iloc[: 4000 if name == "reference" else 800].to_csv(path, index=False)
+            hps = [f"target={churn.TARGET}", f"hidden_sizes={MODELS[name]}"]
+            hps.append("epochs=10" if name == "reference" else "epochs=1")
+            models[name] = (train(name, path, hps), record)
+    if "image" in names:
+        from workloads.local.defects import write_defects
+
+        folder = write_defects(OUT / "models" / "image" / "data", 400, size=64, seed=0)
+        png = sorted(folder.rglob("*.png"))[0].read_bytes()
+        record = {"image": base64.b64encode(png).decode()}
+        models["image"] = (train("image", folder, TASK_MODELS["image"][1]), record)
+    if "text" in names:
+        from workloads.local.tickets import generate_tickets
+
+        path = OUT / "models" / "text" / "tickets.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tickets = generate_tickets(2000, seed=0)
+        tickets.to_csv(path, index=False)
+        record = {"text": str(tickets["text"].iloc[0])}
+        models["text"] = (train("text", path, TASK_MODELS["text"][1]), record)
     return models
 
 
@@ -353,7 +388,7 @@ def ours(model_dir: Path, body: bytes, batching: bool, root: Path = ROOT) -> Ite
     cmd = [PY, "-m", "workloads.serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--workers", str(WORKERS), "--threads", "1"]
     cmd += ["--batching" if batching else "--no-batching"]
-    name = f"ours-batching-{'on' if batching else 'off'}"
+    name = f"ours-batching-{'on' if batching else 'off'}{'' if root == ROOT else '-' + root.name}"
     with contender(name, cmd, url + "/invocations", url + "/ping", body, cwd=root) as server:
         yield server
 
@@ -452,12 +487,13 @@ p = load_model(model_dir)
 records = [json.loads(sys.argv[4]) for _ in range(batch)]
 for _ in range(20):
     p.predict_matrix(p.prepare_records(records))
-times, end = [], time.perf_counter() + seconds
+times, end, cpu = [], time.perf_counter() + seconds, time.process_time()
 while time.perf_counter() < end:
     t = time.perf_counter()
     p.predict_matrix(p.prepare_records(records))
     times.append(time.perf_counter() - t)
-print(json.dumps({"rows": batch * len(times), "elapsed": sum(times), "times": times}))
+cpu = time.process_time() - cpu
+print(json.dumps({"rows": batch * len(times), "elapsed": sum(times), "times": times, "cpu": cpu}))
 """
 
 
@@ -479,6 +515,7 @@ def in_process(model_dir: Path, record: dict, levels, seconds) -> dict:
             "rps": sum(o["rows"] / o["elapsed"] for o in outs),
             "p50_ms": 1e3 * times[len(times) // 2],
             "p99_ms": 1e3 * times[int(len(times) * 0.99)],
+            "rps_per_cpu_s": sum(o["rows"] for o in outs) / sum(o["cpu"] for o in outs),
         }
         cell = cells[c]
         print(
@@ -523,7 +560,8 @@ def handle(data, context):
         except Exception as exc:
             out[i] = json.dumps({{"error": str(exc)}})
     if mats:
-        preds = _predictor.predict_matrix(np.concatenate(mats))
+        collate = getattr(_predictor, "collate", None)  # token ids of different lengths
+        preds = _predictor.predict_matrix(collate(mats) if collate else np.concatenate(mats))
         start = 0
         for i, m in zip(index, mats):
             out[i] = json.dumps({{"predictions": preds[start : start + len(m)]}})
@@ -732,7 +770,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=3.0, help="seconds per cell and round")
     p.add_argument("--rounds", type=int, default=3, help="round-robin rounds (median taken)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    every = [*MODELS, *TASK_MODELS]
+    p.add_argument("--models", nargs="+", default=every, choices=every)
     p.add_argument(
         "--skip-peers", action="store_true", help="only ours, the ceiling and the in-process limit"
     )
@@ -740,7 +779,13 @@ def main() -> None:
         "--ours-root",
         type=Path,
         default=ROOT,
-        help="run our server from this checkout (say, `git worktree` of main: before/after)",
+        help="run our server from this checkout instead of this one",
+    )
+    p.add_argument(
+        "--before",
+        type=Path,
+        help="also run our server from this checkout (say, `git archive main workloads` "
+        "unpacked), batching on, in the same rounds: before/after figures from one run",
     )
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -748,7 +793,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     peers_problem = None if not args.skip_peers else "skipped (--skip-peers)"
     peers_problem = peers_problem or ensure_peers()
-    models = prepare_models()
+    models = prepare_models(args.models)
     levels, seconds = args.concurrency, args.duration
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -761,16 +806,24 @@ def main() -> None:
         model_dir, record = models[name]
         body = json.dumps({"instances": [record]}).encode()
         script = lua_script(body)
-        print(f"\n== {name} model ({MODELS[name]} hidden), one instance per request", flush=True)
+        tabular = name in MODELS
+        what = f"{MODELS[name]} hidden" if tabular else TASK_MODELS[name][0]
+        print(f"\n== {name} model ({what}), one instance per request", flush=True)
         with contextlib.ExitStack() as stack:
-            servers = {
-                CEILING: stack.enter_context(ceiling(body)),
-                OURS_ON: stack.enter_context(ours(model_dir, body, True, args.ours_root)),
-                OURS_OFF: stack.enter_context(ours(model_dir, body, False, args.ours_root)),
-            }
+            servers = {}
+            if tabular:  # the image and text models: ours against TorchServe, batching on
+                servers[CEILING] = stack.enter_context(ceiling(body))
+            servers[OURS_ON] = stack.enter_context(ours(model_dir, body, True, args.ours_root))
+            if args.before:
+                servers[OURS_BEFORE] = stack.enter_context(ours(model_dir, body, True, args.before))
+            if tabular:
+                servers[OURS_OFF] = stack.enter_context(
+                    ours(model_dir, body, False, args.ours_root)
+                )
             failed = {}
             if peers_problem is None:
                 peers = ((TORCHSERVE, torchserve), (BENTOML, bentoml), (LITSERVE, litserve))
+                peers = peers if tabular else peers[:1]
                 for label, peer in peers:
                     try:  # one peer failing to start is a result too: report it, go on
                         servers[label] = stack.enter_context(peer(name, model_dir, body))
@@ -804,12 +857,20 @@ def print_table(name: str, rows: dict, levels: list[int]) -> None:
             for c in levels
         )
         print(f"{label:<24}{line}")
+    limit, ours_on = rows.get(LIMIT), rows.get(OURS_ON)
+    if limit and ours_on and "error" not in ours_on:
+        line = "".join(
+            f" | c={c}: {ours_on[c]['rps'] / limit[c]['rps']:5.2f} "
+            f"{ours_on[c]['rps_per_cpu_s'] / limit[c]['rps_per_cpu_s']:5.2f}"
+            for c in levels
+        )
+        print(f"\n{OURS_ON} as a fraction of the {LIMIT} (req/s, req/CPU-s){line}")
     base = rows.get(CEILING)
     if not base or "error" in base:
         return
     print(f"\nas a fraction of the {CEILING} (req/s, req/CPU-s; p99 as a multiple)")
     for label, cells in rows.items():
-        if label == CEILING or "error" in cells or "rps_per_cpu_s" not in cells[levels[0]]:
+        if label in (CEILING, LIMIT) or "error" in cells:
             continue
         line = "".join(
             f" | c={c}: {cells[c]['rps'] / base[c]['rps']:5.2f} "

@@ -269,3 +269,21 @@ def test_load_model_names_missing_files(tmp_path):
     (tmp_path / "m" / "meta.json").write_text('{"task": "nosuch.module:Task"}')
     with pytest.raises(FileNotFoundError, match="cannot load task 'nosuch.module:Task'"):
         load_model(tmp_path / "m")
+
+
+def test_the_inference_plan_computes_what_the_network_does() -> None:
+    from torch import nn
+
+    from workloads.training.tasks.tabular.model import run_plan
+
+    torch.manual_seed(0)
+    net = TabularNet(7, 3, [16, 8], dropout=0.5).eval()
+    for param in net.parameters():  # the deep path starts at zero: give it weights
+        nn.init.normal_(param)
+    x = torch.randn(5, 7)
+    plan = net.inference_plan()
+    assert plan is not None and [relu for _, _, relu in plan] == [True, True, False, False]
+    with torch.inference_mode():
+        assert torch.equal(run_plan(plan, x), net(x))
+    net.deep.insert(1, nn.Tanh())  # a layer the plan does not know: the module path
+    assert net.inference_plan() is None
