@@ -622,6 +622,17 @@ def torchserve(name: str, model_dir: Path, body: bytes) -> Iterator[Contender]:
         yield server
 
 
+def service_dir(peer: str, name: str, template: str, model_dir: Path) -> tuple[Path, int]:
+    """A fresh folder with the peer's service.py for `model_dir`, and a free port."""
+    work = OUT / peer / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "service.py").write_text(
+        template.format(root=str(ROOT), model_dir=str(model_dir), workers=WORKERS)
+    )
+    return work, free_port()
+
+
 BENTO_SERVICE = '''
 """BentoML service for an mlinfra model artifact (written by benchmarks/serve.py)."""
 import sys
@@ -649,13 +660,7 @@ class Model:
 
 @contextlib.contextmanager
 def bentoml(name: str, model_dir: Path, body: bytes) -> Iterator[Contender]:
-    work = OUT / "bentoml" / name
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    (work / "service.py").write_text(
-        BENTO_SERVICE.format(root=str(ROOT), model_dir=str(model_dir), workers=WORKERS)
-    )
-    port = free_port()
+    work, port = service_dir("bentoml", name, BENTO_SERVICE, model_dir)
     cmd = [str(PEERS / "bin" / "bentoml"), "serve", "service:Model", "--host", "127.0.0.1"]
     cmd += ["--port", str(port)]
     env = {"BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(work / "home")}
@@ -716,13 +721,7 @@ if __name__ == "__main__":
 
 @contextlib.contextmanager
 def litserve(name: str, model_dir: Path, body: bytes) -> Iterator[Contender]:
-    work = OUT / "litserve" / name
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    (work / "service.py").write_text(
-        LIT_SERVICE.format(root=str(ROOT), model_dir=str(model_dir), workers=WORKERS)
-    )
-    port = free_port()
+    work, port = service_dir("litserve", name, LIT_SERVICE, model_dir)
     cmd = [str(LITSERVE_VENV / "bin" / "python"), "service.py", str(port)]
     url, ping = f"http://127.0.0.1:{port}/invocations", f"http://127.0.0.1:{port}/health"
     with contender(f"litserve-{name}", cmd, url, ping, body, cwd=work) as server:

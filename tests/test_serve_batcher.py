@@ -39,30 +39,9 @@ class FakePredictor:
 
 def run(batches: list[list[dict]], predictor: Any = None) -> list[tuple[int, dict]]:
     """Submit the requests together (one batch) and return (status, body) per request."""
-
-    async def main() -> list[tuple[int, bytes]]:
-        batcher = Batcher(
-            predictor or FakePredictor(),
-            asyncio.get_running_loop(),
-            max_batch_size=64,
-            max_wait_s=0.05,
-            input_error=InputError,
-        )
-        batcher.open_requests = len(batches)  # all in flight: they share one forward pass
-        try:
-            futures = [batcher.submit("json", records) for records in batches]
-            return await asyncio.wait_for(asyncio.gather(*futures), 10)
-        finally:
-            batcher.stop()
-
-    # A loop of its own, never the thread's current one: asyncio.run would leave none behind,
-    # and other tests in this process (Pulumi's mocks) ask for the current loop.
-    loop = asyncio.new_event_loop()
-    try:
-        answers = loop.run_until_complete(main())
-    finally:
-        loop.close()
-    return [(status, orjson.loads(body)) for status, body in answers]
+    # all in flight: they share one forward pass
+    [answers] = serve_in_turns(predictor or FakePredictor(), [batches], 0.05, len(batches))
+    return answers
 
 
 def test_an_input_that_breaks_the_forward_pass_fails_only_its_request() -> None:
@@ -106,7 +85,9 @@ class Recording(FakePredictor):
         return super().prepare_records(records)
 
 
-def serve_in_turns(predictor: Any, turns: list[list[list[dict]]]) -> list[list[tuple[int, dict]]]:
+def serve_in_turns(
+    predictor: Any, turns: list[list[list[dict]]], max_wait_s: float = 0.0, in_flight: int = 0
+) -> list[list[tuple[int, dict]]]:
     """Each turn: submit its requests together, wait for their answers, then the next turn."""
 
     async def main() -> list[list[tuple[int, bytes]]]:
@@ -114,9 +95,10 @@ def serve_in_turns(predictor: Any, turns: list[list[list[dict]]]) -> list[list[t
             predictor,
             asyncio.get_running_loop(),
             max_batch_size=64,
-            max_wait_s=0.0,
+            max_wait_s=max_wait_s,
             input_error=InputError,
         )
+        batcher.open_requests = in_flight
         try:
             out = []
             for turn in turns:
@@ -126,6 +108,8 @@ def serve_in_turns(predictor: Any, turns: list[list[list[dict]]]) -> list[list[t
         finally:
             batcher.stop()
 
+    # A loop of its own, never the thread's current one: asyncio.run would leave none behind,
+    # and other tests in this process (Pulumi's mocks) ask for the current loop.
     loop = asyncio.new_event_loop()
     try:
         answers = loop.run_until_complete(main())
@@ -170,7 +154,9 @@ def test_a_predictor_that_decodes_never_runs_on_the_event_loop() -> None:
 def test_an_expensive_batch_goes_to_the_thread() -> None:
     class Slow(Recording):
         def predict_matrix(self, x: np.ndarray) -> list:
-            time.sleep(0.003)  # over the 1 ms budget
+            end = time.thread_time() + 0.003  # 3 ms of CPU: over the 1 ms budget
+            while time.thread_time() < end:
+                pass
             return super().predict_matrix(x)
 
     predictor = Slow()
