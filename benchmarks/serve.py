@@ -732,13 +732,17 @@ def ensure_peers() -> str | None:
     """Create the peers' venv if needed; returns why the peers cannot run, or None."""
     if shutil.which("java") is None:
         return "TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)"
-    if not (PEERS / "bin" / "torchserve").exists() or not (PEERS / "bin" / "bentoml").exists():
+    ready = [PEERS / "bin" / "torchserve", PEERS / "bin" / "bentoml"]
+    ready.append(PEERS / "lib" / "python3.11" / "site-packages" / "tokenizers")
+    if not all(path.exists() for path in ready):
         print(f"creating {PEERS} ...", flush=True)
         pip = [str(PEERS / "bin" / "pip"), "install", "--quiet"]
         steps = [
             [sys.executable, "-m", "venv", str(PEERS)],
             [*pip, "torch==2.13.0"],  # first: the CPU build; nothing below replaces it
-            [*pip, "torchserve", "torch-model-archiver", "bentoml", "pandas", "numpy"],
+            # pillow and tokenizers: the image and text tasks' artifacts need them
+            [*pip, "torchserve", "torch-model-archiver", "bentoml", "pandas", "numpy"]
+            + ["pillow", "tokenizers"],
         ]
         problem = _install(steps)
         if problem:
