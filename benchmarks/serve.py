@@ -1,27 +1,35 @@
-"""Serving benchmark: our server against the in-process limit, TorchServe and BentoML.
+"""Serving benchmark: our server against the bare HTTP stack, the in-process limit and peers.
 
     .venv/bin/python benchmarks/serve.py [--duration 3] [--rounds 3] [--concurrency 1 8 32]
-        [--models reference wide] [--skip-peers]
+        [--models reference wide image text] [--skip-peers] [--before DIR]
 
-Two models, both trained here with `python -m workloads.train` on the churn reference data:
-`reference` (the default network, hidden 128x64: HTTP and JSON handling dominate) and `wide`
-(hidden 2048x2048x2048: the forward pass dominates). Each server runs on 127.0.0.1 and is
-driven by `wrk` (its own process, a closed loop of C connections, one instance per request,
-`apt-get install wrk`). All servers run at once and are driven round robin (every server, every
-concurrency, `--rounds` times, `--duration` seconds each, after a warm-up); each figure is the
-median over the rounds, so load bursts from other work on a shared machine hit everyone alike.
-Printed side by side: requests/s, p50 and p99 latency (ms) at each concurrency, for
+Models, trained here with `python -m workloads.train`: `reference` (tabular, hidden 128x64:
+HTTP and JSON handling dominate), `wide` (tabular, hidden 2048x2048x2048: the forward pass
+dominates), `image` (the image task on `defects` images, base64 PNG in JSON) and `text` (the
+text task on `tickets`). Each server runs on 127.0.0.1 with 2 worker processes (1 torch thread
+each) and is driven by `wrk` (its own process, a closed loop of C connections, one instance per
+request, `apt-get install wrk`). All servers start once and are driven round robin (every
+server, every concurrency, `--rounds` times, `--duration` seconds each, after a warm-up), each
+figure the median over the rounds; only the server being measured runs (the others are
+SIGSTOPped). Printed side by side: requests/s, p50 and p99 latency (ms) and requests per
+CPU-second of the server's processes (from /proc, every descendant included), and each server
+as a fraction of the HTTP ceiling; every server gets the same /ping probe at the highest
+concurrency. Contenders:
 
-- ours, batching on / off: `python -m workloads.serve` (2 worker processes, 1 torch thread each);
+- HTTP ceiling: a bare ASGI app on our stack and layout (uvicorn + httptools + uvloop, each
+  worker on its own SO_REUSEPORT socket) that reads the body and answers a fixed 40-byte JSON;
+- ours, batching on / off: `python -m workloads.serve` (`--before DIR`: also the server from
+  another checkout, batching on, in the same rounds);
 - in-process limit: `prepare_records` + `predict_matrix` with no HTTP: the C outstanding
-  requests split over 2 processes (1 torch thread each), back-to-back batches of C/2 records;
-  latency = one batch;
-- TorchServe 0.12 (batching on: batch size 32, max delay 5 ms, 2 workers) with a handler that
-  loads the same artifact through `workloads.training.artifact.load_model`;
-- BentoML 1.4 (adaptive batching on, 2 workers), same artifact, same loader.
+  requests split over 2 processes, back-to-back batches of C/2 records; latency = one batch;
+- TorchServe 0.12 (batching on: batch size 32, max delay 5 ms) with a handler that loads the
+  same artifact through `workloads.training.artifact.load_model`;
+- BentoML 1.4 (adaptive batching, max 32) and LitServe 0.2.19 (batch 32, 5 ms), same loader
+  (tabular models only; the image and text models run ours against TorchServe).
 
-The peers live in `benchmarks/.venv-peers` (created on first use: torch==2.13.0 first, then
-torchserve, torch-model-archiver, bentoml, pandas; TorchServe needs Java 17). Results also go to
+The peers live in `benchmarks/.venv-peers` (torch==2.13.0 first, then torchserve,
+torch-model-archiver, bentoml, pandas, pillow, tokenizers; TorchServe needs Java 17) and
+`benchmarks/.venv-litserve`, created on first use. Results also go to
 `benchmarks/out/serve.json`.
 """
 
