@@ -152,11 +152,14 @@ def test_resume_after_the_tuner_is_killed_mid_run(tmp_path, data):
             lambda: any((tmp_path / "trials" / f"{running.number:04d}" / "checkpoints").glob("*"))
         )
     finally:
-        proc.send_signal(signal.SIGKILL)  # the tuner dies; its trial process is orphaned
+        proc.send_signal(signal.SIGKILL)  # the tuner dies without running any code
         proc.wait()
     before = {t.number: t for t in trials(tmp_path)}
+    pids = [int(f.read_text()) for f in (tmp_path / "trials").glob("*/pid")]
     orphan = int((tmp_path / "trials" / f"{running.number:04d}" / "pid").read_text())
-    assert alive(orphan)
+    # its trial does not train on unowned: the kernel sent it SIGTERM; it checkpointed
+    wait_for(lambda: not any(alive(pid) for pid in pids), 60)
+    assert before[running.number].state.name == "RUNNING"
 
     result = tuner(doc, tmp_path, data).run()
     after = trials(tmp_path)
@@ -168,7 +171,7 @@ def test_resume_after_the_tuner_is_killed_mid_run(tmp_path, data):
             assert after[number].datetime_complete == old.datetime_complete
     assert not alive(orphan)
     log = (tmp_path / "trials" / f"{running.number:04d}" / "train.log").read_text()
-    assert "resumed from checkpoint" in log  # the orphan checkpointed on SIGTERM; resumed
+    assert "resumed from checkpoint" in log  # it checkpointed on SIGTERM; resumed
     assert result.count("COMPLETE") == 2
 
 

@@ -1,6 +1,7 @@
-"""The SageMaker tuner request built from a search space (moto runs
-CreateHyperParameterTuningJob), what SageMaker requires of it, the spaces it refuses, and
-finished SageMaker trials copied into the Optuna study (Stubber: moto lacks
+"""SageMaker's tuner for a search space: the SDK v3 `HyperparameterTuner` built from the
+plan, and the CreateHyperParameterTuningJob request it sends (moto runs it; botocore checks
+the request against the API model first), what SageMaker requires of it, the spaces it
+refuses, and finished SageMaker trials copied into the Optuna study (Stubber: moto lacks
 ListTrainingJobsForHyperParameterTuningJob)."""
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from workloads.tuning import sagemaker
 from workloads.tuning.sagemaker_request import (
     TrainingSetup,
     UnsupportedSpace,
+    check_job_name,
+    tuning_config,
     tuning_job_name,
-    tuning_request,
 )
 from workloads.tuning.space import parse_space
 
@@ -54,14 +56,54 @@ def space(**changes):
     return parse_space(doc, "tune.yaml")
 
 
-def test_request_shape_accepted_by_the_api(aws_env):
+@pytest.fixture
+def sm_env(aws_env, monkeypatch, tmp_path):
+    """The SDK's documented switches (no role validation, telemetry opted out by a config
+    file), a record of every AWS call and CreateHyperParameterTuningJob request, and moto."""
+    pytest.importorskip("sagemaker.train.tuner", reason="the `sagemaker` extra is not installed")
+    from workloads.jobs.sagemaker import SDK_CONFIG
+
+    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(tmp_path / "sm-config.yaml"))
+    (tmp_path / "sm-config.yaml").write_text(SDK_CONFIG)
+    import sagemaker.core.telemetry.telemetry_logging as telemetry
+
+    telemetry_sent: list = []
+    monkeypatch.setattr(
+        telemetry, "_send_telemetry_request", lambda *a, **k: telemetry_sent.append(a)
+    )
+    with mock_aws():
+        session = boto3.Session(region_name="us-east-1")
+        calls: list[str] = []
+        requests: list[dict] = []
+        session.events.register(
+            "before-call.*.*",
+            lambda model, **_: calls.append(f"{model.service_model.service_name}:{model.name}"),
+        )
+        session.events.register_last(  # the request as sent: after every other hook
+            "before-parameter-build.sagemaker.CreateHyperParameterTuningJob",
+            lambda params, **_: requests.append(copy.deepcopy(params)),
+        )
+        yield session, calls, requests, telemetry_sent
+    from sagemaker.core.utils.utils import SageMakerClient
+
+    SageMakerClient.reset()  # the SDK caches clients per session
+
+
+def test_the_sdk_tuner_sends_the_plan(sm_env):
+    session, calls, requests, telemetry_sent = sm_env
     name = tuning_job_name("churn-churn-tune", "a1b2c3")
-    request = tuning_request(space(pruning="median"), SETUP, name)
+    s = space(pruning="median")
+    arn = sagemaker.start(session, s, SETUP, name)
+    assert arn.endswith(f"hyper-parameter-tuning-job/{name}")
+    (request,) = requests
+    assert request["HyperParameterTuningJobName"] == name  # explicit, not stamped
     config = request["HyperParameterTuningJobConfig"]
+    assert config == tuning_config(s)  # the SDK sends the plan as it is
     assert config["Strategy"] == "Bayesian"
     assert config["TrainingJobEarlyStoppingType"] == "Auto"  # median pruning
     assert config["ResourceLimits"] == {
-        "MaxParallelTrainingJobs": 3,
+        "MaxParallelTrainingJobs": 3,  # the space's parallel
         "MaxNumberOfTrainingJobs": 20,
         "MaxRuntimeInSeconds": 7200,
     }
@@ -86,32 +128,100 @@ def test_request_shape_accepted_by_the_api(aws_env):
         "epochs": "30",
         "hidden_sizes": "[64, 32]",
     }
+    spec = definition["AlgorithmSpecification"]
+    assert spec["TrainingImage"] == SETUP.image and spec["TrainingInputMode"] == "File"
+    assert definition["RoleArn"] == SETUP.role_arn
+    assert definition["OutputDataConfig"] == {
+        "S3OutputPath": SETUP.output_uri,
+        "KmsKeyId": SETUP.kms_key,
+        "CompressionType": "GZIP",  # the SDK's default: model.tar.gz, as the harness reads
+    }
+    assert definition["ResourceConfig"] == {
+        "InstanceType": "ml.m5.xlarge",
+        "InstanceCount": 1,
+        "VolumeSizeInGB": 30,
+        "VolumeKmsKeyId": SETUP.kms_key,
+    }
+    assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 86_400}
+    assert {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+        for c in definition["InputDataConfig"]
+    } == {"train": SETUP.train_uri, "validation": SETUP.validation_uri}
     # The metric definitions are the metric line's: each regex finds the value SageMaker
     # graphs and tunes on, in the very line the harness prints, within the 500-char cap.
-    metrics = definition["AlgorithmSpecification"]["MetricDefinitions"]
+    metrics = spec["MetricDefinitions"]
     assert [m["Name"] for m in metrics] == ["auc", "validation_loss", "train_loss"]
     for m in metrics:
         assert len(m["Regex"]) <= 500
         line = "2026-11-30 10:00:00 " + format_metric(m["Name"], 0.8125, epoch=4)
         assert re.search(m["Regex"], line).group(1) == "0.8125"
-    assert [c["ChannelName"] for c in definition["InputDataConfig"]] == ["train", "validation"]
-    with mock_aws():
-        client = boto3.client("sagemaker", region_name="us-east-1")
-        arn = sagemaker.start(client, space(pruning="median"), SETUP, name)
-        assert arn.endswith(f"hyper-parameter-tuning-job/{name}")
-        described = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
-        assert described["HyperParameterTuningJobConfig"]["Strategy"] == "Bayesian"
-        got = described["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
-        assert got == metrics
-        # a rerun finds the job instead of failing on the name
-        assert sagemaker.start(client, space(pruning="median"), SETUP, name) == arn
+    client = sagemaker.sagemaker_client(session)
+    described = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    assert described["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"] == (
+        metrics
+    )
+    # a rerun finds the job instead of failing on the name
+    assert sagemaker.start(session, s, SETUP, name) == arn
+    assert len(requests) == 1
+    # No call we did not ask for: no IAM role validation, no STS, no telemetry.
+    assert {c.split(":")[0] for c in calls} == {"sagemaker"}, calls
+    assert telemetry_sent == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"sampler": "random", "pruning": "off"}, {"Strategy": "Random"}),
+        (
+            {"pruning": "hyperband"},
+            {
+                "Strategy": "Hyperband",
+                "TrainingJobEarlyStoppingType": "Off",
+                "StrategyConfig": {
+                    "HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 30}
+                },
+            },
+        ),
+        ({"seed": 0}, {"RandomSeed": 0}),  # the SDK alone drops a falsy seed
+        (
+            {
+                "sampler": "grid",
+                "parameters": {"batch_size": {"type": "int", "low": 32, "high": 64, "step": 32}},
+            },
+            {"Strategy": "Grid"},
+        ),
+    ],
+)
+def test_each_strategy_reaches_the_request(sm_env, changes, expected):
+    session, _, requests, _ = sm_env
+    s = space(**changes)
+    sagemaker.start(session, s, SETUP, "churn-tune-x")
+    (request,) = requests
+    config = request["HyperParameterTuningJobConfig"]
+    assert config == tuning_config(s)
+    assert expected.items() <= config.items()
+    if s.sampler == "grid":  # Grid counts its own jobs: the SDK must not send one
+        assert "MaxNumberOfTrainingJobs" not in config["ResourceLimits"]
+
+
+def test_a_space_sagemaker_cannot_express_sends_nothing(sm_env):
+    _, calls, requests, _ = sm_env
+    conditional = {
+        "problem": {"type": "categorical", "choices": ["binary", "multiclass"]},
+        "dropout": {"type": "float", "low": 0, "high": 0.5, "when": {"problem": "binary"}},
+    }
+    with pytest.raises(UnsupportedSpace, match="no conditional parameters"):
+        sagemaker.start(sm_env[0], space(parameters=conditional), SETUP, "churn-tune-x")
+    with pytest.raises(UnsupportedSpace, match="must match"):
+        sagemaker.start(sm_env[0], space(), SETUP, "bad_name")
+    assert calls == [] and requests == []
 
 
 def test_strategies_and_hyperband():
-    random = tuning_request(space(sampler="random", pruning="off"), SETUP, "t")
-    assert random["HyperParameterTuningJobConfig"]["Strategy"] == "Random"
-    assert random["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] == "Off"
-    hyper = tuning_request(space(pruning="hyperband"), SETUP, "t")["HyperParameterTuningJobConfig"]
+    random = tuning_config(space(sampler="random", pruning="off"))
+    assert random["Strategy"] == "Random"
+    assert random["TrainingJobEarlyStoppingType"] == "Off"
+    hyper = tuning_config(space(pruning="hyperband"))
     assert hyper["Strategy"] == "Hyperband"
     # SageMaker requires its early stopping Off with Hyperband (it stops jobs itself).
     assert hyper["TrainingJobEarlyStoppingType"] == "Off"
@@ -126,7 +236,7 @@ def test_strategies_and_hyperband():
             "problem": {"type": "categorical", "choices": ["binary"]},
         },
     )
-    config = tuning_request(grid, SETUP, "t")["HyperParameterTuningJobConfig"]
+    config = tuning_config(grid)
     assert config["Strategy"] == "Grid"
     # Grid takes categorical ranges only and counts its jobs itself.
     assert set(config["ParameterRanges"]) == {"CategoricalParameterRanges"}
@@ -160,7 +270,7 @@ def test_strategies_and_hyperband():
 )
 def test_spaces_sagemaker_cannot_express_are_refused_with_the_reason(parameters, reason):
     with pytest.raises(UnsupportedSpace, match="cannot run on SageMaker") as err:
-        tuning_request(space(parameters=parameters), SETUP, "t")
+        tuning_config(space(parameters=parameters))
     assert reason in str(err.value)
 
 
@@ -169,7 +279,7 @@ def test_job_names_fit_sagemaker():
     long = tuning_job_name("a" * 80, "20261130-1000")
     assert len(long) == 32 and long.endswith("-20261130-1000")
     with pytest.raises(UnsupportedSpace, match="must match"):
-        tuning_request(space(), SETUP, "bad_name")
+        check_job_name("bad_name")
 
 
 def _summary(name: str, status: str, lr: str, problem: str, value: float | None = None) -> dict:

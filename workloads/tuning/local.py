@@ -17,6 +17,11 @@ had finished. So an interrupted run resumes with no trial lost or duplicated.
 
 The budget counts the study's trials (all tuners together): a resumed run only runs the
 ones still missing.
+
+No trial process outlives its tuner: SIGINT or SIGTERM stop the trials (SIGTERM: they
+checkpoint); when `run` ends any other way (an exception) the trials still running get
+SIGTERM, then their process group SIGKILL after `TRIAL_STOP_S`; and a tuner killed outright
+takes its trials with it, the kernel sending each SIGTERM (`trial_process`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from workloads.tuning.study import (
 EXIT_TERMINATED = 143
 MAX_FAILURES = 3  # trials failing in a row before the search stops
 ORPHAN_STOP_S = 120.0  # how long an orphaned trial process gets to checkpoint and exit
+TRIAL_STOP_S = 30.0  # how long a trial gets to checkpoint when its tuner ends abnormally
 POLL_S = 0.1
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -103,11 +109,14 @@ class LocalTuner:
                 threading.Thread(target=self._work, args=(deadline,), name=f"trial-worker-{i}")
                 for i in range(self.space.budget.parallel)
             ]
-            for w in workers:
-                w.start()
-            for w in workers:
-                while w.is_alive():
-                    w.join(0.2)
+            try:
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    while w.is_alive():
+                        w.join(0.2)
+            finally:
+                self._end_trials()
         tuner_lock.unlink(missing_ok=True)
         if self._fatal:
             raise TuningError(self._fatal)
@@ -130,6 +139,25 @@ class LocalTuner:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+
+    def _end_trials(self) -> None:
+        """However `run` ends, no trial process is left: after a normal end there is none;
+        otherwise SIGTERM (they checkpoint), then SIGKILL to each one's process group."""
+        with self._lock:
+            if not self._procs:
+                return
+        self.stop()
+        end = time.monotonic() + TRIAL_STOP_S
+        while time.monotonic() < end:
+            with self._lock:
+                if all(p.poll() is not None for p in self._procs.values()):
+                    return
+            time.sleep(POLL_S)
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own group: start_new_session
 
     def result(self, wall_seconds: float = 0.0) -> TuneResult:
         journal = self.folder / "journal.log"
@@ -233,8 +261,9 @@ class LocalTuner:
         with open(log_path, "ab") as log:
             # Its own session: Ctrl-C reaches the tuner, which stops trials with SIGTERM.
             # The inherited lock marks the trial as taken for as long as the process lives.
+            # `trial_process` runs `workloads.train` and gets SIGTERM if the tuner dies.
             proc = subprocess.Popen(
-                [*self.launcher, "-m", "workloads.train"],
+                [*self.launcher, "-m", "workloads.tuning.trial_process", str(os.getpid())],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,8 +1,16 @@
 """SageMaker's tuner for a search space, and its trials copied into the Optuna study.
 
-`start` submits the request `sagemaker_request.tuning_request` builds; `import_trials`
-copies each finished training job of the tuning job into the study the local driver uses
-(`study.add_trial`), once, so every backend's results compare in one place.
+`start` submits the search through the SageMaker Python SDK v3's `HyperparameterTuner`
+(`sagemaker.train.tuner`, extra `sagemaker`) wrapped around a `ModelTrainer` that runs the
+training image under the training contract. What the tuner is told comes from the pure plan
+in `sagemaker_request` (`tuning_config`: strategy, early stopping, limits, ranges, seed;
+`metric_definitions`: the training contract's metric line), so the rules stay testable
+without the SDK, and the request the SDK sends is checked against them. The SDK is imported
+only here, after its two network switches are set (no IAM role validation, no telemetry:
+`workloads.jobs.sagemaker.sdk_switches`).
+
+`import_trials` copies each finished training job of the tuning job into the study the
+local driver uses (`study.add_trial`), once, so every backend's results compare in one place.
 """
 
 from __future__ import annotations
@@ -12,7 +20,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from workloads.tuning.sagemaker_request import TrainingSetup, _value, tuning_request
+from workloads.tuning.sagemaker_request import (
+    TrainingSetup,
+    _value,
+    check_job_name,
+    metric_definitions,
+    tuning_config,
+)
 from workloads.tuning.space import CategoricalParam, IntParam, SearchSpace
 
 JOB_ATTR = "sagemaker_training_job"
@@ -24,15 +38,137 @@ STATES = {
 }
 
 
-def start(client: Any, space: SearchSpace, setup: TrainingSetup, job_name: str) -> str:
-    """Create the tuning job; its ARN. An existing job of that name is reused (a rerun)."""
+def sagemaker_client(boto_session: Any) -> Any:
+    """The SDK's own cached client: the one `HyperParameterTuningJob.create` sends through
+    (the cache is keyed by session and region, and `create` passes the region)."""
+    from workloads.jobs.sagemaker import sdk_missing, sdk_switches
+
+    sdk_switches()
+    try:
+        from sagemaker.core.utils.utils import SageMakerClient
+    except ImportError:
+        raise sdk_missing() from None
+    return SageMakerClient(
+        session=boto_session, region_name=boto_session.region_name
+    ).sagemaker_client
+
+
+def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> Any:
+    """The SDK's `HyperparameterTuner` for `space` (nothing is sent). Raises
+    `UnsupportedSpace` for a space SageMaker cannot express."""
+    config = tuning_config(space)  # refuses what SageMaker cannot express, before the SDK
+    from workloads.jobs.sagemaker import sdk_missing, sdk_switches
+
+    sdk_switches()
+    try:
+        from sagemaker.core.helper.session_helper import Session
+        from sagemaker.core.parameter import (
+            CategoricalParameter,
+            ContinuousParameter,
+            IntegerParameter,
+        )
+        from sagemaker.core.shapes import HyperParameterTuningJobStrategyConfig
+        from sagemaker.core.shapes.shapes import HyperbandStrategyConfig
+        from sagemaker.core.training.configs import Compute, OutputDataConfig, StoppingCondition
+        from sagemaker.train import ModelTrainer
+        from sagemaker.train.tuner import HyperparameterTuner
+    except ImportError:
+        raise sdk_missing() from None
+
+    trainer = ModelTrainer(
+        sagemaker_session=Session(
+            boto_session=boto_session, sagemaker_client=sagemaker_client(boto_session)
+        ),
+        role=setup.role_arn,
+        training_image=setup.image,
+        compute=Compute(
+            instance_type=setup.instance_type,
+            instance_count=setup.instance_count,
+            volume_size_in_gb=setup.volume_gb,
+            volume_kms_key_id=setup.kms_key,
+        ),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=setup.max_runtime_s),
+        output_data_config=OutputDataConfig(
+            s3_output_path=setup.output_uri, kms_key_id=setup.kms_key
+        ),
+        # The fixed values, as the harness decodes them (`contract._decode`).
+        hyperparameters={k: _value(v) for k, v in space.fixed.items()},
+    )
+    ranges: dict[str, Any] = {}
+    found = config["ParameterRanges"]
+    for r in found.get("ContinuousParameterRanges", []):
+        ranges[r["Name"]] = ContinuousParameter(r["MinValue"], r["MaxValue"], r["ScalingType"])
+    for r in found.get("IntegerParameterRanges", []):
+        ranges[r["Name"]] = IntegerParameter(r["MinValue"], r["MaxValue"], r["ScalingType"])
+    for r in found.get("CategoricalParameterRanges", []):
+        ranges[r["Name"]] = CategoricalParameter(r["Values"])
+    limits = config["ResourceLimits"]
+    strategy_config = None
+    if "StrategyConfig" in config:
+        hyperband = config["StrategyConfig"]["HyperbandStrategyConfig"]
+        strategy_config = HyperParameterTuningJobStrategyConfig(
+            hyperband_strategy_config=HyperbandStrategyConfig(
+                min_resource=hyperband["MinResource"], max_resource=hyperband["MaxResource"]
+            )
+        )
+
+    class Tuner(HyperparameterTuner):
+        """sagemaker-train 1.27's training job definition copies instance type, count and
+        volume size from `Compute` but not `volume_kms_key_id`: the trials' volumes would
+        lose the team's key."""
+
+        def _build_training_job_definition(self, inputs):  # type: ignore[no-untyped-def]
+            built = super()._build_training_job_definition(inputs)
+            if setup.kms_key:
+                built.resource_config.volume_kms_key_id = setup.kms_key
+            return built
+
+    return Tuner(
+        model_trainer=trainer,
+        objective_metric_name=config["HyperParameterTuningJobObjective"]["MetricName"],
+        objective_type=config["HyperParameterTuningJobObjective"]["Type"],
+        hyperparameter_ranges=ranges,
+        metric_definitions=metric_definitions(space),
+        strategy=config["Strategy"],
+        strategy_config=strategy_config,
+        early_stopping_type=config["TrainingJobEarlyStoppingType"],
+        max_jobs=limits.get("MaxNumberOfTrainingJobs"),  # None for Grid: SageMaker counts
+        max_parallel_jobs=limits["MaxParallelTrainingJobs"],
+        max_runtime_in_seconds=limits.get("MaxRuntimeInSeconds"),
+        random_seed=config.get("RandomSeed"),
+    )
+
+
+def start(boto_session: Any, space: SearchSpace, setup: TrainingSetup, job_name: str) -> str:
+    """Create the tuning job under the explicit `job_name` (the SDK's default is stamped to
+    the minute); its ARN. An existing job of that name is reused (a rerun)."""
+    check_job_name(job_name)
+    tuner = build_tuner(space, setup, boto_session)  # a bad space fails before any call
+    client = sagemaker_client(boto_session)
     try:
         found = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)
         return found["HyperParameterTuningJobArn"]
     except client.exceptions.ResourceNotFound:
         pass
-    request = tuning_request(space, setup, job_name)
-    return client.create_hyper_parameter_tuning_job(**request)["HyperParameterTuningJobArn"]
+    from sagemaker.core.training.configs import InputData
+
+    channels = [("train", setup.train_uri), ("validation", setup.validation_uri)]
+    inputs = [InputData(channel_name=c, data_source=uri) for c, uri in channels if uri]
+    seed = tuning_config(space).get("RandomSeed")
+    if seed == 0:
+        # sagemaker-core 2.27 serialises shapes dropping every falsy value
+        # (`_serialize_shape`), so `RandomSeed: 0` never reaches the request: put it back.
+        def keep_zero_seed(params: dict[str, Any], **_: Any) -> None:
+            if params.get("HyperParameterTuningJobName") == job_name:
+                params["HyperParameterTuningJobConfig"].setdefault("RandomSeed", 0)
+
+        client.meta.events.register(
+            "before-parameter-build.sagemaker.CreateHyperParameterTuningJob",
+            keep_zero_seed,
+            unique_id=f"mlinfra-zero-seed-{job_name}",
+        )
+    tuner.tune(inputs=inputs, job_name=job_name, wait=False)
+    return str(tuner.latest_tuning_job.hyper_parameter_tuning_job_arn)
 
 
 def _decode(space: SearchSpace, name: str, text: str) -> Any:

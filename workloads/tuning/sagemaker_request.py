@@ -1,4 +1,8 @@
-"""The search space as a SageMaker CreateHyperParameterTuningJob request (pure; no client).
+"""The search space as SageMaker's tuner sees it (pure; no client, no SDK).
+
+`tuning_config` is the plan, in the API's own shape (`HyperParameterTuningJobConfig`): the
+SageMaker SDK's `HyperparameterTuner` is built from it (`tuning.sagemaker.build_tuner`) and
+the tests check the request the SDK sends against it.
 
 Strategy: `tpe` -> Bayesian, `random` -> Random, `grid` -> Grid; pruning `hyperband` ->
 the Hyperband strategy (SageMaker's own early stopping must then be Off), `median` ->
@@ -164,47 +168,12 @@ def tuning_config(space: SearchSpace) -> dict[str, Any]:
     return config
 
 
-def tuning_request(space: SearchSpace, setup: TrainingSetup, job_name: str) -> dict[str, Any]:
-    """The whole CreateHyperParameterTuningJob request."""
+def check_job_name(job_name: str) -> None:
     if not JOB_NAME.match(job_name):
         raise UnsupportedSpace(f"tuning job name {job_name!r} must match {JOB_NAME.pattern}")
-    names = [space.objective.metric, *ALSO_REPORTED]
-    channels = [("train", setup.train_uri), ("validation", setup.validation_uri)]
-    definition: dict[str, Any] = {
-        "StaticHyperParameters": {k: _value(v) for k, v in space.fixed.items()},
-        "AlgorithmSpecification": {
-            "TrainingImage": setup.image,
-            "TrainingInputMode": "File",
-            "MetricDefinitions": sagemaker_metric_definitions(names),
-        },
-        "RoleArn": setup.role_arn,
-        "InputDataConfig": [
-            {
-                "ChannelName": channel,
-                "DataSource": {
-                    "S3DataSource": {
-                        "S3DataType": "S3Prefix",
-                        "S3Uri": uri,
-                        "S3DataDistributionType": "FullyReplicated",
-                    }
-                },
-            }
-            for channel, uri in channels
-            if uri
-        ],
-        "OutputDataConfig": {"S3OutputPath": setup.output_uri}
-        | ({"KmsKeyId": setup.kms_key} if setup.kms_key else {}),
-        "ResourceConfig": {
-            "InstanceType": setup.instance_type,
-            "InstanceCount": setup.instance_count,
-            "VolumeSizeInGB": setup.volume_gb,
-        }
-        | ({"VolumeKmsKeyId": setup.kms_key} if setup.kms_key else {}),
-        "StoppingCondition": {"MaxRuntimeInSeconds": setup.max_runtime_s},
-        "EnableNetworkIsolation": False,
-    }
-    return {
-        "HyperParameterTuningJobName": job_name,
-        "HyperParameterTuningJobConfig": tuning_config(space),
-        "TrainingJobDefinition": definition,
-    }
+
+
+def metric_definitions(space: SearchSpace) -> list[dict[str, str]]:
+    """The objective and the losses, read from the training contract's metric line."""
+    names = list(dict.fromkeys([space.objective.metric, *ALSO_REPORTED]))
+    return sagemaker_metric_definitions(names)
