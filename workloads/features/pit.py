@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 _LABEL_INDEX = "__mlinfra_label_row"
 _FEATURE_ROW = "__mlinfra_feature_row"
@@ -64,6 +67,70 @@ def _entity_kind(values: pd.Series) -> str:
     return str(values.dtype)
 
 
+def _label_time(labels: pd.DataFrame, label_time_column: str) -> pd.Series:
+    label_time = to_utc(labels[label_time_column], f"labels column {label_time_column!r}")
+    if label_time.isna().any():
+        row = int(np.flatnonzero(label_time.isna().to_numpy())[0])
+        raise ValueError(f"labels column {label_time_column!r}: null time at row {row}")
+    return label_time
+
+
+def _label_keys(labels: pd.DataFrame, entity_column: str, label_time: pd.Series) -> pa.Table:
+    return pa.table(
+        {
+            _ENTITY: pa.array(labels[entity_column], from_pandas=True),
+            _TIME: _micros(label_time),
+            _LABEL_INDEX: pa.array(np.arange(len(labels), dtype=np.int64)),
+        }
+    )
+
+
+def _match_rows(left: pa.Table, entity: pa.Array, micros: pa.Array) -> np.ndarray:
+    """For each label key row, the number of its feature row (-1: none), feature rows being
+    numbered in the order given (a later row wins a tie on entity and time)."""
+    right = pa.table(
+        {
+            _ENTITY: entity,
+            _TIME: micros,
+            _FEATURE_ROW: pa.array(np.arange(len(entity), dtype=np.int64)),
+        }
+    )
+    # The ASOF JOIN finds each label's newest feature time at or before its own. Several rows
+    # may share that entity and time; the last one (highest row) is taken, so the answer is
+    # deterministic - resolved only for the matched (entity, time) pairs, a cheap hash join.
+    query = f"""
+        WITH m AS MATERIALIZED (
+            SELECT l.{_LABEL_INDEX}, l.{_ENTITY}, f.{_TIME}
+            FROM l ASOF LEFT JOIN r AS f
+            ON l.{_ENTITY} = f.{_ENTITY} AND l.{_TIME} >= f.{_TIME}
+        ),
+        w AS (
+            SELECT r.{_ENTITY}, r.{_TIME}, max(r.{_FEATURE_ROW}) AS {_FEATURE_ROW}
+            FROM r SEMI JOIN m ON r.{_ENTITY} = m.{_ENTITY} AND r.{_TIME} = m.{_TIME}
+            GROUP BY r.{_ENTITY}, r.{_TIME}
+        )
+        SELECT m.{_LABEL_INDEX}, w.{_FEATURE_ROW}
+        FROM m LEFT JOIN w ON m.{_ENTITY} = w.{_ENTITY} AND m.{_TIME} = w.{_TIME}
+    """
+    config = {
+        "memory_limit": MEMORY_LIMIT,
+        "temp_directory": tempfile.gettempdir(),
+        "preserve_insertion_order": False,  # the rows are put back in order below
+    }
+    con = duckdb.connect(config=config)
+    try:
+        con.register("l", left)
+        con.register("r", right)
+        result = con.sql(query).to_arrow_table()
+    finally:
+        con.close()
+    # Back into label order without a sort: scatter each match to its label's position.
+    rows = np.full(len(left), -1, dtype=np.int64)
+    matched = result.column(_FEATURE_ROW)
+    rows[result.column(_LABEL_INDEX).to_numpy()] = matched.fill_null(-1).to_numpy()
+    return rows
+
+
 def point_in_time_join(
     labels: pd.DataFrame,
     features: pd.DataFrame,
@@ -103,63 +170,16 @@ def point_in_time_join(
             f"({features[entity_column].dtype})"
         )
 
-    label_time = to_utc(labels[label_time_column], f"labels column {label_time_column!r}")
-    if label_time.isna().any():
-        row = int(np.flatnonzero(label_time.isna().to_numpy())[0])
-        raise ValueError(f"labels column {label_time_column!r}: null time at row {row}")
+    label_time = _label_time(labels, label_time_column)
     feature_time = to_utc(features[feature_time_column], f"features column {feature_time_column!r}")
 
     # Only the join keys go to DuckDB; feature values are gathered afterwards by row number,
     # so wide feature frames are never copied into the engine. Times are int64 microseconds.
-    left = pa.table(
-        {
-            _ENTITY: pa.array(labels[entity_column], from_pandas=True),
-            _TIME: _micros(label_time),
-            _LABEL_INDEX: pa.array(np.arange(len(labels), dtype=np.int64)),
-        }
+    rows = _match_rows(
+        _label_keys(labels, entity_column, label_time),
+        pa.array(features[entity_column], from_pandas=True),
+        _micros(feature_time),
     )
-    right = pa.table(
-        {
-            _ENTITY: pa.array(features[entity_column], from_pandas=True),
-            _TIME: _micros(feature_time),
-            _FEATURE_ROW: pa.array(np.arange(len(features), dtype=np.int64)),
-        }
-    )
-    # The ASOF JOIN finds each label's newest feature time at or before its own. Several rows
-    # may share that entity and time; the last one (highest row) is taken, so the answer is
-    # deterministic - resolved only for the matched (entity, time) pairs, a cheap hash join.
-    query = f"""
-        WITH m AS MATERIALIZED (
-            SELECT l.{_LABEL_INDEX}, l.{_ENTITY}, f.{_TIME}
-            FROM l ASOF LEFT JOIN (SELECT {_ENTITY}, {_TIME} FROM r) AS f
-            ON l.{_ENTITY} = f.{_ENTITY} AND l.{_TIME} >= f.{_TIME}
-        ),
-        k AS (SELECT DISTINCT {_ENTITY}, {_TIME} FROM m WHERE {_TIME} IS NOT NULL),
-        w AS (
-            SELECT r.{_ENTITY}, r.{_TIME}, max(r.{_FEATURE_ROW}) AS {_FEATURE_ROW}
-            FROM r JOIN k ON r.{_ENTITY} = k.{_ENTITY} AND r.{_TIME} = k.{_TIME}
-            GROUP BY r.{_ENTITY}, r.{_TIME}
-        )
-        SELECT m.{_LABEL_INDEX}, w.{_FEATURE_ROW}
-        FROM m LEFT JOIN w ON m.{_ENTITY} = w.{_ENTITY} AND m.{_TIME} = w.{_TIME}
-    """
-    config = {
-        "memory_limit": MEMORY_LIMIT,
-        "temp_directory": tempfile.gettempdir(),
-        "preserve_insertion_order": False,  # the rows are put back in order below
-    }
-    con = duckdb.connect(config=config)
-    try:
-        con.register("l", left)
-        con.register("r", right)
-        result = con.sql(query).to_arrow_table()
-    finally:
-        con.close()
-
-    # Back into label order without a sort: scatter each match to its label's position.
-    rows = np.full(len(labels), -1, dtype=np.int64)
-    matched = result.column(_FEATURE_ROW)
-    rows[result.column(_LABEL_INDEX).to_numpy()] = matched.fill_null(-1).to_numpy()
     found = rows >= 0
     rows[~found] = 0
     if len(features) == 0:  # no feature rows at all: every value null
@@ -174,3 +194,116 @@ def point_in_time_join(
             columns[column] = values if missing is None else values.mask(missing)
         gathered = pd.DataFrame(columns, index=pd.RangeIndex(len(labels)))
     return pd.concat([labels.reset_index(drop=True), gathered], axis=1)
+
+
+# --- straight from parquet files --------------------------------------------------------------
+
+
+def _arrow_kind(type_: pa.DataType) -> str:
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+        return "number"
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "string"
+    return str(type_)
+
+
+def _arrow_micros(values: pa.ChunkedArray, what: str) -> pa.Array:
+    """A time column read from parquet -> int64 microseconds since the epoch, UTC."""
+    if pa.types.is_timestamp(values.type):
+        # Arrow keeps tz-aware timestamps as UTC instants and naive ones are taken as UTC:
+        # either way the stored integers are the instants; only the unit changes.
+        if values.type.unit != "us":
+            values = values.cast(pa.timestamp("us", values.type.tz), safe=False)
+        return pa.chunked_array([c.view(pa.int64()) for c in values.chunks], pa.int64())
+    return _micros(to_utc(values.to_pandas(), what))  # strings, numbers, dates
+
+
+def point_in_time_join_parquet(
+    labels: pd.DataFrame,
+    files: Sequence[str | Path],
+    *,
+    entity_column: str,
+    label_time_column: str,
+    feature_entity_column: str,
+    feature_time_column: str,
+    schema: pa.Schema | None = None,
+) -> pd.DataFrame:
+    """`point_in_time_join` with the feature rows read straight from parquet `files`.
+
+    The files are one table in the order given (so on a tie in entity and time a row of a later
+    file wins, as a later row of one file does). Only the entity and time columns are read for
+    the join; the feature columns are then read one row group at a time and only the rows that
+    matched are kept, so the feature values are never all in memory at once. `schema` (the
+    feature table's columns and types) sets which columns come back and their types; without
+    it, every column of the first file but the entity and time. Entity and time columns are
+    named as in the files (`feature_*`) and in the labels; they do not come back.
+    """
+    files = [Path(f) for f in files]
+    if schema is None:
+        if not files:
+            raise ValueError("features: no parquet files and no schema")
+        schema = pq.read_schema(files[0])
+    for column in (feature_entity_column, feature_time_column):
+        if column not in schema.names:
+            raise ValueError(
+                f"features: no column {column!r}; columns are {', '.join(schema.names)}"
+            )
+    for column in (entity_column, label_time_column):
+        if column not in labels.columns:
+            raise ValueError(
+                f"labels: no column {column!r}; columns are {', '.join(map(str, labels))}"
+            )
+    value_schema = pa.schema(
+        [f for f in schema if f.name not in (feature_entity_column, feature_time_column)]
+    )
+    clashes = sorted(set(value_schema.names) & set(map(str, labels.columns)))
+    if clashes:
+        raise ValueError(f"feature columns clash with label columns: {', '.join(clashes)}")
+    left_kind = _entity_kind(labels[entity_column])
+    right_kind = _arrow_kind(schema.field(feature_entity_column).type)
+    if left_kind != right_kind:
+        raise ValueError(
+            f"entity column {entity_column!r}: labels hold {left_kind} ids "
+            f"({labels[entity_column].dtype}), features hold {right_kind} ids "
+            f"({schema.field(feature_entity_column).type})"
+        )
+    label_time = _label_time(labels, label_time_column)
+
+    keys = [feature_entity_column, feature_time_column]
+    key_schema = pa.schema([schema.field(c) for c in keys])
+    parts = [pq.read_table(f, columns=keys, schema=key_schema, use_threads=False) for f in files]
+    table = pa.concat_tables(parts) if parts else key_schema.empty_table()
+    del parts
+    entity = table.column(feature_entity_column).combine_chunks()
+    micros = _arrow_micros(
+        table.column(feature_time_column), f"features column {feature_time_column!r}"
+    )
+    del table
+    rows = _match_rows(_label_keys(labels, entity_column, label_time), entity, micros)
+    del entity, micros
+    gathered = _gather(files, rows, value_schema)
+    return pd.concat([labels.reset_index(drop=True), gathered.to_pandas()], axis=1)
+
+
+def _gather(files: list[Path], rows: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """The feature rows `rows` (-1: none, a null row) of the files, one row group at a time."""
+    found = np.flatnonzero(rows >= 0)
+    order = np.argsort(rows[found], kind="stable")
+    wanted = rows[found][order]  # ascending row numbers; a row may be wanted by many labels
+    pieces = []
+    offset = 0
+    for path in files:
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            size = parquet.metadata.row_group(group).num_rows
+            lo, hi = np.searchsorted(wanted, [offset, offset + size])
+            if hi > lo:
+                chunk = parquet.read_row_group(group, columns=schema.names, use_threads=False)
+                pieces.append(chunk.take(wanted[lo:hi] - offset).cast(schema))
+            offset += size
+    taken = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    # taken[i] belongs to label found[order[i]]: scatter back into label order, nulls elsewhere.
+    position = np.full(len(rows), -1, dtype=np.int64)
+    position[found[order]] = np.arange(len(order), dtype=np.int64)
+    missing = position < 0
+    return taken.take(pa.array(position, mask=missing if missing.any() else None))
