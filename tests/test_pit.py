@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from workloads.features import pit
 from workloads.features.pit import point_in_time_join, point_in_time_join_parquet, to_utc
 
 T0 = pd.Timestamp("2024-03-01 12:00:00")
+
+
+@pytest.fixture(autouse=True, params=["polars", "duckdb"])
+def engine(request, monkeypatch):
+    """Every test runs on both engines: the answer may not depend on which one joined."""
+    monkeypatch.setattr(pit, "ENGINE", request.param)
+    return request.param
 
 
 def join(labels: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
@@ -355,7 +365,9 @@ def test_parquet_join_bad_input_names_the_problem(tmp_path):
     labels = pd.DataFrame({"id": [1], "label_time": [T0]})
     with pytest.raises(ValueError, match="clash.*y"):
         join_files(labels.assign(y=0), [path])
-    with pytest.raises(ValueError, match="features: no column 'id'; columns are fid, event_time, y"):
+    with pytest.raises(
+        ValueError, match="features: no column 'id'; columns are fid, event_time, y"
+    ):
         point_in_time_join_parquet(
             labels,
             [path],
@@ -372,3 +384,32 @@ def test_parquet_join_bad_input_names_the_problem(tmp_path):
         join_files(labels.assign(label_time=[pd.NaT]), [path])
     with pytest.raises(ValueError, match="no parquet files and no schema"):
         join_files(labels, [])
+
+
+def test_the_engine_is_polars_in_memory_and_duckdb_past_the_row_budget(monkeypatch):
+    monkeypatch.setattr(pit, "ENGINE", "auto")
+    monkeypatch.setattr(pit, "IN_MEMORY_ROWS", 100)
+    assert pit._engine(100) == "polars" and pit._engine(101) == "duckdb"
+    monkeypatch.setitem(sys.modules, "polars", None)  # not installed: DuckDB does it all
+    assert pit._engine(1) == "duckdb"
+    monkeypatch.setattr(pit, "ENGINE", "spark")
+    with pytest.raises(
+        ValueError, match="MLINFRA_PIT_ENGINE='spark': choose auto, polars or duckdb"
+    ):
+        pit._engine(1)
+
+
+def test_mixed_number_ids_and_null_keys_match_alike():
+    features = pd.DataFrame(
+        {
+            "id": [1.0, 2.0, np.nan, 1.0],
+            "event_time": [T0, T0, T0, pd.NaT],  # a row without a time matches nothing
+            "x": [10, 20, 30, 40],
+        }
+    )
+    labels = pd.DataFrame({"id": [1, 2, 3], "label_time": [T0] * 3})
+    assert join(labels, features)["x"].tolist()[:2] == [10, 20]
+    assert np.isnan(join(labels, features)["x"].iloc[2])
+    nullable = pd.DataFrame({"id": pd.array([1, None], dtype="Int64"), "label_time": [T0] * 2})
+    out = join(nullable, features)
+    assert out["x"].iloc[0] == 10 and np.isnan(out["x"].iloc[1])  # a null id matches nothing
