@@ -1,4 +1,4 @@
-"""Point-in-time training set benchmark: ours vs pandas merge_asof vs Feast's local offline store.
+"""Point-in-time training set benchmark: ours vs pandas merge_asof, polars join_asof, Feast local.
 
     .venv/bin/python benchmarks/features.py                      # 10M feature rows, 1M labels
     .venv/bin/python benchmarks/features.py --rows 1e6 --labels 1e5 --repeats 3
@@ -12,13 +12,21 @@ from the same parquet files and produces the same left join (newest feature row 
 each label's time, per entity), in a fresh child process, so its peak memory is its own:
 the parent reads each child's peak RSS from `os.wait4`.
 
-- ours:   `workloads.features.pit.point_in_time_join` (DuckDB ASOF JOIN)
+- ours:   `workloads.features.pit.point_in_time_join_parquet`, as the local store's
+          `training_set` runs it: labels as a DataFrame, the features straight from parquet
+          (the keys joined by polars `join_asof`, only matched rows read back)
+- ours-duckdb: the same with DuckDB's ASOF JOIN as the engine (without the `features` extra)
 - pandas: `pandas.merge_asof(..., by=entity, direction="backward")` (needs both sides sorted)
+- polars: `polars.DataFrame.join_asof(by=entity, strategy="backward")` on both files read
+          whole, sorted by time first (stable), the label order restored after
 - feast:  a Feast repo in a temp dir (`offline_store: file`, a FileSource on the parquet file,
           `get_historical_features(...).to_df()`), in its own venv `benchmarks/.venv-feast`,
           created here if missing (`pip install feast`).
 
-A child that runs past `--timeout` or over `--memory-cap-gb` is stopped and reported so.
+Runs go round robin (ours, pandas, polars, ours, ...) so background load falls on all alike.
+Every run's result is fingerprinted (rows, matched rows, sums); the script exits non-zero when
+an engine's fingerprint differs from ours. A child that runs past `--timeout` or over
+`--memory-cap-gb` is stopped and reported so.
 Seconds are medians over `--repeats` runs, end to end from the parquet files; "join" is the
 part after the data is in memory; "child CPU" is the child's user+sys time (all threads,
 imports included), which other load on a shared machine disturbs less than wall time.
@@ -45,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 FEAST_VENV = ROOT / "benchmarks" / ".venv-feast"
 FEAST_PY = FEAST_VENV / "bin" / "python"
-ENGINES = ("ours", "pandas", "polars", "feast")
+ENGINES = ("ours", "ours-duckdb", "pandas", "polars", "feast")
 FEATURES = ["f_num1", "f_num2", "f_int", "f_cat"]
 CATEGORIES = ["basic", "standard", "pro", "enterprise", "trial", "edu", "gov", "partner"]
 SPAN_S = 365 * 86400
@@ -131,6 +139,15 @@ def run_ours(folder: Path):
         feature_time_column="event_timestamp",
     )
     return t1 - t0, time.perf_counter() - t1, out
+
+
+def run_ours_duckdb(folder: Path):
+    """Ours with DuckDB as the engine (as without the `features` extra, or past
+    MLINFRA_PIT_IN_MEMORY_ROWS feature rows)."""
+    from workloads.features import pit
+
+    pit.ENGINE = "duckdb"
+    return run_ours(folder)
 
 
 def run_pandas(folder: Path):
@@ -250,9 +267,13 @@ def summary(out) -> dict:
 
 
 def child(engine: str, folder: Path) -> None:
-    runner = {"ours": run_ours, "pandas": run_pandas, "polars": run_polars, "feast": run_feast}[
-        engine
-    ]
+    runner = {
+        "ours": run_ours,
+        "ours-duckdb": run_ours_duckdb,
+        "pandas": run_pandas,
+        "polars": run_polars,
+        "feast": run_feast,
+    }[engine]
     load_s, join_s, out = runner(folder)
     print(json.dumps({"load_s": load_s, "join_s": join_s, "summary": summary(out)}), flush=True)
 
@@ -346,7 +367,7 @@ def bench(rows: int, labels: int, entities: int, engines: list[str], repeats: in
                 f"{run['load_s'] + run['join_s']:.2f} s (join {run['join_s']:.2f} s), "
                 f"child CPU {run['cpu_s']:.2f} s, peak RSS {run['peak_rss_mb']:.0f} MB"
             )
-            print(f"  {engine:<7} run {i + 1}/{n}: {shown}", flush=True)
+            print(f"  {engine:<11} run {i + 1}/{n}: {shown}", flush=True)
     results: dict[str, dict] = {}
     for engine, done in runs.items():
         ok = [r for r in done if "error" not in r]
@@ -388,7 +409,7 @@ def bench(rows: int, labels: int, entities: int, engines: list[str], repeats: in
 def report(results: dict[str, dict]) -> bool:
     """Print the table; False when an engine's matched rows or sums differ from ours."""
     print(
-        f"  {'engine':<8}{'seconds':>10}{'join s':>10}{'child CPU s':>13}{'peak RSS MB':>14}"
+        f"  {'engine':<12}{'seconds':>10}{'join s':>10}{'child CPU s':>13}{'peak RSS MB':>14}"
         f"{'vs ours':>10}{'CPU vs ours':>13}"
     )
     ours = results.get("ours", {}).get("seconds")
@@ -396,13 +417,13 @@ def report(results: dict[str, dict]) -> bool:
     for engine, r in results.items():
         if "error" in r:
             print(
-                f"  {engine:<8}{'-':>10}{'-':>10}{'-':>13}{r['peak_rss_mb']:>14.0f}  {r['error']}"
+                f"  {engine:<12}{'-':>10}{'-':>10}{'-':>13}{r['peak_rss_mb']:>14.0f}  {r['error']}"
             )
             continue
         ratio = f"{r['seconds'] / ours:.2f}x" if ours else "-"
         cpu_ratio = f"{r['cpu_seconds'] / ours_cpu:.2f}x" if ours_cpu else "-"
         print(
-            f"  {engine:<8}{r['seconds']:>10.2f}{r['join_seconds']:>10.2f}"
+            f"  {engine:<12}{r['seconds']:>10.2f}{r['join_seconds']:>10.2f}"
             f"{r['cpu_seconds']:>13.2f}{r['peak_rss_mb']:>14.0f}{ratio:>10}{cpu_ratio:>13}"
         )
     agree = True

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -328,7 +329,7 @@ def point_in_time_join_parquet(
 
     keys = [feature_entity_column, feature_time_column]
     key_schema = pa.schema([schema.field(c) for c in keys])
-    parts = [pq.read_table(f, columns=keys, schema=key_schema) for f in files]
+    parts = [_read_columns(f, key_schema) for f in files]
     table = pa.concat_tables(parts) if parts else key_schema.empty_table()
     del parts
     entity = table.column(feature_entity_column).combine_chunks()
@@ -343,24 +344,59 @@ def point_in_time_join_parquet(
 
 
 def _gather(files: list[Path], rows: np.ndarray, schema: pa.Schema) -> pa.Table:
-    """The feature rows `rows` (-1: none, a null row) of the files, one row group at a time."""
+    """The feature rows `rows` (-1: none, a null row) of the files, one row group at a time
+    (decoded by polars when it is the engine: it decodes parquet with less CPU)."""
     found = np.flatnonzero(rows >= 0)
     order = np.argsort(rows[found], kind="stable")
     wanted = rows[found][order]  # ascending row numbers; a row may be wanted by many labels
+    read = _polars_row_groups if wanted.size and _polars_reads() else _arrow_row_groups
     pieces = []
     offset = 0
     for path in files:
-        parquet = pq.ParquetFile(path)
-        for group in range(parquet.num_row_groups):
-            size = parquet.metadata.row_group(group).num_rows
-            lo, hi = np.searchsorted(wanted, [offset, offset + size])
+        for start, size, rows_of in read(path, schema.names):
+            lo, hi = np.searchsorted(wanted, [offset + start, offset + start + size])
             if hi > lo:
-                chunk = parquet.read_row_group(group, columns=schema.names)
-                pieces.append(chunk.take(wanted[lo:hi] - offset).cast(schema))
-            offset += size
+                pieces.append(rows_of().take(wanted[lo:hi] - offset - start).cast(schema))
+        offset += pq.ParquetFile(path).metadata.num_rows
     taken = pa.concat_tables(pieces) if pieces else schema.empty_table()
     # taken[i] belongs to label found[order[i]]: scatter back into label order, nulls elsewhere.
     position = np.full(len(rows), -1, dtype=np.int64)
     position[found[order]] = np.arange(len(order), dtype=np.int64)
     missing = position < 0
     return taken.take(pa.array(position, mask=missing if missing.any() else None))
+
+
+def _polars_reads() -> bool:
+    """Whether polars reads the parquet files: when it is the engine (it decodes with less
+    CPU than pyarrow); the row budget does not matter, as reads go a row group at a time."""
+    return _engine(0) == "polars"
+
+
+def _read_columns(path: Path, schema: pa.Schema) -> pa.Table:
+    """The columns of `schema` from one parquet file, as its types."""
+    if _polars_reads():
+        import polars as pl
+
+        return pl.read_parquet(path, columns=schema.names).to_arrow().cast(schema)
+    return pq.read_table(path, columns=schema.names, schema=schema)
+
+
+RowGroups = Iterator[tuple[int, int, Callable[[], pa.Table]]]
+
+
+def _arrow_row_groups(path: Path, columns: list[str]) -> RowGroups:
+    """(first row, rows, a reader of its `columns`) for each row group of a parquet file."""
+    parquet = pq.ParquetFile(path)
+    start = 0
+    for group in range(parquet.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        yield start, size, partial(parquet.read_row_group, group, columns, use_threads=False)
+        start += size
+
+
+def _polars_row_groups(path: Path, columns: list[str]) -> RowGroups:
+    import polars as pl
+
+    scan = pl.scan_parquet(path).select(columns)
+    for start, size, _ in _arrow_row_groups(path, columns):
+        yield start, size, lambda s=start, n=size: scan.slice(s, n).collect().to_arrow()
