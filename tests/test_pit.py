@@ -413,3 +413,23 @@ def test_mixed_number_ids_and_null_keys_match_alike():
     nullable = pd.DataFrame({"id": pd.array([1, None], dtype="Int64"), "label_time": [T0] * 2})
     out = join(nullable, features)
     assert out["x"].iloc[0] == 10 and np.isnan(out["x"].iloc[1])  # a null id matches nothing
+
+
+def test_parquet_join_a_file_without_a_later_declared_column_gives_nulls(tmp_path):
+    old, new = tmp_path / "part-1.parquet", tmp_path / "part-2.parquet"
+    pd.DataFrame({"fid": [1], "event_time": [T0], "x": [1.5]}).to_parquet(old, index=False)
+    pd.DataFrame(
+        {"fid": [2], "event_time": [T0], "x": [2.5], "plan": pd.Series(["pro"], dtype="str")}
+    ).to_parquet(new, index=False)
+    schema = pa.schema(
+        [
+            ("fid", pa.int64()),
+            ("event_time", pa.timestamp("us", tz="UTC")),
+            ("x", pa.float64()),
+            ("plan", pa.string()),
+        ]
+    )
+    labels = pd.DataFrame({"id": [1, 2, 3], "label_time": [T0] * 3})
+    out = join_files(labels, [old, new], schema=schema)
+    assert out["x"].tolist()[:2] == [1.5, 2.5] and np.isnan(out["x"].iloc[2])
+    assert out["plan"].isna().tolist() == [True, False, True] and out["plan"].iloc[1] == "pro"

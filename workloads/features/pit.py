@@ -293,8 +293,9 @@ def point_in_time_join_parquet(
     the join; the feature columns are then read one row group at a time and only the rows that
     matched are kept, so the feature values are never all in memory at once. `schema` (the
     feature table's columns and types) sets which columns come back and their types; without
-    it, every column of the first file but the entity and time. Entity and time columns are
-    named as in the files (`feature_*`) and in the labels; they do not come back.
+    it, every column of the first file but the entity and time; a file without one of them
+    (written before it was declared) gives nulls there. Entity and time columns are named as
+    in the files (`feature_*`) and in the labels; the features' do not come back.
     """
     files = [Path(f) for f in files]
     if schema is None:
@@ -353,10 +354,19 @@ def _gather(files: list[Path], rows: np.ndarray, schema: pa.Schema) -> pa.Table:
     pieces = []
     offset = 0
     for path in files:
-        for start, size, rows_of in read(path, schema.names):
+        # A file written before a feature was declared lacks its column: nulls there.
+        present = [c for c in schema.names if c in pq.read_schema(path).names]
+        for start, size, rows_of in read(path, present):
             lo, hi = np.searchsorted(wanted, [offset + start, offset + start + size])
             if hi > lo:
-                pieces.append(rows_of().take(wanted[lo:hi] - offset - start).cast(schema))
+                chunk = rows_of().take(wanted[lo:hi] - offset - start)
+                columns = [
+                    chunk.column(f.name).cast(f.type)
+                    if f.name in present
+                    else pa.nulls(chunk.num_rows, f.type)
+                    for f in schema
+                ]
+                pieces.append(pa.table(columns, schema=schema))
         offset += pq.ParquetFile(path).metadata.num_rows
     taken = pa.concat_tables(pieces) if pieces else schema.empty_table()
     # taken[i] belongs to label found[order[i]]: scatter back into label order, nulls elsewhere.
