@@ -12,7 +12,7 @@ from the same parquet files and produces the same left join (newest feature row 
 each label's time, per entity), in a fresh child process, so its peak memory is its own:
 the parent reads each child's peak RSS from `os.wait4`.
 
-- ours:   `workloads.features.pit.point_in_time_join_parquet`, as the local store's
+- ours:   `workloads.features.pit_files.point_in_time_join_parquet`, as the local store's
           `training_set` runs it: labels as a DataFrame, the features straight from parquet
           (the keys joined by polars `join_asof`, only matched rows read back)
 - ours-duckdb: the same with DuckDB's ASOF JOIN as the engine (without the `features` extra)
@@ -125,7 +125,7 @@ def run_ours(folder: Path):
     feature rows straight from the parquet file."""
     import pandas as pd
 
-    from workloads.features.pit import point_in_time_join_parquet
+    from workloads.features.pit_files import point_in_time_join_parquet
 
     t0 = time.perf_counter()
     labels = pd.read_parquet(folder / "labels.parquet")

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from workloads.features import pit
-from workloads.features.pit import point_in_time_join, point_in_time_join_parquet, to_utc
+from workloads.features.pit import point_in_time_join, to_utc
+from workloads.features.pit_files import point_in_time_join_parquet
 
 T0 = pd.Timestamp("2024-03-01 12:00:00")
 

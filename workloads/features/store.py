@@ -43,7 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workloads.features.athena import AthenaTrainingSets, TrainingSet
-from workloads.features.pit import point_in_time_join, point_in_time_join_parquet, to_utc
+from workloads.features.pit import point_in_time_join, to_utc
+from workloads.features.pit_files import point_in_time_join_parquet
 from workloads.platform import FeatureGroupRef, NotDeclaredError, PlatformDescriptor
 from workloads.storage import SqliteDatabase, atomic_path
 
