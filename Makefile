@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[infra,dev,sagemaker,kubernetes,tune]'
+	$(PY) -m pip install --quiet -e '.[infra,dev,sagemaker,kubernetes,tune,features]'
 	touch $(STAMP)
 
 venv: $(STAMP)

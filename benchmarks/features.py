@@ -1,4 +1,4 @@
-"""Point-in-time training set benchmark: ours vs pandas merge_asof vs Feast's local offline store.
+"""Point-in-time training set benchmark: ours vs pandas merge_asof, polars join_asof, Feast local.
 
     .venv/bin/python benchmarks/features.py                      # 10M feature rows, 1M labels
     .venv/bin/python benchmarks/features.py --rows 1e6 --labels 1e5 --repeats 3
@@ -12,13 +12,21 @@ from the same parquet files and produces the same left join (newest feature row 
 each label's time, per entity), in a fresh child process, so its peak memory is its own:
 the parent reads each child's peak RSS from `os.wait4`.
 
-- ours:   `workloads.features.pit.point_in_time_join` (DuckDB ASOF JOIN)
+- ours:   `workloads.features.pit_files.point_in_time_join_parquet`, as the local store's
+          `training_set` runs it: labels as a DataFrame, the features straight from parquet
+          (the keys joined by polars `join_asof`, only matched rows read back)
+- ours-duckdb: the same with DuckDB's ASOF JOIN as the engine (without the `features` extra)
 - pandas: `pandas.merge_asof(..., by=entity, direction="backward")` (needs both sides sorted)
+- polars: `polars.DataFrame.join_asof(by=entity, strategy="backward")` on both files read
+          whole, sorted by time first (stable), the label order restored after
 - feast:  a Feast repo in a temp dir (`offline_store: file`, a FileSource on the parquet file,
           `get_historical_features(...).to_df()`), in its own venv `benchmarks/.venv-feast`,
           created here if missing (`pip install feast`).
 
-A child that runs past `--timeout` or over `--memory-cap-gb` is stopped and reported so.
+Runs go round robin (ours, pandas, polars, ours, ...) so background load falls on all alike.
+Every run's result is fingerprinted (rows, matched rows, sums); the script exits non-zero when
+an engine's fingerprint differs from ours. A child that runs past `--timeout` or over
+`--memory-cap-gb` is stopped and reported so.
 Seconds are medians over `--repeats` runs, end to end from the parquet files; "join" is the
 part after the data is in memory; "child CPU" is the child's user+sys time (all threads,
 imports included), which other load on a shared machine disturbs less than wall time.
@@ -45,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 FEAST_VENV = ROOT / "benchmarks" / ".venv-feast"
 FEAST_PY = FEAST_VENV / "bin" / "python"
-ENGINES = ("ours", "pandas", "feast")
+ENGINES = ("ours", "ours-duckdb", "pandas", "polars", "feast")
 FEATURES = ["f_num1", "f_num2", "f_int", "f_cat"]
 CATEGORIES = ["basic", "standard", "pro", "enterprise", "trial", "edu", "gov", "partner"]
 SPAN_S = 365 * 86400
@@ -113,19 +121,33 @@ def load(folder: Path):
 
 
 def run_ours(folder: Path):
-    from workloads.features.pit import point_in_time_join
+    """As `training_set` runs it on the local offline store: the labels as a DataFrame, the
+    feature rows straight from the parquet file."""
+    import pandas as pd
+
+    from workloads.features.pit_files import point_in_time_join_parquet
 
     t0 = time.perf_counter()
-    labels, features = load(folder)
+    labels = pd.read_parquet(folder / "labels.parquet")
     t1 = time.perf_counter()
-    out = point_in_time_join(
+    out = point_in_time_join_parquet(
         labels,
-        features,
+        [folder / "features.parquet"],
         entity_column="entity_id",
         label_time_column="event_timestamp",
+        feature_entity_column="entity_id",
         feature_time_column="event_timestamp",
     )
     return t1 - t0, time.perf_counter() - t1, out
+
+
+def run_ours_duckdb(folder: Path):
+    """Ours with DuckDB as the engine (as without the `features` extra, or past
+    MLINFRA_PIT_IN_MEMORY_ROWS feature rows)."""
+    from workloads.features import pit
+
+    pit.ENGINE = "duckdb"
+    return run_ours(folder)
 
 
 def run_pandas(folder: Path):
@@ -149,6 +171,33 @@ def run_pandas(folder: Path):
         allow_exact_matches=True,
     )
     out = out.sort_values("_row").drop(columns=["_row", "feature_time"]).reset_index(drop=True)
+    return t1 - t0, time.perf_counter() - t1, out
+
+
+def run_polars(folder: Path):
+    import polars as pl
+
+    t0 = time.perf_counter()
+    labels = pl.read_parquet(folder / "labels.parquet").with_row_index("_row")
+    features = pl.read_parquet(folder / "features.parquet")
+    t1 = time.perf_counter()
+    # join_asof needs both sides sorted on the time key (within each entity); a stable sort
+    # keeps the written order among equal times, and "backward" takes the last of them.
+    out = (
+        labels.sort("event_timestamp", maintain_order=True)
+        .join_asof(
+            features.rename({"event_timestamp": "feature_time"}).sort(
+                "feature_time", maintain_order=True
+            ),
+            left_on="event_timestamp",
+            right_on="feature_time",
+            by="entity_id",
+            strategy="backward",
+            check_sortedness=False,  # sorted just above; polars cannot check it per group
+        )
+        .sort("_row")
+        .drop("_row", "feature_time")
+    )
     return t1 - t0, time.perf_counter() - t1, out
 
 
@@ -202,21 +251,29 @@ def run_feast(folder: Path):
 
 
 def summary(out) -> dict:
-    """A fingerprint of the result, to check that the engines agree."""
+    """A fingerprint of the result, to check that the engines agree (a pandas or polars
+    frame: numpy views only, nulls as NaN)."""
     import numpy as np
 
+    f_num1 = np.asarray(out["f_num1"].to_numpy(), dtype=float)
     return {
         "rows": int(len(out)),
-        "matched": int(out["f_num1"].notna().sum()),
-        "f_num1_sum": round(float(np.nansum(out["f_num1"].to_numpy(dtype=float))), 4),
-        "f_int_sum": int(np.nansum(out["f_int"].to_numpy(dtype=float))),
-        "label_sum": int(out["label"].sum()),
-        "f_cat_pro": int((out["f_cat"] == "pro").sum()),
+        "matched": int((~np.isnan(f_num1)).sum()),
+        "f_num1_sum": round(float(np.nansum(f_num1)), 4),
+        "f_int_sum": int(np.nansum(np.asarray(out["f_int"].to_numpy(), dtype=float))),
+        "label_sum": int(np.asarray(out["label"].to_numpy()).sum()),
+        "f_cat_pro": int((np.asarray(out["f_cat"].to_numpy(), dtype=object) == "pro").sum()),
     }
 
 
 def child(engine: str, folder: Path) -> None:
-    runner = {"ours": run_ours, "pandas": run_pandas, "feast": run_feast}[engine]
+    runner = {
+        "ours": run_ours,
+        "ours-duckdb": run_ours_duckdb,
+        "pandas": run_pandas,
+        "polars": run_polars,
+        "feast": run_feast,
+    }[engine]
     load_s, join_s, out = runner(folder)
     print(json.dumps({"load_s": load_s, "join_s": join_s, "summary": summary(out)}), flush=True)
 
@@ -289,29 +346,31 @@ def run_child(engine: str, folder: Path, timeout: float, memory_cap_gb: float) -
     return result
 
 
-def bench(
-    rows: int, labels: int, entities: int, engines: list[str], repeats: int, args
-) -> dict[str, dict]:
+def bench(rows: int, labels: int, entities: int, engines: list[str], repeats: int, args) -> bool:
+    """Run every engine at one scale; False when their results differ."""
     folder = OUT / f"features-data-{rows}-{labels}-{entities}"
     print(f"\n== {rows:,} feature rows, {labels:,} labels, {entities:,} entities ==", flush=True)
     t = time.perf_counter()
     generate(folder, rows, labels, entities)
     print(f"data ready in {time.perf_counter() - t:.1f} s: {folder}", flush=True)
-    results: dict[str, dict] = {}
-    for engine in engines:
-        runs = []
-        n = 1 if engine == "feast" and rows > args.feast_repeat_below else repeats
-        for i in range(n):
+    # Round robin (ours, pandas, polars, ours, ...): background load on a shared machine
+    # then falls on every engine alike. An engine that fails is not run again.
+    runs: dict[str, list[dict]] = {engine: [] for engine in engines}
+    for i in range(repeats):
+        for engine in engines:
+            n = 1 if engine == "feast" and rows > args.feast_repeat_below else repeats
+            if i >= n or any("error" in r for r in runs[engine]):
+                continue
             run = run_child(engine, folder, args.timeout, args.memory_cap_gb)
-            runs.append(run)
+            runs[engine].append(run)
             shown = run.get("error") or (
                 f"{run['load_s'] + run['join_s']:.2f} s (join {run['join_s']:.2f} s), "
                 f"child CPU {run['cpu_s']:.2f} s, peak RSS {run['peak_rss_mb']:.0f} MB"
             )
-            print(f"  {engine:<7} run {i + 1}/{n}: {shown}", flush=True)
-            if "error" in run:
-                break
-        ok = [r for r in runs if "error" not in r]
+            print(f"  {engine:<11} run {i + 1}/{n}: {shown}", flush=True)
+    results: dict[str, dict] = {}
+    for engine, done in runs.items():
+        ok = [r for r in done if "error" not in r]
         if ok:
             results[engine] = {
                 "seconds": statistics.median(r["load_s"] + r["join_s"] for r in ok),
@@ -321,9 +380,12 @@ def bench(
                 "runs": len(ok),
                 "summary": ok[-1]["summary"],
             }
+            differing = [r["summary"] for r in ok if r["summary"] != ok[0]["summary"]]
+            if differing:
+                results[engine]["unstable"] = differing
         else:
-            results[engine] = {"error": runs[-1]["error"], "peak_rss_mb": runs[-1]["peak_rss_mb"]}
-    report(results)
+            results[engine] = {"error": done[-1]["error"], "peak_rss_mb": done[-1]["peak_rss_mb"]}
+    agree = report(results)
     scale = f"{rows}-{labels}"
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"features-{scale}.json").write_text(
@@ -334,34 +396,44 @@ def bench(
                 "entities": entities,
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "machine": machine(),
+                "load_average": os.getloadavg(),
+                "agree": agree,
                 "results": results,
             },
             indent=2,
         )
     )
-    return results
+    return agree
 
 
-def report(results: dict[str, dict]) -> None:
+def report(results: dict[str, dict]) -> bool:
+    """Print the table; False when an engine's matched rows or sums differ from ours."""
     print(
-        f"  {'engine':<8}{'seconds':>10}{'join s':>10}{'child CPU s':>13}{'peak RSS MB':>14}"
-        f"{'vs ours':>10}"
+        f"  {'engine':<12}{'seconds':>10}{'join s':>10}{'child CPU s':>13}{'peak RSS MB':>14}"
+        f"{'vs ours':>10}{'CPU vs ours':>13}"
     )
     ours = results.get("ours", {}).get("seconds")
+    ours_cpu = results.get("ours", {}).get("cpu_seconds")
     for engine, r in results.items():
         if "error" in r:
             print(
-                f"  {engine:<8}{'-':>10}{'-':>10}{'-':>13}{r['peak_rss_mb']:>14.0f}  {r['error']}"
+                f"  {engine:<12}{'-':>10}{'-':>10}{'-':>13}{r['peak_rss_mb']:>14.0f}  {r['error']}"
             )
             continue
-        ratio = f"{r['seconds'] / ours:.1f}x" if ours else "-"
+        ratio = f"{r['seconds'] / ours:.2f}x" if ours else "-"
+        cpu_ratio = f"{r['cpu_seconds'] / ours_cpu:.2f}x" if ours_cpu else "-"
         print(
-            f"  {engine:<8}{r['seconds']:>10.2f}{r['join_seconds']:>10.2f}"
-            f"{r['cpu_seconds']:>13.2f}{r['peak_rss_mb']:>14.0f}{ratio:>10}"
+            f"  {engine:<12}{r['seconds']:>10.2f}{r['join_seconds']:>10.2f}"
+            f"{r['cpu_seconds']:>13.2f}{r['peak_rss_mb']:>14.0f}{ratio:>10}{cpu_ratio:>13}"
         )
+    agree = True
+    for engine, r in results.items():
+        if r.get("unstable"):
+            agree = False
+            print(f"  {engine}: ITS RUNS DISAGREE: {json.dumps(r['unstable'][0])}")
     summaries = {e: r["summary"] for e, r in results.items() if "summary" in r}
     if not summaries:
-        return
+        return agree
     reference = summaries.get("ours") or next(iter(summaries.values()))
     print(f"  result of ours: {json.dumps(reference)}")
     matched_keys = ("matched", "f_num1_sum", "f_int_sum", "f_cat_pro")
@@ -375,7 +447,9 @@ def report(results: dict[str, dict]) -> None:
                 "are missing from it)"
             )
         else:
+            agree = False
             print(f"  {engine}: A DIFFERENT RESULT: {json.dumps(summary)}")
+    return agree
 
 
 def machine() -> str:
@@ -435,11 +509,19 @@ def main() -> None:
         parser.error(f"--engines: unknown {unknown}; choose from {', '.join(ENGINES)}")
     if "feast" in engines:
         ensure_feast_venv()
-    print(f"machine: {machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    bench(args.rows, args.labels, args.entities, engines, args.repeats, args)
+    print(f"machine: {machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {load_average()}")
+    agree = bench(args.rows, args.labels, args.entities, engines, args.repeats, args)
     for i, rows in enumerate(args.small_rows):
         labels = args.small_labels[i] if i < len(args.small_labels) else max(1, rows // 10)
-        bench(rows, labels, args.entities, engines, args.repeats, args)
+        agree &= bench(rows, labels, args.entities, engines, args.repeats, args)
+    print(f"\ndone {datetime.now(UTC):%H:%M} UTC; {load_average()}")
+    if not agree:
+        sys.exit("the engines' results differ (see above)")
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """Point-in-time joins: the engine behind every training set.
 
 For each label row, take the newest feature row of the same entity whose event time is at or
-before the label's time, never after (a left join: no such row -> nulls). DuckDB's ASOF JOIN
-does the work (sort-merge, multi-threaded, out of core), so it scales to tens of millions of
-feature rows within a small memory budget.
+before the label's time, never after (a left join: no such row -> nulls). Only the join keys
+(entity, time, row number) go to an engine; the feature values are gathered afterwards by row
+number. The engine: polars' `join_asof` (in memory, about 60 bytes a feature row, ties resolved
+by its stable sort in one pass) when polars is installed (the `features` extra) and the feature
+rows number at most `MLINFRA_PIT_IN_MEMORY_ROWS`; else DuckDB's ASOF JOIN (sort-merge, out of
+core: it spills past `MLINFRA_PIT_MEMORY_LIMIT`), so the join's memory stays bounded at any
+scale. Both give the same answer (tests/test_pit.py runs every case on both).
+`workloads.features.pit_files` joins straight from parquet files (the local offline store).
 
 Time columns may be datetimes (naive = UTC, or tz-aware), ISO-8601 strings, or epoch seconds
 (numbers); all are normalised to UTC before comparing.
@@ -14,7 +19,6 @@ from __future__ import annotations
 import os
 import tempfile
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,6 +29,10 @@ _ENTITY = "__mlinfra_entity"
 _TIME = "__mlinfra_time"
 # DuckDB's working memory for one join; past it, its sort spills to the temp folder.
 MEMORY_LIMIT = os.environ.get("MLINFRA_PIT_MEMORY_LIMIT", "512MB")
+# Up to this many feature rows the keys are joined in memory by polars (~1.2 GB at 20M).
+IN_MEMORY_ROWS = int(float(os.environ.get("MLINFRA_PIT_IN_MEMORY_ROWS", "20e6")))
+# "auto" (as above), or "polars" / "duckdb" to force one.
+ENGINE = os.environ.get("MLINFRA_PIT_ENGINE", "auto")
 
 
 def to_utc(values: pd.Series, what: str) -> pd.Series:
@@ -62,6 +70,120 @@ def _entity_kind(values: pd.Series) -> str:
     if pd.api.types.is_string_dtype(values.dtype) or values.dtype == object:
         return "string"
     return str(values.dtype)
+
+
+def _label_time(labels: pd.DataFrame, label_time_column: str) -> pd.Series:
+    label_time = to_utc(labels[label_time_column], f"labels column {label_time_column!r}")
+    if label_time.isna().any():
+        row = int(np.flatnonzero(label_time.isna().to_numpy())[0])
+        raise ValueError(f"labels column {label_time_column!r}: null time at row {row}")
+    return label_time
+
+
+def _label_keys(labels: pd.DataFrame, entity_column: str, label_time: pd.Series) -> pa.Table:
+    return pa.table(
+        {
+            _ENTITY: pa.array(labels[entity_column], from_pandas=True),
+            _TIME: _micros(label_time),
+            _LABEL_INDEX: pa.array(np.arange(len(labels), dtype=np.int64)),
+        }
+    )
+
+
+def _engine(feature_rows: int) -> str:
+    if ENGINE not in ("auto", "polars", "duckdb"):
+        raise ValueError(f"MLINFRA_PIT_ENGINE={ENGINE!r}: choose auto, polars or duckdb")
+    if ENGINE != "auto":
+        return ENGINE
+    if feature_rows > IN_MEMORY_ROWS:
+        return "duckdb"
+    try:
+        import polars  # noqa: F401
+    except ImportError:
+        return "duckdb"
+    return "polars"
+
+
+def _match_rows(left: pa.Table, entity: pa.Array, micros: pa.Array) -> np.ndarray:
+    """For each label key row, the number of its feature row (-1: none), feature rows being
+    numbered in the order given (a later row wins a tie on entity and time)."""
+    if _engine(len(entity)) == "polars":
+        result = _match_polars(left, entity, micros)
+    else:
+        result = _match_duckdb(left, entity, micros)
+    # Back into label order without a sort: scatter each match to its label's position.
+    rows = np.full(len(left), -1, dtype=np.int64)
+    matched = result.column(_FEATURE_ROW)
+    rows[result.column(_LABEL_INDEX).to_numpy()] = matched.fill_null(-1).to_numpy()
+    return rows
+
+
+def _match_polars(left: pa.Table, entity: pa.Array, micros: pa.Array) -> pa.Table:
+    import polars as pl
+
+    labels = pl.LazyFrame(pl.from_arrow(left))
+    features = pl.LazyFrame(pl.from_arrow(pa.table({_ENTITY: entity, _TIME: micros})))
+    features = features.with_row_index(_FEATURE_ROW)  # numbered before any row is dropped
+    if entity.null_count or micros.null_count:
+        features = features.drop_nulls([_ENTITY, _TIME])  # such a row matches nothing
+    kinds = {labels.collect_schema()[_ENTITY], features.collect_schema()[_ENTITY]}
+    if len(kinds) > 1:  # int and float ids, or two string types: compare as one type
+        common = pl.String if pl.String in kinds else pl.Float64
+        labels = labels.with_columns(pl.col(_ENTITY).cast(common))
+        features = features.with_columns(pl.col(_ENTITY).cast(common))
+    # join_asof wants both sides sorted by time (within each entity). The stable sort keeps
+    # the feature rows' order among equal times and "backward" takes the last row at or
+    # before the label time, so the last written row wins a tie in the same pass.
+    joined = labels.sort(_TIME).join_asof(
+        features.sort(_TIME, maintain_order=True),
+        on=_TIME,
+        by=_ENTITY,
+        strategy="backward",
+        check_sortedness=False,  # sorted just above; polars cannot check it per entity
+    )
+    out = joined.select(_LABEL_INDEX, pl.col(_FEATURE_ROW).cast(pl.Int64)).collect()
+    return out.to_arrow()
+
+
+def _match_duckdb(left: pa.Table, entity: pa.Array, micros: pa.Array) -> pa.Table:
+    import duckdb
+
+    right = pa.table(
+        {
+            _ENTITY: entity,
+            _TIME: micros,
+            _FEATURE_ROW: pa.array(np.arange(len(entity), dtype=np.int64)),
+        }
+    )
+    # The ASOF JOIN finds each label's newest feature time at or before its own. Several rows
+    # may share that entity and time; the last one (highest row) is taken, so the answer is
+    # deterministic - resolved only for the matched (entity, time) pairs, a cheap hash join.
+    query = f"""
+        WITH m AS MATERIALIZED (
+            SELECT l.{_LABEL_INDEX}, l.{_ENTITY}, f.{_TIME}
+            FROM l ASOF LEFT JOIN r AS f
+            ON l.{_ENTITY} = f.{_ENTITY} AND l.{_TIME} >= f.{_TIME}
+        ),
+        w AS (
+            SELECT r.{_ENTITY}, r.{_TIME}, max(r.{_FEATURE_ROW}) AS {_FEATURE_ROW}
+            FROM r SEMI JOIN m ON r.{_ENTITY} = m.{_ENTITY} AND r.{_TIME} = m.{_TIME}
+            GROUP BY r.{_ENTITY}, r.{_TIME}
+        )
+        SELECT m.{_LABEL_INDEX}, w.{_FEATURE_ROW}
+        FROM m LEFT JOIN w ON m.{_ENTITY} = w.{_ENTITY} AND m.{_TIME} = w.{_TIME}
+    """
+    config = {
+        "memory_limit": MEMORY_LIMIT,
+        "temp_directory": tempfile.gettempdir(),
+        "preserve_insertion_order": False,  # the rows are put back in order after
+    }
+    con = duckdb.connect(config=config)
+    try:
+        con.register("l", left)
+        con.register("r", right)
+        return con.sql(query).to_arrow_table()
+    finally:
+        con.close()
 
 
 def point_in_time_join(
@@ -103,63 +225,16 @@ def point_in_time_join(
             f"({features[entity_column].dtype})"
         )
 
-    label_time = to_utc(labels[label_time_column], f"labels column {label_time_column!r}")
-    if label_time.isna().any():
-        row = int(np.flatnonzero(label_time.isna().to_numpy())[0])
-        raise ValueError(f"labels column {label_time_column!r}: null time at row {row}")
+    label_time = _label_time(labels, label_time_column)
     feature_time = to_utc(features[feature_time_column], f"features column {feature_time_column!r}")
 
     # Only the join keys go to DuckDB; feature values are gathered afterwards by row number,
     # so wide feature frames are never copied into the engine. Times are int64 microseconds.
-    left = pa.table(
-        {
-            _ENTITY: pa.array(labels[entity_column], from_pandas=True),
-            _TIME: _micros(label_time),
-            _LABEL_INDEX: pa.array(np.arange(len(labels), dtype=np.int64)),
-        }
+    rows = _match_rows(
+        _label_keys(labels, entity_column, label_time),
+        pa.array(features[entity_column], from_pandas=True),
+        _micros(feature_time),
     )
-    right = pa.table(
-        {
-            _ENTITY: pa.array(features[entity_column], from_pandas=True),
-            _TIME: _micros(feature_time),
-            _FEATURE_ROW: pa.array(np.arange(len(features), dtype=np.int64)),
-        }
-    )
-    # The ASOF JOIN finds each label's newest feature time at or before its own. Several rows
-    # may share that entity and time; the last one (highest row) is taken, so the answer is
-    # deterministic - resolved only for the matched (entity, time) pairs, a cheap hash join.
-    query = f"""
-        WITH m AS MATERIALIZED (
-            SELECT l.{_LABEL_INDEX}, l.{_ENTITY}, f.{_TIME}
-            FROM l ASOF LEFT JOIN (SELECT {_ENTITY}, {_TIME} FROM r) AS f
-            ON l.{_ENTITY} = f.{_ENTITY} AND l.{_TIME} >= f.{_TIME}
-        ),
-        k AS (SELECT DISTINCT {_ENTITY}, {_TIME} FROM m WHERE {_TIME} IS NOT NULL),
-        w AS (
-            SELECT r.{_ENTITY}, r.{_TIME}, max(r.{_FEATURE_ROW}) AS {_FEATURE_ROW}
-            FROM r JOIN k ON r.{_ENTITY} = k.{_ENTITY} AND r.{_TIME} = k.{_TIME}
-            GROUP BY r.{_ENTITY}, r.{_TIME}
-        )
-        SELECT m.{_LABEL_INDEX}, w.{_FEATURE_ROW}
-        FROM m LEFT JOIN w ON m.{_ENTITY} = w.{_ENTITY} AND m.{_TIME} = w.{_TIME}
-    """
-    config = {
-        "memory_limit": MEMORY_LIMIT,
-        "temp_directory": tempfile.gettempdir(),
-        "preserve_insertion_order": False,  # the rows are put back in order below
-    }
-    con = duckdb.connect(config=config)
-    try:
-        con.register("l", left)
-        con.register("r", right)
-        result = con.sql(query).to_arrow_table()
-    finally:
-        con.close()
-
-    # Back into label order without a sort: scatter each match to its label's position.
-    rows = np.full(len(labels), -1, dtype=np.int64)
-    matched = result.column(_FEATURE_ROW)
-    rows[result.column(_LABEL_INDEX).to_numpy()] = matched.fill_null(-1).to_numpy()
     found = rows >= 0
     rows[~found] = 0
     if len(features) == 0:  # no feature rows at all: every value null

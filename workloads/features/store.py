@@ -14,8 +14,8 @@ Two backends behind one interface, picked from the platform descriptor:
   concurrent readers and writers in several processes (WAL, one transaction per ingest).
 
 Both validate a DataFrame against the group's declared features before writing anything,
-and both build training sets with `workloads.features.pit.point_in_time_join`. Groups are addressed
-by the spec's logical feature group name.
+and both build training sets with `workloads.features.pit` (the local store straight from its
+parquet files). Groups are addressed by the spec's logical feature group name.
 
 Types: `integral` values come back as ints, `fractional` as floats, `string` as str; the event
 time always comes back as a UTC datetime, whichever way it is declared (ISO-8601 string or
@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from workloads.features.athena import AthenaTrainingSets, TrainingSet
 from workloads.features.pit import point_in_time_join, to_utc
+from workloads.features.pit_files import point_in_time_join_parquet
 from workloads.platform import FeatureGroupRef, NotDeclaredError, PlatformDescriptor
 from workloads.storage import SqliteDatabase, atomic_path
 
@@ -286,16 +287,21 @@ class _Groups:
         refs, entities = self._plan_training_set(labels, groups, entity_column, time_column)
         out = labels
         for group, ref in refs.items():
-            entity = entities[group]
-            features = self.read_offline(group).rename(columns={ref.record_identifier: entity})
-            out = point_in_time_join(
-                out,
-                features,
-                entity_column=entity,
-                label_time_column=time_column,
-                feature_time_column=ref.event_time,
-            )
+            out = self._join_group(out, group, ref, entities[group], time_column)
         return out
+
+    def _join_group(
+        self, labels: pd.DataFrame, group: str, ref: FeatureGroupRef, entity: str, time_column: str
+    ) -> pd.DataFrame:
+        """One group's features joined onto `labels` (the offline store read as a DataFrame)."""
+        features = self.read_offline(group).rename(columns={ref.record_identifier: entity})
+        return point_in_time_join(
+            labels,
+            features,
+            entity_column=entity,
+            label_time_column=time_column,
+            feature_time_column=ref.event_time,
+        )
 
     def _plan_training_set(
         self,
@@ -444,14 +450,32 @@ class LocalFeatureStore(_Groups):
                     found[rid] = self._decode(ref, json.loads(record))
         return [found.get(k) for k in keys]
 
+    def _files(self, ref: FeatureGroupRef) -> list[Path]:
+        """The offline store's files in write order (a later row wins a tie)."""
+        folder = self._folder(ref)
+        return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
     def read_offline(self, group: str) -> pd.DataFrame:
         ref = self._offline(group)
-        folder = self._folder(ref)
-        files = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
         schema = _arrow_schema(ref)
-        tables = [pq.read_table(f, schema=schema) for f in files]
+        tables = [pq.read_table(f, schema=schema) for f in self._files(ref)]
         table = pa.concat_tables(tables) if tables else schema.empty_table()
         return table.to_pandas()
+
+    def _join_group(
+        self, labels: pd.DataFrame, group: str, ref: FeatureGroupRef, entity: str, time_column: str
+    ) -> pd.DataFrame:
+        """Straight from the parquet files: only the id and time columns are read for the
+        join, the feature values one row group at a time, only the matched rows kept."""
+        return point_in_time_join_parquet(
+            labels,
+            self._files(ref),
+            entity_column=entity,
+            label_time_column=time_column,
+            feature_entity_column=ref.record_identifier,
+            feature_time_column=ref.event_time,
+            schema=_arrow_schema(ref),
+        )
 
 
 def _arrow_schema(ref: FeatureGroupRef) -> pa.Schema:
