@@ -391,6 +391,11 @@ def test_the_engine_is_polars_in_memory_and_duckdb_past_the_row_budget(monkeypat
     monkeypatch.setattr(pit, "ENGINE", "auto")
     monkeypatch.setattr(pit, "IN_MEMORY_ROWS", 100)
     assert pit._engine(100) == "polars" and pit._engine(101) == "duckdb"
+    monkeypatch.setattr(pit, "IN_MEMORY_ROWS", "20 million")  # as read from the environment
+    with pytest.raises(ValueError, match="MLINFRA_PIT_IN_MEMORY_ROWS='20 million': a number"):
+        pit._engine(1)
+    monkeypatch.setattr(pit, "IN_MEMORY_ROWS", "1e2")
+    assert pit._engine(100) == "polars" and pit._engine(101) == "duckdb"
     monkeypatch.setitem(sys.modules, "polars", None)  # not installed: DuckDB does it all
     assert pit._engine(1) == "duckdb"
     monkeypatch.setattr(pit, "ENGINE", "spark")

@@ -30,7 +30,8 @@ _TIME = "__mlinfra_time"
 # DuckDB's working memory for one join; past it, its sort spills to the temp folder.
 MEMORY_LIMIT = os.environ.get("MLINFRA_PIT_MEMORY_LIMIT", "512MB")
 # Up to this many feature rows the keys are joined in memory by polars (~1.2 GB at 20M).
-IN_MEMORY_ROWS = int(float(os.environ.get("MLINFRA_PIT_IN_MEMORY_ROWS", "20e6")))
+# Read when a join runs, so a malformed value is an error naming the variable, not an import crash.
+IN_MEMORY_ROWS: int | str = os.environ.get("MLINFRA_PIT_IN_MEMORY_ROWS", "20e6")
 # "auto" (as above), or "polars" / "duckdb" to force one.
 ENGINE = os.environ.get("MLINFRA_PIT_ENGINE", "auto")
 
@@ -95,7 +96,13 @@ def _engine(feature_rows: int) -> str:
         raise ValueError(f"MLINFRA_PIT_ENGINE={ENGINE!r}: choose auto, polars or duckdb")
     if ENGINE != "auto":
         return ENGINE
-    if feature_rows > IN_MEMORY_ROWS:
+    try:
+        limit = int(float(IN_MEMORY_ROWS))
+    except ValueError:
+        raise ValueError(
+            f"MLINFRA_PIT_IN_MEMORY_ROWS={IN_MEMORY_ROWS!r}: a number of feature rows, e.g. 20e6"
+        ) from None
+    if feature_rows > limit:
         return "duckdb"
     try:
         import polars  # noqa: F401
