@@ -52,7 +52,7 @@ class Options:
     model_version: str | None = None  # events captured from another version are not mixed
 
 
-SPILL_VALUES = 1 << 20  # a column keeps at most this many values in memory, the rest on disk
+SPILL_VALUES = 1 << 18  # a column keeps at most this many values in memory, the rest on disk
 
 
 class Column:
