@@ -1,7 +1,8 @@
 """The monitor: a capture window against the model's training baseline.
 
-`run_monitor` streams the captured events (`reader`), keeps each feature's current values in
-compact arrays (8 bytes a number, 4 a category code), then computes per feature drift
+`run_monitor` streams the captured events (`reader`, `columnar`), keeps each feature's
+current values in compact arrays (8 bytes a number, 4 a category code; past `SPILL_VALUES`
+in a temporary file, read back one column at a time), then computes per feature drift
 (`stats`, Evidently's defaults), data quality against the baseline, prediction drift and,
 when ground truth is given, model quality per hour. `report` writes the files.
 """
@@ -139,6 +140,14 @@ class Column:
         """How often each category code occurs (index: the code)."""
         codes = self.array()
         return np.bincount(codes[codes >= 0], minlength=len(self.codes))
+
+    def categories(self) -> tuple[np.ndarray, np.ndarray]:
+        """(category names in sorted order, their counts) of the values present."""
+        counts = self.code_counts()
+        names = self._names().astype(str)
+        order = np.argsort(names, kind="stable")
+        keep = order[counts[order] > 0]
+        return names[keep], counts[keep]
 
     def sample(self) -> stats.Sample:
         """The values for the drift tests: sorted numbers, or category counts."""

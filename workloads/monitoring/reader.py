@@ -8,9 +8,10 @@ Captures are SageMaker data-capture JSON Lines, whichever backend served them:
      "eventMetadata": {"eventId": "...", "inferenceId": "...", "inferenceTime": "..."},
      "eventVersion": "0"}
 
-under `<destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl`. Files are streamed line
-by line, never loaded whole; files whose hour folder lies outside the window are skipped
-unread. A line that cannot be read is counted and skipped.
+under `<destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl`. Files are streamed in
+blocks of whole lines (`iter_blocks`), never loaded whole; files whose hour folder lies
+outside the window are skipped unread. A line that cannot be read is counted and skipped.
+The monitor parses clean blocks column-wise (`columnar`), the rest line by line here.
 """
 
 from __future__ import annotations
