@@ -154,3 +154,20 @@ def test_categories_count_the_same_from_numpy_pandas_and_arrow():
     assert sorted(pairs) == [("1", 5.0), ("x", 4.0)]
     with pytest.raises(ValueError, match="2 counts for 3 categories"):
         stats.Categories(["a", "b", "c"], [1, 2])
+
+
+def test_category_statistics_come_from_codes_as_from_the_strings(tmp_path):
+    from workloads.monitoring.report import statistics_doc
+
+    data = frame(300, seed=3)
+    data.loc[::5, "plan"] = None
+    write_capture(tmp_path, data)
+    baseline = _baseline(frame(100))
+    window = monitor.read_window(baseline, str(tmp_path), monitor.Options())
+    doc = {f["name"]: f for f in statistics_doc(baseline, window)["features"]}
+    plan = doc["plan"]["string_statistics"]
+    names = window.columns["plan"].present()
+    keys, counts = np.unique(names, return_counts=True)
+    assert plan["common"] == {"num_present": len(names), "num_missing": 60}
+    buckets = plan["distribution"]["categorical"]["buckets"]
+    assert buckets == [{"value": k, "count": c} for k, c in zip(keys, counts.tolist(), strict=True)]
