@@ -167,20 +167,17 @@ def _aligned(ref: Categories, cur: Categories) -> tuple[np.ndarray, np.ndarray]:
 def _merged(ref: Numbers, cur: Numbers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Both samples in one sorted order: (values, reference weight up to and including each
     position, current weight likewise). Two sorted runs: the stable sort merges them in
-    linear time."""
+    linear time; weights come from each sample's cumulative weights, as scipy takes them."""
     both = np.concatenate([ref.values, cur.values])
     order = np.argsort(both, kind="stable")
-    from_ref = order < len(ref.values)
     merged = both[order]
-    if ref.weights is None and cur.weights is None:
-        ref_cum = np.cumsum(from_ref, dtype=np.int64)
-        cur_cum = np.arange(1, len(both) + 1, dtype=np.int64) - ref_cum
-        return merged, ref_cum, cur_cum
-    ref_w = np.ones(len(ref.values)) if ref.weights is None else ref.weights
-    cur_w = np.ones(len(cur.values)) if cur.weights is None else cur.weights
-    weights = np.concatenate([ref_w, cur_w])[order]
-    ref_cum = np.cumsum(np.where(from_ref, weights, 0.0))
-    cur_cum = np.cumsum(np.where(from_ref, 0.0, weights))
+    del both
+    ref_count = np.cumsum(order < len(ref.values), dtype=np.int64)
+    del order
+    cur_count = np.arange(1, len(merged) + 1, dtype=np.int64)
+    cur_count -= ref_count
+    ref_cum = ref_count if ref.weights is None else ref._cum[ref_count]
+    cur_cum = cur_count if cur.weights is None else cur._cum[cur_count]
     return merged, ref_cum, cur_cum
 
 
