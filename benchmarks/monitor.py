@@ -235,7 +235,7 @@ def ensure_evidently() -> bool:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default="1e5,1e6", help="reference (= current) row counts")
+    p.add_argument("--rows", default="1e5,1e6", help='reference (= current) row counts, or ""')
     p.add_argument("--capture-records", type=float, default=1e7)
     p.add_argument("--no-evidently", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="runs of each contender, alternated")
@@ -253,7 +253,7 @@ def main() -> None:
           "| peak RSS MB | load | max abs diff |")  # fmt: skip
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     summary = []
-    for rows in (int(float(r)) for r in args.rows.split(",")):
+    for rows in (int(float(r)) for r in args.rows.split(",") if r):
         folder = generate(rows)
         runs: dict[str, list[dict]] = {"ours": [], "evidently": []}
         for rep in range(args.repeat):  # alternate who goes first
