@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -70,22 +71,24 @@ def generate(rows: int, seed: int = 11) -> Path:
 
 
 def child_ours(folder: Path) -> dict:
-    import pandas as pd
+    """Column by column (a column pair in memory at a time); the clocks skip the reads."""
+    import pyarrow.parquet as pq
 
     from workloads.monitoring import stats
 
-    ref, cur = (
-        pd.read_parquet(folder / "reference.parquet"),
-        pd.read_parquet(folder / "current.parquet"),
-    )
-    started = time.perf_counter()
+    files = [pq.ParquetFile(folder / f"{n}.parquet") for n in ("reference", "current")]
+    wall = cpu = 0.0
     scores = {}
     for name in NUMERIC + CATEGORICAL:
         kind = "numeric" if name in NUMERIC else "categorical"
-        r = stats.drop_missing(ref[name].to_numpy(), kind)
-        c = stats.drop_missing(cur[name].to_numpy(), kind)
+        r, c = (f.read(columns=[name]).column(name) for f in files)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if kind == "numeric":  # float64 views (no missing values here)
+            r, c = r.to_numpy(), c.to_numpy()
         scores[name] = stats.column_drift(r, c, kind).statistic
-    return {"compute_s": time.perf_counter() - started, "scores": scores}
+        wall += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
+    return {"compute_s": wall, "compute_cpu_s": cpu, "scores": scores}
 
 
 def child_evidently(folder: Path) -> dict:
@@ -97,13 +100,13 @@ def child_evidently(folder: Path) -> dict:
         pd.read_parquet(folder / "reference.parquet"),
         pd.read_parquet(folder / "current.parquet"),
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     definition = DataDefinition(numerical_columns=NUMERIC, categorical_columns=CATEGORICAL)
     snapshot = Report([DataDriftPreset()]).run(
         Dataset.from_pandas(cur, data_definition=definition),
         Dataset.from_pandas(ref, data_definition=definition),
     )
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     scores = {}
     for metric in snapshot.dict()["metrics"]:
         ident = str(metric.get("metric_name") or metric.get("metric_id") or "")
@@ -111,11 +114,13 @@ def child_evidently(folder: Path) -> dict:
             if f"column={name})" in ident or f"column={name}," in ident:
                 value = metric.get("value")
                 scores[name] = float(value["value"] if isinstance(value, dict) else value)
-    return {"compute_s": elapsed, "scores": scores}
+    return {"compute_s": elapsed, "compute_cpu_s": cpu, "scores": scores}
 
 
 def write_capture(folder: Path, records: int, seed: int = 5) -> Path:
-    """A capture window: `records` JSON requests of one row each, in hourly files."""
+    """A capture window: `records` JSON requests of one row each, 100k to an hourly file.
+    The lines are formatted from a template (a few seconds a million); the first lines of
+    each file are checked against `capture_record`, the serving capture's own writer."""
     from datetime import UTC, datetime
 
     import orjson
@@ -127,6 +132,8 @@ def write_capture(folder: Path, records: int, seed: int = 5) -> Path:
         return target
     rng = np.random.default_rng(seed)
     per_file = 100_000
+    fields = [f'\\"{c}\\":{{}}' for c in NUMERIC] + [f'\\"{c}\\":\\"v{{}}\\"' for c in CATEGORICAL]
+    row = ",".join(fields)
     for f, start in enumerate(range(0, records, per_file)):
         n = min(per_file, records - start)
         when = datetime(2026, 11, 30, f % 24, tzinfo=UTC)
@@ -134,15 +141,30 @@ def write_capture(folder: Path, records: int, seed: int = 5) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         nums = rng.normal(0, 1, (n, len(NUMERIC))).round(4)
         cats = rng.integers(0, 3, (n, len(CATEGORICAL)))
-        with path.open("wb") as fh:
-            for i in range(n):
-                row = {c: float(nums[i, j]) for j, c in enumerate(NUMERIC)}
-                row |= {c: f"v{cats[i, j]}" for j, c in enumerate(CATEGORICAL)}
-                body = orjson.dumps({"instances": [row]})
-                out = orjson.dumps({"predictions": [{"label": int(cats[i, 0] > 0)}]})
-                item = Captured(JSON, body, out, JSON, None, when)
-                rec = capture_record(item, f"e{start + i}")
-                fh.write(orjson.dumps(rec) + b"\n")
+        template = (
+            '{{"captureData":{{"endpointInput":{{"observedContentType":"application/json",'
+            '"mode":"INPUT","data":"{{\\"instances\\":[{{' + row + '}}]}}","encoding":"JSON"}},'
+            '"endpointOutput":{{"observedContentType":"application/json","mode":"OUTPUT",'
+            '"data":"{{\\"predictions\\":[{{\\"label\\":{}}}]}}","encoding":"JSON"}}}},'
+            '"eventMetadata":{{"eventId":"e{}","inferenceTime":"'
+            + f"{when:%Y-%m-%dT%H:%M:%S}.000Z"
+            + '"}},"eventVersion":"0"}}\n'
+        )
+        num_text, cat_list = [[repr(v) for v in r] for r in nums.tolist()], cats.tolist()
+        lines = [
+            template.format(*num_text[i], *cat_list[i], int(cat_list[i][0] > 0), start + i)
+            for i in range(n)
+        ]
+        for i in range(3):  # the same record the serving capture writes
+            body = orjson.dumps({"instances": [
+                {c: float(nums[i, j]) for j, c in enumerate(NUMERIC)}
+                | {c: f"v{cats[i, j]}" for j, c in enumerate(CATEGORICAL)}]})  # fmt: skip
+            out = orjson.dumps({"predictions": [{"label": int(cats[i, 0] > 0)}]})
+            rec = capture_record(Captured(JSON, body, out, JSON, None, when), f"e{start + i}")
+            assert orjson.loads(lines[i]) == rec, (lines[i], rec)
+            assert orjson.loads(orjson.loads(lines[i])["captureData"]["endpointInput"]["data"])
+        with path.open("w") as fh:
+            fh.writelines(lines)
     (target / "done").write_text("")
     return target
 
@@ -163,11 +185,17 @@ def child_capture(folder: Path) -> dict:
             {c: np.zeros(10) for c in NUMERIC} | {c: ["v0"] * 10 for c in CATEGORICAL}
         )
     baseline = table_baseline("tabular", ref, [{"label": 1}] * len(ref))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     window = read_window(baseline, str(folder), Options())
-    read_s = time.perf_counter() - started
+    read_s, read_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     report = analyse(baseline, window, Options())
-    return {"read_s": read_s, "total_s": time.perf_counter() - started, "rows": report["rows"]}
+    return {
+        "read_s": read_s,
+        "read_cpu_s": read_cpu_s,
+        "total_s": time.perf_counter() - started,
+        "total_cpu_s": time.process_time() - cpu,
+        "rows": report["rows"],
+    }
 
 
 def run_child(python: str, mode: str, folder: Path, timeout: float = 3600) -> dict:
@@ -182,7 +210,12 @@ def run_child(python: str, mode: str, folder: Path, timeout: float = 3600) -> di
         err.seek(0)
         lines = [ln for ln in out.read().splitlines() if ln.startswith("{")]
         errors = err.read()
-    result = {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    result = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "load": os.getloadavg()[0],
+    }
     if os.waitstatus_to_exitcode(status) != 0 or not lines:
         result["error"] = (errors.strip().splitlines() or ["no output"])[-1][:300]
     else:
@@ -202,9 +235,10 @@ def ensure_evidently() -> bool:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default="1e5,1e6", help="reference (= current) row counts")
+    p.add_argument("--rows", default="1e5,1e6", help='reference (= current) row counts, or ""')
     p.add_argument("--capture-records", type=float, default=1e7)
     p.add_argument("--no-evidently", action="store_true")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each contender, alternated")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -213,39 +247,69 @@ def main() -> None:
         print(json.dumps(run[args.child](args.data)))
         return
     evidently = not args.no_evidently and ensure_evidently()
-    print("| rows | engine | compute s | child wall s | peak RSS MB | max abs diff | vs ours |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for rows in (int(float(r)) for r in args.rows.split(",")):
+    print(f"{platform.node()}: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
+          f"load average at start {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print("\n| rows | run | engine | compute s | compute CPU s | child wall s | child CPU s "
+          "| peak RSS MB | load | max abs diff |")  # fmt: skip
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    summary = []
+    for rows in (int(float(r)) for r in args.rows.split(",") if r):
         folder = generate(rows)
-        ours = run_child(sys.executable, "ours", folder)
-        print(f"| {rows} | ours | {ours.get('compute_s', float('nan')):.2f} | {ours['wall_s']:.1f} "
-              f"| {ours['peak_rss_mb']:.0f} | - | 1.0x | {ours.get('error', '')}")  # fmt: skip
-        if not evidently:
-            continue
-        ev = run_child(str(EVIDENTLY_PY), "evidently", folder)
-        if "error" in ev:
-            print(
-                f"| {rows} | evidently | - | {ev['wall_s']:.1f} | {ev['peak_rss_mb']:.0f} "
-                f"| - | - | {ev['error']}"
-            )
-            continue
-        diff = (
-            max(abs(ours["scores"][c] - ev["scores"][c]) for c in ev["scores"])
-            if ev["scores"]
-            else float("nan")
-        )
-        missing = sorted(set(ours["scores"]) - set(ev["scores"]))
-        print(f"| {rows} | evidently 0.7 | {ev['compute_s']:.2f} | {ev['wall_s']:.1f} | "
-              f"{ev['peak_rss_mb']:.0f} | {diff:.2e} | {ev['compute_s'] / ours['compute_s']:.1f}x "
-              f"{'(no score for ' + ', '.join(missing) + ')' if missing else ''}|")  # fmt: skip
+        runs: dict[str, list[dict]] = {"ours": [], "evidently": []}
+        for rep in range(args.repeat):  # alternate who goes first
+            order = ["ours", "evidently"] if rep % 2 == 0 else ["evidently", "ours"]
+            for engine in order if evidently else ["ours"]:
+                python = sys.executable if engine == "ours" else str(EVIDENTLY_PY)
+                run = run_child(python, engine, folder)
+                runs[engine].append(run)
+                diff = "-"
+                if engine == "evidently" and runs["ours"] and "scores" in run:
+                    mine = runs["ours"][-1].get("scores", {})
+                    diff = f"{max(abs(mine[c] - run['scores'][c]) for c in mine):.1e}"
+                    if set(run["scores"]) != set(mine):
+                        diff += " (columns differ)"
+                print(f"| {rows} | {rep + 1} | {engine} | {run.get('compute_s', np.nan):.2f} "
+                      f"| {run.get('compute_cpu_s', np.nan):.2f} | {run['wall_s']:.1f} "
+                      f"| {run['cpu_s']:.1f} | {run['peak_rss_mb']:.0f} | {run['load']:.1f} "
+                      f"| {diff} {run.get('error', '')}|", flush=True)  # fmt: skip
+        summary.append((rows, runs))
+    print("\nmedians: | rows | engine | compute s | compute CPU s | child CPU s | peak RSS MB |")
+    for rows, runs in summary:
+        med = {e: _medians(r) for e, r in runs.items() if r}
+        for engine, m in med.items():
+            ratio = ""
+            if engine == "evidently" and "ours" in med:
+                o = med["ours"]
+                ratio = (f" | {m['compute_s'] / o['compute_s']:.1f}x wall, "
+                         f"{m['compute_cpu_s'] / o['compute_cpu_s']:.1f}x CPU, "
+                         f"{m['peak_rss_mb'] / o['peak_rss_mb']:.2f}x memory of ours")  # fmt: skip
+            print(f"| {rows} | {engine} | {m['compute_s']:.2f} | {m['compute_cpu_s']:.2f} "
+                  f"| {m['cpu_s']:.1f} | {m['peak_rss_mb']:.0f}{ratio} |")  # fmt: skip
     records = int(args.capture_records)
     if records:
         folder = write_capture(OUT, records)
-        cap = run_child(sys.executable, "capture", folder)
-        read_s, total_s = cap.get("read_s", np.nan), cap.get("total_s", np.nan)
-        print(f"\ncapture read: {records} records -> {cap.get('rows')} rows: read {read_s:.1f} s, "
-              f"read+analyse {total_s:.1f} s, peak RSS {cap['peak_rss_mb']:.0f} MB "
-              f"{cap.get('error', '')}")  # fmt: skip
+        caps = []
+        for rep in range(args.repeat):
+            cap = run_child(sys.executable, "capture", folder)
+            caps.append(cap)
+            print(f"capture {rep + 1}: {records} records -> {cap.get('rows')} rows: read "
+                  f"{cap.get('read_s', np.nan):.1f} s ({cap.get('read_cpu_s', np.nan):.1f} CPU s), "
+                  f"read+analyse {cap.get('total_s', np.nan):.1f} s "
+                  f"({cap.get('total_cpu_s', np.nan):.1f} CPU s), child {cap['wall_s']:.1f} s, "
+                  f"peak RSS {cap['peak_rss_mb']:.0f} MB, load {cap['load']:.1f} "
+                  f"{cap.get('error', '')}", flush=True)  # fmt: skip
+        m = _medians(caps)
+        text = {
+            k: f"{m.get(k, np.nan):.1f}" for k in ("read_s", "read_cpu_s", "total_s", "total_cpu_s")
+        }
+        print(f"capture median: read {text['read_s']} s ({text['read_cpu_s']} CPU s), "
+              f"read+analyse {text['total_s']} s ({text['total_cpu_s']} CPU s), "
+              f"peak RSS {m['peak_rss_mb']:.0f} MB")  # fmt: skip
+
+
+def _medians(runs: list[dict]) -> dict[str, float]:
+    keys = {k for r in runs for k, v in r.items() if isinstance(v, float | int)}
+    return {k: float(np.median([r[k] for r in runs if k in r])) for k in keys}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The monitor: a capture window against the model's training baseline.
 
-`run_monitor` streams the captured events (`reader`), keeps each feature's current values in
-compact arrays (8 bytes a number, 4 a category code), then computes per feature drift
+`run_monitor` streams the captured events (`reader`, `columnar`), keeps each feature's
+current values in compact arrays (8 bytes a number, 4 a category code; past `SPILL_VALUES`
+in a temporary file, read back one column at a time), then computes per feature drift
 (`stats`, Evidently's defaults), data quality against the baseline, prediction drift and,
 when ground truth is given, model quality per hour. `report` writes the files.
 """
@@ -9,6 +10,7 @@ when ground truth is given, model quality per hour. `report` writes the files.
 from __future__ import annotations
 
 import math
+import tempfile
 from array import array
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,10 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from workloads.monitoring import stats
+from workloads.monitoring import columnar, stats
 from workloads.monitoring.baseline import read_baseline, reference_arrays
 from workloads.monitoring.inputs import Derive, extractor
-from workloads.monitoring.reader import ReadStats, read_events, read_ground_truth
+from workloads.monitoring.reader import (
+    Event,
+    ReadStats,
+    events_of,
+    iter_blocks,
+    read_events,
+    read_ground_truth,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_FOUND = 0, 1, 3
 # Data-quality limits: a violation when the current window exceeds them.
@@ -44,8 +53,13 @@ class Options:
     model_version: str | None = None  # events captured from another version are not mixed
 
 
+SPILL_VALUES = 1 << 18  # a column keeps at most this many values in memory, the rest on disk
+
+
 class Column:
-    """One feature's current values: floats (NaN missing) or category codes (-1 missing)."""
+    """One feature's current values: floats (NaN missing) or category codes (-1 missing).
+    Past `SPILL_VALUES` values, the older ones go to a temporary file, so a window of
+    millions of rows costs memory for one column at a time, when it is analysed."""
 
     def __init__(self, name: str, kind: str) -> None:
         self.name, self.kind = name, kind
@@ -53,8 +67,16 @@ class Column:
         self.codes: dict[str, int] = {}
         self.missing = 0
         self.type_errors = 0
+        self._spill: Any = None
+        self._spilled = 0
+
+    @property
+    def dtype(self) -> type:
+        return np.float64 if self.kind == "numeric" else np.int32
 
     def add(self, value: Any) -> None:
+        if len(self.values) >= SPILL_VALUES:
+            self._flush()
         if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
             self.missing += 1
             self.values.append(math.nan if self.kind == "numeric" else -1)
@@ -68,25 +90,73 @@ class Column:
                 self.type_errors += 1
             self.values.append(number)
             return
-        key = str(value)
+        self.values.append(self.code(str(value)))
+
+    def code(self, key: str) -> int:
         code = self.codes.get(key)
         if code is None:
             code = self.codes[key] = len(self.codes)
-        self.values.append(code)
+        return code
+
+    def extend(self, values: np.ndarray, missing: int) -> None:
+        """Append many values at once (floats, or codes from `code`), `missing` of them."""
+        self.values.frombytes(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+        self.missing += missing
+        if len(self.values) >= SPILL_VALUES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix=f"monitor-{self.kind}-")
+        self.values.tofile(self._spill)
+        self._spilled += len(self.values)
+        del self.values[:]
+
+    def array(self) -> np.ndarray:
+        """All values, in order (read back from the spill file, if any)."""
+        newest = np.frombuffer(self.values, dtype=self.dtype).copy()  # the buffer may grow
+        if self._spill is None:
+            return newest
+        self._spill.flush()
+        self._spill.seek(0)
+        older = np.fromfile(self._spill, dtype=self.dtype, count=self._spilled)
+        return np.concatenate([older, newest]) if len(newest) else older
 
     def present(self) -> np.ndarray:
         """The non-missing values: floats, or category names."""
         if self.kind == "numeric":
-            values = np.frombuffer(self.values, dtype=np.float64)
+            values = self.array()
             return values[~np.isnan(values)]
-        codes = np.frombuffer(self.values, dtype=np.int32)
+        codes = self.array()
+        return self._names()[codes[codes >= 0]].astype(str)
+
+    def _names(self) -> np.ndarray:
         names = np.empty(len(self.codes), dtype=object)
         for key, code in self.codes.items():
             names[code] = key
-        return names[codes[codes >= 0]].astype(str)
+        return names
+
+    def code_counts(self) -> np.ndarray:
+        """How often each category code occurs (index: the code)."""
+        codes = self.array()
+        return np.bincount(codes[codes >= 0], minlength=len(self.codes))
+
+    def categories(self) -> tuple[np.ndarray, np.ndarray]:
+        """(category names in sorted order, their counts) of the values present."""
+        counts = self.code_counts()
+        names = self._names().astype(str)
+        order = np.argsort(names, kind="stable")
+        keep = order[counts[order] > 0]
+        return names[keep], counts[keep]
+
+    def sample(self) -> stats.Sample:
+        """The values for the drift tests: sorted numbers, or category counts."""
+        if self.kind == "numeric":
+            return stats.Numbers(self.array())
+        return stats.Categories(self._names(), self.code_counts())
 
     def __len__(self) -> int:
-        return len(self.values)
+        return self._spilled + len(self.values)
 
 
 @dataclass
@@ -123,54 +193,79 @@ def read_window(
     positive: str | None = None,
     derive: Derive | None = None,
 ) -> Window:
-    """`derive` turns a request's inputs into feature rows (image and text models)."""
+    """Stream the capture window into compact columns. Without ground truth to join, blocks
+    of JSON requests are parsed column-wise by Arrow (`columnar`); any block it does not
+    take as is (CSV, base64, a bad line, a stray field) is read line by line, same result.
+    `derive` turns a request's inputs into feature rows (image and text models): read line
+    by line."""
     names = list(baseline["features"])
     columns = {n: Column(n, baseline["features"][n]["type"]) for n in names}
     window = Window(columns, Column("prediction", baseline["prediction"]["type"]))
-    for event in read_events(capture, options.since, options.until, window.read):
-        version = event.model_version
-        if options.model_version and version and version != options.model_version:
-            window.other_versions[version] = window.other_versions.get(version, 0) + 1
+    since, until = options.since, options.until
+    if truth is not None or derive is not None:
+        for event in read_events(capture, since, until, window.read):
+            _add_event(window, event, options, truth, positive, derive)
+        return window
+    for name, block in iter_blocks(capture, since, until, window.read):
+        if columnar.add_block(window, block, options):
             continue
-        window.requests += 1
-        window.first = event.time if window.first is None else min(window.first, event.time)
-        window.last = event.time if window.last is None else max(window.last, event.time)
-        preds = event.predictions
-        if preds is None or len(preds) != len(event.inputs):
-            window.rejected += 1
-            continue
-        rows = event.inputs if derive is None else derive(event.inputs)
-        for row, pred in zip(rows, preds, strict=True):
-            if isinstance(row, dict):
-                for name, column in columns.items():
-                    column.add(row.get(name))
-                for extra in row.keys() - columns.keys():
-                    window.extra_columns[extra] = window.extra_columns.get(extra, 0) + 1
-            else:
-                if len(row) != len(names):
-                    window.wrong_width += 1
-                for name, value in zip(names, row, strict=False):
-                    columns[name].add(value)
-                for name in names[len(row) :]:
-                    columns[name].add(None)
-            window.prediction.add(_prediction_value(pred))
-        if truth is not None and event.key in truth:
-            labels = truth[event.key]
-            hour = event.time.strftime("%Y-%m-%dT%H:00Z")
-            for label, pred in zip(labels, preds, strict=False):
-                score = math.nan
-                if positive is not None and isinstance(pred, dict):
-                    score = float(pred.get("probabilities", {}).get(positive, math.nan))
-                window.labelled.append((hour, label, _prediction_value(pred), score))
+        lines = ((name, line) for line in block.split(b"\n"))
+        for event in events_of(lines, since, until, window.read):
+            _add_event(window, event, options, truth, positive, derive)
     return window
+
+
+def _add_event(
+    window: Window,
+    event: Event,
+    options: Options,
+    truth: dict[str, list] | None,
+    positive: str | None,
+    derive: Derive | None = None,
+) -> None:
+    columns = window.columns
+    names = list(columns)
+    version = event.model_version
+    if options.model_version and version and version != options.model_version:
+        window.other_versions[version] = window.other_versions.get(version, 0) + 1
+        return
+    window.requests += 1
+    window.first = event.time if window.first is None else min(window.first, event.time)
+    window.last = event.time if window.last is None else max(window.last, event.time)
+    preds = event.predictions
+    if preds is None or len(preds) != len(event.inputs):
+        window.rejected += 1
+        return
+    rows = event.inputs if derive is None else derive(event.inputs)
+    for row, pred in zip(rows, preds, strict=True):
+        if isinstance(row, dict):
+            for name, column in columns.items():
+                column.add(row.get(name))
+            for extra in row.keys() - columns.keys():
+                window.extra_columns[extra] = window.extra_columns.get(extra, 0) + 1
+        else:
+            if len(row) != len(names):
+                window.wrong_width += 1
+            for name, value in zip(names, row, strict=False):
+                columns[name].add(value)
+            for name in names[len(row) :]:
+                columns[name].add(None)
+        window.prediction.add(_prediction_value(pred))
+    if truth is not None and event.key in truth:
+        labels = truth[event.key]
+        hour = event.time.strftime("%Y-%m-%dT%H:00Z")
+        for label, pred in zip(labels, preds, strict=False):
+            score = math.nan
+            if positive is not None and isinstance(pred, dict):
+                score = float(pred.get("probabilities", {}).get(positive, math.nan))
+            window.labelled.append((hour, label, _prediction_value(pred), score))
 
 
 def drift_of(entry: dict[str, Any], column: Column, method: str | None) -> stats.Drift:
     ref, weights, rows = reference_arrays(entry)
-    current = column.present()
     return stats.column_drift(
         ref,
-        current,
+        column.sample(),
         "numeric" if entry["type"] == "numeric" else "categorical",
         method=method,
         reference_rows=rows,
@@ -218,8 +313,7 @@ def data_quality(baseline: dict[str, Any], window: Window) -> tuple[dict, list[d
                 )
         elif entry["type"] == "categorical":
             known = set(entry["frequencies"])
-            codes = np.frombuffer(column.values, dtype=np.int32)
-            counts = np.bincount(codes[codes >= 0], minlength=len(column.codes))
+            counts = column.code_counts()
             unseen = {k: int(counts[c]) for k, c in column.codes.items() if k not in known}
             share = sum(unseen.values()) / max(int(counts.sum()), 1)
             top = sorted(unseen.items(), key=lambda kv: -kv[1])[:10]

@@ -30,8 +30,13 @@ def statistics_doc(baseline: dict[str, Any], window: Window) -> dict[str, Any]:
     """The current window's statistics in SageMaker Model Monitor's `statistics.json` shape."""
     features = []
     for name, column in window.columns.items():
-        values = column.present()
-        common = {"num_present": int(len(values)), "num_missing": int(len(column) - len(values))}
+        if column.kind == "numeric":
+            values = column.present()
+            present = len(values)
+        else:
+            keys, counts = column.categories()  # counted from codes: no string per row
+            present = int(counts.sum())
+        common = {"num_present": present, "num_missing": int(len(column) - present)}
         if column.kind == "numeric":
             stats = {"common": common}
             if len(values):
@@ -46,7 +51,6 @@ def statistics_doc(baseline: dict[str, Any], window: Window) -> dict[str, Any]:
                 {"name": name, "inferred_type": "Fractional", "numerical_statistics": stats}
             )
         else:
-            keys, counts = np.unique(values, return_counts=True)
             buckets = [
                 {"value": str(k), "count": int(c)} for k, c in zip(keys, counts, strict=True)
             ]
@@ -77,19 +81,19 @@ def _overlay(name: str, entry: dict[str, Any], column: Window | Any) -> str:
     import matplotlib.pyplot as plt
 
     ref, weights, _ = reference_arrays(entry)
-    cur = column.present()
     fig, ax = plt.subplots(figsize=(5, 2.6))
     if entry["type"] == "numeric":
+        cur = column.present()
         both = np.concatenate([ref, cur]) if len(cur) else ref
         edges = np.histogram_bin_edges(both, bins=30)
         ax.hist(ref, bins=edges, weights=weights, density=True, alpha=0.5, label="baseline")
         ax.hist(cur, bins=edges, density=True, alpha=0.5, label="current")
     else:
-        keys = list(dict.fromkeys([*ref.tolist(), *np.unique(cur).tolist()]))[:30]
+        cur_keys, cur_counts = column.categories()
+        keys = list(dict.fromkeys([*ref.tolist(), *cur_keys.tolist()]))[:30]
         ref_share = dict(zip(ref.tolist(), (weights / weights.sum()).tolist(), strict=True))
-        cur_keys, cur_counts = np.unique(cur, return_counts=True)
         cur_share = dict(
-            zip(cur_keys.tolist(), (cur_counts / max(len(cur), 1)).tolist(), strict=True)
+            zip(cur_keys.tolist(), (cur_counts / max(cur_counts.sum(), 1)).tolist(), strict=True)
         )
         x = np.arange(len(keys))
         ax.bar(x - 0.2, [ref_share.get(k, 0) for k in keys], 0.4, label="baseline")
