@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from workloads.jobs.ecr import missing_image
 from workloads.jobs.rollout import RolloutError
 
 # <account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag | @sha256:...]
@@ -32,12 +33,11 @@ def check_image(ecr: Any, image: str | None) -> None:
         )
     repo, tag, digest = match["repo"], match["tag"], match["digest"]
     image_id = {"imageTag": tag} if tag else {"imageDigest": digest}
-    try:
-        ecr.describe_images(registryId=match["registry"], repositoryName=repo, imageIds=[image_id])
-    except ecr.exceptions.ImageNotFoundException:
+    missing = missing_image(ecr, repo, image_id, registry_id=match["registry"])
+    if missing == "image":
         raise RolloutError(
             f"image {image} does not exist: ECR repository {repo!r} has no "
             f"{'tag ' + tag if tag else digest} (CI pushes one per commit on main)"
-        ) from None
-    except ecr.exceptions.RepositoryNotFoundException:
-        raise RolloutError(f"image {image}: no ECR repository {repo!r}") from None
+        )
+    if missing == "repository":
+        raise RolloutError(f"image {image}: no ECR repository {repo!r}")
