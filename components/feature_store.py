@@ -67,9 +67,11 @@ class FeatureStore(pulumi.ComponentResource):
     group_names: dict[str, pulumi.Output[str]]
     group_arns: dict[str, pulumi.Output[str]]
     offline_uris: dict[str, pulumi.Output[str]]
-    # The team's Athena workgroup, when some group has an offline store to query.
+    # The team's Athena workgroup, when some group has an offline store to query, and what
+    # the workloads' role needs to build training sets in it (empty without one).
     workgroup_name: pulumi.Output[str] | None
     workgroup_arn: pulumi.Output[str] | None
+    training_set_statements: list[dict]
 
     def __init__(
         self, name: str, args: FeatureStoreArgs, opts: pulumi.ResourceOptions | None = None
@@ -82,6 +84,8 @@ class FeatureStore(pulumi.ComponentResource):
         data = pulumi.ResourceOptions(parent=self, protect=spec.protect_data)
         bucket = pulumi.Output.from_input(args.features_bucket)
         kms_key_arn = pulumi.Output.from_input(args.kms_key_arn)
+        partition = aws.get_partition_output(opts=invoke).partition
+        account = aws.get_caller_identity_output(opts=invoke).account_id
 
         database = aws.glue.CatalogDatabase(
             f"{name}-offline",
@@ -104,8 +108,8 @@ class FeatureStore(pulumi.ComponentResource):
             f"{name}-role-policy",
             role=role.id,
             policy=pulumi.Output.all(
-                partition=aws.get_partition_output(opts=invoke).partition,
-                account=aws.get_caller_identity_output(opts=invoke).account_id,
+                partition=partition,
+                account=account,
                 region=spec.region,
                 bucket=bucket,
                 kms_key_arn=kms_key_arn,
@@ -136,6 +140,7 @@ class FeatureStore(pulumi.ComponentResource):
                 )
 
         self.workgroup_name = self.workgroup_arn = None
+        self.training_set_statements = []
         if args.artifacts_bucket is not None and any(g.offline for g in spec.feature_groups):
             workgroup = aws.athena.Workgroup(
                 f"{name}-workgroup",
@@ -160,6 +165,12 @@ class FeatureStore(pulumi.ComponentResource):
             )
             self.workgroup_name = workgroup.name
             self.workgroup_arn = workgroup.arn
+            self.training_set_statements = training_set_statements(
+                pulumi.Output.concat("arn:", partition, ":glue:", spec.region, ":", account),
+                database.name,
+                workgroup.arn,
+                pulumi.Output.concat("arn:", partition, ":s3:::", args.artifacts_bucket),
+            )
 
         self.register_outputs(
             {
@@ -276,7 +287,7 @@ def offline_store_policy(
 
 
 def training_set_statements(
-    region: str,
+    glue: pulumi.Input[str],
     database: pulumi.Input[str],
     workgroup_arn: pulumi.Input[str],
     artifacts_bucket_arn: pulumi.Input[str],
@@ -284,16 +295,8 @@ def training_set_statements(
     """What a workload needs to build a training set with Athena, as the caller Athena
     acts for: queries in the team's workgroup, the offline store's Glue tables (read), its own
     temporary labels tables (create, delete), and multipart uploads of the results it writes
-    into the artifacts bucket (objects there are already the workload's)."""
-    invoke = pulumi.InvokeOptions()
-    glue = pulumi.Output.concat(
-        "arn:",
-        aws.get_partition_output(opts=invoke).partition,
-        ":glue:",
-        region,
-        ":",
-        aws.get_caller_identity_output(opts=invoke).account_id,
-    )
+    into the artifacts bucket (objects there are already the workload's). `glue` is
+    `arn:<partition>:glue:<region>:<account>`."""
     tables = pulumi.Output.concat(glue, ":table/", database, "/")
     catalog = [
         pulumi.Output.concat(glue, ":catalog"),

@@ -17,7 +17,7 @@ from pulumi.runtime.config import CONFIG, get_config_env
 from components.budget import Budget, BudgetArgs
 from components.cluster import SYSTEM_POOL, GpuCluster, GpuClusterArgs
 from components.endpoints import Endpoints, EndpointsArgs
-from components.feature_store import FeatureStore, FeatureStoreArgs, training_set_statements
+from components.feature_store import FeatureStore, FeatureStoreArgs
 from components.network import Network, NetworkArgs
 from components.readiness import AccountState, current, decide
 from components.registry import ModelRegistry, ModelRegistryArgs
@@ -73,16 +73,7 @@ def build_platform(
             data_lake=lake,
             feature_group_arns=list(features.group_arns.values()),
             model_group_arns=list(registry.group_arns.values()),
-            training_set_statements=(
-                training_set_statements(
-                    spec.region,
-                    features.database_name,
-                    features.workgroup_arn,
-                    lake.bucket_arns["artifacts"],
-                )
-                if features.workgroup_arn is not None
-                else []
-            ),
+            training_set_statements=features.training_set_statements,
         ),
     )
     endpoints = Endpoints(
