@@ -30,9 +30,9 @@ from workloads.jobs.ecr import check_image_tag
 from workloads.jobs.sagemaker_request import (
     TrainingJobPlan,
     channels_of,
-    final_metrics,
     job_state,
     plan_training_job,
+    tracked_metrics,
 )
 from workloads.platform import PlatformDescriptor
 
@@ -141,7 +141,7 @@ class SageMakerJobs(JobBackend):
             networking=Networking(
                 subnets=plan.subnet_ids,
                 security_group_ids=plan.security_group_ids,
-                enable_inter_container_traffic_encryption=plan.instance_count > 1 or None,
+                enable_inter_container_traffic_encryption=plan.inter_container_encryption or None,
             ),
             stopping_condition=StoppingCondition(**stopping),
             output_data_config=OutputDataConfig(
@@ -189,16 +189,10 @@ class SageMakerJobs(JobBackend):
             hyperparameters=dict(d.get("HyperParameters", {})),
             image=d.get("AlgorithmSpecification", {}).get("TrainingImage"),
             artifact_uri=d.get("ModelArtifacts", {}).get("S3ModelArtifacts"),
-            metrics={k: v for k, v in final_metrics(d).items() if k in self._tracked(d)},
+            metrics=tracked_metrics(d),
             labels=tags,
             created=created.isoformat() if created is not None else None,
         )
-
-    @staticmethod
-    def _tracked(describe: dict[str, Any]) -> set[str]:
-        """Our metric definitions' names (not SageMaker's own `train:progress`...)."""
-        spec = describe.get("AlgorithmSpecification", {})
-        return {m["Name"] for m in spec.get("MetricDefinitions", [])}
 
     def _tags(self, arn: str) -> dict[str, str]:
         response = self.sagemaker_client().list_tags(ResourceArn=arn)

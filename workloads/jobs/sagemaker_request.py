@@ -57,6 +57,11 @@ class TrainingJobPlan:
     tags: dict[str, str]
     environment: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def inter_container_encryption(self) -> bool:
+        """Encrypt traffic between the instances of a job that has more than one."""
+        return self.instance_count > 1
+
 
 def metric_names(descriptor: PlatformDescriptor, model_group: str | None) -> list[str]:
     names: list[str] = list(TRACKED_METRICS)
@@ -139,6 +144,13 @@ def job_state(status: str) -> str:
 
 def final_metrics(describe: Mapping) -> dict[str, float]:
     return {m["MetricName"]: float(m["Value"]) for m in describe.get("FinalMetricDataList", [])}
+
+
+def tracked_metrics(describe: Mapping) -> dict[str, float]:
+    """The final values of our metric definitions (not SageMaker's own `train:progress`...)."""
+    spec = describe.get("AlgorithmSpecification", {})
+    names = {m["Name"] for m in spec.get("MetricDefinitions", [])}
+    return {k: v for k, v in final_metrics(describe).items() if k in names}
 
 
 def channels_of(describe: Mapping) -> dict[str, str]:
