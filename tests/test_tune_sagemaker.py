@@ -7,6 +7,7 @@ ListTrainingJobsForHyperParameterTuningJob)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from datetime import UTC, datetime
 
@@ -14,8 +15,8 @@ import boto3
 import optuna
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
+from tests.sagemaker_support import sdk_under_moto
 from workloads.training.metric_line import format_metric
 from workloads.tuning import sagemaker
 from workloads.tuning.sagemaker_request import (
@@ -58,36 +59,8 @@ def space(**changes):
 
 @pytest.fixture
 def sm_env(aws_env, monkeypatch, tmp_path):
-    """The SDK's documented switches (no role validation, telemetry opted out by a config
-    file), a record of every AWS call and CreateHyperParameterTuningJob request, and moto."""
-    pytest.importorskip("sagemaker.train.tuner", reason="the `sagemaker` extra is not installed")
-    from workloads.jobs.sagemaker import SDK_CONFIG
-
-    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
-    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(tmp_path / "sm-config.yaml"))
-    (tmp_path / "sm-config.yaml").write_text(SDK_CONFIG)
-    import sagemaker.core.telemetry.telemetry_logging as telemetry
-
-    telemetry_sent: list = []
-    monkeypatch.setattr(
-        telemetry, "_send_telemetry_request", lambda *a, **k: telemetry_sent.append(a)
-    )
-    with mock_aws():
-        session = boto3.Session(region_name="us-east-1")
-        calls: list[str] = []
-        requests: list[dict] = []
-        session.events.register(
-            "before-call.*.*",
-            lambda model, **_: calls.append(f"{model.service_model.service_name}:{model.name}"),
-        )
-        session.events.register_last(  # the request as sent: after every other hook
-            "before-parameter-build.sagemaker.CreateHyperParameterTuningJob",
-            lambda params, **_: requests.append(copy.deepcopy(params)),
-        )
-        yield session, calls, requests, telemetry_sent
-    from sagemaker.core.utils.utils import SageMakerClient
-
-    SageMakerClient.reset()  # the SDK caches clients per session
+    with sdk_under_moto(monkeypatch, tmp_path, "us-east-1") as record:
+        yield record.session, record.calls, record.requests, record.telemetry
 
 
 def test_the_sdk_tuner_sends_the_plan(sm_env):
@@ -356,3 +329,24 @@ def test_finished_sagemaker_trials_join_the_study(tmp_path, aws_env):
     assert trials["t-004"].user_attrs["failure"] == "AlgorithmError: oom"
     assert study.best_trial.user_attrs[sagemaker.JOB_ATTR] == "t-003"
     assert len(study.trials) == 5
+
+
+def test_network_settings_the_sdk_drops_reach_the_request(sm_env):
+    """sagemaker-train 1.27 copies `Networking`'s VPC config into the tuning job's training
+    job definition but not its network isolation or inter-container encryption."""
+    session, _, requests, _ = sm_env
+    setup = dataclasses.replace(
+        SETUP,
+        instance_count=2,
+        subnet_ids=("subnet-0a",),
+        security_group_ids=("sg-0a",),
+        network_isolation=True,
+        inter_container_encryption=True,
+    )
+    sagemaker.start(session, space(), setup, "churn-tune-net")
+    (request,) = requests
+    definition = request["TrainingJobDefinition"]
+    assert definition["VpcConfig"] == {"Subnets": ["subnet-0a"], "SecurityGroupIds": ["sg-0a"]}
+    assert definition["EnableNetworkIsolation"] is True
+    assert definition["EnableInterContainerTrafficEncryption"] is True
+    assert definition["ResourceConfig"]["InstanceCount"] == 2

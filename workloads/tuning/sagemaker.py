@@ -68,8 +68,13 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
             IntegerParameter,
         )
         from sagemaker.core.shapes import HyperParameterTuningJobStrategyConfig
-        from sagemaker.core.shapes.shapes import HyperbandStrategyConfig
-        from sagemaker.core.training.configs import Compute, OutputDataConfig, StoppingCondition
+        from sagemaker.core.shapes.shapes import HyperbandStrategyConfig, VpcConfig
+        from sagemaker.core.training.configs import (
+            Compute,
+            Networking,
+            OutputDataConfig,
+            StoppingCondition,
+        )
         from sagemaker.train import ModelTrainer
         from sagemaker.train.tuner import HyperparameterTuner
     except ImportError:
@@ -86,6 +91,12 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
             instance_count=setup.instance_count,
             volume_size_in_gb=setup.volume_gb,
             volume_kms_key_id=setup.kms_key,
+        ),
+        networking=Networking(
+            subnets=list(setup.subnet_ids) or None,
+            security_group_ids=list(setup.security_group_ids) or None,
+            enable_network_isolation=setup.network_isolation or None,
+            enable_inter_container_traffic_encryption=setup.inter_container_encryption or None,
         ),
         stopping_condition=StoppingCondition(max_runtime_in_seconds=setup.max_runtime_s),
         output_data_config=OutputDataConfig(
@@ -114,13 +125,24 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
 
     class Tuner(HyperparameterTuner):
         """sagemaker-train 1.27's training job definition copies instance type, count and
-        volume size from `Compute` but not `volume_kms_key_id`: the trials' volumes would
-        lose the team's key."""
+        volume size from `Compute` but not `volume_kms_key_id` (the trials' volumes would
+        lose the team's key), nor the network isolation and inter-container encryption of
+        `Networking`; it copies the VPC config but drops it silently when that fails. All
+        are set here from the setup."""
 
         def _build_training_job_definition(self, inputs):  # type: ignore[no-untyped-def]
             built = super()._build_training_job_definition(inputs)
             if setup.kms_key:
                 built.resource_config.volume_kms_key_id = setup.kms_key
+            if setup.subnet_ids or setup.security_group_ids:
+                built.vpc_config = VpcConfig(
+                    subnets=list(setup.subnet_ids),
+                    security_group_ids=list(setup.security_group_ids),
+                )
+            if setup.network_isolation:
+                built.enable_network_isolation = True
+            if setup.inter_container_encryption:
+                built.enable_inter_container_traffic_encryption = True
             return built
 
     return Tuner(
@@ -128,7 +150,7 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
         objective_metric_name=config["HyperParameterTuningJobObjective"]["MetricName"],
         objective_type=config["HyperParameterTuningJobObjective"]["Type"],
         hyperparameter_ranges=ranges,
-        metric_definitions=metric_definitions(space),
+        metric_definitions=metric_definitions(space, setup.metric_definitions),
         strategy=config["Strategy"],
         strategy_config=strategy_config,
         early_stopping_type=config["TrainingJobEarlyStoppingType"],
@@ -136,6 +158,7 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
         max_parallel_jobs=limits["MaxParallelTrainingJobs"],
         max_runtime_in_seconds=limits.get("MaxRuntimeInSeconds"),
         random_seed=config.get("RandomSeed"),
+        tags=[{"Key": k, "Value": v} for k, v in setup.tags] or None,
     )
 
 

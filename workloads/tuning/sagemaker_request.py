@@ -52,7 +52,16 @@ class TrainingSetup:
     instance_count: int = 1
     volume_gb: int = 30
     max_runtime_s: int = 86_400  # per training job
-    kms_key: str | None = None
+    kms_key: str | None = None  # the volumes' and the output's
+    # VpcConfig: the trials run in these private subnets, behind these security groups.
+    subnet_ids: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+    network_isolation: bool = False
+    inter_container_encryption: bool = False
+    # Reported besides the objective and the losses (the job API's tracked metrics and the
+    # gate's), as SageMaker metric definitions.
+    metric_definitions: tuple[dict[str, str], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()  # on the tuning job; SageMaker copies them to its jobs
 
 
 def tuning_job_name(study: str, suffix: str = "") -> str:
@@ -173,7 +182,11 @@ def check_job_name(job_name: str) -> None:
         raise UnsupportedSpace(f"tuning job name {job_name!r} must match {JOB_NAME.pattern}")
 
 
-def metric_definitions(space: SearchSpace) -> list[dict[str, str]]:
-    """The objective and the losses, read from the training contract's metric line."""
+def metric_definitions(
+    space: SearchSpace, extra: tuple[dict[str, str], ...] = ()
+) -> list[dict[str, str]]:
+    """The objective and the losses, read from the training contract's metric line, then
+    `extra` definitions of other names."""
     names = list(dict.fromkeys([space.objective.metric, *ALSO_REPORTED]))
-    return sagemaker_metric_definitions(names)
+    found = sagemaker_metric_definitions(names)
+    return found + [d for d in extra if d["Name"] not in names]
