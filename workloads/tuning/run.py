@@ -124,7 +124,7 @@ def tune_stack(
     **common: Any,
 ) -> TuneOutcome:
     """`mlinfra tune --stack S`: the driver of the stack's training backend (local
-    processes, or Jobs on the stack's GPU pool)."""
+    processes, Jobs on the stack's GPU pool, or SageMaker's tuner)."""
     from workloads.jobs.base import JobError, default_backend
     from workloads.jobs.run import stack_descriptor
 
@@ -153,9 +153,20 @@ def tune_stack(
             on_note=on_note,
             **common,
         )
-    raise TuningError(
-        f"stack {stack!r} trains on {backend}: `mlinfra tune` runs local and Kubernetes "
-        "trials; SageMaker's tuner is not wired into it yet"
+    if pool is not None:
+        raise TuningError(
+            f"--pool {pool}: a Kubernetes node pool; stack {stack!r} tunes with SageMaker's "
+            "tuner (its training jobs run on SageMaker instances)"
+        )
+    return tune_sagemaker(
+        space_path,
+        stack=stack,
+        state=state,
+        platform=platform,
+        image=image,
+        serve_image=serve_image,
+        on_note=on_note,
+        **common,
     )
 
 
@@ -219,6 +230,77 @@ def tune_kubernetes(
         (on_note or (lambda text: None))(line)
     outcome = conclude(
         tuner.study, tuner.run(), space, folder, descriptor, group, serve_image or image
+    )
+    if deploy and outcome.version is not None:
+        outcome.messages += deploy_endpoints(outcome, descriptor, group)
+    return outcome
+
+
+def tune_sagemaker(
+    space_path: Path,
+    *,
+    train: str,
+    stack: str,
+    image: str | None,
+    validation: str | None = None,
+    instance_type: str | None = None,
+    serve_image: str | None = None,
+    platform: str | Path | None = None,
+    state: str | Path | None = None,
+    group: str | None = None,
+    study: str | None = None,
+    deploy: bool = False,
+    boto_session: Any = None,
+    client: Any = None,
+    on_start: Callable[[SearchSpace, str], None] | None = None,
+    on_update: Callable[[TrialView], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TuneOutcome:
+    """Tune with SageMaker's tuner (`tuning.sagemaker_search`): one tuning job per study,
+    its training jobs made as `mlinfra train --on sagemaker` makes its job, their results
+    copied into the study under the stack's state dir, SageMaker's best job registered."""
+    from workloads.jobs.base import JobError
+    from workloads.jobs.run import stack_descriptor
+    from workloads.jobs.sagemaker import SageMakerJobs
+    from workloads.tuning.sagemaker_request import UnsupportedSpace, tuning_config
+    from workloads.tuning.sagemaker_search import SageMakerSearch, job_name, training_setup
+
+    space = load_space(space_path)  # a bad space fails here, before any call
+    try:
+        tuning_config(space)  # and one SageMaker's tuner cannot run
+    except UnsupportedSpace as exc:
+        raise TuningError(str(exc)) from None
+    try:
+        descriptor = stack_descriptor(stack, state, platform)
+        jobs = SageMakerJobs(descriptor, boto_session=boto_session)
+    except JobError as exc:
+        raise TuningError(str(exc)) from None
+    group = pick_group(descriptor, group)
+    name = study_name(space, space_path, group, study)
+    job = job_name(stack, name, space)
+    channels = {"train": train} | ({"validation": validation} if validation else {})
+    setup = training_setup(
+        jobs, space, name=job, channels=channels, image_tag=image, group=group,
+        instance_type=instance_type,
+    )  # fmt: skip
+    folder = localenv.StackPaths.of(stack, state).root / "tuning" / name
+    search = SageMakerSearch(
+        space,
+        folder,
+        study=name,
+        job=job,
+        setup=setup,
+        boto_session=jobs.boto_session,
+        client=client,
+        on_update=on_update,
+        on_note=on_note,
+        sleep=sleep,
+    )
+    if on_start:
+        on_start(space, name)
+    outcome = conclude(
+        search.study, search.run(), space, folder, descriptor, group, serve_image or image
     )
     if deploy and outcome.version is not None:
         outcome.messages += deploy_endpoints(outcome, descriptor, group)
