@@ -143,7 +143,7 @@ def run(aws, tmp_path, script: Script, **kw):
             train=kw.pop("train", CHANNELS["train"]),
             validation=CHANNELS["validation"],
             stack="vision-dev",
-            image="v3",
+            image=kw.pop("image", "v3"),
             platform=tmp_path / "platform.json",
             state=tmp_path / "state",
             boto_session=aws.session,
@@ -356,17 +356,7 @@ def test_channels_outside_the_team_buckets_are_refused_before_anything(aws, tmp_
 def test_an_image_tag_not_pushed_is_refused(aws, tmp_path):
     script = Script(the_job(tmp_path))
     with pytest.raises(TuningError, match="image tag 'v9' does not exist"):
-        with script.stub:
-            tune_sagemaker(
-                space_file(tmp_path),
-                train=CHANNELS["train"],
-                stack="vision-dev",
-                image="v9",
-                platform=tmp_path / "platform.json",
-                state=tmp_path / "state",
-                boto_session=aws.session,
-                client=script.client,
-            )
+        run(aws, tmp_path, script, image="v9")
     assert aws.requests == []
 
 
