@@ -379,3 +379,22 @@ def test_mlinfra_tune_sends_a_sagemaker_stack_to_sagemakers_tuner(aws, tmp_path)
     with pytest.raises(TuningError, match="no conditional parameters"):
         tune_stack(space_file(tmp_path, parameters=conditional), image="v3", **common)
     assert aws.requests == []
+
+
+def test_on_a_tie_sagemakers_best_job_wins_and_the_run_says_so(aws, tmp_path):
+    job = the_job(tmp_path)
+    first, second = f"{job}-001-abcd", f"{job}-002-abcd"
+    script = Script(job)
+    script.described("Completed", best=second)  # Optuna keeps the first of a tie
+    script.listed(
+        script.summary(first, "Completed", "0.05", 0.9),
+        script.summary(second, "Completed", "0.01", 0.9),
+    )
+    uri = script.training_job(second, {"auc": 0.9})
+    notes: list[str] = []
+    outcome, _ = run(aws, tmp_path, script, on_note=notes.append)
+    assert outcome.result.best.number == 1 and outcome.result.best_model_uri == uri
+    assert notes[-1] == (
+        f"SageMaker's best training job {second} (trial 1) is registered; the study's best "
+        "is trial 0"
+    )

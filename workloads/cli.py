@@ -617,7 +617,8 @@ def tune(
     study: Annotated[str | None, typer.Option(help="Study name (default: GROUP-SPACE)")] = None,
     deploy: Annotated[bool, typer.Option(help="Roll the best model out if approved")] = False,
     image: Annotated[
-        str | None, typer.Option("--image", help="Training image tag (Kubernetes trials)")
+        str | None,
+        typer.Option("--image", help="Training image tag (Kubernetes or SageMaker trials)"),
     ] = None,
     pool: Annotated[
         str | None, typer.Option(help="GPU pool of the trials (default: the stack's only one)")
@@ -630,9 +631,9 @@ def tune(
     state_dir: StateOpt = None,
     stacks_dir: StacksDirOpt = Path("stacks"),
 ) -> None:
-    """Tune hyperparameters: trials under the training contract (local processes, or Jobs
-    on the stack's GPU pool within the namespace's quota), pruned, resumable; the best is
-    registered, gated and (with --deploy) rolled out."""
+    """Tune hyperparameters: trials under the training contract (local processes, Jobs on
+    the stack's GPU pool within the namespace's quota, or SageMaker's tuner), pruned,
+    resumable; the best is registered, gated and (with --deploy) rolled out."""
     try:
         from workloads.tuning import report
         from workloads.tuning.run import tune_stack

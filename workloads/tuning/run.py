@@ -137,8 +137,8 @@ def tune_stack(
         given = [f"--{n}" for n, v in (("image", image), ("pool", pool)) if v is not None]
         if given:
             raise TuningError(
-                f"{' and '.join(given)}: for stacks that train on Kubernetes; stack {stack!r} "
-                "runs its trials as local processes"
+                f"{' and '.join(given)}: for stacks that train on Kubernetes or SageMaker; "
+                f"stack {stack!r} runs its trials as local processes"
             )
         return tune_local(space_path, stack=stack, state=state, stacks_dir=stacks_dir, **common)
     if backend == "kubernetes":
