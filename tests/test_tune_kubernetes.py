@@ -445,3 +445,27 @@ def test_mlinfra_tune_on_a_kubernetes_stack_needs_an_image(aws_env, tmp_path):
     result = CliRunner().invoke(app, argv)
     assert result.exit_code != 0
     assert "--image TAG is required on Kubernetes" in result.output
+
+
+def test_a_refused_run_leaves_no_study_behind(emulated, tmp_path):
+    jobs, _, _ = emulated
+    platform = tmp_path / "platform.json"
+    platform.write_text(DESC.to_json())
+    path = tmp_path / "tune.yaml"
+    path.write_text(
+        "objective: {metric: auc, direction: maximize}\n"
+        "budget: {trials: 2, parallel: 2}\n"
+        "fixed: {target: churned, epochs: 2}\n"
+        "parameters: {learning_rate: {type: float, low: 0.001, high: 0.1}}\n"
+    )
+    with pytest.raises(TuningError, match="image tag 'v9' does not exist"):
+        tune_kubernetes(
+            path,
+            train=CHANNELS["train"],
+            stack="vision-dev",
+            image="v9",  # not pushed
+            platform=platform,
+            state=tmp_path / "state",
+            jobs=jobs,
+        )
+    assert not (tmp_path / "state").exists()

@@ -21,6 +21,7 @@ fails them, so nothing runs on by accident; the same command continues the study
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 import uuid
@@ -99,11 +100,6 @@ class KubernetesTuner:
         self.sleep = sleep
         self.poll_seconds = jobs.poll_seconds
         self.id = uuid.uuid4().hex[:12]
-        self.study = open_study(space, folder, study)
-        with flock(folder / "study.lock"):
-            if ID_ATTR not in self.study.user_attrs:
-                self.study.set_user_attr(ID_ATTR, uuid.uuid4().hex[:6])
-        self.key = str(self.study.user_attrs[ID_ATTR])
         self.trials, self.notes = trial_budget(space)
         self.slots = space.budget.parallel
         self.quota: QuotaFit | None = None
@@ -112,21 +108,39 @@ class KubernetesTuner:
         self._failures = 0
         self._fatal: str | None = None
 
+    @functools.cached_property
+    def study(self) -> optuna.Study:
+        """The study, made on first use: after `plan`, so a refused run leaves no folder."""
+        study = open_study(self.space, self.folder, self.name)
+        with flock(self.folder / "study.lock"):
+            if ID_ATTR not in study.user_attrs:
+                study.set_user_attr(ID_ATTR, uuid.uuid4().hex[:6])
+        return study
+
+    @functools.cached_property
+    def key(self) -> str:
+        return str(self.study.user_attrs[ID_ATTR])
+
+    def _study_lock(self) -> Any:
+        """The study's lock, the study made first (making it takes that lock too)."""
+        _ = self.key  # makes the study and its id, outside the lock
+        return flock(self.folder / "study.lock")
+
     # -- what each trial submits --------------------------------------------------------------
 
-    def job_name(self, number: int) -> str:
+    def job_name(self, number: int, key: str | None = None) -> str:
         """`<study>-<id>-<number>`: unique per study (and per study made again under the
         same name), at most the job API's name length."""
         prefix = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
         if not prefix[:1].isalpha():
             prefix = f"tune-{prefix}".rstrip("-")
-        tail = f"-{self.key}-{number:04d}"
+        tail = f"-{key or self.key}-{number:04d}"
         return prefix[: MAX_JOB_NAME - len(tail)].rstrip("-") + tail
 
-    def request(self, number: int, params: Mapping[str, Any]) -> JobRequest:
+    def request(self, number: int, params: Mapping[str, Any], key: str | None = None) -> JobRequest:
         t = self.trial_jobs
         return JobRequest(
-            name=self.job_name(number),
+            name=self.job_name(number, key),
             channels=dict(t.channels),
             hyperparameters=self.space.hyperparameters(params),
             image_tag=t.image_tag,
@@ -143,7 +157,9 @@ class KubernetesTuner:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        probe = self.request(0, {})  # the resources do not depend on the sampled values
+        # The resources do not depend on the sampled values, nor the name on the study's id
+        # (a key of the same length): nothing is made before the checks pass.
+        probe = self.request(0, {}, key="0" * 6)
         try:
             self.jobs.check(probe)
         except JobError as exc:
@@ -232,7 +248,7 @@ class KubernetesTuner:
 
     def _adopt(self) -> None:
         """Follow the Jobs of RUNNING trials whose tuner is gone (killed, crashed)."""
-        with flock(self.folder / "study.lock"):
+        with self._study_lock():
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 owner = t.user_attrs.get("tuner")
                 if owner == self.id or (owner and held(self.folder / "tuners" / f"{owner}.lock")):
@@ -255,7 +271,7 @@ class KubernetesTuner:
         namespace's) or DONE. Under the study's lock."""
         if deadline is not None and time.monotonic() > deadline:
             return DONE
-        with flock(self.folder / "study.lock"):
+        with self._study_lock():
             trials = self.study.get_trials(deepcopy=False)
             if sum(1 for t in trials if t.state in (*FINISHED, TrialState.RUNNING)) >= self.trials:
                 return DONE
