@@ -430,7 +430,8 @@ def test_mlinfra_tune_on_a_kubernetes_stack_registers_the_best_trial(emulated, t
     )
 
 
-def test_mlinfra_tune_on_a_kubernetes_stack_needs_an_image(aws_env, tmp_path):
+def stack_files(tmp_path: Path) -> tuple[Path, Path]:
+    """The stack's descriptor (`--platform`) and a small search space."""
     platform = tmp_path / "platform.json"
     platform.write_text(DESC.to_json())
     path = tmp_path / "tune.yaml"
@@ -440,6 +441,11 @@ def test_mlinfra_tune_on_a_kubernetes_stack_needs_an_image(aws_env, tmp_path):
         "fixed: {target: churned, epochs: 2}\n"
         "parameters: {learning_rate: {type: float, low: 0.001, high: 0.1}}\n"
     )
+    return platform, path
+
+
+def test_mlinfra_tune_on_a_kubernetes_stack_needs_an_image(aws_env, tmp_path):
+    platform, path = stack_files(tmp_path)
     argv = ["tune", "--stack", "vision-dev", "--platform", str(platform), "--space", str(path)]
     argv += ["--train", CHANNELS["train"], "--state-dir", str(tmp_path / "state")]
     result = CliRunner().invoke(app, argv)
@@ -449,15 +455,7 @@ def test_mlinfra_tune_on_a_kubernetes_stack_needs_an_image(aws_env, tmp_path):
 
 def test_a_refused_run_leaves_no_study_behind(emulated, tmp_path):
     jobs, _, _ = emulated
-    platform = tmp_path / "platform.json"
-    platform.write_text(DESC.to_json())
-    path = tmp_path / "tune.yaml"
-    path.write_text(
-        "objective: {metric: auc, direction: maximize}\n"
-        "budget: {trials: 2, parallel: 2}\n"
-        "fixed: {target: churned, epochs: 2}\n"
-        "parameters: {learning_rate: {type: float, low: 0.001, high: 0.1}}\n"
-    )
+    platform, path = stack_files(tmp_path)
     with pytest.raises(TuningError, match="image tag 'v9' does not exist"):
         tune_kubernetes(
             path,
