@@ -50,3 +50,76 @@ def test_deploy_refuses_bad_input_with_one_message(aws_env, tmp_path, monkeypatc
         assert code == 1 and "model group 'nope' is not declared in the platform" in out
         code, out = run_cli("batch", "s3://i/", "s3://o/", "-g", "churn", *base)
         assert code == 1 and "model group 'churn' has no approved version" in out
+
+
+def _client_error() -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}},
+        "CreateEndpointConfig",
+    )
+
+
+def _cloud_errors() -> list[tuple[Exception, str]]:
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config import ConfigException
+    from urllib3.exceptions import MaxRetryError
+
+    forbidden = ApiException(status=403, reason="Forbidden")
+    forbidden.body = '{"message": "jobs.batch is forbidden: User cannot create"}'
+    return [
+        (
+            _client_error(),
+            "AWS refused CreateEndpointConfig: AccessDeniedException: not authorized",
+        ),
+        (NoCredentialsError(), "AWS: Unable to locate credentials (check the credentials"),
+        (
+            EndpointConnectionError(endpoint_url="https://127.0.0.1:1"),
+            'AWS: Could not connect to the endpoint URL: "https://127.0.0.1:1"',
+        ),
+        (forbidden, "Kubernetes API: 403 Forbidden: jobs.batch is forbidden: User cannot"),
+        (ConfigException("no kubeconfig"), "Kubernetes: no kubeconfig (check the kubeconfig"),
+        (
+            MaxRetryError(None, "/apis/batch/v1", reason=ConnectionRefusedError("refused")),
+            "Kubernetes API unreachable: refused",
+        ),
+    ]
+
+
+def test_cloud_errors_are_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """What AWS or the cluster answers (no credentials, access denied, unreachable) ends
+    `deploy`, `batch` and the job commands with one line and exit 1."""
+    from workloads.jobs import batch, rollout
+    from workloads.jobs.sagemaker import SageMakerJobs
+
+    path = tmp_path / "platform.json"
+    aws_descriptor().write(path)
+    base = ["--stack", "team-dev", "--platform", str(path)]
+    for error, expected in _cloud_errors():
+
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(rollout, "deploy", fail)
+        monkeypatch.setattr(batch, "batch", fail)
+        monkeypatch.setattr(SageMakerJobs, "list", fail)
+        for args in (
+            ["deploy", "churn", *base],
+            ["batch", "s3://i/", "s3://o/", "-g", "churn", *base],
+            ["jobs", "list", *base, "--on", "sagemaker"],
+        ):
+            result = runner.invoke(app, args)
+            out = " ".join(result.output.split())
+            assert result.exit_code == 1, (args, out, result.exception)
+            assert expected in out, (args, out)
+            assert "Traceback" not in out
+
+
+def test_other_errors_still_surface():
+    """Only cloud answers become one line: a bug elsewhere keeps its traceback."""
+    from workloads.cli import cloud_error
+
+    assert cloud_error(KeyError("x")) is None
+    assert cloud_error(_client_error()) is not None

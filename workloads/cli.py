@@ -80,6 +80,38 @@ USER_ERRORS = (
 )
 
 
+def cloud_error(exc: BaseException) -> str | None:
+    """One line for what AWS or the cluster answered (no credentials, access denied, a
+    throttled or refused call, an unreachable endpoint); None for anything else. Only the
+    CLI catches these: below it, a refused call is an error like any other."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "error"), error.get("Message", "")
+        return f"AWS refused {exc.operation_name}: {code}: {message}".rstrip(": ")
+    if isinstance(exc, BotoCoreError):  # no credentials, no region, endpoint unreachable
+        return f"AWS: {exc} (check the credentials and region of the stack's account)"
+    try:
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.config import ConfigException
+    except ImportError:  # the `kubernetes` extra is not installed: nothing of it can fail
+        return None
+    if isinstance(exc, ApiException):
+        try:
+            detail = json.loads(exc.body or "{}").get("message", "")
+        except (ValueError, AttributeError):
+            detail = ""
+        return f"Kubernetes API: {exc.status} {exc.reason}: {detail}".rstrip(": ")
+    if isinstance(exc, ConfigException):
+        return f"Kubernetes: {exc} (check the kubeconfig of the stack's cluster)"
+    from urllib3.exceptions import MaxRetryError
+
+    if isinstance(exc, MaxRetryError):  # the client's way of saying: no answer from there
+        return f"Kubernetes API unreachable: {exc.reason} (is the cluster endpoint reachable?)"
+    return None
+
+
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     try:
@@ -90,6 +122,11 @@ def _one_line_errors() -> Iterator[None]:
         if not is_no_space(exc):
             raise
         raise _fail(str(NoSpaceError(exc.filename or "a file of the stack"))) from None
+    except Exception as exc:
+        message = cloud_error(exc)
+        if message is None:
+            raise
+        raise _fail(message) from None
 
 
 def _parse_ports(values: list[str]) -> dict[str, int]:
@@ -453,10 +490,11 @@ def _job_errors() -> Iterator[None]:
     """A job error (bad input, no such job) is one line on stderr and exit 1."""
     from workloads.jobs.base import JobError
 
-    try:
-        yield
-    except (JobError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+    with _one_line_errors():
+        try:
+            yield
+        except (JobError, ValueError) as exc:
+            raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -715,7 +753,7 @@ def deploy(
         descriptor = stack_descriptor(stack, state_dir, platform)
         kind = descriptor.endpoints[endpoint].kind if endpoint in descriptor.endpoints else ""
         extra = {"stacks_dir": stacks_dir} if kind == "local" else {}
-        with console.status(f"deploying to {endpoint} ..."):
+        with _one_line_errors(), console.status(f"deploying to {endpoint} ..."):
             result = rollout.deploy(descriptor, endpoint, version, image_tag=image_tag, **extra)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
@@ -754,7 +792,7 @@ def batch_command(
 
     try:
         descriptor = stack_descriptor(stack, state_dir, platform)
-        with console.status(f"scoring {input_uri} ..."):
+        with _one_line_errors(), console.status(f"scoring {input_uri} ..."):
             result = batch(
                 descriptor, model_group, input_uri, output_uri, version, on=on, image_tag=image_tag
             )
