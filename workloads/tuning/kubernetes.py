@@ -38,6 +38,7 @@ from workloads.jobs.base import MAX_JOB_NAME, JobError, JobRequest, JobStatus
 from workloads.jobs.kubernetes import KubernetesJobs
 from workloads.jobs.kubernetes_quota import QuotaFit, read_fit
 from workloads.training.metric_line import parse_metric_lines
+from workloads.tuning.progress import BestSoFar
 from workloads.tuning.space import SearchSpace
 from workloads.tuning.study import (
     TrialView,
@@ -76,6 +77,7 @@ class _Running:
     reported: set[int]
     cursor: Any = None
     seen: dict[int, set[str]] = field(default_factory=dict)
+    best: BestSoFar | None = None  # the running best reported to the pruner
 
 
 class KubernetesTuner:
@@ -340,9 +342,11 @@ class KubernetesTuner:
                 continue
             r.view.value = m.value
             self._publish(r.view)
+            r.best = r.best or BestSoFar(self.space.objective.direction)
+            value = r.best(m.value)
             if m.epoch in r.reported or prune:
                 continue
-            r.trial.report(m.value, m.epoch)
+            r.trial.report(value, m.epoch)
             r.reported.add(m.epoch)
             prune = r.trial.should_prune()
         if len(r.seen) >= 2 and not any(metric in names for names in r.seen.values()):

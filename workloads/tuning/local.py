@@ -46,6 +46,7 @@ from optuna.trial import TrialState
 
 from workloads.training.contract import TrainingContract, parse_hyperparameters
 from workloads.training.metric_line import parse_metric_lines
+from workloads.tuning.progress import BestSoFar
 from workloads.tuning.space import SearchSpace
 from workloads.tuning.study import (
     TrialView,
@@ -291,6 +292,7 @@ class LocalTuner:
         The log is read from its start: a resumed trial's earlier epochs are reported once."""
         metric = self.space.objective.metric
         reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
+        best = BestSoFar(self.space.objective.direction)
         seen: dict[int, set[str]] = {}
         pruned = False
         with open(log_path, errors="replace") as log:
@@ -314,9 +316,10 @@ class LocalTuner:
                         continue
                     view.value = m.value
                     self._publish(view)
+                    value = best(m.value)
                     if m.epoch in reported or pruned:
                         continue
-                    trial.report(m.value, m.epoch)
+                    trial.report(value, m.epoch)
                     reported.add(m.epoch)
                     if trial.should_prune():
                         pruned = True
