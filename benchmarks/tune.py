@@ -93,12 +93,9 @@ def space(name: str, trials: int, epochs: int, sampler: str, pruning: str, paral
             "objective": {"metric": "validation_loss", "direction": "minimize"},
             "budget": {"trials": trials, "parallel": parallel},
             "sampler": sampler,
-            # Median pruning starts once a sixth of the budget (at least 2) has completed.
-            "pruning": {
-                "type": pruning,
-                "startup_trials": max(2, trials // 6),
-                "warmup_epochs": 3,
-            },
+            # The product's defaults: median pruning once 5 trials have completed, from a
+            # tenth of the epochs on, on each trial's best validation loss so far.
+            "pruning": pruning,
             "seed": 0,
             "fixed": {
                 "target": "target",

@@ -49,6 +49,10 @@ BAD = [
     ("budget.retries", 2, "budget.retries", "unknown field"),
     ("sampler", "cmaes", "sampler", "'tpe', 'random' or 'grid'"),
     ("pruning", "asha", "pruning.type", "'median', 'hyperband' or 'off'"),
+    ("pruning", {"warmup_epochs": -1}, "pruning.warmup_epochs", "greater than or equal to 0"),
+    ("pruning", {"startup_trials": -1}, "pruning.startup_trials", "greater than or equal to 0"),
+    ("pruning", {"warmup_epochs": 3}, "pruning.warmup_epochs", "not below the 3 epochs"),
+    ("pruning", {"type": "median", "interval": 2}, "pruning.interval", "unknown field"),
     ("parameters", {}, "parameters", "at least 1 item"),
     ("parameters.dropout.type", "uniform", "parameters.dropout", "float, int, categorical"),
     ("parameters.learning_rate.low", 0.5, "parameters.learning_rate", "must be below 'high'"),
@@ -192,3 +196,26 @@ def test_the_grid_runs_out_under_ask_and_tell():
         space.suggest(trial)
         study.tell(trial, trial.params["learning_rate"])  # the last one raised before
     assert sorted(t.params["learning_rate"] for t in study.trials) == [0.01, 0.1]
+
+
+def test_median_pruning_defaults_and_resume():
+    """Warm-up: a tenth of a trial's epochs, at least 1, unless given; pruning may change
+    when a study resumes (it is not part of the fingerprint), the parameters may not."""
+    three = parse_space(GOOD, "tune.yaml")  # 3 epochs per trial
+    assert three.pruning.type == "median" and three.pruning.startup_trials == 5
+    assert three.warmup_epochs() == 1
+    thirty = parse_space(with_("fixed.epochs", 30), "tune.yaml")
+    assert thirty.warmup_epochs() == 3
+    assert thirty.make_pruner()._n_warmup_steps == 3
+    assert thirty.make_pruner()._n_startup_trials == 5
+    given = parse_space(with_("pruning", {"type": "median", "warmup_epochs": 0}), "tune.yaml")
+    assert given.warmup_epochs() == 0 and given.make_pruner()._n_warmup_steps == 0
+    assert parse_space(with_("pruning", {"warmup_epochs": 2}), "x").warmup_epochs() == 2
+    # the old long form still reads (the hyperband factor, explicit median settings)
+    hyper = parse_space(with_("pruning", {"type": "hyperband", "reduction_factor": 2}), "x")
+    assert hyper.make_pruner()._reduction_factor == 2
+    # hyperband and off do not warm up: a warm-up as long as the trial is no error there
+    assert parse_space(with_("pruning", {"type": "off", "warmup_epochs": 3}), "x")
+    off = parse_space(with_("pruning", "off"), "x")
+    assert off.fingerprint() == three.fingerprint() == given.fingerprint()
+    assert thirty.fingerprint() != three.fingerprint()

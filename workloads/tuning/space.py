@@ -14,7 +14,17 @@
       dropout: {type: float, low: 0.0, high: 0.5, when: {hidden_sizes: "128,64"}}
 
 A parameter is a hyperparameter of the training contract (the harness settings and the
-task's own); `when` makes it conditional on a categorical parameter's value. A bad space
+task's own); `when` makes it conditional on a categorical parameter's value.
+
+Pruning `median` stops a trial whose best objective so far is worse than the median of
+the completed trials' at the same epoch (Optuna's `MedianPruner`); the drivers report each
+epoch's running best, the epoch the harness would keep (`workloads.tuning.progress`). Its
+settings, in the long form `pruning: {type: median, startup_trials: 5, warmup_epochs: 3}`:
+`startup_trials` (default 5) trials complete before any is pruned, and a trial runs
+`warmup_epochs` epochs before it may be (default: a tenth of the trial's epochs, at least
+1, so a slow start is not mistaken for a poor trial). `hyperband` takes `reduction_factor`
+(default 3). Pruning is not part of what a study was made from: a resumed study may change
+it (a completed trial's value does not depend on it). A bad space
 fails before any trial, with the file, the field and what is allowed (`SpaceError`); a
 space a backend cannot express is refused by that backend with the reason.
 """
@@ -177,7 +187,8 @@ class Budget(_Model):
 class Pruning(_Model):
     type: Literal["median", "hyperband", "off"] = "median"
     startup_trials: int = Field(5, ge=0)  # median: trials completed before pruning starts
-    warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial runs before it may be pruned
+    # median: epochs a trial runs before it may be pruned; None: a tenth of its epochs
+    warmup_epochs: int | None = Field(None, ge=0)
     reduction_factor: int = Field(3, ge=2)  # hyperband
 
 
@@ -210,9 +221,17 @@ class SearchSpace(_Model):
             parse_hyperparameters(dict(self.fixed), "the space's fixed hyperparameters").epochs
         )
 
+    def warmup_epochs(self) -> int:
+        """The epochs a trial runs before the median pruner may stop it."""
+        if self.pruning.warmup_epochs is not None:
+            return self.pruning.warmup_epochs
+        return max(1, self.epochs() // 10)
+
     def fingerprint(self) -> str:
-        """What a study was created from: resuming with another space is refused."""
-        doc = self.model_dump(mode="json", exclude={"budget", "study"})
+        """What a study was created from: resuming with another space is refused. Not the
+        budget or the pruning: they decide how many trials run and how long, not what a
+        completed trial's value means."""
+        doc = self.model_dump(mode="json", exclude={"budget", "study", "pruning"})
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     def grid(self) -> dict[str, list[Any]]:
@@ -286,7 +305,7 @@ class SearchSpace(_Model):
         p = self.pruning
         if p.type == "median":
             return optuna.pruners.MedianPruner(
-                n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs
+                n_startup_trials=p.startup_trials, n_warmup_steps=self.warmup_epochs()
             )
         if p.type == "hyperband":
             return optuna.pruners.HyperbandPruner(
@@ -369,12 +388,21 @@ def _cross_checks(space: SearchSpace) -> list[tuple[str, str]]:
             problems.append(
                 ("sampler", f"the grid has {space.grid_size()} points (at most {MAX_GRID})")
             )
-    if space.pruning.type == "hyperband":
-        try:
-            if space.epochs() < 2:
-                problems.append(("pruning", "hyperband needs at least 2 epochs per trial"))
-        except ContractError:
-            pass  # reported with 'fixed' below
+    try:
+        epochs = space.epochs()
+    except ContractError:
+        epochs = None  # reported with 'fixed' below
+    if epochs is not None and space.pruning.type == "hyperband" and epochs < 2:
+        problems.append(("pruning", "hyperband needs at least 2 epochs per trial"))
+    warmup = space.pruning.warmup_epochs
+    if epochs is not None and space.pruning.type == "median" and (warmup or 0) >= epochs:
+        problems.append(
+            (
+                "pruning.warmup_epochs",
+                f"{warmup} is not below the {epochs} epochs a trial runs: no trial could be "
+                f"pruned (allowed: 0 to {epochs - 1}, or pruning: off)",
+            )
+        )
     return problems
 
 
