@@ -2,7 +2,8 @@
 and `parallel` 2 against 1.
 
     .venv/bin/python benchmarks/tune.py [--trials 30] [--datasets breast_cancer,wine,diabetes]
-                                        [--epochs 60] [--parallel-trials 8] [--skip-parallel]
+                                        [--epochs 60] [--parallel-trials 8]
+                                        [--skip-parallel | --parallel-only] [--patience N]
 
 For each scikit-learn dataset (split 60/20/20 into train, validation and a held-out test
 set, seeded) it runs the local driver (`workloads.tuning.local.LocalTuner`, each trial a
@@ -15,7 +16,8 @@ ran, wall and CPU seconds and the load average, next to a scikit-learn linear ba
 (logistic regression / ridge on standardised features) fitted on the same train +
 validation rows (and, for reference, on train alone). The test split is only scored. Then,
 on the first dataset, trials per minute with `parallel` 1 and 2 (random search, no
-pruning, the same trials). Figures go to stdout and, as JSON, to `benchmarks/out/tune.json`.
+pruning, the same trials; load-sensitive: run it alone, `--parallel-only`). Figures go to
+stdout and, as JSON, to `benchmarks/out/tune-<datasets>.json` (`tune-parallel.json`).
 """
 
 from __future__ import annotations
@@ -84,7 +86,15 @@ def held_out(name: str, model_dir: Path, test: pd.DataFrame) -> float:
     return score(name, test["target"], predicted)
 
 
-def space(name: str, trials: int, epochs: int, sampler: str, pruning: str, parallel: int = 1):
+def space(
+    name: str,
+    trials: int,
+    epochs: int,
+    sampler: str,
+    pruning: str,
+    parallel: int = 1,
+    patience: int | None = None,
+):
     regression = name in REGRESSION
     return parse_space(
         {
@@ -101,7 +111,8 @@ def space(name: str, trials: int, epochs: int, sampler: str, pruning: str, paral
                 "target": "target",
                 "problem": "regression" if regression else "",
                 "epochs": epochs,
-                "patience": epochs,  # the budget is the pruner's to cut, not early stopping's
+                # Early stopping off by default: the budget is the pruner's to cut.
+                "patience": patience or epochs,
                 "checkpoint_steps": 100_000,
             },
             "parameters": {
@@ -158,13 +169,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--datasets", default="breast_cancer,wine,diabetes")
     parser.add_argument("--parallel-trials", type=int, default=8)
+    parser.add_argument(
+        "--patience", type=int, default=None, help="early stopping in both searches (off)"
+    )
     parser.add_argument("--skip-parallel", action="store_true")
+    parser.add_argument("--parallel-only", action="store_true", help="no searches")
     args = parser.parse_args()
-    figures: dict[str, Any] = {"trials": args.trials, "epochs": args.epochs, "datasets": {}}
+    figures: dict[str, Any] = {
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "datasets": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         root = Path(tmp)
         names = args.datasets.split(",")
-        for name in names:
+        for name in [] if args.parallel_only else names:
             data = root / name / "data"
             train, val, test = split(name, data)
             row: dict[str, Any] = {
@@ -175,7 +195,7 @@ def main() -> None:
                 ("tpe+median", "tpe", "median"),
                 ("random", "random", "off"),
             ):
-                space_ = space(name, args.trials, args.epochs, sampler, pruning)
+                space_ = space(name, args.trials, args.epochs, sampler, pruning, 1, args.patience)
                 out = run(space_, root / name / label, data)
                 result = out.pop("result")
                 # The trial's own model (weights picked on the validation rows), then the
@@ -203,20 +223,25 @@ def main() -> None:
             figures["datasets"][name] = row
         if not args.skip_parallel:
             name = names[0]
+            split(name, root / name / "data")
             per_minute = {}
             for parallel in (1, 2):
                 out = run(space(name, args.parallel_trials, args.epochs, "random", "off", parallel),
                           root / name / f"parallel-{parallel}", root / name / "data")  # fmt: skip
                 per_minute[parallel] = args.parallel_trials / out["wall_s"] * 60
+                figures.setdefault("parallel", {})[parallel] = out | {"result": None}
                 print(
                     f"{name:14s} parallel {parallel}: {args.parallel_trials} trials in "
-                    f"{out['wall_s']:.1f} s = {per_minute[parallel]:.2f} trials/min",
+                    f"{out['wall_s']:.1f} s = {per_minute[parallel]:.2f} trials/min  "
+                    f"cpu {out['cpu_s']:.1f} s  load {out['load'][0]:.1f}->{out['load'][1]:.1f}",
                     flush=True,
                 )
             figures["trials_per_minute"] = per_minute
     out = REPO / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
-    (out / "tune.json").write_text(json.dumps(figures, indent=2, default=str))
+    label = "parallel" if args.parallel_only else args.datasets.replace(",", "-")
+    label += f"-patience{args.patience}" if args.patience else ""
+    (out / f"tune-{label}.json").write_text(json.dumps(figures, indent=2, default=str))
     print(json.dumps(figures, indent=2, default=str))
 
 
