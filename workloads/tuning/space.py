@@ -23,8 +23,7 @@ settings, in the long form `pruning: {type: median, startup_trials: 5, warmup_ep
 `startup_trials` (default 5) trials complete before any is pruned, and a trial runs
 `warmup_epochs` epochs before it may be (default: a tenth of the trial's epochs, at least
 1, so a slow start is not mistaken for a poor trial). `hyperband` takes `reduction_factor`
-(default 3). Pruning is not part of what a study was made from: a resumed study may change
-it (a completed trial's value does not depend on it). A bad space
+(default 3). A bad space
 fails before any trial, with the file, the field and what is allowed (`SpaceError`); a
 space a backend cannot express is refused by that backend with the reason.
 """
@@ -228,10 +227,8 @@ class SearchSpace(_Model):
         return max(1, self.epochs() // 10)
 
     def fingerprint(self) -> str:
-        """What a study was created from: resuming with another space is refused. Not the
-        budget or the pruning: they decide how many trials run and how long, not what a
-        completed trial's value means."""
-        doc = self.model_dump(mode="json", exclude={"budget", "study", "pruning"})
+        """What a study was created from: resuming with another space is refused."""
+        doc = self.model_dump(mode="json", exclude={"budget", "study"})
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     def grid(self) -> dict[str, list[Any]]:
