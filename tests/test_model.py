@@ -287,3 +287,94 @@ def test_the_inference_plan_computes_what_the_network_does() -> None:
         assert torch.equal(run_plan(plan, x), net(x))
     net.deep.insert(1, nn.Tanh())  # a layer the plan does not know: the module path
     assert net.inference_plan() is None
+
+
+def _mixed_records(rng: np.random.Generator, count: int) -> list[dict]:
+    """Records with every kind of value a client sends: ints, floats, tiny and huge numbers,
+    missing values, unseen categories, and now and then a value that is wrong for its column."""
+    numbers = [0, 3, -7, 2.5, -1e-300, 1e30, -4.4e38, 10**20, 10**400, None, float("nan"), True]
+    plans = ["gold", "silver", "bronze", "platinum", "", None, 3]
+    flags = [True, False, None, 1]
+    return [
+        {
+            "age": numbers[rng.integers(len(numbers))] if rng.random() < 0.3 else rng.normal(40, 9),
+            "visits": numbers[rng.integers(len(numbers))]
+            if rng.random() < 0.3
+            else int(rng.integers(9)),
+            "plan": plans[rng.integers(len(plans))],
+            "active": flags[rng.integers(len(flags))],
+        }
+        for _ in range(count)
+    ]
+
+
+def test_the_small_batch_encoder_is_the_vectorised_path_bit_for_bit(frame, monkeypatch):
+    """`_encode_small` (requests of a few records) either gives exactly what the vectorised
+    path gives, or hands the input over (None), which then accepts or refuses it itself."""
+    from workloads.training.tasks.tabular import preprocess
+
+    pre = Preprocessor.fit(frame)
+    rng = np.random.default_rng(0)
+    taken = handed = 0
+    for _ in range(400):
+        records = _mixed_records(rng, int(rng.integers(1, 4)))
+        small = pre._encode_small(records)
+        monkeypatch.setattr(preprocess, "SMALL_BATCH", 0)  # the vectorised path only
+        try:
+            expected = pre.prepare_records(records)
+        except InputError:
+            expected = None
+        monkeypatch.setattr(preprocess, "SMALL_BATCH", 16)
+        if small is None:
+            handed += 1
+            continue
+        taken += 1
+        assert expected is not None, records
+        assert small.dtype == np.float32 and np.array_equal(small, expected), records
+        assert np.array_equal(pre.prepare_records(records), expected)  # what serving calls
+    assert taken > 50 and handed > 50  # both outcomes were exercised
+    # Well-formed records always take the small path.
+    assert pre._encode_small(records_of(frame)) is not None
+    assert pre._encode_small([{**records_of(frame)[0], "extra": 1}]) is None
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_the_numpy_forward_pass_matches_torch(tmp_path, frame, task):
+    """Small batches run the network in numpy; the answers match the torch path to float32
+    rounding, with the same labels."""
+    from torch import nn
+
+    model_dir, net, pre = make_model(tmp_path, frame, task=task)
+    predictor = load_model(model_dir)
+    with torch.no_grad():
+        for param in predictor.net.parameters():
+            nn.init.normal_(param)  # every layer matters, not only the wide path
+    assert predictor.numpy_max_rows >= 16  # a small network: serving's batches take numpy
+    x = np.random.default_rng(1).normal(size=(64, pre.output_dim)).astype(np.float32)
+    via_numpy = [predictor.predict_matrix(x[i : i + 4]) for i in range(0, 64, 4)]
+    via_numpy = [p for chunk in via_numpy for p in chunk]
+    limit, predictor.numpy_max_rows = predictor.numpy_max_rows, 0
+    via_torch = predictor.predict_matrix(x)
+    predictor.numpy_max_rows = limit
+    assert len(via_numpy) == len(via_torch) == 64
+    if task == "regression":
+        assert all(type(v) is float for v in via_numpy)
+        assert np.allclose(via_numpy, via_torch, rtol=1e-5, atol=1e-5)
+        return
+    for ours, theirs in zip(via_numpy, via_torch, strict=True):
+        assert ours["label"] == theirs["label"]
+        assert list(ours["probabilities"]) == list(theirs["probabilities"])
+        assert np.allclose(
+            list(ours["probabilities"].values()),
+            list(theirs["probabilities"].values()),
+            rtol=1e-5,
+            atol=1e-7,
+        )
+
+
+def test_a_large_network_keeps_the_torch_forward_pass(tmp_path, frame):
+    model_dir, _, pre = make_model(tmp_path, frame)
+    predictor = load_model(model_dir)
+    predictor._numpy_plan.clear()  # would fail if used
+    predictor.numpy_max_rows = 0
+    assert len(predictor.predict_matrix(pre.prepare_records(records_of(frame)))) == 6

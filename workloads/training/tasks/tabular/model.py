@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,29 @@ def run_plan(plan: list[tuple[torch.Tensor, torch.Tensor, bool]], x: torch.Tenso
     return h.add_(torch.addmm(bias, x, weight))
 
 
+# A batch of at most this many multiply-adds (rows x the network's weights) runs its forward
+# pass in numpy: a torch op costs several microseconds of dispatch, a numpy matmul of a few
+# rows about one, and serving's small batches of a small network are all dispatch. Above it
+# torch wins (its kernels are faster once the arithmetic dominates). Measured on the reference
+# network (10k multiply-adds a row): numpy ahead up to ~16 rows, even at 32-64.
+NUMPY_MAX_MACS = 200_000
+
+
+def run_numpy_plan(plan: list[tuple[np.ndarray, np.ndarray, bool]], x: np.ndarray) -> np.ndarray:
+    """`run_plan` in numpy (float32, the same arithmetic up to summation order)."""
+    h = x
+    for weight, bias, relu in plan[:-1]:
+        h = h @ weight
+        h += bias
+        if relu:
+            np.maximum(h, 0.0, out=h)
+    weight, bias, _ = plan[-1]
+    wide = x @ weight
+    wide += bias
+    h += wide
+    return h
+
+
 class Predictor:
     """A loaded model: validate and transform raw records, run the forward pass, format."""
 
@@ -81,6 +105,14 @@ class Predictor:
         self._y_mean = float(meta.get("target_mean", 0.0))
         self._y_scale = float(meta.get("target_scale", 1.0))
         self._plan = net.inference_plan() if isinstance(net, TabularNet) else None
+        # The same plan as numpy views of the network's own weights (no copy: they never
+        # disagree), for the small batches whose torch forward pass would be mostly dispatch.
+        self._numpy_plan: list[tuple[np.ndarray, np.ndarray, bool]] = []
+        self.numpy_max_rows = 0  # batches up to this many rows take the numpy path
+        if self._plan is not None:
+            self._numpy_plan = [(w.numpy(), b.numpy(), relu) for w, b, relu in self._plan]
+            macs = sum(w.size for w, _, _ in self._numpy_plan)
+            self.numpy_max_rows = NUMPY_MAX_MACS // macs
 
     def prepare_records(self, records: list[dict]) -> np.ndarray:
         return self.preprocessor.prepare_records(records)
@@ -98,6 +130,8 @@ class Predictor:
             raise InputError(
                 f"expected a matrix with {self.preprocessor.output_dim} columns, got {x.shape}"
             )
+        if len(x) <= self.numpy_max_rows:
+            return self._predict_numpy(x)
         with torch.inference_mode():
             xt = torch.from_numpy(x)
             out = self.net(xt) if self._plan is None else run_plan(self._plan, xt)
@@ -109,6 +143,31 @@ class Predictor:
             probs = torch.softmax(out, dim=1)
             best = probs.argmax(dim=1).tolist()
             rows = probs.tolist()
+        return self._classified(best, rows)
+
+    def _predict_numpy(self, x: np.ndarray) -> list:
+        """`predict_matrix` of a small batch: the forward pass in numpy, the softmax of its
+        few logits in plain Python (float64 from the float32 logits: within float32 rounding
+        of torch's softmax, and the same argmax)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow: named below
+            out = run_numpy_plan(self._numpy_plan, x)
+        logits = out.tolist()
+        # A sum of floats is finite only if every one is (inf - inf and NaN stay NaN).
+        if not all(math.isfinite(sum(row)) for row in logits):
+            raise self._overflow(x, out)
+        if self.task == "regression":
+            scale, mean = self._y_scale, self._y_mean
+            return [row[0] * scale + mean for row in logits]
+        best, rows = [], []
+        for row in logits:
+            top = max(row)
+            weights = [math.exp(v - top) for v in row]
+            total = sum(weights)
+            rows.append([w / total for w in weights])
+            best.append(row.index(top))
+        return self._classified(best, rows)
+
+    def _classified(self, best: list[int], rows: list[list[float]]) -> list:
         classes, keys = self.classes, self._class_keys
         return [
             {"label": classes[b], "probabilities": dict(zip(keys, row, strict=True))}
