@@ -133,3 +133,83 @@ def test_sigterm_under_load_loses_no_request(model_dir: Path, records) -> None:
     assert max(c.last_answer_at for c in clients) - sigterm_at > 0.8
     assert sum(c.after_sigterm for c in clients) > len(clients)
     assert all(c.closes >= 1 for c in clients)
+
+
+class _Transport:
+    """What the protocol needs of an asyncio transport; records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default=None):
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name)
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def _exchange(requests: list[bytes]) -> list[bytes]:
+    """Feed raw requests to the server's HTTP protocol on one connection; the writes."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from workloads.serving.lifecycle import LastCallProtocol
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def run() -> list[bytes]:
+        config = uvicorn.Config(app, lifespan="off", date_header=False, server_header=False)
+        config.load()
+        protocol = LastCallProtocol(config=config, server_state=ServerState(), app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)
+        for request in requests:
+            protocol.data_received(request)
+            for _ in range(20):  # the app's task runs in later turns of the loop
+                await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        return transport.writes
+
+    return asyncio.run(run())
+
+
+def test_a_response_head_and_body_go_out_in_one_write() -> None:
+    post = b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello"
+    writes = _exchange([post, post])
+    assert len(writes) == 2  # one per response, not head and body apart
+    for write in writes:
+        assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\nhello")
+    # HEAD: no body is written; the head still goes out when the response completes.
+    head = _exchange([b"HEAD /x HTTP/1.1\r\nhost: a\r\n\r\n"])
+    assert len(head) == 1 and head[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    # `Expect: 100-continue`: the interim answer goes out at once, before the body is sent.
+    expect = b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n"
+    writes = _exchange([expect, b"hi"])
+    assert writes[0] == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert len(writes) == 2 and writes[1].endswith(b"\r\n\r\nhi")
+    # Connection: close: the held head goes out with the body before the transport closes.
+    close = b"POST /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 1\r\n\r\nz"
+    writes = _exchange([close])
+    assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\nz")

@@ -94,10 +94,60 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+class CoalescingTransport:
+    """The transport of one connection, which sends a response's head and the first part of
+    its body in one write: uvicorn writes them separately, two `send` syscalls (and two TCP
+    segments) per answer where one does. The head is held until the body comes, or until the
+    response completes without one (HEAD, 204), or the connection closes; every other write
+    (a `100 Continue`, uvicorn's own error answers, later parts of a streamed body) goes out
+    as it comes. Everything else is the real transport's."""
+
+    __slots__ = ("_transport", "_protocol", "_held", "_cycle")
+
+    def __init__(self, transport: asyncio.Transport, protocol: HttpToolsProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._held: bytes | None = None
+        self._cycle: Any = None  # the request/response cycle whose head was held
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:  # the body (or its first part) after the held head
+            data, self._held = self._held + data, None
+        else:
+            cycle = self._protocol.cycle
+            if cycle is not None and cycle.response_started and cycle is not self._cycle:
+                self._cycle = cycle  # the head of this cycle's response: wait for the body
+                self._held = data
+                return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            data, self._held = self._held, None
+            if not self._transport.is_closing():  # a lost connection takes nothing more
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class LastCallProtocol(HttpToolsProtocol):
-    """At shutdown an idle keep-alive connection may already carry the client's next
-    request: it is closed after `LAST_CALL_S` of silence, not at once; a request that
-    comes is answered (with `Connection: close`, the app is draining)."""
+    """httptools, with a response's head and body sent in one write (`CoalescingTransport`)
+    and a last call at shutdown: an idle keep-alive connection may already carry the
+    client's next request, so it is closed after `LAST_CALL_S` of silence, not at once; a
+    request that comes is answered (with `Connection: close`, the app is draining)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self)  # type: ignore[assignment]
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]  # a response without a body
+        super().on_response_complete()
 
     def shutdown(self) -> None:
         if self.cycle is None or self.cycle.response_complete:
