@@ -31,9 +31,10 @@ __all__ = ["Column", "InputError", "Preprocessor"]
 FORMAT_VERSION = 1
 NUMERIC_TYPES = frozenset({int, float})
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-# Requests of at most this many records take the plain-Python path (`_encode_small`);
-# measured: ~2 us a record there against ~25 us of fixed cost on the vectorised path.
-SMALL_BATCH = 16
+# Requests of at most this many records take the plain-Python path (`_small_encoder`).
+# Measured on the reference columns (2 categorical, 6 numeric): ~1.3 us a record there,
+# against ~30 us of fixed cost plus ~0.8 us a record on the vectorised path (even at ~50).
+SMALL_BATCH = 32
 _TRUE = frozenset({"true", "1", "yes", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "f", "n"})
 
@@ -97,10 +98,8 @@ class Preprocessor:
         self._medians = np.array([c.median for c in numeric], dtype=np.float64)
         self._means = np.array([c.mean for c in numeric], dtype=np.float64)
         self._scales = np.array([c.scale for c in numeric], dtype=np.float64)
-        # The small-batch serving path (`_encode_small`): per column, what to do with a value.
-        self._small_plan = [
-            (c.name, c.kind, c.offset, c.median, c.mean, c.scale, c.index) for c in columns
-        ]
+        # The small-request serving path: a function written for these columns.
+        self._encode_small: Callable[[list], np.ndarray | None] = _small_encoder(self)
 
     # -- fitting and (de)serialisation -------------------------------------------------
 
@@ -224,48 +223,6 @@ class Preprocessor:
             elif col.kind == "boolean":
                 self._fill_boolean(col, [r[col.name] for r in records], out)
         return self._in_range(out, "record", lambda i, col: records[i][col.name])
-
-    def _encode_small(self, records: list) -> np.ndarray | None:
-        """`prepare_records` of a few well-formed records, value by value in plain Python:
-        for a handful of records that costs less than the vectorised path's fixed cost of
-        numpy calls per column. The same float64 formula, cast to float32 once, so the result
-        is bit for bit the vectorised one. Anything unusual (a bad or non-finite value, a
-        result near the float32 limit) returns None: the vectorised path then accepts or
-        refuses the input with its message."""
-        names, width, plan = self._names, self.output_dim, self._small_plan
-        matrix = []
-        try:
-            for record in records:
-                if type(record) is not dict or record.keys() != names:
-                    return None
-                row = [0.0] * width
-                for name, kind, slot, median, mean, scale, index in plan:
-                    value = record[name]
-                    kind_of = type(value)
-                    if value is None:
-                        if kind == "categorical":
-                            continue
-                        value = median
-                    elif kind == "numeric":
-                        if kind_of is not float and kind_of is not int:
-                            return None
-                    elif kind == "categorical":
-                        if kind_of is not str:
-                            return None
-                        code = index.get(value, -1)
-                        if code >= 0:
-                            row[slot + code] = 1.0
-                        continue
-                    elif kind_of is not bool:
-                        return None
-                    z = (value - mean) / scale
-                    if not -FLOAT32_MAX < z < FLOAT32_MAX:  # also False for NaN
-                        return None
-                    row[slot] = z
-                matrix.append(row)
-        except OverflowError:  # an int too large for a float
-            return None
-        return np.array(matrix, dtype=np.float32)
 
     def _fill_all_numbers(self, records: list[dict], out: np.ndarray) -> bool:
         """All numeric columns at once; False if some value is not a finite number or None."""
@@ -409,6 +366,72 @@ class Preprocessor:
                 )
         array = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
         self._fill_numeric(col, array, np.isnan(array), out)
+
+
+def _small_encoder(pre: Preprocessor) -> Callable[[list], np.ndarray | None]:
+    """`prepare_records` of a few well-formed records, value by value in plain Python, as a
+    function written for these columns (no loop over columns, constants inlined): for a
+    handful of records that costs a tenth of the vectorised path's fixed cost of numpy calls
+    per column. The same float64 formula, cast to float32 once, so the result is bit for bit
+    the vectorised one. Anything unusual (a value of the wrong type, a non-finite number, a
+    result near the float32 limit, missing or extra keys) returns None: the vectorised path
+    then accepts or refuses the input with its message."""
+    lines = [
+        "def encode(records):",
+        "    matrix = []",
+        "    for record in records:",
+        "        if type(record) is not dict or record.keys() != NAMES:",
+        "            return None",
+        "        row = ZEROS.copy()",
+    ]
+    scope: dict[str, Any] = {"NAMES": pre._names, "ZEROS": [0.0] * pre.output_dim}
+    for j, col in enumerate(pre.columns):
+        lines.append(f"        value = record[{col.name!r}]")
+        if col.kind == "categorical":
+            scope[f"SLOTS{j}"] = {c: col.offset + i for i, c in enumerate(col.categories)}
+            lines += [
+                "        if value is not None:",
+                "            if type(value) is not str:",
+                "                return None",
+                f"            slot = SLOTS{j}.get(value)",
+                "            if slot is not None:",
+                "                row[slot] = 1.0",
+            ]
+            continue
+        accepted = "value is not True and value is not False"  # boolean: bool only
+        if col.kind == "numeric":  # not bool (a subclass of int): the vectorised path refuses
+            accepted = "(kind := type(value)) is not float and kind is not int"
+        missing = (col.median - col.mean) / col.scale  # as numpy computes it for the median
+        if not -FLOAT32_MAX < missing < FLOAT32_MAX:  # the vectorised path names the column
+            missing_line = "            return None"
+        else:
+            missing_line = f"            row[{col.offset}] = {missing!r}"
+        lines += [
+            "        if value is None:",
+            missing_line,
+            "        else:",
+            f"            if {accepted}:",
+            "                return None",
+            f"            value = (value - {col.mean!r}) / {col.scale!r}",
+            f"            if not {-FLOAT32_MAX!r} < value < {FLOAT32_MAX!r}:  # NaN too",
+            "                return None",
+            f"            row[{col.offset}] = value",
+        ]
+    lines += [
+        "        matrix.append(row)",
+        "    return np.array(matrix, dtype=np.float32)",
+    ]
+    scope["np"] = np
+    exec(compile("\n".join(lines), f"<encoder of {len(pre.columns)} columns>", "exec"), scope)
+    encode = scope["encode"]
+
+    def guarded(records: list) -> np.ndarray | None:
+        try:
+            return encode(records)
+        except OverflowError:  # an int too large for a float
+            return None
+
+    return guarded
 
 
 def _shown(value: Any) -> str:
