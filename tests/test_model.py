@@ -14,6 +14,7 @@ import torch
 from workloads.training.artifact import load_model, save_artifact
 from workloads.training.tasks.base import InputError
 from workloads.training.tasks.tabular import TabularNet
+from workloads.training.tasks.tabular.model import Predictor
 from workloads.training.tasks.tabular.preprocess import Preprocessor
 
 
@@ -182,6 +183,7 @@ def test_predictor_refuses_an_input_that_overflows_the_network(tmp_path, frame):
     predictor = load_model(model_dir)
     with torch.no_grad():  # every input adds up: 3e38 in any two columns overflows float32
         predictor.net.wide.weight.fill_(1.0)
+    predictor = Predictor(predictor.net, predictor.preprocessor, predictor.meta)  # reloaded
     x = pre.prepare_records(records_of(frame)[:3])
     x[1, pre.columns[1].offset] = 3.0e38  # visits: finite in float32, as the checks allow
     x[1, pre.columns[0].offset] = 2.0e38
@@ -355,6 +357,7 @@ def test_the_numpy_forward_pass_matches_torch(tmp_path, frame, task):
     with torch.no_grad():
         for param in predictor.net.parameters():
             nn.init.normal_(param)  # every layer matters, not only the wide path
+    predictor = Predictor(predictor.net, predictor.preprocessor, predictor.meta)  # reloaded
     assert predictor.numpy_max_rows >= 16  # a small network: serving's batches take numpy
     x = np.random.default_rng(1).normal(size=(64, pre.output_dim)).astype(np.float32)
     via_numpy = [predictor.predict_matrix(x[i : i + 4]) for i in range(0, 64, 4)]
