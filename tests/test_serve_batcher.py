@@ -162,3 +162,45 @@ def test_an_expensive_batch_goes_to_the_thread() -> None:
     predictor = Slow()
     serve_in_turns(predictor, [[[{"x": 1}]], [[{"x": 2}]], [[{"x": 3}]]])
     assert predictor.threads == ["mlinfra-batcher"] * 3
+
+
+def test_the_last_request_of_its_turn_hands_the_group_over_at_once() -> None:
+    """With the server's count of requests about to start, the last of a turn's requests
+    flushes the group itself: answered inline, its future is done before it is awaited."""
+    from workloads.serving.lifecycle import Arrivals
+
+    predictor = Recording()
+
+    async def main() -> tuple[list[bool], list[bool]]:
+        batcher = Batcher(
+            predictor,
+            asyncio.get_running_loop(),
+            max_batch_size=64,
+            max_wait_s=0.0,
+            input_error=InputError,
+        )
+        batcher.arrivals = Arrivals()
+        try:
+            await batcher.submit("json", [{"x": 0}])  # the first batch learns the cost
+            # Three requests of one turn: two more are about to start as the first submits.
+            batcher.arrivals.waiting = 2
+            futures = []
+            for i in range(3):
+                futures.append(batcher.submit("json", [{"x": i}]))
+                batcher.arrivals.waiting = max(0, batcher.arrivals.waiting - 1)
+            together = [f.done() for f in futures]
+            lone = batcher.submit("json", [{"x": 9}])  # nothing else is about to start
+            alone = [lone.done()]
+            await asyncio.gather(*futures, lone)
+            return together, alone
+        finally:
+            batcher.stop()
+
+    loop = asyncio.new_event_loop()
+    try:
+        together, alone = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert predictor.prepared == [1, 3, 1]  # the turn's three requests in one pass
+    assert together == [True, True, True] and alone == [True]  # no further turn of the loop
+    assert predictor.threads[1:] == ["MainThread", "MainThread"]

@@ -135,11 +135,28 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+class Arrivals:
+    """Requests whose ASGI task is created but has not started yet (kept by the protocol and
+    the app on the event loop thread). Requests read from the sockets in one turn of the loop
+    start in the next one, one after the other: when a starting request sees none left, it
+    is the last of its turn, and the batcher can run the turn's group at once instead of in
+    one more turn of the loop."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting = 0
+
+
+ARRIVALS = Arrivals()
+
+
 class LastCallProtocol(HttpToolsProtocol):
-    """httptools, with a response's head and body sent in one write (`CoalescingTransport`)
-    and a last call at shutdown: an idle keep-alive connection may already carry the
-    client's next request, so it is closed after `LAST_CALL_S` of silence, not at once; a
-    request that comes is answered (with `Connection: close`, the app is draining)."""
+    """httptools, with a response's head and body sent in one write (`CoalescingTransport`),
+    the count of requests about to start (`ARRIVALS`), and a last call at shutdown: an idle
+    keep-alive connection may already carry the client's next request, so it is closed after
+    `LAST_CALL_S` of silence, not at once; a request that comes is answered (with
+    `Connection: close`, the app is draining)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -148,6 +165,10 @@ class LastCallProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]  # a response without a body
         super().on_response_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        ARRIVALS.waiting += 1  # the app counts it down when the task starts
+        super()._start_asgi_task(cycle, app)
 
     def shutdown(self) -> None:
         if self.cycle is None or self.cycle.response_complete:

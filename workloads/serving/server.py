@@ -270,6 +270,9 @@ class Batcher:
         self.stats = BatchStats()
         # /invocations requests between arrival and answer; kept by the event loop thread.
         self.open_requests = 0
+        # The server's count of requests about to start (`lifecycle.ARRIVALS`), when the app
+        # runs on its protocol; None: every group waits for one more turn of the loop.
+        self.arrivals: Any = None
         # Seconds per row of the recent batches (both paths); unknown until the first one.
         self._row_cost = math.inf
         # Kept by the event loop thread: jobs submitted this turn of the loop, and jobs
@@ -283,14 +286,22 @@ class Batcher:
         self._thread.start()
 
     def submit(self, kind: str, payload: list) -> asyncio.Future:
-        """Queue one request (on the event loop thread); the future gets (status, body)."""
+        """Queue one request (on the event loop thread); the future gets (status, body).
+        The last request of its turn of the loop (no other request is about to start, as
+        `arrivals` counts them) hands the group over at once: a group answered inline then
+        has its answers before the task awaits them, with no further turn of the loop."""
         future = self.loop.create_future()
         self._pending.append(_Job(kind, payload, len(payload), future))
-        if len(self._pending) == 1:  # runs once every request read this turn has submitted
+        arrivals = self.arrivals
+        if arrivals is not None and arrivals.waiting == 0:
+            self._flush()
+        elif len(self._pending) == 1:  # runs once every request read this turn has submitted
             self.loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
+        if not self._pending:  # the group went already, with the last request of its turn
+            return
         jobs, self._pending = self._pending, []
         rows = sum(j.rows for j in jobs)
         if (
@@ -577,6 +588,8 @@ class InferenceApp:
         self.raw_types: frozenset[bytes] = frozenset()  # the predictor's own content types
         self.load_error: str | None = None
         self._loader_thread: threading.Thread | None = None
+        # `lifecycle.ARRIVALS` when the server runs on `LastCallProtocol` (`_serve`).
+        self.arrivals: Any = None
         # Set on SIGTERM (lifecycle.DrainingServer): answers close their connection.
         self.draining = False
         self.capturer = capture.from_env(dict(os.environ))  # None: capture off
@@ -602,6 +615,7 @@ class InferenceApp:
                 input_error=_input_error_type(),
                 threads=s.threads,
             )
+            self.batcher.arrivals = self.arrivals
             self.raw_types = frozenset(
                 t.encode("latin-1") for t in getattr(predictor, "content_types", ())
             )
@@ -645,6 +659,8 @@ class InferenceApp:
                 return
 
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.arrivals is not None:
+            self.arrivals.waiting -= 1  # this request has started
         path, method = scope["path"], scope["method"]
         allow = None
         try:
@@ -876,9 +892,10 @@ def _serve(sock: socket.socket) -> None:
     """Run one server process on a bound socket until SIGTERM; drains, then returns."""
     import uvicorn
 
-    from workloads.serving.lifecycle import DrainingServer, LastCallProtocol
+    from workloads.serving.lifecycle import ARRIVALS, DrainingServer, LastCallProtocol
 
     app = create_app()
+    app.arrivals = ARRIVALS  # LastCallProtocol counts the requests about to start
     config = uvicorn.Config(
         app,
         loop="uvloop",
