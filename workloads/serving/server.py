@@ -27,7 +27,13 @@ thread and back would cost more than the work (the reference model). Decoding im
 tokenizing texts always runs on the thread. The batcher merges the requests that are waiting,
 up to a maximum batch size (rows) and a maximum wait, validates and transforms their records in
 one pass (if one request's input is bad, each is validated on its own: only that one gets its
-400), runs one forward pass and hands each request its rows.
+400), runs one forward pass and hands each request its rows. The requests read in one turn of
+the event loop form a group, handed over by the last of them to start (the protocol counts the
+requests about to start, `lifecycle.ARRIVALS`), so a group answered inline costs no further turn
+of the loop. Serving's batches are small, so their fixed cost is what counts: the tabular model
+encodes a request of a few records with a function written for its columns and runs a small
+batch's forward pass in numpy (workloads/training/tasks/tabular/), and a response's head and
+body leave in one write (`lifecycle.CoalescingTransport`).
 On SIGTERM the server drains (workloads/serving/lifecycle.py: a window that keeps answering with
 `Connection: close`, then the accept queue is emptied before the port closes, in-flight
 requests finish within 30 s) and exits 0; workers die with their supervisor.
