@@ -102,13 +102,14 @@ class CoalescingTransport:
     (a `100 Continue`, uvicorn's own error answers, later parts of a streamed body) goes out
     as it comes. Everything else is the real transport's."""
 
-    __slots__ = ("_transport", "_protocol", "_held", "_cycle")
+    __slots__ = ("_transport", "_protocol", "_held", "_cycle", "is_closing")
 
     def __init__(self, transport: asyncio.Transport, protocol: HttpToolsProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
         self._held: bytes | None = None
         self._cycle: Any = None  # the request/response cycle whose head was held
+        self.is_closing = transport.is_closing  # asked after every response: no __getattr__
 
     def write(self, data: bytes) -> None:
         if self._held is not None:  # the body (or its first part) after the held head
