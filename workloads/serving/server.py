@@ -573,8 +573,8 @@ def parse_json(body: bytes) -> list:
         raise _HTTPError(400, f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict) or "instances" not in doc:
         raise _HTTPError(400, 'expected a JSON object {"instances": [{column: value, ...}, ...]}')
-    extra = sorted(set(doc) - {"instances"})
-    if extra:
+    if len(doc) != 1:  # "instances" and more
+        extra = sorted(set(doc) - {"instances"})
         raise _HTTPError(400, f"unexpected top-level keys {extra}: only 'instances' is allowed")
     instances = doc["instances"]
     if not isinstance(instances, list):
