@@ -192,7 +192,13 @@ def _exchange(requests: list[bytes]) -> list[bytes]:
         protocol.connection_lost(None)
         return transport.writes
 
-    return asyncio.run(run())
+    # A loop of its own, never the thread's current one: asyncio.run would leave none behind,
+    # and other tests in this process (Pulumi's mocks) ask for the current loop.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
 
 
 def test_a_response_head_and_body_go_out_in_one_write() -> None:
