@@ -346,6 +346,16 @@ def test_the_small_batch_encoder_is_the_vectorised_path_bit_for_bit(frame, monke
     assert np.array_equal(renamed._encode_small(records), pre.prepare_records(records_of(frame)))
 
 
+def test_the_small_batch_encoder_with_non_finite_training_statistics():
+    """Training values near the float64 limit make the mean inf: a request is refused with
+    the vectorised path's message (the written encoder used to fail on the name `inf`)."""
+    pre = Preprocessor.fit(pd.DataFrame({"x": [1e308, 1.5e308, 1e308, 2.0], "c": list("abab")}))
+    assert not math.isfinite(pre.columns[0].mean)
+    for value in (1.0, None):
+        with pytest.raises(InputError, match="column 'x' value .* is out of range"):
+            pre.prepare_records([{"x": value, "c": "a"}])
+
+
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
 def test_the_numpy_forward_pass_matches_torch(tmp_path, frame, task):
     """Small batches run the network in numpy; the answers match the torch path to float32
