@@ -142,7 +142,10 @@ def test_resume_after_the_tuner_is_killed_mid_run(tmp_path, data):
     def one_done_one_running() -> bool:
         if not (tmp_path / "journal.log").exists():
             return False
-        states = [t.state.name for t in trials(tmp_path)]
+        try:
+            states = [t.state.name for t in trials(tmp_path)]
+        except KeyError:  # the journal is there, the study's creation not written yet
+            return False
         return "COMPLETE" in states and "RUNNING" in states
 
     try:
