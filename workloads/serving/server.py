@@ -19,7 +19,10 @@
 
 Why this shape: the request path is a hand-written ASGI app (no framework routing or request
 objects) on uvicorn with httptools and uvloop, with orjson for JSON, and several worker
-processes share the port. Model work (validation, preprocessing, the forward pass, encoding the
+processes share the port. `POST /invocations` does not even take the ASGI path: the HTTP
+protocol hands a request read whole straight to the app and writes its answer straight to the
+connection (workloads/serving/direct.py: no task, no ASGI messages per request; the same
+bytes). Model work (validation, preprocessing, the forward pass, encoding the
 answer) runs on one batcher thread per worker, so `/ping` answers while a batch runs; the
 exception is a batch the model answers within 1 ms (its cost per row is learned from the recent
 batches) while the thread is idle: that runs right on the event loop, since the hand-off to a
@@ -28,9 +31,10 @@ tokenizing texts always runs on the thread. The batcher merges the requests that
 up to a maximum batch size (rows) and a maximum wait, validates and transforms their records in
 one pass (if one request's input is bad, each is validated on its own: only that one gets its
 400), runs one forward pass and hands each request its rows. The requests read in one turn of
-the event loop form a group, handed over by the last of them to start (the protocol counts the
-requests about to start, `lifecycle.ARRIVALS`), so a group answered inline costs no further turn
-of the loop. Serving's batches are small, so their fixed cost is what counts: the tabular model
+the event loop form a group: on the direct path the group goes once every socket of the turn
+has been read, and its answers are written in that same callback, one write each (on the ASGI
+path it is handed over by the last request to start: the protocol counts the requests about
+to start, `lifecycle.ARRIVALS`), so a group answered inline costs no further turn of the loop. Serving's batches are small, so their fixed cost is what counts: the tabular model
 encodes a request of a few records with a function written for its columns and runs a small
 batch's forward pass in numpy (workloads/training/tasks/tabular/), and a response's head and
 body leave in one write (`lifecycle.CoalescingTransport`). Once the model is loaded the heap is
@@ -209,7 +213,7 @@ class _Job:
     kind: str  # "json" (records), "csv" (rows), or a predictor's own content type (one body)
     payload: list
     rows: int
-    future: asyncio.Future
+    future: Any  # an asyncio.Future, or a `DirectAnswer` (done(), set_result((status, body)))
 
 
 @dataclass
@@ -303,15 +307,18 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="mlinfra-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, kind: str, payload: list) -> asyncio.Future:
+    def submit(self, kind: str, payload: list, answer: Any = None) -> Any:
         """Queue one request (on the event loop thread); the future gets (status, body).
         The last request of its turn of the loop (no other request is about to start, as
         `arrivals` counts them) hands the group over at once: a group answered inline then
-        has its answers before the task awaits them, with no further turn of the loop."""
-        future = self.loop.create_future()
+        has its answers before the task awaits them, with no further turn of the loop.
+        `answer` (the direct path, `DirectAnswer`) takes the future's place; such requests
+        are read right in the loop's reading of the sockets, so their group goes when every
+        socket of the turn has been read (`call_soon`)."""
+        future = self.loop.create_future() if answer is None else answer
         self._pending.append(_Job(kind, payload, len(payload), future))
         arrivals = self.arrivals
-        if arrivals is not None and arrivals.waiting == 0:
+        if answer is None and arrivals is not None and arrivals.waiting == 0:
             self._flush()
         elif len(self._pending) == 1:  # runs once every request read this turn has submitted
             self.loop.call_soon(self._flush)
@@ -526,6 +533,38 @@ def _set_results(results: list[tuple[asyncio.Future, int, bytes]]) -> None:
             future.set_result((status, body))
 
 
+class DirectAnswer:
+    """A request of the direct path in the batcher, in its future's place: the batcher's
+    result (status, body) is written to the connection at once, so every request of a batch
+    is answered in the callback that answers the batch, one write each, with no task to
+    wake."""
+
+    __slots__ = ("app", "batcher", "protocol", "cycle", "captured", "_done")
+
+    def __init__(self, app: InferenceApp, batcher: Batcher, protocol: Any, cycle: Any) -> None:
+        self.app = app
+        self.batcher = batcher
+        self.protocol = protocol
+        self.cycle = cycle
+        self.captured: tuple[bytes, bytes, str | None] | None = None  # (media, body, id)
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: tuple[int, bytes]) -> None:
+        self._done = True
+        self.batcher.open_requests -= 1
+        status, body = result
+        try:
+            if self.captured is not None:
+                media, request, inference_id = self.captured
+                self.app._capture(media, request, status, body, inference_id)
+            self.protocol.answer(self.cycle, status, body)
+        except Exception:  # one connection's trouble must not keep its batch unanswered
+            log.exception("answering a request failed")
+
+
 # --------------------------------------------------------------------------------------------
 # The ASGI app.
 
@@ -731,9 +770,11 @@ class InferenceApp:
             "MaxPayloadInMB": MAX_BODY_MB,
         }
 
-    async def _invoke(self, scope: dict, receive: Callable) -> tuple[int, bytes]:
+    def _admit(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str | None, Batcher]:
+        """The header checks of `POST /invocations`: (media type, inference id, batcher);
+        raises `_HTTPError` (406, 415, 413, 503)."""
         content_type = accept = length = inference_id = None
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"x-amzn-sagemaker-inference-id":
                 inference_id = value.decode("latin-1")
             elif name == b"content-type":
@@ -757,17 +798,24 @@ class InferenceApp:
         batcher = self.batcher
         if batcher is None:
             raise _HTTPError(503, self.load_error or "model is loading; retry when /ping is 200")
+        return media, inference_id, batcher
+
+    @staticmethod
+    def _payload(media: bytes, body: bytes) -> tuple[str, list]:
+        """What the batcher takes for a body: (kind, payload); raises `_HTTPError` (400)."""
+        if media == JSON:
+            return "json", parse_json(body)
+        if media == CSV:
+            return "csv", parse_csv(body)
+        return media.decode("latin-1"), [body]  # the predictor's own format, one instance
+
+    async def _invoke(self, scope: dict, receive: Callable) -> tuple[int, bytes]:
+        media, inference_id, batcher = self._admit(scope["headers"])
         batcher.open_requests += 1
         body = b""
         try:
             body = await _read_body(receive)
-            if media == JSON:
-                future = batcher.submit("json", parse_json(body))
-            elif media == CSV:
-                future = batcher.submit("csv", parse_csv(body))
-            else:  # one instance in the predictor's own format, decoded on the batcher thread
-                future = batcher.submit(media.decode("latin-1"), [body])
-            status, answer = await future
+            status, answer = await batcher.submit(*self._payload(media, body))
         except _HTTPError as exc:
             self._capture(media, body, exc.status, _error(exc.message), inference_id)
             raise
@@ -776,6 +824,28 @@ class InferenceApp:
         if self.capturer is not None:
             self._capture(media, body, status, answer, inference_id)
         return status, answer
+
+    def invoke_direct(self, protocol: Any, cycle: Any, body: bytes) -> None:
+        """`POST /invocations` with its whole body read, off the ASGI path
+        (`workloads.serving.direct`): the same checks and answers as `_invoke`; the answer
+        goes out through `protocol.answer(cycle, status, body)`, now or when its batch is
+        answered."""
+        media, inference_id = b"", None
+        try:
+            media, inference_id, batcher = self._admit(cycle.scope["headers"])
+            try:
+                kind, payload = self._payload(media, body)
+            except _HTTPError as exc:
+                self._capture(media, body, exc.status, _error(exc.message), inference_id)
+                raise
+        except _HTTPError as exc:
+            protocol.answer(cycle, exc.status, _error(exc.message))
+            return
+        batcher.open_requests += 1
+        answer = DirectAnswer(self, batcher, protocol, cycle)
+        if self.capturer is not None:
+            answer.captured = (media, body, inference_id)
+        batcher.submit(kind, payload, answer)
 
     def _capture(
         self, media: bytes, body: bytes, status: int, answer: bytes, inference_id: str | None
@@ -912,14 +982,16 @@ def _serve(sock: socket.socket) -> None:
     """Run one server process on a bound socket until SIGTERM; drains, then returns."""
     import uvicorn
 
-    from workloads.serving.lifecycle import ARRIVALS, DrainingServer, LastCallProtocol
+    from workloads.serving.direct import DirectProtocol
+    from workloads.serving.lifecycle import ARRIVALS, DrainingServer
 
     app = create_app()
     app.arrivals = ARRIVALS  # LastCallProtocol counts the requests about to start
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http=LastCallProtocol,  # httptools, with the last call of the drain
+        # httptools, with the last call of the drain, and POST /invocations off the ASGI path
+        http=DirectProtocol.for_app(app),
         lifespan="on",
         access_log=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting: one middleware less per request

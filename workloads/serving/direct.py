@@ -1,0 +1,95 @@
+"""`POST /invocations` off the ASGI path: the server's HTTP protocol hands a request whose
+body it has read whole straight to the app (`InferenceApp.invoke_direct`), and the answer is
+written straight to the connection.
+
+Why: with a small model the request path is the cost, and ASGI's share of it is per request: a
+task started (and woken once more when its batch is answered), the `receive`/`send` message
+dicts, the response head assembled header by header. Here a request costs the HTTP parser's
+callbacks, one call into the app, and one write of a head built from constant bytes; the
+batch's answers all go out in the callback that answers the batch (`server.DirectAnswer`).
+
+Everything else takes the ASGI path as before: other paths and methods, a request that waits
+for `100 Continue`, and a body that outgrows the protocol's read buffer (64 KiB: the protocol
+stops reading there, and the app's `receive` reads on), which is handed over to an ASGI task
+with what was read so far. The answers are the same bytes either way (uvicorn's status lines,
+the same headers in the same order; tests/test_serve_direct.py). Keep-alive, pipelining (a
+request that arrives while one is answered waits in uvicorn's pipeline, and starts when the
+answer is out), the drain (`Connection: close` and closing after the answer) and a client that
+leaves before its answer (nothing is written) behave as on the ASGI path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from workloads.serving.lifecycle import LastCallProtocol
+
+PATH = "/invocations"
+_HEADERS = b"content-type: application/json\r\ncontent-length: "
+_CLOSE = b"\r\nconnection: close\r\n\r\n"
+
+
+class DirectProtocol(LastCallProtocol):
+    """`LastCallProtocol` with `POST /invocations` taken off the ASGI path; `target` (set on
+    a subclass, `for_app`) is the app that answers it."""
+
+    target: Any = None
+
+    @classmethod
+    def for_app(cls, app: Any) -> type[DirectProtocol]:
+        return type("DirectProtocolFor" + type(app).__name__, (cls,), {"target": app})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._raw = transport  # answers go out whole: no head to hold back
+        self._reading: RequestResponseCycle | None = None  # a direct request, body unread
+        self._reading_app: Any = None
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        scope = cycle.scope
+        if scope["path"] != PATH or scope["method"] != "POST" or cycle.waiting_for_100_continue:
+            super()._start_asgi_task(cycle, app)
+        elif not cycle.more_body:  # a pipelined request, read whole while the last was answered
+            self._invoke(cycle)
+        else:
+            self._reading, self._reading_app = cycle, app
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        cycle = self._reading
+        if cycle is not None and cycle is self.cycle and len(cycle.body) > HIGH_WATER_LIMIT:
+            # Reading has stopped (uvicorn's buffer limit): the app's `receive` reads on.
+            self._reading = None
+            super()._start_asgi_task(cycle, self._reading_app)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        cycle = self._reading
+        if cycle is not None and cycle is self.cycle:
+            self._reading = None
+            self._invoke(cycle)
+
+    def _invoke(self, cycle: RequestResponseCycle) -> None:
+        body, cycle.body = bytes(cycle.body), bytearray()
+        self.target.invoke_direct(self, cycle, body)
+
+    def answer(self, cycle: RequestResponseCycle, status: int, body: bytes) -> None:
+        """Write the response to `cycle` (the bytes uvicorn writes for the app's answer) and
+        go on as uvicorn does once a response is complete."""
+        if cycle.disconnected or self._raw.is_closing():
+            return  # the client left: nothing to write, nothing to start
+        keep_alive = cycle.keep_alive and not self.target.draining
+        parts = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:  # Server, Date when configured
+            parts += (name, b": ", value, b"\r\n")
+        parts += (_HEADERS, b"%d" % len(body), b"\r\n\r\n" if keep_alive else _CLOSE, body)
+        self._raw.write(b"".join(parts))
+        cycle.response_started = cycle.response_complete = True
+        if not keep_alive:
+            cycle.keep_alive = False
+            self._raw.close()
+        self.on_response_complete()
