@@ -34,12 +34,13 @@ one pass (if one request's input is bad, each is validated on its own: only that
 the event loop form a group: on the direct path the group goes once every socket of the turn
 has been read, and its answers are written in that same callback, one write each (on the ASGI
 path it is handed over by the last request to start: the protocol counts the requests about
-to start, `lifecycle.ARRIVALS`), so a group answered inline costs no further turn of the loop. Serving's batches are small, so their fixed cost is what counts: the tabular model
-encodes a request of a few records with a function written for its columns and runs a small
-batch's forward pass in numpy (workloads/training/tasks/tabular/), and a response's head and
-body leave in one write (`lifecycle.CoalescingTransport`). Once the model is loaded the heap is
-frozen (`gc.freeze`): a full garbage collection would otherwise traverse torch's objects, a
-pause of 100-200 ms.
+to start, `lifecycle.ARRIVALS`), so a group answered inline costs no further turn of the loop.
+Serving's batches are small, so their fixed cost is what counts: the tabular model encodes a
+request of a few records with a function written for its columns and runs a small batch's
+forward pass in numpy (workloads/training/tasks/tabular/), and a response's head and body
+leave in one write (`lifecycle.CoalescingTransport` on the ASGI path). Once the model is loaded
+the heap is frozen (`gc.freeze`): a full garbage collection would otherwise traverse torch's
+objects, a pause of 100-200 ms.
 On SIGTERM the server drains (workloads/serving/lifecycle.py: a window that keeps answering with
 `Connection: close`, then the accept queue is emptied before the port closes, in-flight
 requests finish within 30 s) and exits 0; workers die with their supervisor.
