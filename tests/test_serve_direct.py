@@ -192,3 +192,39 @@ def test_connection_close_closes_after_the_answer() -> None:
     [writes], [transport] = exchange([[post(instances(1), b"connection: close")]], direct=True)
     assert len(writes) == 1 and b"\r\nconnection: close\r\n\r\n" in writes[0]
     assert transport.closed
+
+
+def test_an_idle_connection_closes_after_the_keep_alive_timeout_a_busy_one_stays() -> None:
+    class Answering:  # the app's side of the direct path, answered at once
+        draining = False
+
+        def invoke_direct(self, protocol: DirectProtocol, cycle: Any, body: bytes) -> None:
+            protocol.answer(cycle, 200, b"{}")
+
+    async def run() -> list[tuple[float, bool, int]]:
+        async def asgi(scope, receive, send) -> None: ...
+
+        config = uvicorn.Config(asgi, lifespan="off", timeout_keep_alive=0.6)
+        config.load()
+        protocol = DirectProtocol.for_app(Answering())(
+            config=config, server_state=ServerState(), app_state={}
+        )
+        transport = _Transport()
+        protocol.connection_made(transport)
+        seen = []
+        start = time.monotonic()
+        for pause in (0.2, 0.2, 0.2, 1.0):  # requests 0.2 s apart: never idle 0.6 s
+            protocol.data_received(post(instances(1)))
+            await asyncio.sleep(pause)
+            at = round(time.monotonic() - start, 1)
+            seen.append((at, transport.closed, len(transport.writes)))
+        protocol.connection_lost(None)
+        return seen
+
+    loop = asyncio.new_event_loop()
+    try:
+        seen = loop.run_until_complete(run())
+    finally:
+        loop.close()
+    assert [closed for _, closed, _ in seen] == [False, False, False, True], seen
+    assert [writes for _, _, writes in seen] == [1, 2, 3, 4]

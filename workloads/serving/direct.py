@@ -48,6 +48,49 @@ class DirectProtocol(LastCallProtocol):
         self._raw = transport  # answers go out whole: no head to hold back
         self._reading: RequestResponseCycle | None = None  # a direct request, body unread
         self._reading_app: Any = None
+        # The keep-alive timeout: uvicorn arms a timer after every response and cancels it
+        # when the next request comes (~2 us a request, as much as the app's own request
+        # path). Here one check is armed per idle stretch, and it closes the connection
+        # once it has been idle `timeout_keep_alive` seconds, as uvicorn's timer does.
+        self._idle_since: float | None = None  # loop time it went idle; None: busy
+        self._idle_check: asyncio.TimerHandle | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._idle_check is not None:
+            self._idle_check.cancel()
+            self._idle_check = None
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # a request is coming (or the drain's last call is armed)
+        super()._unset_keepalive_if_required()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's (the next pipelined request starts, else the connection is idle), with
+        the keep-alive check armed once per idle stretch instead of a timer per response."""
+        self.transport.flush()  # type: ignore[attr-defined]  # LastCallProtocol's held head
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self._idle_check is None:
+            self._idle_check = self.loop.call_later(self.timeout_keep_alive, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_check = None
+        if self._idle_since is None or self.transport.is_closing():
+            return  # busy: the response that ends it arms the next check
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self._idle_check = self.loop.call_later(left, self._check_idle)
+        else:
+            self.timeout_keep_alive_handler()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope = cycle.scope
