@@ -130,6 +130,8 @@ CASES = [
     post(orjson.dumps({"instances": [{"x": 1, "pad": "y" * 100}] * 1000})),
     b"GET /invocations HTTP/1.1\r\nhost: a\r\n\r\n",
     b"GET /ping HTTP/1.1\r\nhost: a\r\n\r\n",
+    post(instances(1), path=b"/invocations?a=1"),  # a query string: the ASGI path
+    post(instances(1)).replace(b"HTTP/1.1", b"HTTP/1.0", 1),  # no keep-alive
 ]
 
 
@@ -143,9 +145,12 @@ def test_the_direct_path_answers_the_asgi_paths_bytes(draining: bool) -> None:
     assert thread == want
     statuses = [int(w.split(b" ")[1]) for [w] in want]  # one write per answer
     ping = 503 if draining else 200
-    assert statuses == [200, 200, 200, 400, 500, 400, 400, 415, 406, 400, 200, 200, 200, 405, ping]
+    assert statuses == [
+        *(200, 200, 200, 400, 500, 400, 400, 415, 406, 400, 200, 200, 200, 405, ping, 200, 200)
+    ]
     closing = [b"connection: close" in answer for [answer] in want]
-    assert closing == [True] * len(CASES) if draining else [i == 10 for i in range(len(CASES))]
+    closes = [True] * len(CASES) if draining else [i in (10, 16) for i in range(len(CASES))]
+    assert closing == closes
 
 
 def test_a_bad_request_in_a_group_gets_its_400_and_the_others_their_answers() -> None:

@@ -29,8 +29,44 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 from workloads.serving.lifecycle import LastCallProtocol
 
 PATH = "/invocations"
+_PATH = PATH.encode()
 _HEADERS = b"content-type: application/json\r\ncontent-length: "
 _CLOSE = b"\r\nconnection: close\r\n\r\n"
+
+
+class _NoWaiter:
+    """The message event of a direct request: no ASGI task waits on it."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+class DirectCycle:
+    """What the protocol keeps of a direct request, in the place of uvicorn's
+    `RequestResponseCycle` (which also carries an ASGI task's state, and an `asyncio.Event`):
+    the scope (the app reads the headers), the body read so far, and the connection's flags
+    that uvicorn's protocol reads and sets."""
+
+    __slots__ = (
+        "scope",
+        "body",
+        "more_body",
+        "keep_alive",
+        "disconnected",
+        "response_started",
+        "response_complete",
+    )
+    waiting_for_100_continue = False
+    message_event = _NoWaiter()
+
+    def __init__(self, scope: dict, keep_alive: bool) -> None:
+        self.scope = scope
+        self.body = bytearray()
+        self.more_body = True
+        self.keep_alive = keep_alive
+        self.disconnected = self.response_started = self.response_complete = False
 
 
 class DirectProtocol(LastCallProtocol):
@@ -46,8 +82,11 @@ class DirectProtocol(LastCallProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._raw = transport  # answers go out whole: no head to hold back
-        self._reading: RequestResponseCycle | None = None  # a direct request, body unread
+        self._reading: Any = None  # a direct request (a cycle of either kind), body unread
         self._reading_app: Any = None
+        # A request line `POST /invocations` gets a `DirectCycle` (as long as nothing
+        # rewrites the scope's path or turns requests away, which this server never asks).
+        self._lean = not self.root_path and self.limit_concurrency is None
         # The keep-alive timeout: uvicorn arms a timer after every response and cancels it
         # when the next request comes (~2 us a request, as much as the app's own request
         # path). Here one check is armed per idle stretch, and it closes the connection
@@ -92,6 +131,30 @@ class DirectProtocol(LastCallProtocol):
         else:
             self.timeout_keep_alive_handler()
 
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        cycle = self.cycle
+        if (
+            self.url != _PATH  # (a query string too: the ASGI path)
+            or self.expect_100_continue
+            or parser.get_method() != b"POST"
+            or not self._lean
+            or (cycle is not None and not cycle.response_complete)  # pipelined: uvicorn queues it
+            or parser.should_upgrade()
+        ):
+            super().on_headers_complete()
+            return
+        # uvicorn's scope entries for the request, then the cycle, without an ASGI task.
+        version = parser.get_http_version()
+        scope = self.scope
+        scope["method"], scope["path"], scope["raw_path"] = "POST", PATH, _PATH
+        scope["query_string"] = b""
+        if version != "1.1":
+            scope["http_version"] = version
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        self.cycle = self._reading = DirectCycle(scope, keep_alive)  # type: ignore[assignment]
+        self._reading_app = self.app
+
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope = cycle.scope
         if scope["path"] != PATH or scope["method"] != "POST" or cycle.waiting_for_100_continue:
@@ -107,7 +170,30 @@ class DirectProtocol(LastCallProtocol):
         if cycle is not None and cycle is self.cycle and len(cycle.body) > HIGH_WATER_LIMIT:
             # Reading has stopped (uvicorn's buffer limit): the app's `receive` reads on.
             self._reading = None
+            if type(cycle) is DirectCycle:
+                cycle = self._asgi_cycle(cycle)
             super()._start_asgi_task(cycle, self._reading_app)
+
+    def _asgi_cycle(self, light: DirectCycle) -> RequestResponseCycle:
+        """The `RequestResponseCycle` uvicorn would have made for a direct request, with its
+        body so far: the request goes on as an ASGI task."""
+        cycle = RequestResponseCycle(
+            scope=light.scope,  # type: ignore[arg-type]
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=light.keep_alive,
+            on_response=self.on_response_complete,
+        )
+        cycle.body = light.body
+        cycle.message_event.set()  # the body read so far is there for `receive`
+        self.cycle = cycle
+        return cycle
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -116,11 +202,11 @@ class DirectProtocol(LastCallProtocol):
             self._reading = None
             self._invoke(cycle)
 
-    def _invoke(self, cycle: RequestResponseCycle) -> None:
+    def _invoke(self, cycle: Any) -> None:
         body, cycle.body = bytes(cycle.body), bytearray()
         self.target.invoke_direct(self, cycle, body)
 
-    def answer(self, cycle: RequestResponseCycle, status: int, body: bytes) -> None:
+    def answer(self, cycle: Any, status: int, body: bytes) -> None:
         """Write the response to `cycle` (the bytes uvicorn writes for the app's answer) and
         go on as uvicorn does once a response is complete."""
         if cycle.disconnected or self._raw.is_closing():
