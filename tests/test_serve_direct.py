@@ -233,3 +233,37 @@ def test_an_idle_connection_closes_after_the_keep_alive_timeout_a_busy_one_stays
         loop.close()
     assert [closed for _, closed, _ in seen] == [False, False, False, True], seen
     assert [writes for _, _, writes in seen] == [1, 2, 3, 4]
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_read_either() -> None:
+    class Answering:
+        draining = False
+
+        def invoke_direct(self, protocol: DirectProtocol, cycle: Any, body: bytes) -> None:
+            protocol.answer(cycle, 200, b"{}")
+
+    async def asgi(scope, receive, send) -> None: ...
+
+    async def run() -> list[bool]:
+        config = uvicorn.Config(asgi, lifespan="off")
+        config.load()
+        protocol = DirectProtocol.for_app(Answering())(
+            config=config, server_state=ServerState(), app_state={}
+        )
+        protocol.connection_made(_Transport())
+        paused = []
+        protocol.data_received(post(instances(1)))
+        paused.append(protocol.flow.read_paused)
+        protocol.pause_writing()  # the transport's buffer passed its high-water mark
+        protocol.data_received(post(instances(2)))
+        paused.append(protocol.flow.read_paused)
+        protocol.resume_writing()
+        paused.append(protocol.flow.read_paused)
+        protocol.connection_lost(None)
+        return paused
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(run()) == [False, True, False]
+    finally:
+        loop.close()

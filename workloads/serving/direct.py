@@ -112,7 +112,8 @@ class DirectProtocol(LastCallProtocol):
         if self.transport.is_closing():
             return
         self._unset_keepalive_if_required()
-        self.flow.resume_reading()
+        if not self.flow.write_paused:  # a client that does not take its answers: see answer
+            self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
@@ -120,6 +121,11 @@ class DirectProtocol(LastCallProtocol):
         self._idle_since = self.loop.time()
         if self._idle_check is None:
             self._idle_check = self.loop.call_later(self.timeout_keep_alive, self._check_idle)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.cycle is None or self.cycle.response_complete:
+            self.flow.resume_reading()
 
     def _check_idle(self) -> None:
         self._idle_check = None
@@ -217,6 +223,11 @@ class DirectProtocol(LastCallProtocol):
             parts += (name, b": ", value, b"\r\n")
         parts += (_HEADERS, b"%d" % len(body), b"\r\n\r\n" if keep_alive else _CLOSE, body)
         self._raw.write(b"".join(parts))
+        if self.flow.write_paused:
+            # The client does not read its answers (the transport's buffer is past its limit):
+            # read no more requests from it until it does (`resume_writing`), where the ASGI
+            # path would wait before sending.
+            self.flow.pause_reading()
         cycle.response_started = cycle.response_complete = True
         if not keep_alive:
             cycle.keep_alive = False
