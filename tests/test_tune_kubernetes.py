@@ -467,3 +467,14 @@ def test_a_refused_run_leaves_no_study_behind(emulated, tmp_path):
             jobs=jobs,
         )
     assert not (tmp_path / "state").exists()
+
+
+def test_mlinfra_tune_on_a_kubernetes_stack_refuses_an_instance_type(aws_env, tmp_path):
+    platform, path = stack_files(tmp_path)
+    argv = ["tune", "--stack", "vision-dev", "--platform", str(platform), "--space", str(path)]
+    argv += ["--train", CHANNELS["train"], "--state-dir", str(tmp_path / "state")]
+    argv += ["--image", "v3", "--instance-type", "ml.g5.xlarge"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1
+    assert "--instance-type ml.g5.xlarge: a SageMaker instance type" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "state").exists()

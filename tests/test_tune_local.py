@@ -237,3 +237,13 @@ def test_mlinfra_tune_registers_and_gates_the_best(tmp_path, data):
     assert bad.exit_code == 1
     assert f"invalid search space {path}" in bad.output and "budget.parallel" in bad.output
     assert not (state / "local" / "tuning" / "fresh").exists()
+
+    # the cloud backends' options are refused on a stack whose trials are local processes
+    cloud = CliRunner().invoke(
+        app, [*argv, "--study", "fresh", "--instance-type", "ml.g5.xlarge", "--pool", "gpu"]
+    )
+    assert cloud.exit_code == 1 and "Traceback" not in cloud.output
+    assert "--pool and --instance-type: for stacks that train on Kubernetes or SageMaker" in (
+        cloud.output
+    )
+    assert not (state / "local" / "tuning" / "fresh").exists()

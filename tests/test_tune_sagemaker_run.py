@@ -381,6 +381,18 @@ def test_mlinfra_tune_sends_a_sagemaker_stack_to_sagemakers_tuner(aws, tmp_path)
     assert aws.requests == []
 
 
+def test_the_instance_type_reaches_every_trial(aws, tmp_path):
+    job = the_job(tmp_path)
+    script = Script(job)
+    script.described("Completed", best=f"{job}-001-aaaa")
+    script.listed(script.summary(f"{job}-001-aaaa", "Completed", "0.01", 0.9))
+    script.training_job(f"{job}-001-aaaa", {"auc": 0.9})
+    run(aws, tmp_path, script, instance_type="ml.g5.2xlarge")
+    (request,) = aws.requests
+    resources = request["TrainingJobDefinition"]["ResourceConfig"]
+    assert resources["InstanceType"] == "ml.g5.2xlarge" and resources["InstanceCount"] == 1
+
+
 def test_on_a_tie_sagemakers_best_job_wins_and_the_run_says_so(aws, tmp_path):
     job = the_job(tmp_path)
     first, second = f"{job}-001-abcd", f"{job}-002-abcd"

@@ -661,6 +661,10 @@ def tune(
     pool: Annotated[
         str | None, typer.Option(help="GPU pool of the trials (default: the stack's only one)")
     ] = None,
+    instance_type: Annotated[
+        str | None,
+        typer.Option(help="SageMaker instance type of the trials (default: the stack's)"),
+    ] = None,
     serve_image: Annotated[
         str | None, typer.Option(help="Serving image tag to register with (default --image)")
     ] = None,
@@ -707,6 +711,7 @@ def tune(
                 platform=platform,
                 image=image,
                 pool=pool,
+                instance_type=instance_type,
                 serve_image=serve_image,
                 group=group,
                 study=study,

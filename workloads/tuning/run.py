@@ -118,6 +118,7 @@ def tune_stack(
     platform: str | Path | None = None,
     image: str | None = None,
     pool: str | None = None,
+    instance_type: str | None = None,
     serve_image: str | None = None,
     stacks_dir: str | Path = "stacks",
     on_note: Callable[[str], None] | None = None,
@@ -134,7 +135,8 @@ def tune_stack(
         raise TuningError(str(exc)) from None
     backend = default_backend(descriptor)
     if backend == "local":
-        given = [f"--{n}" for n, v in (("image", image), ("pool", pool)) if v is not None]
+        cloud_only = (("image", image), ("pool", pool), ("instance-type", instance_type))
+        given = [f"--{n}" for n, v in cloud_only if v is not None]
         if given:
             raise TuningError(
                 f"{' and '.join(given)}: for stacks that train on Kubernetes or SageMaker; "
@@ -142,6 +144,11 @@ def tune_stack(
             )
         return tune_local(space_path, stack=stack, state=state, stacks_dir=stacks_dir, **common)
     if backend == "kubernetes":
+        if instance_type is not None:
+            raise TuningError(
+                f"--instance-type {instance_type}: a SageMaker instance type; stack {stack!r} "
+                "runs its trials on Kubernetes (the instance types are its node pools': --pool)"
+            )
         return tune_kubernetes(
             space_path,
             stack=stack,
@@ -164,6 +171,7 @@ def tune_stack(
         state=state,
         platform=platform,
         image=image,
+        instance_type=instance_type,
         serve_image=serve_image,
         on_note=on_note,
         **common,
@@ -228,12 +236,9 @@ def tune_kubernetes(
         on_start(space, name)
     for line in tuner.notes:
         (on_note or (lambda text: None))(line)
-    outcome = conclude(
-        tuner.study, tuner.run(), space, folder, descriptor, group, serve_image or image
-    )
-    if deploy and outcome.version is not None:
-        outcome.messages += deploy_endpoints(outcome, descriptor, group)
-    return outcome
+    result = tuner.run()
+    return conclude_cloud(tuner.study, result, space, folder, descriptor, group,
+                          serve_image or image, deploy)  # fmt: skip
 
 
 def tune_sagemaker(
@@ -299,9 +304,23 @@ def tune_sagemaker(
     )
     if on_start:
         on_start(space, name)
-    outcome = conclude(
-        search.study, search.run(), space, folder, descriptor, group, serve_image or image
-    )
+    result = search.run()
+    return conclude_cloud(search.study, result, space, folder, descriptor, group,
+                          serve_image or image, deploy)  # fmt: skip
+
+
+def conclude_cloud(
+    study: optuna.Study,
+    result: TuneResult,
+    space: SearchSpace,
+    folder: Path,
+    descriptor: PlatformDescriptor,
+    group: str,
+    serve_image_tag: str | None,
+    deploy: bool,
+) -> TuneOutcome:
+    """`conclude` for a cloud stack's driver, then `--deploy` to the stack's endpoints."""
+    outcome = conclude(study, result, space, folder, descriptor, group, serve_image_tag or "local")
     if deploy and outcome.version is not None:
         outcome.messages += deploy_endpoints(outcome, descriptor, group)
     return outcome
