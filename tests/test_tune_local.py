@@ -190,6 +190,23 @@ def test_two_tuners_share_one_study(tmp_path, data):
     assert len({t.user_attrs["tuner"] for t in done}) == 2  # both did work
 
 
+def test_a_running_sagemaker_trial_in_the_study_is_never_adopted(tmp_path, data):
+    doc = space(2, epochs=2)
+    local = tuner(doc, tmp_path, data)
+    local.study.add_trial(
+        optuna.trial.create_trial(
+            params={"learning_rate": 0.05},
+            distributions=local.space.distributions(),
+            state=optuna.trial.TrialState.RUNNING,
+            user_attrs={"backend": "sagemaker", "sagemaker_training_job": "churn-tune-001-abcd"},
+        )
+    )
+    local.run()
+    done = trials(tmp_path)
+    assert [t.state.name for t in done] == ["RUNNING", "COMPLETE"]  # its own budget's trial
+    assert "tuner" not in done[0].user_attrs
+
+
 def test_an_objective_the_run_does_not_report_stops_the_search(tmp_path, data):
     doc = space(3, epochs=3, objective={"metric": "r2", "direction": "maximize"})
     with pytest.raises(TuningError, match="'r2' is not reported .* it reports: accuracy, auc"):

@@ -315,6 +315,8 @@ def test_finished_sagemaker_trials_join_the_study(tmp_path, aws_env):
             expected,
         )
         assert sagemaker.import_trials(study, s, client, "churn-tune") == 3
+        running = {t.user_attrs.get(sagemaker.JOB_ATTR): t for t in study.get_trials()}["t-003"]
+        assert running.state.name == "RUNNING" and running.params["problem"] == "multiclass"
         assert sagemaker.import_trials(study, s, client, "churn-tune") == 1  # only the new one
     trials = {t.user_attrs.get(sagemaker.JOB_ATTR): t for t in study.get_trials()}
     assert trials["t-001"].state.name == "COMPLETE" and trials["t-001"].value == 0.91

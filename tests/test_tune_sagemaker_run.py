@@ -231,11 +231,14 @@ def test_polling_copies_trials_as_they_finish_and_registers_sagemakers_best(aws,
         aws, tmp_path, script, deploy=True, on_update=updates.append, on_note=notes.append
     )
     assert sleeps == [30.0, 30.0]  # polled until Completed
+    # the live table shows a running training job as a running trial, then its result
     assert [(u.number, u.state) for u in updates] == [
         (0, "COMPLETE"),
+        (1, "RUNNING"),
         (1, "COMPLETE"),
         (2, "PRUNED"),
     ]
+    assert updates[1].note == b and updates[1].params == {"learning_rate": 0.01}
     assert notes[0].startswith(f"SageMaker tuning job {job} (arn:aws:sagemaker:")
     result = outcome.result
     assert result.best.number == 1 and result.best.value == pytest.approx(0.9)

@@ -47,6 +47,7 @@ from workloads.tuning.study import (
     flock,
     held,
     open_study,
+    sagemaker_owned,
     study_result,
     trial_budget,
 )
@@ -254,6 +255,8 @@ class KubernetesTuner:
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 owner = t.user_attrs.get("tuner")
                 if owner == self.id or (owner and held(self.folder / "tuners" / f"{owner}.lock")):
+                    continue
+                if sagemaker_owned(t):
                     continue
                 trial = optuna.trial.Trial(self.study, t._trial_id)
                 trial.set_user_attr("tuner", self.id)

@@ -55,6 +55,7 @@ from workloads.tuning.study import (
     flock,
     held,
     open_study,
+    sagemaker_owned,
     study_result,
     trial_budget,
 )
@@ -185,7 +186,7 @@ class LocalTuner:
             trials = self.study.get_trials(deepcopy=False)
             for t in trials:
                 owner = t.user_attrs.get("tuner")
-                if t.state == TrialState.RUNNING and owner != self.id:
+                if t.state == TrialState.RUNNING and owner != self.id and not sagemaker_owned(t):
                     if owner is None or not held(self.folder / "tuners" / f"{owner}.lock"):
                         trial = optuna.trial.Trial(self.study, t._trial_id)
                         trial.set_user_attr("tuner", self.id)

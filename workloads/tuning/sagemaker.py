@@ -9,8 +9,10 @@ without the SDK, and the request the SDK sends is checked against them. The SDK 
 only here, after its two network switches are set (no IAM role validation, no telemetry:
 `workloads.jobs.sagemaker.sdk_switches`).
 
-`import_trials` copies each finished training job of the tuning job into the study the
-local driver uses (`study.add_trial`), once, so every backend's results compare in one place.
+`import_trials` copies each training job of the tuning job into the study the local driver
+uses: a running job as a RUNNING trial (`study.add_trial`), told its result once it ends
+(`study.tell`), so the live table shows what runs and every backend's results compare in one
+place.
 """
 
 from __future__ import annotations
@@ -205,32 +207,46 @@ def _decode(space: SearchSpace, name: str, text: str) -> Any:
 
 
 def import_trials(study: optuna.Study, space: SearchSpace, client: Any, job_name: str) -> int:
-    """Add the tuning job's finished training jobs to `study`; returns how many were new."""
-    known = {t.user_attrs.get(JOB_ATTR) for t in study.get_trials(deepcopy=False)}
+    """Bring the tuning job's training jobs into `study`: a job not seen before becomes a
+    trial (RUNNING while SageMaker runs it), a RUNNING trial whose job ended is told its
+    result. Returns how many trials finished in this call."""
+    trials = {
+        t.user_attrs.get(JOB_ATTR): t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(JOB_ATTR)
+    }
     dists = space.distributions()
-    added = 0
+    finished = 0
     paginator = client.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job")
     for page in paginator.paginate(HyperParameterTuningJobName=job_name):
         for job in page["TrainingJobSummaries"]:
-            name, state = job["TrainingJobName"], STATES.get(job["TrainingJobStatus"])
-            if state is None or name in known:  # still running, or copied before
-                continue
-            params = {k: _decode(space, k, v) for k, v in job["TunedHyperParameters"].items()}
+            name = job["TrainingJobName"]
+            state = STATES.get(job["TrainingJobStatus"], TrialState.RUNNING)
             final = job.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
             value = final.get("Value")
             if state == TrialState.COMPLETE and value is None:
                 state = TrialState.FAIL  # finished without reporting the objective
-            attrs = {JOB_ATTR: name, "backend": "sagemaker", "tuning_job": job_name}
-            if job.get("FailureReason"):
-                attrs["failure"] = job["FailureReason"]
-            study.add_trial(
-                optuna.trial.create_trial(
-                    params=params,
-                    distributions={k: dists[k] for k in params},
-                    value=float(value) if state == TrialState.COMPLETE else None,
-                    state=state,
-                    user_attrs=attrs,
+            known = trials.get(name)
+            if known is not None and (known.state != TrialState.RUNNING or state == known.state):
+                continue  # told before, or still running
+            attrs = {"failure": job["FailureReason"]} if job.get("FailureReason") else {}
+            if known is None:
+                params = {k: _decode(space, k, v) for k, v in job["TunedHyperParameters"].items()}
+                attrs |= {JOB_ATTR: name, "backend": "sagemaker", "tuning_job": job_name}
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params=params,
+                        distributions={k: dists[k] for k in params},
+                        value=float(value) if state == TrialState.COMPLETE else None,
+                        state=state,
+                        user_attrs=attrs,
+                    )
                 )
-            )
-            added += 1
-    return added
+            else:  # a job seen running has ended
+                trial = optuna.trial.Trial(study, known._trial_id)
+                for key, text in attrs.items():
+                    trial.set_user_attr(key, text)
+                complete = state == TrialState.COMPLETE
+                study.tell(known.number, float(value) if complete else None, state=state)
+            finished += state != TrialState.RUNNING
+    return finished

@@ -180,7 +180,7 @@ class SageMakerSearch:
                 self.on_update(dataclasses.replace(view, params=dict(view.params)))
 
     def _finished(self) -> int:
-        return len(self._views)
+        return sum(1 for view in self._views.values() if view.state != "RUNNING")
 
     def _stop(self) -> None:
         try:

@@ -119,6 +119,12 @@ def trial_budget(space: SearchSpace) -> tuple[int, list[str]]:
     return space.budget.trials, []
 
 
+def sagemaker_owned(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial SageMaker's tuner runs (copied in by `tuning.sagemaker.import_trials`): the
+    local and Kubernetes drivers never adopt it, whatever its state."""
+    return t.user_attrs.get("backend") == "sagemaker"
+
+
 def trial_view(t: optuna.trial.FrozenTrial, note: str = "") -> TrialView:
     """A stored trial as the table shows it; `note` is what the driver saw live."""
     steps = t.intermediate_values
