@@ -158,13 +158,19 @@ def the_job(tmp_path: Path) -> str:
     return job_name("vision-dev", "churn-tune", load_space(space_file(tmp_path)))
 
 
-def test_the_request_carries_what_mlinfra_train_gives_a_sagemaker_job(aws, tmp_path):
+def one_completed_job(tmp_path: Path) -> Script:
+    """A tuning job that ends at the first poll with one completed training job."""
     job = the_job(tmp_path)
     script = Script(job)
     script.described("Completed", best=f"{job}-001-aaaa")
     script.listed(script.summary(f"{job}-001-aaaa", "Completed", "0.01", 0.9))
     script.training_job(f"{job}-001-aaaa", {"auc": 0.9})
-    run(aws, tmp_path, script)
+    return script
+
+
+def test_the_request_carries_what_mlinfra_train_gives_a_sagemaker_job(aws, tmp_path):
+    job = the_job(tmp_path)
+    run(aws, tmp_path, one_completed_job(tmp_path))
     (request,) = aws.requests
     assert request["HyperParameterTuningJobName"] == job
     definition = request["TrainingJobDefinition"]
@@ -385,12 +391,7 @@ def test_mlinfra_tune_sends_a_sagemaker_stack_to_sagemakers_tuner(aws, tmp_path)
 
 
 def test_the_instance_type_reaches_every_trial(aws, tmp_path):
-    job = the_job(tmp_path)
-    script = Script(job)
-    script.described("Completed", best=f"{job}-001-aaaa")
-    script.listed(script.summary(f"{job}-001-aaaa", "Completed", "0.01", 0.9))
-    script.training_job(f"{job}-001-aaaa", {"auc": 0.9})
-    run(aws, tmp_path, script, instance_type="ml.g5.2xlarge")
+    run(aws, tmp_path, one_completed_job(tmp_path), instance_type="ml.g5.2xlarge")
     (request,) = aws.requests
     resources = request["TrainingJobDefinition"]["ResourceConfig"]
     assert resources["InstanceType"] == "ml.g5.2xlarge" and resources["InstanceCount"] == 1

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,19 @@ def tune_local(
     )
     if on_start:
         on_start(space, name)
-    outcome = conclude(tuner.study, tuner.run(), space, folder, descriptor, group)
-    if deploy and outcome.version is not None:
-        if outcome.status == "Approved":
-            outcome.messages += localenv.rollout(stack, state, stacks_dir=stacks_dir).messages
-        else:
-            outcome.messages.append(f"not deployed: version {outcome.version} is {outcome.status}")
-    return outcome
+
+    def rollout(outcome: TuneOutcome) -> list[str]:
+        return localenv.rollout(stack, state, stacks_dir=stacks_dir).messages
+
+    return conclude(
+        tuner.study,
+        tuner.run(),
+        space,
+        folder,
+        descriptor,
+        group,
+        deploy=rollout if deploy else None,
+    )
 
 
 def conclude(
@@ -92,10 +99,11 @@ def conclude(
     folder: Path,
     descriptor: PlatformDescriptor,
     group: str,
-    serve_image_tag: str = "local",
+    serve_image_tag: str | None = None,
+    deploy: Callable[[TuneOutcome], list[str]] | None = None,
 ) -> TuneOutcome:
     """What every driver does once the search ends: the report, then the best trial
-    registered and gated."""
+    registered and gated, then (`--deploy`) rolled out by `deploy` if approved."""
     report = save_report(study, result, space.objective.metric, folder / "report.html")
     outcome = TuneOutcome(space, result, report)
     if result.best is None:
@@ -106,7 +114,12 @@ def conclude(
             "registered from there"
         )
     else:
-        register_best(outcome, descriptor, group, serve_image_tag)
+        register_best(outcome, descriptor, group, serve_image_tag or "local")
+    if deploy is not None and outcome.version is not None:
+        if outcome.status == "Approved":
+            outcome.messages += deploy(outcome)
+        else:
+            outcome.messages.append(f"not deployed: version {outcome.version} is {outcome.status}")
     return outcome
 
 
@@ -236,9 +249,10 @@ def tune_kubernetes(
         on_start(space, name)
     for line in tuner.notes:
         (on_note or (lambda text: None))(line)
-    result = tuner.run()
-    return conclude_cloud(tuner.study, result, space, folder, descriptor, group,
-                          serve_image or image, deploy)  # fmt: skip
+    return conclude(
+        tuner.study, tuner.run(), space, folder, descriptor, group, serve_image or image,
+        deploy=partial(deploy_endpoints, descriptor=descriptor, group=group) if deploy else None,
+    )  # fmt: skip
 
 
 def tune_sagemaker(
@@ -304,26 +318,10 @@ def tune_sagemaker(
     )
     if on_start:
         on_start(space, name)
-    result = search.run()
-    return conclude_cloud(search.study, result, space, folder, descriptor, group,
-                          serve_image or image, deploy)  # fmt: skip
-
-
-def conclude_cloud(
-    study: optuna.Study,
-    result: TuneResult,
-    space: SearchSpace,
-    folder: Path,
-    descriptor: PlatformDescriptor,
-    group: str,
-    serve_image_tag: str | None,
-    deploy: bool,
-) -> TuneOutcome:
-    """`conclude` for a cloud stack's driver, then `--deploy` to the stack's endpoints."""
-    outcome = conclude(study, result, space, folder, descriptor, group, serve_image_tag or "local")
-    if deploy and outcome.version is not None:
-        outcome.messages += deploy_endpoints(outcome, descriptor, group)
-    return outcome
+    return conclude(
+        search.study, search.run(), space, folder, descriptor, group, serve_image or image,
+        deploy=partial(deploy_endpoints, descriptor=descriptor, group=group) if deploy else None,
+    )  # fmt: skip
 
 
 def deploy_endpoints(outcome: TuneOutcome, descriptor: PlatformDescriptor, group: str) -> list[str]:
@@ -331,8 +329,6 @@ def deploy_endpoints(outcome: TuneOutcome, descriptor: PlatformDescriptor, group
     whose version the stack does not pin, as `mlinfra deploy` does."""
     from workloads.jobs import rollout
 
-    if outcome.status != "Approved":
-        return [f"not deployed: version {outcome.version} is {outcome.status}"]
     names = [
         n
         for n, ref in descriptor.endpoints.items()
