@@ -157,3 +157,32 @@ def test_an_image_tag_is_checked_in_ecr_then_set_on_every_container(api):
     pod = template(api)["spec"]["template"]["spec"]
     images = {c["name"]: c["image"] for c in pod["initContainers"] + pod["containers"]}
     assert images == {"fetch-model": f"{SERVE_REPO}:def456", "serve": f"{SERVE_REPO}:def456"}
+
+
+def test_without_a_client_the_deployer_reaches_the_descriptors_cluster(monkeypatch):
+    """Rollouts make their Kubernetes client as the job API does: the endpoint and CA the
+    stack exports, a token from the AWS credentials (no kubeconfig read)."""
+    import base64
+
+    import boto3
+
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    descriptor = aws_descriptor()
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    cluster = descriptor.cluster.model_copy(
+        update={"endpoint": "https://127.0.0.1:6443", "certificate_authority": ca}
+    )
+    descriptor = descriptor.model_copy(update={"cluster": cluster})
+    built = deployer_for(
+        descriptor, "ranker", FakeRegistry({1: "Approved"}), ecr=object(),
+        session=boto3.Session(region_name="us-east-1"),
+    )  # fmt: skip
+    config = built.apps.api_client.configuration
+    assert config.host == "https://127.0.0.1:6443"
+    assert config.get_api_key_with_prefix("authorization").startswith("Bearer k8s-aws-v1.")
+    # a stack applied before the cluster's endpoint was exported says what to do
+    bare = descriptor.model_copy(update={"cluster": cluster.model_copy(update={"endpoint": None})})
+    with pytest.raises(ValueError, match="exports no cluster endpoint/CA: run `pulumi up`"):
+        deployer_for(bare, "ranker", FakeRegistry({1: "Approved"}), ecr=object())

@@ -75,6 +75,41 @@ def client_missing() -> JobError:
     return missing_extra("Kubernetes", "kubernetes", "the official kubernetes client")
 
 
+def eks_api_client(descriptor: PlatformDescriptor, boto_session: Any = None) -> Any:
+    """A Kubernetes ApiClient for the stack's EKS cluster, from what the descriptor exports
+    (endpoint, CA) and a token made from the AWS credentials before each request: no
+    kubeconfig needed. Every mlinfra command that talks to the cluster uses it."""
+    try:
+        from kubernetes import client
+    except ImportError:
+        raise client_missing() from None
+    cluster = descriptor.cluster
+    if cluster is None:
+        raise JobError(f"stack {descriptor.stack!r} has no Kubernetes cluster")
+    if not cluster.endpoint or not cluster.certificate_authority:
+        raise JobError(
+            f"stack {descriptor.stack!r} exports no cluster endpoint/CA: run "
+            "`pulumi up` with this version first"
+        )
+    if boto_session is None:
+        import boto3
+
+        boto_session = boto3.Session(region_name=descriptor.region)
+    config = client.Configuration()
+    config.host = cluster.endpoint
+    ca = Path(tempfile.mkdtemp(prefix="mlinfra-eks-")) / "ca.crt"
+    ca.write_bytes(base64.b64decode(cluster.certificate_authority))
+    config.ssl_ca_cert = str(ca)
+    config.api_key_prefix = {"authorization": "Bearer"}
+    name = cluster.name
+
+    def fresh_token(c: Any) -> None:  # before each request: a token lives 15 min
+        c.api_key["authorization"] = eks_token(boto_session, name)
+
+    config.refresh_api_key_hook = fresh_token
+    return client.ApiClient(config)
+
+
 @register
 class KubernetesJobs(JobBackend):
     name = "kubernetes"
@@ -109,28 +144,7 @@ class KubernetesJobs(JobBackend):
 
     def api_client(self) -> Any:
         if self._api_client is None:
-            try:
-                from kubernetes import client
-            except ImportError:
-                raise client_missing() from None
-            if not self.cluster.endpoint or not self.cluster.certificate_authority:
-                raise JobError(
-                    f"stack {self.descriptor.stack!r} exports no cluster endpoint/CA: run "
-                    "`pulumi up` with this version first"
-                )
-            config = client.Configuration()
-            config.host = self.cluster.endpoint
-            ca = Path(tempfile.mkdtemp(prefix="mlinfra-eks-")) / "ca.crt"
-            ca.write_bytes(base64.b64decode(self.cluster.certificate_authority))
-            config.ssl_ca_cert = str(ca)
-            config.api_key_prefix = {"authorization": "Bearer"}
-            name, session = self.cluster.name, self.boto_session
-
-            def fresh_token(c: Any) -> None:  # before each request: a token lives 15 min
-                c.api_key["authorization"] = eks_token(session, name)
-
-            config.refresh_api_key_hook = fresh_token
-            self._api_client = client.ApiClient(config)
+            self._api_client = eks_api_client(self.descriptor, self.boto_session)
         return self._api_client
 
     def _apis(self) -> tuple[Any, Any]:

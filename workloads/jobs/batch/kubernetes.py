@@ -66,7 +66,7 @@ class KubernetesBatch(BatchBackend):
         super().__init__(descriptor, registry)
         from kubernetes import client
 
-        self.api_client = kube_api_client(api_client)
+        self.api_client = kube_api_client(descriptor, api_client, session)
         self.jobs = client.BatchV1Api(self.api_client)
         self.ecr = aws_clients(descriptor, session, ecr=ecr)["ecr"]
         self.poll_s, self.timeout_s, self.sleep, self.stamp = poll_s, timeout_s, sleep, stamp

@@ -27,11 +27,14 @@ def aws_clients(
     }
 
 
-def kube_api_client(api_client: Any = None) -> Any:
-    """The given ApiClient, or one from the kubeconfig (`aws eks update-kubeconfig` writes it)."""
+def kube_api_client(
+    descriptor: PlatformDescriptor, api_client: Any = None, session: Any = None
+) -> Any:
+    """The given ApiClient, or one for the stack's EKS cluster made as the job API makes
+    its own (`workloads.jobs.kubernetes.eks_api_client`: the descriptor's endpoint and CA,
+    a fresh token per request; no kubeconfig)."""
     if api_client is not None:
         return api_client
-    from kubernetes import client, config
+    from workloads.jobs.kubernetes import eks_api_client
 
-    config.load_kube_config()
-    return client.ApiClient()
+    return eks_api_client(descriptor, session)

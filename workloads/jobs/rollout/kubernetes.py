@@ -77,7 +77,7 @@ class KubernetesDeployer(Deployer):
         super().__init__(descriptor, registry)
         from kubernetes import client
 
-        self.apps = client.AppsV1Api(kube_api_client(api_client))
+        self.apps = client.AppsV1Api(kube_api_client(descriptor, api_client, session))
         self.api_exception = client.ApiException
         self.ecr = aws_clients(descriptor, session, ecr=ecr)["ecr"]
         self.poll_s, self.timeout_s, self.sleep = poll_s, timeout_s, sleep
