@@ -2,22 +2,23 @@
 and `parallel` 2 against 1.
 
     .venv/bin/python benchmarks/tune.py [--trials 30] [--datasets breast_cancer,wine,diabetes]
-                                        [--epochs 60] [--parallel-trials 8]
-                                        [--skip-parallel | --parallel-only] [--patience N]
+                                        [--splits 3] [--epochs 30] [--patience 15]
+                                        [--parallel-trials 8] [--skip-parallel | --parallel-only]
 
-For each scikit-learn dataset (split 60/20/20 into train, validation and a held-out test
-set, seeded) it runs the local driver (`workloads.tuning.local.LocalTuner`, each trial a
-real `workloads.train` process) twice over the same search space: TPE + median pruning, and
-random search with pruning off. The trial with the best validation loss wins; its
-hyperparameters are refitted on train + validation for its best epoch count
-(`workloads.tuning.refit`). It prints the refitted model's held-out test score (accuracy,
-or r2 for diabetes) beside the selected trial's own, the total training epochs all trials
-ran, wall and CPU seconds and the load average, next to a scikit-learn linear baseline
-(logistic regression / ridge on standardised features) fitted on the same train +
-validation rows (and, for reference, on train alone). The test split is only scored. Then,
-on the first dataset, trials per minute with `parallel` 1 and 2 (random search, no
-pruning, the same trials; load-sensitive: run it alone, `--parallel-only`). Figures go to
-stdout and, as JSON, to `benchmarks/out/tune-<datasets>.json` (`tune-parallel.json`).
+For each scikit-learn dataset and each of `--splits` seeded splits (60/20/20 into train,
+validation and a held-out test set, stratified for classification) it runs the local driver
+(`workloads.tuning.local.LocalTuner`, each trial a real `workloads.train` process) twice over
+the same search space: TPE + median pruning, and random search with pruning off. The trial
+with the best validation loss wins, and its artifact, the one `mlinfra tune` registers, is
+scored on the test split (accuracy, or R2 for diabetes), next to a scikit-learn linear
+baseline (logistic regression / ridge on standardised features) fitted on train +
+validation (and, for reference, on train alone). The test split is only scored. One split's
+test set is 36 to 114 rows, so one or two rows decide a comparison; the means over splits
+are the figures to read. It prints each split's scores, the total training epochs all trials
+ran, wall and CPU seconds and the load average, then the means per dataset. Then, on the
+first dataset, trials per minute with `parallel` 1 and 2 (random search, no pruning, the same
+trials; load-sensitive: run it alone, `--parallel-only`). Figures go to stdout and, as JSON,
+to `benchmarks/out/tune-<datasets>.json` (`tune-parallel.json`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -45,18 +47,19 @@ sys.path.insert(0, str(REPO))
 
 from workloads.training.artifact import load_model  # noqa: E402
 from workloads.tuning.local import LocalTuner  # noqa: E402
-from workloads.tuning.refit import refit  # noqa: E402
 from workloads.tuning.space import parse_space  # noqa: E402
 
 REGRESSION = {"diabetes"}
 
 
-def split(name: str, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def split(
+    name: str, folder: Path, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     frame = getattr(datasets, f"load_{name}")(as_frame=True).frame
     stratify = None if name in REGRESSION else frame["target"]
-    rest, test = train_test_split(frame, test_size=0.2, random_state=0, stratify=stratify)
+    rest, test = train_test_split(frame, test_size=0.2, random_state=seed, stratify=stratify)
     stratify = None if name in REGRESSION else rest["target"]
-    train, val = train_test_split(rest, test_size=0.25, random_state=0, stratify=stratify)
+    train, val = train_test_split(rest, test_size=0.25, random_state=seed, stratify=stratify)
     folder.mkdir(parents=True, exist_ok=True)
     train.to_csv(folder / "train.csv", index=False)
     val.to_csv(folder / "validation.csv", index=False)
@@ -70,8 +73,8 @@ def score(name: str, truth: Any, predicted: Any) -> float:
 
 
 def baseline(name: str, train: pd.DataFrame, test: pd.DataFrame) -> float:
-    """Fitted on the rows the tuned model finally trains on (train + validation): it needs
-    no validation split, having nothing to choose."""
+    """Fitted on train + validation, the rows the search sees: it needs no validation
+    split, having nothing to choose."""
     linear = Ridge() if name in REGRESSION else LogisticRegression(max_iter=5000)
     model = make_pipeline(StandardScaler(), linear)
     model.fit(train.drop(columns="target"), train["target"])
@@ -111,8 +114,7 @@ def space(
                 "target": "target",
                 "problem": "regression" if regression else "",
                 "epochs": epochs,
-                # Early stopping off by default: the budget is the pruner's to cut.
-                "patience": patience or epochs,
+                "patience": patience or epochs,  # --patience 0: early stopping off
                 "checkpoint_steps": 100_000,
             },
             "parameters": {
@@ -163,14 +165,64 @@ def run(space_, folder: Path, data: Path) -> dict[str, Any]:
     }
 
 
+def search_split(name: str, seed: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Both searches on one seeded split of `name`: their selected trials' test scores."""
+    data = root / f"{name}-{seed}" / "data"
+    train, val, test = split(name, data, seed)
+    row: dict[str, Any] = {
+        "linear_baseline": baseline(name, pd.concat([train, val]), test),
+        "linear_baseline_train_only": baseline(name, train, test),
+        "test_rows": len(test),
+    }
+    for label, sampler, pruning in (("tpe+median", "tpe", "median"), ("random", "random", "off")):
+        space_ = space(name, args.trials, args.epochs, sampler, pruning, 1, args.patience)
+        out = run(space_, root / f"{name}-{seed}" / label, data)
+        result = out.pop("result")
+        out["held_out"] = held_out(name, result.best_model_dir, test)
+        out["best_params"] = result.best.params
+        row[label] = out
+        print(f"{name:14s} split {seed} {label:10s} held-out {out['held_out']:.4f}  "
+              f"linear {row['linear_baseline']:.4f} (train only "
+              f"{row['linear_baseline_train_only']:.4f})  epochs {out['epochs']:5d}  "
+              f"pruned {out['pruned']:2d}  wall {out['wall_s']:6.1f} s  cpu {out['cpu_s']:6.1f} s  "
+              f"load {out['load'][0]:.1f}->{out['load'][1]:.1f}", flush=True)  # fmt: skip
+    return row
+
+
+def summary(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the splits, wins against the linear baseline, the epochs pruning saved."""
+
+    def mean(key: str, field: str = "held_out") -> float:
+        return statistics.mean(r[key] if field == "" else r[key][field] for r in rows)
+
+    tpe = [r["tpe+median"]["held_out"] for r in rows]
+    linear = [r["linear_baseline"] for r in rows]
+    epochs = {k: sum(r[k]["epochs"] for r in rows) for k in ("tpe+median", "random")}
+    out = {
+        "tpe+median": mean("tpe+median"),
+        "random": mean("random"),
+        "linear_baseline": mean("linear_baseline", ""),
+        "linear_baseline_train_only": mean("linear_baseline_train_only", ""),
+        "tpe_vs_linear": [round(a - b, 4) for a, b in zip(tpe, linear, strict=True)],
+        "epochs_saved": 1 - epochs["tpe+median"] / max(1, epochs["random"]),
+    }
+    print(f"{name:14s} mean of {len(rows)} splits: TPE {out['tpe+median']:.4f}  random "
+          f"{out['random']:.4f}  linear {out['linear_baseline']:.4f} (train only "
+          f"{out['linear_baseline_train_only']:.4f}); TPE - linear per split "
+          f"{out['tpe_vs_linear']}; pruning saved {out['epochs_saved']:.0%} of the epochs",
+          flush=True)  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--splits", type=int, default=3, help="seeded splits per dataset")
     parser.add_argument("--datasets", default="breast_cancer,wine,diabetes")
     parser.add_argument("--parallel-trials", type=int, default=8)
     parser.add_argument(
-        "--patience", type=int, default=None, help="early stopping in both searches (off)"
+        "--patience", type=int, default=15, help="early stopping in both searches (0: off)"
     )
     parser.add_argument("--skip-parallel", action="store_true")
     parser.add_argument("--parallel-only", action="store_true", help="no searches")
@@ -179,55 +231,22 @@ def main() -> None:
         "trials": args.trials,
         "epochs": args.epochs,
         "patience": args.patience,
+        "splits": args.splits,
         "datasets": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         root = Path(tmp)
         names = args.datasets.split(",")
         for name in [] if args.parallel_only else names:
-            data = root / name / "data"
-            train, val, test = split(name, data)
-            row: dict[str, Any] = {
-                "linear_baseline": baseline(name, pd.concat([train, val]), test),
-                "linear_baseline_train_only": baseline(name, train, test),
-            }
-            for label, sampler, pruning in (
-                ("tpe+median", "tpe", "median"),
-                ("random", "random", "off"),
-            ):
-                space_ = space(name, args.trials, args.epochs, sampler, pruning, 1, args.patience)
-                out = run(space_, root / name / label, data)
-                result = out.pop("result")
-                # The trial's own model (weights picked on the validation rows), then the
-                # winner refitted on train + validation: the model the figures are for.
-                out["held_out_selected"] = held_out(name, result.best_model_dir, test)
-                started = time.perf_counter()
-                model = refit(
-                    space_, result.best.params, result.best_model_dir,
-                    train=str(data / "train.csv"), validation=str(data / "validation.csv"),
-                    folder=root / name / label / "refit", env=os.environ | {"OMP_NUM_THREADS": "1"},
-                )  # fmt: skip
-                out["refit_s"] = time.perf_counter() - started
-                out["held_out"] = held_out(name, model, test)
-                row[label] = out
-                print(f"{name:14s} {label:10s} held-out {out['held_out']:.4f} "
-                      f"(selected trial {out['held_out_selected']:.4f})  "
-                      f"epochs {out['epochs']:5d}  pruned {out['pruned']:2d}  "
-                      f"wall {out['wall_s']:7.1f} s  cpu {out['cpu_s']:7.1f} s  "
-                      f"load {out['load'][0]:.1f}->{out['load'][1]:.1f}", flush=True)  # fmt: skip
-            saved = 1 - row["tpe+median"]["epochs"] / max(1, row["random"]["epochs"])
-            row["epochs_saved"] = saved
-            print(f"{name:14s} linear baseline {row['linear_baseline']:.4f} "
-                  f"(train only {row['linear_baseline_train_only']:.4f}); "
-                  f"pruning saved {saved:.0%} of the epochs", flush=True)  # fmt: skip
-            figures["datasets"][name] = row
+            rows = [search_split(name, seed, root, args) for seed in range(args.splits)]
+            figures["datasets"][name] = {"splits": rows, "summary": summary(name, rows)}
         if not args.skip_parallel:
             name = names[0]
             split(name, root / name / "data")
             per_minute = {}
             for parallel in (1, 2):
-                out = run(space(name, args.parallel_trials, args.epochs, "random", "off", parallel),
-                          root / name / f"parallel-{parallel}", root / name / "data")  # fmt: skip
+                space_ = space(name, args.parallel_trials, args.epochs, "random", "off", parallel)
+                out = run(space_, root / name / f"parallel-{parallel}", root / name / "data")
                 per_minute[parallel] = args.parallel_trials / out["wall_s"] * 60
                 figures.setdefault("parallel", {})[parallel] = out | {"result": None}
                 print(
@@ -240,7 +259,7 @@ def main() -> None:
     out = REPO / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
     label = "parallel" if args.parallel_only else args.datasets.replace(",", "-")
-    label += f"-patience{args.patience}" if args.patience else ""
+    label += "" if args.patience else "-no-early-stopping"
     (out / f"tune-{label}.json").write_text(json.dumps(figures, indent=2, default=str))
     print(json.dumps(figures, indent=2, default=str))
 
