@@ -45,9 +45,8 @@ from workloads.tuning.study import (
     TuneResult,
     TuningError,
     flock,
-    held,
     open_study,
-    sagemaker_owned,
+    orphaned,
     study_result,
     trial_budget,
 )
@@ -253,10 +252,7 @@ class KubernetesTuner:
         """Follow the Jobs of RUNNING trials whose tuner is gone (killed, crashed)."""
         with self._study_lock():
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                owner = t.user_attrs.get("tuner")
-                if owner == self.id or (owner and held(self.folder / "tuners" / f"{owner}.lock")):
-                    continue
-                if sagemaker_owned(t):
+                if not orphaned(t, self.folder, self.id):
                     continue
                 trial = optuna.trial.Trial(self.study, t._trial_id)
                 trial.set_user_attr("tuner", self.id)

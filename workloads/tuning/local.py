@@ -55,7 +55,7 @@ from workloads.tuning.study import (
     flock,
     held,
     open_study,
-    sagemaker_owned,
+    orphaned,
     study_result,
     trial_budget,
 )
@@ -185,12 +185,10 @@ class LocalTuner:
         with self._lock, flock(self.folder / "study.lock"):
             trials = self.study.get_trials(deepcopy=False)
             for t in trials:
-                owner = t.user_attrs.get("tuner")
-                if t.state == TrialState.RUNNING and owner != self.id and not sagemaker_owned(t):
-                    if owner is None or not held(self.folder / "tuners" / f"{owner}.lock"):
-                        trial = optuna.trial.Trial(self.study, t._trial_id)
-                        trial.set_user_attr("tuner", self.id)
-                        return trial, True
+                if orphaned(t, self.folder, self.id):
+                    trial = optuna.trial.Trial(self.study, t._trial_id)
+                    trial.set_user_attr("tuner", self.id)
+                    return trial, True
             if sum(1 for t in trials if t.state in (*FINISHED, TrialState.RUNNING)) >= self.trials:
                 return None
             if deadline is not None and time.monotonic() > deadline:

@@ -119,10 +119,15 @@ def trial_budget(space: SearchSpace) -> tuple[int, list[str]]:
     return space.budget.trials, []
 
 
-def sagemaker_owned(t: optuna.trial.FrozenTrial) -> bool:
-    """A trial SageMaker's tuner runs (copied in by `tuning.sagemaker.import_trials`): the
-    local and Kubernetes drivers never adopt it, whatever its state."""
-    return t.user_attrs.get("backend") == "sagemaker"
+def orphaned(t: optuna.trial.FrozenTrial, folder: Path, tuner: str) -> bool:
+    """Whether RUNNING trial `t` of the study in `folder` has no live tuner (it never got one,
+    or the process holding `tuners/<id>.lock` is gone), so tuner `tuner` takes it over. A
+    trial SageMaker's tuner runs (copied in by `tuning.sagemaker.import_trials`) is never
+    anyone else's to adopt."""
+    if t.state != optuna.trial.TrialState.RUNNING or t.user_attrs.get("backend") == "sagemaker":
+        return False
+    owner = t.user_attrs.get("tuner")
+    return owner != tuner and (not owner or not held(folder / "tuners" / f"{owner}.lock"))
 
 
 def trial_view(t: optuna.trial.FrozenTrial, note: str = "") -> TrialView:
