@@ -85,19 +85,20 @@ class Recording(FakePredictor):
         return super().prepare_records(records)
 
 
+def loop_batcher(predictor: Any, **options: Any) -> Batcher:
+    """A batcher on the running event loop as these tests make it: batches of up to 64
+    rows, no wait for more, the tasks' input error; `options` override."""
+    options = {"max_batch_size": 64, "max_wait_s": 0.0, "input_error": InputError} | options
+    return Batcher(predictor, asyncio.get_running_loop(), **options)
+
+
 def serve_in_turns(
     predictor: Any, turns: list[list[list[dict]]], max_wait_s: float = 0.0, in_flight: int = 0
 ) -> list[list[tuple[int, dict]]]:
     """Each turn: submit its requests together, wait for their answers, then the next turn."""
 
     async def main() -> list[list[tuple[int, bytes]]]:
-        batcher = Batcher(
-            predictor,
-            asyncio.get_running_loop(),
-            max_batch_size=64,
-            max_wait_s=max_wait_s,
-            input_error=InputError,
-        )
+        batcher = loop_batcher(predictor, max_wait_s=max_wait_s)
         batcher.open_requests = in_flight
         try:
             out = []
@@ -172,13 +173,7 @@ def test_the_last_request_of_its_turn_hands_the_group_over_at_once() -> None:
     predictor = Recording()
 
     async def main() -> tuple[list[bool], list[bool]]:
-        batcher = Batcher(
-            predictor,
-            asyncio.get_running_loop(),
-            max_batch_size=64,
-            max_wait_s=0.0,
-            input_error=InputError,
-        )
+        batcher = loop_batcher(predictor)
         batcher.arrivals = Arrivals()
         try:
             await batcher.submit("json", [{"x": 0}])  # the first batch learns the cost

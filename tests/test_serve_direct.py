@@ -15,11 +15,11 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from tests.test_serve_batcher import FakePredictor
+from tests.test_serve_batcher import FakePredictor, loop_batcher
 from tests.test_serve_lifecycle import _Transport
 from workloads.serving.direct import DirectProtocol
 from workloads.serving.lifecycle import LastCallProtocol
-from workloads.serving.server import Batcher, InferenceApp, ServeSettings
+from workloads.serving.server import InferenceApp, ServeSettings
 from workloads.training.tasks.base import InputError
 
 
@@ -68,14 +68,7 @@ def exchange(
     async def run() -> tuple[list[list[bytes]], list[_Transport]]:
         app = InferenceApp(ServeSettings(model_dir=Path("."), port=8080))
         app.predictor = predictor
-        batcher = Batcher(
-            predictor,
-            asyncio.get_running_loop(),
-            max_batch_size=64,
-            max_wait_s=0.0,
-            input_error=InputError,
-            inline_budget_s=1.0 if inline else 0.0,
-        )
+        batcher = loop_batcher(predictor, inline_budget_s=1.0 if inline else 0.0)
         app.batcher = batcher
         app.draining = draining
         config = uvicorn.Config(app, lifespan="off", date_header=False, server_header=False)
