@@ -64,7 +64,6 @@ def _client_error() -> Exception:
 def _cloud_errors() -> list[tuple[Exception, str]]:
     from botocore.exceptions import EndpointConnectionError, NoCredentialsError
     from kubernetes.client.exceptions import ApiException
-    from kubernetes.config import ConfigException
     from urllib3.exceptions import MaxRetryError
 
     forbidden = ApiException(status=403, reason="Forbidden")
@@ -80,7 +79,6 @@ def _cloud_errors() -> list[tuple[Exception, str]]:
             'AWS: Could not connect to the endpoint URL: "https://127.0.0.1:1"',
         ),
         (forbidden, "Kubernetes API: 403 Forbidden: jobs.batch is forbidden: User cannot"),
-        (ConfigException("no kubeconfig"), "Kubernetes: no kubeconfig (check the kubeconfig"),
         (
             MaxRetryError(None, "/apis/batch/v1", reason=ConnectionRefusedError("refused")),
             "Kubernetes API unreachable: refused",

@@ -94,7 +94,6 @@ def cloud_error(exc: BaseException) -> str | None:
         return f"AWS: {exc} (check the credentials and region of the stack's account)"
     try:
         from kubernetes.client.exceptions import ApiException
-        from kubernetes.config import ConfigException
     except ImportError:  # the `kubernetes` extra is not installed: nothing of it can fail
         return None
     if isinstance(exc, ApiException):
@@ -103,8 +102,6 @@ def cloud_error(exc: BaseException) -> str | None:
         except (ValueError, AttributeError):
             detail = ""
         return f"Kubernetes API: {exc.status} {exc.reason}: {detail}".rstrip(": ")
-    if isinstance(exc, ConfigException):
-        return f"Kubernetes: {exc} (check the kubeconfig of the stack's cluster)"
     from urllib3.exceptions import MaxRetryError
 
     if isinstance(exc, MaxRetryError):  # the client's way of saying: no answer from there
