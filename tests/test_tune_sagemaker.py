@@ -19,8 +19,8 @@ from botocore.stub import Stubber
 from tests.sagemaker_support import sdk_under_moto
 from workloads.training.metric_line import format_metric
 from workloads.tuning import sagemaker
+from workloads.jobs.sagemaker_request import TrainingJobPlan
 from workloads.tuning.sagemaker_request import (
-    TrainingSetup,
     UnsupportedSpace,
     check_job_name,
     tuning_config,
@@ -40,13 +40,31 @@ SPACE = {
         "problem": {"type": "categorical", "choices": ["binary", "multiclass"]},
     },
 }
-SETUP = TrainingSetup(
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+# A training job's plan, as `jobs.sagemaker_request.plan_training_job` makes one.
+PLAN = TrainingJobPlan(
+    base_job_name="churn-tune",
     image="123456789012.dkr.ecr.us-east-1.amazonaws.com/demo-train:abc123",
     role_arn="arn:aws:iam::123456789012:role/demo-dev-training",
-    train_uri="s3://demo-dev-artifacts/datasets/churn/train/",
-    validation_uri="s3://demo-dev-artifacts/datasets/churn/validation/",
-    output_uri="s3://demo-dev-artifacts/tuning/",
-    kms_key="arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    instance_type="ml.m5.xlarge",
+    instance_count=1,
+    volume_size_gib=30,
+    volume_kms_key_arn=KEY,
+    spot=False,
+    max_run_seconds=86_400,
+    max_wait_seconds=None,
+    checkpoint_s3_uri="s3://demo-dev-artifacts/checkpoints/churn-tune",
+    output_s3_uri="s3://demo-dev-artifacts/tuning/",
+    output_kms_key_arn=KEY,
+    subnet_ids=[],
+    security_group_ids=[],
+    channels={
+        "train": "s3://demo-dev-artifacts/datasets/churn/train/",
+        "validation": "s3://demo-dev-artifacts/datasets/churn/validation/",
+    },
+    hyperparameters={},
+    metric_definitions=[],
+    tags={},
 )
 
 
@@ -67,7 +85,7 @@ def test_the_sdk_tuner_sends_the_plan(sm_env):
     session, calls, requests, telemetry_sent = sm_env
     name = tuning_job_name("churn-churn-tune", "a1b2c3")
     s = space(pruning="median")
-    arn = sagemaker.start(session, s, SETUP, name)
+    arn = sagemaker.start(session, s, PLAN, name)
     assert arn.endswith(f"hyper-parameter-tuning-job/{name}")
     (request,) = requests
     assert request["HyperParameterTuningJobName"] == name  # explicit, not stamped
@@ -102,24 +120,24 @@ def test_the_sdk_tuner_sends_the_plan(sm_env):
         "hidden_sizes": "[64, 32]",
     }
     spec = definition["AlgorithmSpecification"]
-    assert spec["TrainingImage"] == SETUP.image and spec["TrainingInputMode"] == "File"
-    assert definition["RoleArn"] == SETUP.role_arn
+    assert spec["TrainingImage"] == PLAN.image and spec["TrainingInputMode"] == "File"
+    assert definition["RoleArn"] == PLAN.role_arn
     assert definition["OutputDataConfig"] == {
-        "S3OutputPath": SETUP.output_uri,
-        "KmsKeyId": SETUP.kms_key,
+        "S3OutputPath": PLAN.output_s3_uri,
+        "KmsKeyId": KEY,
         "CompressionType": "GZIP",  # the SDK's default: model.tar.gz, as the harness reads
     }
     assert definition["ResourceConfig"] == {
         "InstanceType": "ml.m5.xlarge",
         "InstanceCount": 1,
         "VolumeSizeInGB": 30,
-        "VolumeKmsKeyId": SETUP.kms_key,
+        "VolumeKmsKeyId": KEY,
     }
     assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 86_400}
     assert {
         c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
         for c in definition["InputDataConfig"]
-    } == {"train": SETUP.train_uri, "validation": SETUP.validation_uri}
+    } == PLAN.channels
     # The metric definitions are the metric line's: each regex finds the value SageMaker
     # graphs and tunes on, in the very line the harness prints, within the 500-char cap.
     metrics = spec["MetricDefinitions"]
@@ -134,7 +152,7 @@ def test_the_sdk_tuner_sends_the_plan(sm_env):
         metrics
     )
     # a rerun finds the job instead of failing on the name
-    assert sagemaker.start(session, s, SETUP, name) == arn
+    assert sagemaker.start(session, s, PLAN, name) == arn
     assert len(requests) == 1
     # No call we did not ask for: no IAM role validation, no STS, no telemetry.
     assert {c.split(":")[0] for c in calls} == {"sagemaker"}, calls
@@ -168,7 +186,7 @@ def test_the_sdk_tuner_sends_the_plan(sm_env):
 def test_each_strategy_reaches_the_request(sm_env, changes, expected):
     session, _, requests, _ = sm_env
     s = space(**changes)
-    sagemaker.start(session, s, SETUP, "churn-tune-x")
+    sagemaker.start(session, s, PLAN, "churn-tune-x")
     (request,) = requests
     config = request["HyperParameterTuningJobConfig"]
     assert config == tuning_config(s)
@@ -184,9 +202,9 @@ def test_a_space_sagemaker_cannot_express_sends_nothing(sm_env):
         "dropout": {"type": "float", "low": 0, "high": 0.5, "when": {"problem": "binary"}},
     }
     with pytest.raises(UnsupportedSpace, match="no conditional parameters"):
-        sagemaker.start(sm_env[0], space(parameters=conditional), SETUP, "churn-tune-x")
+        sagemaker.start(sm_env[0], space(parameters=conditional), PLAN, "churn-tune-x")
     with pytest.raises(UnsupportedSpace, match="must match"):
-        sagemaker.start(sm_env[0], space(), SETUP, "bad_name")
+        sagemaker.start(sm_env[0], space(), PLAN, "bad_name")
     assert calls == [] and requests == []
 
 
@@ -337,15 +355,14 @@ def test_network_settings_the_sdk_drops_reach_the_request(sm_env):
     """sagemaker-train 1.27 copies `Networking`'s VPC config into the tuning job's training
     job definition but not its network isolation or inter-container encryption."""
     session, _, requests, _ = sm_env
-    setup = dataclasses.replace(
-        SETUP,
-        instance_count=2,
-        subnet_ids=("subnet-0a",),
-        security_group_ids=("sg-0a",),
+    plan = dataclasses.replace(
+        PLAN,
+        instance_count=2,  # inter-container encryption: instances that talk
+        subnet_ids=["subnet-0a"],
+        security_group_ids=["sg-0a"],
         network_isolation=True,
-        inter_container_encryption=True,
     )
-    sagemaker.start(session, space(), setup, "churn-tune-net")
+    sagemaker.start(session, space(), plan, "churn-tune-net")
     (request,) = requests
     definition = request["TrainingJobDefinition"]
     assert definition["VpcConfig"] == {"Subnets": ["subnet-0a"], "SecurityGroupIds": ["sg-0a"]}

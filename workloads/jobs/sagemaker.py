@@ -63,6 +63,65 @@ def sdk_missing() -> JobError:
     return missing_extra("SageMaker", "sagemaker", "the SageMaker Python SDK")
 
 
+def model_trainer(plan: TrainingJobPlan, boto_session: Any, sagemaker_client: Any) -> Any:
+    """The SDK's `ModelTrainer` for a plan (nothing is sent): the one place a plan becomes
+    SDK settings, for a training job (`SageMakerJobs.trainer`) and for the training jobs of
+    a tuning job (`tuning.sagemaker.build_tuner`), so the two cannot drift apart."""
+    sdk_switches()
+    try:
+        from sagemaker.core.helper.session_helper import Session
+        from sagemaker.core.shapes.shapes import MetricDefinition
+        from sagemaker.core.training.configs import (
+            CheckpointConfig,
+            Compute,
+            InputData,
+            Networking,
+            OutputDataConfig,
+            StoppingCondition,
+        )
+        from sagemaker.train import ModelTrainer
+    except ImportError:
+        raise sdk_missing() from None
+
+    stopping: dict[str, int] = {"max_runtime_in_seconds": plan.max_run_seconds}
+    if plan.max_wait_seconds is not None:
+        stopping["max_wait_time_in_seconds"] = plan.max_wait_seconds
+    checkpoints = plan.checkpoint_s3_uri
+    trainer = ModelTrainer(
+        sagemaker_session=Session(boto_session=boto_session, sagemaker_client=sagemaker_client),
+        role=plan.role_arn,
+        base_job_name=plan.base_job_name,
+        training_image=plan.image,
+        compute=Compute(
+            instance_type=plan.instance_type,
+            instance_count=plan.instance_count,
+            volume_size_in_gb=plan.volume_size_gib,
+            volume_kms_key_id=plan.volume_kms_key_arn,
+            enable_managed_spot_training=plan.spot or None,
+        ),
+        networking=Networking(
+            subnets=plan.subnet_ids or None,
+            security_group_ids=plan.security_group_ids or None,
+            enable_network_isolation=plan.network_isolation or None,
+            enable_inter_container_traffic_encryption=plan.inter_container_encryption or None,
+        ),
+        stopping_condition=StoppingCondition(**stopping),
+        output_data_config=OutputDataConfig(
+            s3_output_path=plan.output_s3_uri, kms_key_id=plan.output_kms_key_arn
+        ),
+        checkpoint_config=CheckpointConfig(s3_uri=checkpoints) if checkpoints else None,
+        input_data_config=[
+            InputData(channel_name=name, data_source=uri) for name, uri in plan.channels.items()
+        ],
+        hyperparameters=dict(plan.hyperparameters),
+        environment=dict(plan.environment),
+        tags=[{"key": k, "value": v} for k, v in plan.tags.items()],
+    )
+    return trainer.with_metric_definitions(
+        [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in plan.metric_definitions]
+    )
+
+
 @register
 class SageMakerJobs(JobBackend):
     name = "sagemaker"
@@ -105,59 +164,7 @@ class SageMakerJobs(JobBackend):
 
     def trainer(self, plan: TrainingJobPlan) -> Any:
         """The SDK's `ModelTrainer` for a plan (nothing is sent)."""
-        sdk_switches()
-        try:
-            from sagemaker.core.helper.session_helper import Session
-            from sagemaker.core.shapes.shapes import MetricDefinition
-            from sagemaker.core.training.configs import (
-                CheckpointConfig,
-                Compute,
-                InputData,
-                Networking,
-                OutputDataConfig,
-                StoppingCondition,
-            )
-            from sagemaker.train import ModelTrainer
-        except ImportError:
-            raise sdk_missing() from None
-
-        stopping: dict[str, int] = {"max_runtime_in_seconds": plan.max_run_seconds}
-        if plan.max_wait_seconds is not None:
-            stopping["max_wait_time_in_seconds"] = plan.max_wait_seconds
-        trainer = ModelTrainer(
-            sagemaker_session=Session(
-                boto_session=self.boto_session, sagemaker_client=self.sagemaker_client()
-            ),
-            role=plan.role_arn,
-            base_job_name=plan.base_job_name,
-            training_image=plan.image,
-            compute=Compute(
-                instance_type=plan.instance_type,
-                instance_count=plan.instance_count,
-                volume_size_in_gb=plan.volume_size_gib,
-                volume_kms_key_id=plan.volume_kms_key_arn,
-                enable_managed_spot_training=plan.spot or None,
-            ),
-            networking=Networking(
-                subnets=plan.subnet_ids,
-                security_group_ids=plan.security_group_ids,
-                enable_inter_container_traffic_encryption=plan.inter_container_encryption or None,
-            ),
-            stopping_condition=StoppingCondition(**stopping),
-            output_data_config=OutputDataConfig(
-                s3_output_path=plan.output_s3_uri, kms_key_id=plan.output_kms_key_arn
-            ),
-            checkpoint_config=CheckpointConfig(s3_uri=plan.checkpoint_s3_uri),
-            input_data_config=[
-                InputData(channel_name=name, data_source=uri) for name, uri in plan.channels.items()
-            ],
-            hyperparameters=dict(plan.hyperparameters),
-            environment=dict(plan.environment),
-            tags=[{"key": k, "value": v} for k, v in plan.tags.items()],
-        )
-        return trainer.with_metric_definitions(
-            [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in plan.metric_definitions]
-        )
+        return model_trainer(plan, self.boto_session, self.sagemaker_client())
 
     def _submit(self, request: JobRequest, labels: dict[str, str]) -> str:
         trainer = self.trainer(plan_training_job(self.descriptor, request, labels))

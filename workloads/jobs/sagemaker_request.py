@@ -46,7 +46,7 @@ class TrainingJobPlan:
     spot: bool
     max_run_seconds: int
     max_wait_seconds: int | None
-    checkpoint_s3_uri: str
+    checkpoint_s3_uri: str | None  # None: no CheckpointConfig (a tuning job's trials)
     output_s3_uri: str
     output_kms_key_arn: str
     subnet_ids: list[str]
@@ -56,6 +56,7 @@ class TrainingJobPlan:
     metric_definitions: list[dict[str, str]]
     tags: dict[str, str]
     environment: dict[str, str] = field(default_factory=dict)
+    network_isolation: bool = False  # EnableNetworkIsolation (no stack asks for it yet)
 
     @property
     def inter_container_encryption(self) -> bool:

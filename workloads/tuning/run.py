@@ -283,7 +283,7 @@ def tune_sagemaker(
     from workloads.jobs.run import stack_descriptor
     from workloads.jobs.sagemaker import SageMakerJobs
     from workloads.tuning.sagemaker_request import UnsupportedSpace, tuning_config
-    from workloads.tuning.sagemaker_search import SageMakerSearch, job_name, training_setup
+    from workloads.tuning.sagemaker_search import SageMakerSearch, job_name, training_plan
 
     space = load_space(space_path)  # a bad space fails here, before any call
     try:
@@ -299,7 +299,7 @@ def tune_sagemaker(
     name = study_name(space, space_path, group, study)
     job = job_name(stack, name, space)
     channels = {"train": train} | ({"validation": validation} if validation else {})
-    setup = training_setup(
+    plan = training_plan(
         jobs, space, name=job, channels=channels, image_tag=image, group=group,
         instance_type=instance_type,
     )  # fmt: skip
@@ -309,7 +309,7 @@ def tune_sagemaker(
         folder,
         study=name,
         job=job,
-        setup=setup,
+        plan=plan,
         boto_session=jobs.boto_session,
         client=client,
         on_update=on_update,

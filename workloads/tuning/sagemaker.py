@@ -1,8 +1,10 @@
 """SageMaker's tuner for a search space, and its trials copied into the Optuna study.
 
 `start` submits the search through the SageMaker Python SDK v3's `HyperparameterTuner`
-(`sagemaker.train.tuner`, extra `sagemaker`) wrapped around a `ModelTrainer` that runs the
-training image under the training contract. What the tuner is told comes from the pure plan
+(`sagemaker.train.tuner`, extra `sagemaker`) wrapped around the `ModelTrainer` a training
+job of the same plan gets (`jobs.sagemaker.model_trainer`: role, image, instance,
+networking, keys, output, stopping condition), so a trial runs as `mlinfra train --on
+sagemaker` runs its job. What the tuner is told comes from the pure plan
 in `sagemaker_request` (`tuning_config`: strategy, early stopping, limits, ranges, seed;
 `metric_definitions`: the training contract's metric line), so the rules stay testable
 without the SDK, and the request the SDK sends is checked against them. The SDK is imported
@@ -22,11 +24,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from workloads.jobs.sagemaker_request import TrainingJobPlan
 from workloads.tuning.sagemaker_request import (
-    TrainingSetup,
     _value,
     check_job_name,
     metric_definitions,
+    trial_plan,
     tuning_config,
 )
 from workloads.tuning.space import CategoricalParam, IntParam, SearchSpace
@@ -55,15 +58,17 @@ def sagemaker_client(boto_session: Any) -> Any:
     ).sagemaker_client
 
 
-def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> Any:
-    """The SDK's `HyperparameterTuner` for `space` (nothing is sent). Raises
-    `UnsupportedSpace` for a space SageMaker cannot express."""
+def build_tuner(space: SearchSpace, plan: TrainingJobPlan, boto_session: Any) -> Any:
+    """The SDK's `HyperparameterTuner` for `space` (nothing is sent), around the very
+    `ModelTrainer` a training job of `plan` gets (`jobs.sagemaker.model_trainer`). Raises
+    `UnsupportedSpace` for a space SageMaker cannot express and `UnsupportedTrials` for a
+    plan its trials cannot share (spot)."""
     config = tuning_config(space)  # refuses what SageMaker cannot express, before the SDK
-    from workloads.jobs.sagemaker import sdk_missing, sdk_switches
+    trials = trial_plan(plan, space)
+    from workloads.jobs.sagemaker import model_trainer, sdk_missing
 
-    sdk_switches()
+    trainer = model_trainer(trials, boto_session, sagemaker_client(boto_session))
     try:
-        from sagemaker.core.helper.session_helper import Session
         from sagemaker.core.parameter import (
             CategoricalParameter,
             ContinuousParameter,
@@ -71,42 +76,10 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
         )
         from sagemaker.core.shapes import HyperParameterTuningJobStrategyConfig
         from sagemaker.core.shapes.shapes import HyperbandStrategyConfig, VpcConfig
-        from sagemaker.core.training.configs import (
-            Compute,
-            Networking,
-            OutputDataConfig,
-            StoppingCondition,
-        )
-        from sagemaker.train import ModelTrainer
         from sagemaker.train.tuner import HyperparameterTuner
     except ImportError:
         raise sdk_missing() from None
 
-    trainer = ModelTrainer(
-        sagemaker_session=Session(
-            boto_session=boto_session, sagemaker_client=sagemaker_client(boto_session)
-        ),
-        role=setup.role_arn,
-        training_image=setup.image,
-        compute=Compute(
-            instance_type=setup.instance_type,
-            instance_count=setup.instance_count,
-            volume_size_in_gb=setup.volume_gb,
-            volume_kms_key_id=setup.kms_key,
-        ),
-        networking=Networking(
-            subnets=list(setup.subnet_ids) or None,
-            security_group_ids=list(setup.security_group_ids) or None,
-            enable_network_isolation=setup.network_isolation or None,
-            enable_inter_container_traffic_encryption=setup.inter_container_encryption or None,
-        ),
-        stopping_condition=StoppingCondition(max_runtime_in_seconds=setup.max_runtime_s),
-        output_data_config=OutputDataConfig(
-            s3_output_path=setup.output_uri, kms_key_id=setup.kms_key
-        ),
-        # The fixed values, as the harness decodes them (`contract._decode`).
-        hyperparameters={k: _value(v) for k, v in space.fixed.items()},
-    )
     ranges: dict[str, Any] = {}
     found = config["ParameterRanges"]
     for r in found.get("ContinuousParameterRanges", []):
@@ -127,23 +100,24 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
 
     class Tuner(HyperparameterTuner):
         """sagemaker-train 1.27's training job definition copies instance type, count and
-        volume size from `Compute` but not `volume_kms_key_id` (the trials' volumes would
-        lose the team's key), nor the network isolation and inter-container encryption of
-        `Networking`; it copies the VPC config but drops it silently when that fails. All
-        are set here from the setup."""
+        volume size from the trainer's `Compute` but not `volume_kms_key_id` (the trials'
+        volumes would lose the team's key), nor the network isolation and inter-container
+        encryption of its `Networking`; it copies the VPC config but drops it silently when
+        that fails. Each is copied here from the trainer, as its training job gets it."""
 
         def _build_training_job_definition(self, inputs):  # type: ignore[no-untyped-def]
             built = super()._build_training_job_definition(inputs)
-            if setup.kms_key:
-                built.resource_config.volume_kms_key_id = setup.kms_key
-            if setup.subnet_ids or setup.security_group_ids:
+            compute, networking = self.model_trainer.compute, self.model_trainer.networking
+            if compute.volume_kms_key_id:
+                built.resource_config.volume_kms_key_id = compute.volume_kms_key_id
+            if networking.subnets or networking.security_group_ids:
                 built.vpc_config = VpcConfig(
-                    subnets=list(setup.subnet_ids),
-                    security_group_ids=list(setup.security_group_ids),
+                    subnets=list(networking.subnets or []),
+                    security_group_ids=list(networking.security_group_ids or []),
                 )
-            if setup.network_isolation:
+            if networking.enable_network_isolation:
                 built.enable_network_isolation = True
-            if setup.inter_container_encryption:
+            if networking.enable_inter_container_traffic_encryption:
                 built.enable_inter_container_traffic_encryption = True
             return built
 
@@ -152,7 +126,7 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
         objective_metric_name=config["HyperParameterTuningJobObjective"]["MetricName"],
         objective_type=config["HyperParameterTuningJobObjective"]["Type"],
         hyperparameter_ranges=ranges,
-        metric_definitions=metric_definitions(space, setup.metric_definitions),
+        metric_definitions=metric_definitions(space, tuple(trials.metric_definitions)),
         strategy=config["Strategy"],
         strategy_config=strategy_config,
         early_stopping_type=config["TrainingJobEarlyStoppingType"],
@@ -160,15 +134,17 @@ def build_tuner(space: SearchSpace, setup: TrainingSetup, boto_session: Any) -> 
         max_parallel_jobs=limits["MaxParallelTrainingJobs"],
         max_runtime_in_seconds=limits.get("MaxRuntimeInSeconds"),
         random_seed=config.get("RandomSeed"),
-        tags=[{"Key": k, "Value": v} for k, v in setup.tags] or None,
+        # On the tuning job; SageMaker copies them to its training jobs.
+        tags=[{"Key": k, "Value": v} for k, v in trials.tags.items()] or None,
     )
 
 
-def start(boto_session: Any, space: SearchSpace, setup: TrainingSetup, job_name: str) -> str:
+def start(boto_session: Any, space: SearchSpace, plan: TrainingJobPlan, job_name: str) -> str:
     """Create the tuning job under the explicit `job_name` (the SDK's default is stamped to
-    the minute); its ARN. An existing job of that name is reused (a rerun)."""
+    the minute), its training jobs made from `plan`; its ARN. An existing job of that name
+    is reused (a rerun)."""
     check_job_name(job_name)
-    tuner = build_tuner(space, setup, boto_session)  # a bad space fails before any call
+    tuner = build_tuner(space, plan, boto_session)  # a bad space fails before any call
     client = sagemaker_client(boto_session)
     try:
         found = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)
@@ -177,8 +153,8 @@ def start(boto_session: Any, space: SearchSpace, setup: TrainingSetup, job_name:
         pass
     from sagemaker.core.training.configs import InputData
 
-    channels = [("train", setup.train_uri), ("validation", setup.validation_uri)]
-    inputs = [InputData(channel_name=c, data_source=uri) for c, uri in channels if uri]
+    # The plan's channels (the trainer holds them too, but the tuner converts only these).
+    inputs = [InputData(channel_name=c, data_source=uri) for c, uri in plan.channels.items()]
     seed = tuning_config(space).get("RandomSeed")
     if seed == 0:
         # sagemaker-core 2.27 serialises shapes dropping every falsy value

@@ -13,15 +13,22 @@ reads the very lines the local driver reads. `MaxParallelTrainingJobs` is `paral
 A space SageMaker cannot express is refused with the reason (`UnsupportedSpace`):
 conditional parameters, steps on int/float ranges outside a grid, null choices, and its
 limits on ranges and values.
+
+`trial_plan` is what each of the tuning job's training jobs runs with: the plan of a
+training job (`jobs.sagemaker_request.TrainingJobPlan`, as `mlinfra train --on sagemaker`
+makes it) with the space's fixed values as hyperparameters, without checkpoints, and never
+on spot (`UnsupportedTrials`: the tuning job has one checkpoint location for all its
+training jobs; the reasons and the documentation are at `SPOT_REFUSED`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from workloads.jobs.sagemaker_request import TrainingJobPlan
 from workloads.training.metric_line import sagemaker_metric_definitions
 from workloads.tuning.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 
@@ -38,30 +45,49 @@ class UnsupportedSpace(ValueError):
     """A search space the SageMaker tuner cannot express; the message says why."""
 
 
-@dataclass(frozen=True)
-class TrainingSetup:
-    """Where and as whom the tuner's training jobs run (from the platform descriptor and
-    the jobs' settings)."""
+class UnsupportedTrials(ValueError):
+    """Training-job settings a tuning job's training jobs cannot share; the message says why."""
 
-    image: str
-    role_arn: str
-    train_uri: str
-    output_uri: str
-    validation_uri: str | None = None
-    instance_type: str = "ml.m5.xlarge"
-    instance_count: int = 1
-    volume_gb: int = 30
-    max_runtime_s: int = 86_400  # per training job
-    kms_key: str | None = None  # the volumes' and the output's
-    # VpcConfig: the trials run in these private subnets, behind these security groups.
-    subnet_ids: tuple[str, ...] = ()
-    security_group_ids: tuple[str, ...] = ()
-    network_isolation: bool = False
-    inter_container_encryption: bool = False
-    # Reported besides the objective and the losses (the job API's tracked metrics and the
-    # gate's), as SageMaker metric definitions.
-    metric_definitions: tuple[dict[str, str], ...] = ()
-    tags: tuple[tuple[str, str], ...] = ()  # on the tuning job; SageMaker copies them to its jobs
+
+# Managed spot training needs checkpoints to be worth it, and a tuning job's trials cannot
+# have checkpoints of their own. HyperParameterTrainingJobDefinition holds ONE
+# CheckpointConfig for "the training jobs that the tuning job launches", and its S3Uri is a
+# fixed path ("the S3 path where you want SageMaker to store checkpoints"); neither the API
+# reference nor the checkpoint guide says SageMaker adds the training job's name to it:
+#   https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_HyperParameterTrainingJobDefinition.html
+#   https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_CheckpointConfig.html
+# The guide says what one shared path does: "Existing checkpoints in S3 are written to the
+# SageMaker AI container at the start of the job" and "If a checkpoint is deleted in the
+# SageMaker AI container, it will also be deleted in the S3 folder"
+#   https://docs.aws.amazon.com/sagemaker/latest/dg/model-checkpoints.html
+# The harness names checkpoints by step (`ckpt-<step>.pt`, the newest two kept): trials
+# running side by side would overwrite each other's files, one trial's pruning would delete
+# another's, every trial would start by downloading all of them, and a trial restarted
+# after a spot interruption would find another trial's checkpoint (which the harness's
+# fingerprint check refuses) instead of its own. So trials run on demand, without one.
+SPOT_REFUSED = (
+    "managed spot training for the trials of a SageMaker tuning job: the tuning job has one "
+    "checkpoint location (CheckpointConfig.S3Uri) for all its training jobs, so an "
+    "interrupted trial could not resume from its own checkpoints; tuning trials run on "
+    "demand (spot is for `mlinfra train --on sagemaker --spot`)"
+)
+
+
+def static_hyperparameters(space: SearchSpace) -> dict[str, str]:
+    """The space's fixed values, as the harness decodes them (`contract._decode`)."""
+    return {k: _value(v) for k, v in space.fixed.items()}
+
+
+def trial_plan(plan: TrainingJobPlan, space: SearchSpace) -> TrainingJobPlan:
+    """What each training job of the tuning job runs with: the training job `plan` (role,
+    image, instance, networking, keys, output, stopping condition, metrics, tags) with the
+    space's fixed values as its hyperparameters and no checkpoint location (see above).
+    Raises `UnsupportedTrials` for a spot plan."""
+    if plan.spot:
+        raise UnsupportedTrials(SPOT_REFUSED)
+    return dataclasses.replace(
+        plan, hyperparameters=static_hyperparameters(space), checkpoint_s3_uri=None
+    )
 
 
 def tuning_job_name(study: str, suffix: str = "") -> str:

@@ -2,10 +2,11 @@
 
 The trials' training jobs are made as `mlinfra train --on sagemaker` makes its job: the
 same checks (channels in the team's buckets, the image tag in the team's training
-repository) and the same plan (`jobs.sagemaker_request.plan_training_job`: role, image,
+repository), the same plan (`jobs.sagemaker_request.plan_training_job`: role, image,
 instance type, the team key on volumes and output, output path, private subnets and
-security groups, inter-container encryption, tracked metrics, labels as tags), handed to
-SageMaker's tuner as a `TrainingSetup` (`tuning.sagemaker.start`).
+security groups, inter-container encryption, tracked metrics, labels as tags) and the same
+`ModelTrainer` built from it (`jobs.sagemaker.model_trainer`), handed to SageMaker's tuner
+(`tuning.sagemaker.start`); only checkpoints and spot stay off (`trial_plan`).
 
 The tuning job's name is derived from the stack, the study and the space, so running the
 same command again reattaches to the same job (never a second one), even when the local
@@ -32,9 +33,9 @@ from typing import Any
 
 from workloads.jobs.base import JobError, JobRequest
 from workloads.jobs.sagemaker import SageMakerJobs
-from workloads.jobs.sagemaker_request import plan_training_job, tracked_metrics
+from workloads.jobs.sagemaker_request import TrainingJobPlan, plan_training_job, tracked_metrics
 from workloads.tuning.sagemaker import JOB_ATTR, import_trials, sagemaker_client, start
-from workloads.tuning.sagemaker_request import TrainingSetup, tuning_job_name
+from workloads.tuning.sagemaker_request import static_hyperparameters, tuning_job_name
 from workloads.tuning.space import SearchSpace
 from workloads.tuning.study import (
     TrialView,
@@ -57,7 +58,7 @@ def job_name(stack: str, study: str, space: SearchSpace) -> str:
     return tuning_job_name(base, key)
 
 
-def training_setup(
+def training_plan(
     jobs: SageMakerJobs,
     space: SearchSpace,
     *,
@@ -66,13 +67,13 @@ def training_setup(
     image_tag: str | None,
     group: str,
     instance_type: str | None = None,
-) -> TrainingSetup:
+) -> TrainingJobPlan:
     """What every trial's training job runs with, checked and planned as `mlinfra train
     --on sagemaker` checks and plans its job; a TuningError says what would be refused."""
     request = JobRequest(
         name=name,
         channels=dict(channels),
-        hyperparameters=space.hyperparameters({}),
+        hyperparameters=static_hyperparameters(space),
         image_tag=image_tag,
         instance_type=instance_type,
         model_group=group,
@@ -81,24 +82,7 @@ def training_setup(
         jobs.check(request)
     except JobError as exc:
         raise TuningError(f"the tuner's training jobs would be refused: {exc}") from None
-    plan = plan_training_job(jobs.descriptor, request, jobs.labels(request))
-    return TrainingSetup(
-        image=plan.image,
-        role_arn=plan.role_arn,
-        train_uri=plan.channels["train"],
-        validation_uri=plan.channels.get("validation"),
-        output_uri=plan.output_s3_uri,
-        instance_type=plan.instance_type,
-        instance_count=plan.instance_count,
-        volume_gb=plan.volume_size_gib,
-        max_runtime_s=plan.max_run_seconds,
-        kms_key=plan.volume_kms_key_arn,
-        subnet_ids=tuple(plan.subnet_ids),
-        security_group_ids=tuple(plan.security_group_ids),
-        inter_container_encryption=plan.inter_container_encryption,
-        metric_definitions=tuple(plan.metric_definitions),
-        tags=tuple(plan.tags.items()),
-    )
+    return plan_training_job(jobs.descriptor, request, jobs.labels(request))
 
 
 class SageMakerSearch:
@@ -113,7 +97,7 @@ class SageMakerSearch:
         *,
         study: str,
         job: str,
-        setup: TrainingSetup,
+        plan: TrainingJobPlan,
         boto_session: Any,
         client: Any = None,
         on_update: Callable[[TrialView], None] | None = None,
@@ -121,7 +105,7 @@ class SageMakerSearch:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.space, self.folder, self.name, self.job = space, folder, study, job
-        self.setup, self.boto_session = setup, boto_session
+        self.plan, self.boto_session = plan, boto_session
         self.client = client or sagemaker_client(boto_session)
         self.on_update = on_update or (lambda view: None)
         self.on_note = on_note or (lambda line: None)
@@ -138,7 +122,7 @@ class SageMakerSearch:
 
     def run(self) -> TuneResult:
         started = time.monotonic()
-        arn = start(self.boto_session, self.space, self.setup, self.job)
+        arn = start(self.boto_session, self.space, self.plan, self.job)
         self._note(f"SageMaker tuning job {self.job} ({arn})")
         try:
             while True:
