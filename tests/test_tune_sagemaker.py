@@ -16,13 +16,17 @@ import optuna
 import pytest
 from botocore.stub import Stubber
 
-from tests.sagemaker_support import sdk_under_moto
-from workloads.training.metric_line import format_metric
-from workloads.tuning import sagemaker
+from tests.sagemaker_support import sdk_under_moto, trial_settings
+from workloads.jobs.sagemaker import model_trainer
 from workloads.jobs.sagemaker_request import TrainingJobPlan
+from workloads.training.metric_line import format_metric, sagemaker_metric_definitions
+from workloads.tuning import sagemaker
 from workloads.tuning.sagemaker_request import (
     UnsupportedSpace,
+    UnsupportedTrials,
     check_job_name,
+    static_hyperparameters,
+    trial_plan,
     tuning_config,
     tuning_job_name,
 )
@@ -134,6 +138,8 @@ def test_the_sdk_tuner_sends_the_plan(sm_env):
         "VolumeKmsKeyId": KEY,
     }
     assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 86_400}
+    # the plan's checkpoint location would serve every trial: none (see trial_plan)
+    assert "CheckpointConfig" not in definition and "EnableManagedSpotTraining" not in definition
     assert {
         c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
         for c in definition["InputDataConfig"]
@@ -369,3 +375,42 @@ def test_network_settings_the_sdk_drops_reach_the_request(sm_env):
     assert definition["EnableNetworkIsolation"] is True
     assert definition["EnableInterContainerTrafficEncryption"] is True
     assert definition["ResourceConfig"]["InstanceCount"] == 2
+    # ... as a training job of the same plan gets them, with its environment and tags
+    plan = dataclasses.replace(
+        plan,
+        hyperparameters=static_hyperparameters(space()),
+        environment={"MLINFRA_LOG_LEVEL": "debug"},
+        tags={"mlinfra.io/stack": "demo-dev"},
+        metric_definitions=sagemaker_metric_definitions(["auc", "train_loss", "validation_loss"]),
+    )
+    sagemaker.start(session, space(), plan, "churn-tune-env")
+    sent: list[dict] = []
+    session.events.register_last(
+        "before-parameter-build.sagemaker.CreateTrainingJob",
+        lambda params, **_: sent.append(copy.deepcopy(params)),
+    )
+    model_trainer(plan, session, sagemaker.sagemaker_client(session)).train(wait=False, logs=False)
+    (training,) = sent
+    assert trial_settings(requests[-1]) == trial_settings(training)
+    assert training["Environment"] == {"MLINFRA_LOG_LEVEL": "debug"}
+
+
+def test_trials_never_run_on_spot_nor_share_a_checkpoint_location(sm_env):
+    """A tuning job has one CheckpointConfig for all its training jobs (SageMaker adds no
+    job name to it): trials go without checkpoints, and a spot plan is refused unsent."""
+    _, calls, requests, _ = sm_env
+    spot = dataclasses.replace(PLAN, spot=True, max_wait_seconds=2 * 86_400)
+    with pytest.raises(UnsupportedTrials, match="one checkpoint location") as err:
+        sagemaker.start(sm_env[0], space(), spot, "churn-tune-spot")
+    assert "mlinfra train --on sagemaker --spot" in str(err.value)
+    assert calls == [] and requests == []
+    trials = trial_plan(PLAN, space())
+    assert trials.checkpoint_s3_uri is None and PLAN.checkpoint_s3_uri
+    assert trials.hyperparameters == {
+        "target": "churned",
+        "epochs": "30",
+        "hidden_sizes": "[64, 32]",
+    }
+    assert dataclasses.replace(trials, hyperparameters={}, checkpoint_s3_uri=None) == (
+        dataclasses.replace(PLAN, checkpoint_s3_uri=None)
+    )  # nothing else changes

@@ -19,9 +19,12 @@ import yaml  # noqa: E402
 from botocore.stub import Stubber  # noqa: E402
 
 from tests.jobs_support import KEY, REGION, ROLE, TRAIN_REPO, aws_descriptor, push_image  # noqa: E402
-from tests.sagemaker_support import sdk_under_moto  # noqa: E402
+from tests.sagemaker_support import sdk_under_moto, trial_settings  # noqa: E402
+from workloads.jobs.base import JobRequest  # noqa: E402
+from workloads.jobs.sagemaker import SageMakerJobs  # noqa: E402
 from workloads.tuning.run import tune_sagemaker, tune_stack  # noqa: E402
 from workloads.tuning.sagemaker import JOB_ATTR  # noqa: E402
+from workloads.tuning.sagemaker_request import static_hyperparameters  # noqa: E402
 from workloads.tuning.sagemaker_search import job_name  # noqa: E402
 from workloads.tuning.space import load_space  # noqa: E402
 from workloads.tuning.study import TuningError  # noqa: E402
@@ -211,6 +214,28 @@ def test_the_request_carries_what_mlinfra_train_gives_a_sagemaker_job(aws, tmp_p
         aws.calls
     )
     assert aws.telemetry == []
+
+
+def test_a_trial_runs_with_what_a_training_job_of_the_same_plan_gets(aws, tmp_path):
+    """Every field that CreateTrainingJob and the tuning job's TrainingJobDefinition both
+    have is the same for the trials as for the job `mlinfra train --on sagemaker` submits
+    with the same request: a setting that reaches one and not the other fails this. The
+    checkpoint location is the one difference, on purpose."""
+    job = the_job(tmp_path)
+    run(aws, tmp_path, one_completed_job(tmp_path))
+    (tuning,) = aws.requests
+    request = JobRequest(
+        name=job,
+        channels=CHANNELS,
+        hyperparameters=static_hyperparameters(load_space(space_file(tmp_path))),
+        image_tag="v3",
+        model_group="churn",
+    )
+    SageMakerJobs(DESC, boto_session=aws.session).submit(request)
+    (training,) = aws.training_requests
+    assert trial_settings(tuning) == trial_settings(training)
+    assert training["CheckpointConfig"]["S3Uri"] == f"{ARTIFACTS}/checkpoints/{job}"
+    assert "CheckpointConfig" not in tuning["TrainingJobDefinition"]  # one for all trials
 
 
 def test_polling_copies_trials_as_they_finish_and_registers_sagemakers_best(aws, tmp_path):

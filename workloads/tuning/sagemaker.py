@@ -151,10 +151,13 @@ def start(boto_session: Any, space: SearchSpace, plan: TrainingJobPlan, job_name
         return found["HyperParameterTuningJobArn"]
     except client.exceptions.ResourceNotFound:
         pass
-    from sagemaker.core.training.configs import InputData
-
-    # The plan's channels (the trainer holds them too, but the tuner converts only these).
-    inputs = [InputData(channel_name=c, data_source=uri) for c, uri in plan.channels.items()]
+    # The trainer's channels as its training job gets them (`create_input_data_channel`):
+    # the tuner's own conversion of them would leave out each channel's InputMode.
+    trainer = tuner.model_trainer
+    inputs = [
+        trainer.create_input_data_channel(c.channel_name, c.data_source)
+        for c in trainer.input_data_config
+    ]
     seed = tuning_config(space).get("RandomSeed")
     if seed == 0:
         # sagemaker-core 2.27 serialises shapes dropping every falsy value

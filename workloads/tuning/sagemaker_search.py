@@ -82,7 +82,10 @@ def training_plan(
         jobs.check(request)
     except JobError as exc:
         raise TuningError(f"the tuner's training jobs would be refused: {exc}") from None
-    return plan_training_job(jobs.descriptor, request, jobs.labels(request))
+    # The objective is a tracked metric or the gate's, or else added: a trial reports it.
+    return plan_training_job(
+        jobs.descriptor, request, jobs.labels(request), extra_metrics=[space.objective.metric]
+    )
 
 
 class SageMakerSearch:
