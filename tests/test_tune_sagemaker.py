@@ -396,8 +396,8 @@ def test_network_settings_the_sdk_drops_reach_the_request(sm_env):
 
 
 def test_trials_never_run_on_spot_nor_share_a_checkpoint_location(sm_env):
-    """A tuning job has one CheckpointConfig for all its training jobs (SageMaker adds no
-    job name to it): trials go without checkpoints, and a spot plan is refused unsent."""
+    """A tuning job has one CheckpointConfig for all its training jobs (no per-job path is
+    documented): trials go without checkpoints, and a spot plan is refused unsent."""
     _, calls, requests, _ = sm_env
     spot = dataclasses.replace(PLAN, spot=True, max_wait_seconds=2 * 86_400)
     with pytest.raises(UnsupportedTrials, match="one checkpoint location") as err:
