@@ -4,6 +4,7 @@ the compiled Optuna distributions, sampler and pruner."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import optuna
@@ -95,6 +96,42 @@ BAD = [
     ),  # fmt: skip
     ("fixed.target", ..., "fixed", "hyperparameter 'target' is required"),
     ("fixed.batch_size", 32, "parameters.batch_size", "also in 'fixed'"),
+    # probes: a name the metric line cannot carry, booleans and non-finite numbers
+    ("objective.metric", "auc\n", "objective.metric", "must match"),
+    ("budget.trials", True, "budget.trials", "not a boolean"),
+    ("budget.parallel", True, "budget.parallel", "not a boolean"),
+    ("budget.timeout", True, "budget.timeout", "not a boolean"),
+    ("budget.timeout", math.inf, "budget.timeout", "finite number"),
+    ("seed", True, "seed", "not a boolean"),
+    ("pruning", {"startup_trials": False}, "pruning.startup_trials", "not a boolean"),
+    ("parameters.batch_size.low", True, "parameters.batch_size.low", "not a boolean"),
+    ("parameters.dropout.high", math.nan, "parameters.dropout.high", "finite number"),
+    ("parameters.dropout.low", -math.inf, "parameters.dropout.low", "finite number"),
+    ("parameters.dropout.step", math.inf, "parameters.dropout.step", "finite number"),
+    # a step the range does not hold a whole number of (Optuna would lower 'high')
+    ("parameters.batch_size.step", 7, "parameters.batch_size", "make 'high' 58 or 65"),
+    ("parameters.batch_size.step", 100, "parameters.batch_size", "wider than the range"),
+    ("parameters.dropout.step", 0.3, "parameters.dropout", "make 'high' 0.3 or 0.6"),
+    ("parameters.dropout.step", 1e-300, "parameters.dropout", "too fine for the range"),
+    # choices Optuna, the harness or SageMaker cannot tell apart
+    ("parameters.hidden_sizes.choices", ["16", 16], "parameters.hidden_sizes.choices", "and 16"),
+    ("parameters.hidden_sizes.choices", [1, 1.0], "parameters.hidden_sizes.choices", "repeat"),
+    ("parameters.hidden_sizes.choices", [1, True], "parameters.hidden_sizes.choices", "repeat"),
+    ("parameters.hidden_sizes.choices", [math.nan], "parameters.hidden_sizes.choices", "finite"),
+    # conditions: two parents, none of a parent's values, itself
+    (
+        "parameters.dropout.when",
+        {"hidden_sizes": "16", "batch_size": 16},
+        "parameters.dropout.when",
+        "exactly one parent",
+    ),  # fmt: skip
+    ("parameters.dropout.when", {"hidden_sizes": []}, "parameters.dropout.when", "at least one"),
+    (
+        "parameters.hidden_sizes.when",
+        {"hidden_sizes": "16"},
+        "parameters.hidden_sizes.when",
+        "conditional on itself",
+    ),  # fmt: skip
 ]
 
 
@@ -129,6 +166,72 @@ def test_file_errors(tmp_path: Path):
     bad.write_text("- a list\n")
     with pytest.raises(SpaceError, match="expected a mapping"):
         load_space(bad)
+
+
+def test_a_huge_grid_is_counted_not_listed():
+    """A fine step over a wide range is billions of grid points: refused at once (it was
+    listed first, until memory ran out)."""
+    doc = with_("sampler", "grid")
+    doc["parameters"] = {
+        "learning_rate": {"type": "float", "low": 1e-4, "high": 1.0, "step": 1e-9},
+        "batch_size": {"type": "int", "low": 1, "high": 10**12},
+    }
+    with pytest.raises(SpaceError, match=r"the grid has \d+ points \(at most 10000\)"):
+        parse_space(doc, "tune.yaml")
+
+
+def test_a_document_too_large_or_deep_or_with_odd_keys():
+    bomb: list = ["x"] * 10
+    for _ in range(6):  # a million values written out, a few hundred bytes in memory
+        bomb = [bomb] * 10
+    deep: list = [1]
+    for _ in range(40):
+        deep = [deep]
+    for path, value, field, words in [
+        ("fixed.epochs", bomb, "(top level)", "more than 100000 values"),
+        ("parameters.dropout.when", {"hidden_sizes": bomb}, "(top level)", "more than"),
+        ("fixed.x", deep, "fixed.x", "deeper than 32 levels"),
+        ("parameters.dropout.when", {True: "16"}, "parameters.dropout.when", "not a string"),
+        ("budget.trials", 10**5000, "budget.trials", "<an integer of about"),
+    ]:  # fmt: skip
+        with pytest.raises(SpaceError) as err:
+            parse_space(with_(path, value), "tune.yaml")
+        assert err.value.fields[0].startswith(field), err.value
+        assert words in str(err.value) and len(str(err.value)) < 1000, err.value
+
+
+def test_file_probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Whatever the file holds, one SpaceError naming it, never another exception."""
+    path = tmp_path / "tune.yaml"
+    good = "objective: {metric: r2, direction: maximize}\nbudget: {trials: 3}\n"
+    cases = [
+        (b"\xff\xfe\x00objective: x\n", "not UTF-8 text (byte 0xff at offset 0)"),
+        ("# caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 5)"),
+        (b"", "expected a mapping of fields (got NoneType)"),
+        (b"42\n", "expected a mapping of fields (got int)"),
+        (b"[" * 3000 + b"]" * 3000, "nested deeper than 32 levels"),
+        (b"a: " + b"1" * 5000 + b"\n", "not a usable YAML value"),
+        ((good + "budget: {trials: 5}\n").encode(), "key 'budget' is given twice"),
+        (b"parameters: {lr: 1, lr: 2}\n", "key 'lr' is given twice"),
+        (b"!!python/object/apply:os.system ['true']\n", "not valid YAML"),
+        (b"#" * (2 << 20), "a search space is at most 1048576"),
+    ]
+    for data, words in cases:
+        path.write_bytes(data)
+        with pytest.raises(SpaceError) as err:
+            load_space(path)
+        assert str(err.value).startswith(f"invalid search space {path}:"), err.value
+        assert words in str(err.value), err.value
+    with pytest.raises(SpaceError, match="not a file"):
+        load_space(tmp_path)
+    path.write_text(good)
+
+    def unreadable(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    with pytest.raises(SpaceError, match="cannot be read: Permission denied"):
+        load_space(path)
 
 
 def test_yaml_off_and_exponents(tmp_path: Path):

@@ -25,7 +25,7 @@ PREFIX = "#metric"
 # A metric name: what SageMaker and CloudWatch accept, and nothing a regex must escape
 # except '.' and '-'.
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_.:-]{0,127}"
-_NAME = re.compile(rf"^{NAME_PATTERN}$")
+_NAME = re.compile(NAME_PATTERN)  # fullmatch: `$` would let a trailing newline through
 _VALUE = r"[-+]?(?:[0-9]+\.?[0-9]*(?:[eE][-+]?[0-9]+)?|\.[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf)"
 _LINE = re.compile(
     rf"^{re.escape(PREFIX)} (?P<name>{NAME_PATTERN})=(?P<value>{_VALUE})"
@@ -42,7 +42,7 @@ class Metric:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"metric name {name!r} must match {NAME_PATTERN} (a letter, then letters, "
             "digits, '_', '.', ':' or '-'; at most 128 characters)"

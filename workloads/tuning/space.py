@@ -14,7 +14,11 @@
       dropout: {type: float, low: 0.0, high: 0.5, when: {hidden_sizes: "128,64"}}
 
 A parameter is a hyperparameter of the training contract (the harness settings and the
-task's own); `when` makes it conditional on a categorical parameter's value.
+task's own); `when` makes it conditional on a categorical parameter's value. A `step` must
+divide `high - low` (Optuna would lower `high` with only a warning); numbers are finite and
+never booleans (YAML reads `yes` as true); choices are distinct as Optuna (`1 == 1.0 ==
+true`) and the harness (`16` and `"16"`) see them; a key given twice in the file is an
+error (YAML keeps the last).
 
 Pruning `median` stops a trial whose best objective so far is worse than the median of
 the completed trials' at the same epoch (Optuna's `MedianPruner`); the drivers report each
@@ -33,13 +37,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import reprlib
 import warnings
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from workloads.training.contract import ContractError, parse_hyperparameters
 from workloads.training.metric_line import check_name
@@ -50,6 +65,12 @@ if TYPE_CHECKING:
 DEFAULT_FILE = "tune.yaml"
 Scalar = str | int | float | bool | None
 MAX_GRID = 10_000
+STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# What a search space may hold: far more than any real one, little enough that a YAML
+# alias bomb or a pathological nesting fails at once instead of exhausting memory.
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 100_000
+MAX_DEPTH = 32
 
 
 class SpaceError(ValueError):
@@ -65,6 +86,39 @@ class SpaceError(ValueError):
     @property
     def fields(self) -> list[str]:
         return [path for path, _ in self.problems]
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true as 1; YAML makes `yes`, `on` and `true` booleans.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, not a boolean (got {value!r})")
+    return value
+
+
+# Numbers: never a boolean; a float is finite.
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool), AllowInfNan(False)]
+
+
+def _show(value: Any) -> str:
+    """A value for a message: short however large or deep (a YAML alias bomb, an integer
+    of thousands of digits)."""
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"<an integer of about {value.bit_length() * 3 // 10} digits>"
+
+
+_SHORT = reprlib.Repr()  # Python 3.11 takes no settings in the constructor
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 8, 8
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 40
+
+
+def _text(value: Scalar) -> str:
+    """A choice as the harness gets it through the environment or SageMaker (strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else repr(value)
 
 
 class _Model(BaseModel):
@@ -84,22 +138,31 @@ class _Param(_Model):
 
 class FloatParam(_Param):
     type: Literal["float"]
-    low: float
-    high: float
+    low: Float
+    high: Float
     log: bool = False
-    step: float | None = Field(None, gt=0)
+    step: Float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> FloatParam:
         _check_range(self.low, self.high, self.log)
         if self.log and self.step is not None:
             raise ValueError("'step' and 'log' cannot be combined; drop one")
+        if self.step is not None:
+            _check_step(Decimal(str(self.low)), Decimal(str(self.high)), Decimal(str(self.step)))
         return self
 
-    def values(self) -> list[Any] | None:
+    def count(self) -> int | None:
+        """How many values the range has (None: continuous)."""
         if self.step is None:
             return None
-        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        span = Decimal(str(self.high)) - Decimal(str(self.low))
+        return int(span // Decimal(str(self.step))) + 1
+
+    def values(self) -> list[Any] | None:
+        count = self.count()
+        if count is None or self.step is None:
+            return None
         return [round(self.low + i * self.step, 12) for i in range(count)]
 
     def bounds(self) -> list[Any]:
@@ -108,9 +171,9 @@ class FloatParam(_Param):
 
 class IntParam(_Param):
     type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
+    low: Int
+    high: Int
+    step: Int = Field(1, ge=1)
     log: bool = False
 
     @model_validator(mode="after")
@@ -118,7 +181,11 @@ class IntParam(_Param):
         _check_range(self.low, self.high, self.log)
         if self.log and self.step != 1:
             raise ValueError("'log' needs step 1; drop 'step' or 'log'")
+        _check_step(Decimal(self.low), Decimal(self.high), Decimal(self.step))
         return self
+
+    def count(self) -> int:
+        return (self.high - self.low) // self.step + 1
 
     def values(self) -> list[Any]:
         return list(range(self.low, self.high + 1, self.step))
@@ -138,7 +205,7 @@ class CategoricalParam(_Param):
             for choice in value:
                 if isinstance(choice, list | dict):
                     raise ValueError(
-                        f"choice {choice!r} is not a scalar: choices are strings, numbers, "
+                        f"choice {_show(choice)} is not a scalar: choices are strings, numbers, "
                         "booleans or null (write a list as a string, e.g. '128,64')"
                     )
         return value
@@ -146,9 +213,24 @@ class CategoricalParam(_Param):
     @field_validator("choices")
     @classmethod
     def _unique(cls, value: list[Scalar]) -> list[Scalar]:
-        if len({json.dumps(v) for v in value}) != len(value):
-            raise ValueError(f"choices {value!r} repeat a value")
+        # Optuna finds a choice by equality (1, 1.0 and true are one choice to it), and the
+        # harness and SageMaker get each as a string ('16' and 16 are one trial to them).
+        seen: dict[Any, Scalar] = {}
+        texts: dict[str, Scalar] = {}
+        for choice in value:
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ValueError(f"choice {choice!r} is not a finite number")
+            first = seen.get(choice, texts.get(_text(choice), ...))
+            if first is not ...:
+                raise ValueError(
+                    f"choices {_show(value)} repeat a value: {first!r} and {choice!r} are "
+                    "one hyperparameter value"
+                )
+            seen[choice], texts[_text(choice)] = choice, choice
         return value
+
+    def count(self) -> int:
+        return len(self.choices)
 
     def values(self) -> list[Any]:
         return list(self.choices)
@@ -159,9 +241,32 @@ class CategoricalParam(_Param):
 
 def _check_range(low: float, high: float, log: bool) -> None:
     if not low < high:
-        raise ValueError(f"'low' ({low}) must be below 'high' ({high})")
+        raise ValueError(f"'low' ({_show(low)}) must be below 'high' ({_show(high)})")
     if log and low <= 0:
-        raise ValueError(f"'log' needs 'low' > 0 (got {low})")
+        raise ValueError(f"'log' needs 'low' > 0 (got {_show(low)})")
+
+
+def _check_step(low: Decimal, high: Decimal, step: Decimal) -> None:
+    """The range must hold a whole number of steps: Optuna would otherwise lower 'high'
+    (with only a warning), and the search would not cover what the file says."""
+    try:
+        steps = (high - low) // step
+        fits = (high - low) % step == 0
+    except InvalidOperation:  # a step many orders of magnitude below the range
+        steps, fits = None, False
+    if steps is None or steps > 10**12:
+        raise ValueError(
+            f"'step' ({step}) is too fine for the range {low} to {high}: "
+            "drop 'step' for a continuous range"
+        )
+    if steps == 0:
+        raise ValueError(f"'step' ({step}) is wider than the range {low} to {high}")
+    if not fits:
+        top = low + steps * step
+        raise ValueError(
+            f"'high' - 'low' ({high - low}) is not a whole number of steps of {step}: "
+            f"make 'high' {top} or {top + step}"
+        )
 
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
@@ -178,26 +283,26 @@ class Objective(_Model):
 
 
 class Budget(_Model):
-    trials: int = Field(ge=1, le=100_000)
-    parallel: int = Field(1, ge=1, le=1000)
-    timeout: float | None = Field(None, gt=0)  # seconds; no new trial starts after it
+    trials: Int = Field(ge=1, le=100_000)
+    parallel: Int = Field(1, ge=1, le=1000)
+    timeout: Float | None = Field(None, gt=0)  # seconds; no new trial starts after it
 
 
 class Pruning(_Model):
     type: Literal["median", "hyperband", "off"] = "median"
-    startup_trials: int = Field(5, ge=0)  # median: trials completed before pruning starts
+    startup_trials: Int = Field(5, ge=0)  # median: trials completed before pruning starts
     # median: epochs a trial runs before it may be pruned; None: a tenth of its epochs
-    warmup_epochs: int | None = Field(None, ge=0)
-    reduction_factor: int = Field(3, ge=2)  # hyperband
+    warmup_epochs: Int | None = Field(None, ge=0)
+    reduction_factor: Int = Field(3, ge=2)  # hyperband
 
 
 class SearchSpace(_Model):
-    study: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    study: str | None = Field(None, pattern=STUDY_NAME)
     objective: Objective
     budget: Budget
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruning: Pruning = Pruning()
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: Int | None = Field(None, ge=0, le=2**32 - 1)
     fixed: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Param] = Field(min_length=1)
 
@@ -235,7 +340,8 @@ class SearchSpace(_Model):
         return {name: p.values() for name, p in self.parameters.items()}  # type: ignore[misc]
 
     def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.grid().values())
+        """The grid's points, counted without listing them (a fine step has billions)."""
+        return math.prod(p.count() or 0 for p in self.parameters.values())
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         from optuna import distributions as d
@@ -331,11 +437,11 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "required"
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        return f"'type' must be one of: float, int, categorical (got {err.get('input')!r})"
+        return f"'type' must be one of: float, int, categorical (got {_show(err.get('input'))})"
     if kind == "literal_error":
-        return f"got {err['input']!r}; allowed: {ctx.get('expected', '')}"
+        return f"got {_show(err['input'])}; allowed: {ctx.get('expected', '')}"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{msg} (got {err['input']!r})" if "got" not in msg else msg
+    return f"{msg} (got {_show(err['input'])})" if "got" not in msg else msg
 
 
 def _cross_checks(space: SearchSpace) -> list[tuple[str, str]]:
@@ -347,14 +453,20 @@ def _cross_checks(space: SearchSpace) -> list[tuple[str, str]]:
             problems.append(
                 (at, f"{name!r} is also in 'fixed'; a hyperparameter is one or the other")
             )
-        cond = p.condition()
         if p.when is not None and len(p.when) != 1:
             problems.append((f"{at}.when", "name exactly one parent parameter: {parent: value}"))
             continue
+        cond = p.condition()
         if cond:
             parent, values = cond
             other = space.parameters.get(parent)
-            if not isinstance(other, CategoricalParam) or other.when:
+            if parent == name:
+                problems.append((f"{at}.when", f"{name!r} cannot be conditional on itself"))
+            elif not values:
+                problems.append(
+                    (f"{at}.when", f"name at least one value of {parent!r} (got an empty list)")
+                )
+            elif not isinstance(other, CategoricalParam) or other.when:
                 problems.append(
                     (
                         f"{at}.when",
@@ -368,7 +480,10 @@ def _cross_checks(space: SearchSpace) -> list[tuple[str, str]]:
                 bad = [v for v in values if v not in other.choices]
                 if bad:
                     problems.append(
-                        (f"{at}.when", f"{bad!r} not among {parent!r}'s choices {other.choices!r}")
+                        (
+                            f"{at}.when",
+                            f"{_show(bad)} not among {parent!r}'s choices {_show(other.choices)}",
+                        )
                     )
     if space.sampler == "grid":
         for name, p in space.parameters.items():
@@ -422,10 +537,42 @@ def _contract_checks(space: SearchSpace) -> list[tuple[str, str]]:
     return problems
 
 
+def _shape_problem(doc: Any) -> tuple[str, str] | None:
+    """What makes a document no search space by its shape alone: a key that is not a
+    string, nesting deeper than `MAX_DEPTH`, or more than `MAX_VALUES` values counted as
+    written out (a YAML alias counts each time it is used, so an alias bomb stops here,
+    after at most `MAX_VALUES` steps)."""
+    stack: list[tuple[Any, int, str]] = [(doc, 0, "")]
+    seen = 0
+    while stack:
+        node, depth, at = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return "(top level)", f"more than {MAX_VALUES} values (YAML aliases?): too large"
+        if depth > MAX_DEPTH:
+            return at, f"nested deeper than {MAX_DEPTH} levels: not a search space"
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    return at or "(top level)", (
+                        f"key {_show(key)} is not a string (YAML reads yes, 1 and ~ as a "
+                        "boolean, a number and null): quote it"
+                    )
+                stack.append((value, depth + 1, f"{at}.{key}" if at else key))
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1, f"{at}[{i}]") for i, v in enumerate(node))
+    return None
+
+
 def parse_space(doc: Any, source: str) -> SearchSpace:
     """Validate a search-space document; every problem is reported at once."""
     if not isinstance(doc, Mapping):
-        raise SpaceError(source, [("(top level)", "expected a mapping of fields")])
+        raise SpaceError(
+            source, [("(top level)", f"expected a mapping of fields (got {type(doc).__name__})")]
+        )
+    shape = _shape_problem(doc)
+    if shape:
+        raise SpaceError(source, [shape])
     try:
         space = SearchSpace.model_validate(doc)
     except ValidationError as exc:
@@ -438,14 +585,62 @@ def parse_space(doc: Any, source: str) -> SearchSpace:
     return space
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (YAML keeps the last silently:
+    a second `learning_rate:` would drop the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                again = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader says so below
+                continue
+            if again:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {_show(key)} is given twice in one mapping; YAML would keep the last",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
-    if not path.is_file():
+    source = str(path)
+    if not path.exists():
         raise SpaceError(
-            str(path), [("(file)", f"not found; write one (see {__name__}) or pass --space")]
+            source, [("(file)", f"not found; write one (see {__name__}) or pass --space")]
         )
+    if not path.is_file():
+        raise SpaceError(source, [("(file)", "not a file; pass the search space's YAML file")])
     try:
-        doc = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpaceError(
+                source, [("(file)", f"{size} bytes; a search space is at most {MAX_FILE_BYTES}")]
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpaceError(source, [("(file)", f"cannot be read: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpaceError(
+            source,
+            [("(file)", f"not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})")],
+        ) from None
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506: a SafeLoader
     except yaml.YAMLError as exc:
-        raise SpaceError(str(path), [("(file)", f"not valid YAML: {exc}")]) from None
-    return parse_space(doc, str(path))
+        raise SpaceError(source, [("(file)", f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise SpaceError(
+            source, [("(file)", f"nested deeper than {MAX_DEPTH} levels: not a search space")]
+        ) from None
+    except ValueError as exc:  # an integer beyond Python's digit limit
+        raise SpaceError(source, [("(file)", f"not a usable YAML value: {exc}")]) from None
+    return parse_space(doc, source)
