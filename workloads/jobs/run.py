@@ -131,7 +131,15 @@ def stack_descriptor(
                 f"`pulumi stack output platform --json -s {stack}` (or set {DESCRIPTOR_ENV})"
             )
         source = local
-    descriptor = load_descriptor(source)
+    try:
+        descriptor = load_descriptor(source)
+    except OSError as exc:  # --platform names no file, or one that cannot be read
+        raise JobError(
+            f"platform descriptor {source}: cannot be read ({exc.strerror or exc}); pass the "
+            f"file from `pulumi stack output platform --json -s {stack}`"
+        ) from None
+    except ValueError as exc:  # not JSON, or not a descriptor
+        raise JobError(f"platform descriptor {source}: not a platform descriptor: {exc}") from None
     if descriptor.stack != stack:
         raise JobError(
             f"the platform descriptor is stack {descriptor.stack!r}, not {stack!r} "

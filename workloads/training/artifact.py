@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workloads.storage import atomic_write
+from workloads.storage import atomic_write, no_space_named
 
 __all__ = ["FORMAT", "load_model", "publish_model", "save_artifact"]
 
@@ -140,10 +140,13 @@ def publish_model(model_dir: str | Path, uri: str) -> str:
     if parsed.scheme == "file":
         dest = Path(parsed.path)
         tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(model_dir, tmp)
-        _swap_in(tmp, dest)
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:  # a full disk midway leaves nothing behind, not a partial copy
+            with no_space_named(dest):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(model_dir, tmp)
+                _swap_in(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     elif parsed.scheme == "s3":
         import boto3  # only needed when publishing to S3
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -44,6 +45,7 @@ from typing import IO, Any
 import optuna
 from optuna.trial import TrialState
 
+from workloads.jobs.base import exit_reason
 from workloads.training.contract import TrainingContract, parse_hyperparameters
 from workloads.training.metric_line import parse_metric_lines
 from workloads.tuning.progress import BestSoFar
@@ -65,6 +67,7 @@ MAX_FAILURES = 3  # trials failing in a row before the search stops
 ORPHAN_STOP_S = 120.0  # how long an orphaned trial process gets to checkpoint and exit
 TRIAL_STOP_S = 30.0  # how long a trial gets to checkpoint when its tuner ends abnormally
 POLL_S = 0.1
+MAX_LINE = 1 << 20  # characters of one log line the driver keeps while waiting for its end
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -297,7 +300,7 @@ class LocalTuner:
         with open(log_path, errors="replace") as log:
             buffer = ""
             while True:
-                chunk = log.read()
+                chunk = log.read(MAX_LINE)
                 done = proc.poll() is not None
                 if not chunk and done:
                     break
@@ -306,6 +309,8 @@ class LocalTuner:
                     continue
                 buffer += chunk
                 lines, _, buffer = buffer.rpartition("\n")
+                if len(buffer) > MAX_LINE:  # output with no newline: no metric line is that long
+                    buffer = ""
                 for m in parse_metric_lines(lines):
                     if m.epoch is None:
                         continue
@@ -348,31 +353,53 @@ class LocalTuner:
         if pruned and code in (0, EXIT_TERMINATED):
             self.study.tell(trial.number, state=TrialState.PRUNED)
             view.state, self._failures = "PRUNED", 0
+        elif code == 0 and isinstance(metrics := self._final_metrics(contract), str):
+            self._fail(trial, view, metrics)  # it exited 0, but its results are not whole
         elif code == 0:
-            metrics = json.loads((contract.output_dir / "metrics.json").read_text())["metrics"]
             value = metrics.get(self.space.objective.metric)
             if value is None:
                 self._fatal = self._missing_metric({0: set(metrics)})
                 self.study.tell(trial.number, state=TrialState.FAIL)
                 view.state = "FAIL"
+            elif not isinstance(value, int | float) or not math.isfinite(value):
+                # Optuna fails a trial told NaN without a word of why
+                self._fail(trial, view, f"objective {self.space.objective.metric} is {value!r}")
             else:
                 trial.set_user_attr("metrics", metrics)
                 trial.set_user_attr("model_dir", str(contract.model_dir))
                 self.study.tell(trial.number, float(value))
                 view.state, view.value, self._failures = "COMPLETE", float(value), 0
         else:
-            reason = ""
+            failure = None
             if contract.failure_file.is_file():
-                reason = contract.failure_file.read_text().strip()
-            reason = reason or f"exit {code}; see {folder / 'train.log'}"
-            trial.set_user_attr("failure", reason)
-            self.study.tell(trial.number, state=TrialState.FAIL)
-            view.state, view.note = "FAIL", reason
-            self._failures += 1
-            if self._failures >= MAX_FAILURES:
-                self._fatal = f"{MAX_FAILURES} trials failed in a row; the last: {reason}"
+                failure = contract.failure_file.read_text(errors="replace").strip()[:2000]
+            # Popen gives a signal as -N; a shell and a container report 128 + N
+            reason = exit_reason(128 - code if code < 0 else code, failure)
+            self._fail(trial, view, f"{reason}; see {folder / 'train.log'}")
         shutil.rmtree(contract.checkpoint_dir, ignore_errors=True)  # finished: not resumed
         self._publish(view)
+
+    @staticmethod
+    def _final_metrics(contract: TrainingContract) -> dict[str, Any] | str:
+        """The run's final metrics (`metrics.json`), or why they cannot be read."""
+        path = contract.output_dir / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text())["metrics"]
+        except FileNotFoundError:
+            return f"exited 0 without writing {path}"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"{path} is not whole ({type(exc).__name__}: {exc})"
+        if not isinstance(metrics, dict):
+            return f"{path}: 'metrics' is not a mapping"
+        return metrics
+
+    def _fail(self, trial: optuna.Trial, view: TrialView, reason: str) -> None:
+        trial.set_user_attr("failure", reason)
+        self.study.tell(trial.number, state=TrialState.FAIL)
+        view.state, view.note = "FAIL", reason
+        self._failures += 1
+        if self._failures >= MAX_FAILURES:
+            self._fatal = f"{MAX_FAILURES} trials failed in a row; the last: {reason}"
 
     # -- views ----------------------------------------------------------------------------
 

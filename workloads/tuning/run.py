@@ -4,6 +4,7 @@ gate (and, with `deploy`, roll it out like `mlinfra deploy`)."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from workloads.platform import NotDeclaredError, PlatformDescriptor, load_descri
 from workloads.training.artifact import publish_model
 from workloads.tuning.local import LocalTuner
 from workloads.tuning.report import save_report, summary_lines
-from workloads.tuning.space import SearchSpace, load_space
+from workloads.tuning.space import STUDY_NAME, SearchSpace, load_space
 from workloads.tuning.study import TrialView, TuneResult, TuningError
 
 
@@ -34,7 +35,30 @@ class TuneOutcome:
 
 
 def study_name(space: SearchSpace, space_path: Path, group: str, given: str | None) -> str:
+    """`--study`, else the space's `study:`, else GROUP-SPACE. A study is a folder under
+    the stack's state: `--study` is held to the space file's rule (no '/', no '..')."""
+    if given is not None and not re.fullmatch(STUDY_NAME, given):
+        raise TuningError(
+            f"--study {given!r}: a study name is 1 to 63 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
     return given or space.study or f"{group}-{space_path.stem}"
+
+
+def check_data(channels: dict[str, str | None]) -> None:
+    """Local data must be there before any trial starts (each trial would fail on it);
+    an `s3://` location is the trials' to read."""
+    from urllib.parse import urlparse
+
+    from workloads.training.data import DataError, data_files, local_channel
+
+    for option, location in channels.items():
+        if location is None or urlparse(location).scheme == "s3":
+            continue
+        try:
+            data_files(local_channel(location))
+        except DataError as exc:
+            raise TuningError(f"--{option} {location}: {exc}") from None
 
 
 def pick_group(descriptor: PlatformDescriptor, group: str | None) -> str:
@@ -70,6 +94,7 @@ def tune_local(
     descriptor = load_descriptor(paths.descriptor)
     group = pick_group(descriptor, group)
     name = study_name(space, space_path, group, study)
+    check_data({"train": train, "validation": validation})
     folder = paths.root / "tuning" / name
     env = dict(os.environ) | {"MLINFRA_PLATFORM": str(paths.descriptor)}
     tuner = LocalTuner(
@@ -148,7 +173,12 @@ def tune_stack(
         raise TuningError(str(exc)) from None
     backend = default_backend(descriptor)
     if backend == "local":
-        cloud_only = (("image", image), ("pool", pool), ("instance-type", instance_type))
+        cloud_only = (
+            ("image", image),
+            ("pool", pool),
+            ("instance-type", instance_type),
+            ("serve-image", serve_image),  # a local trial registers with the local image
+        )
         given = [f"--{n}" for n, v in cloud_only if v is not None]
         if given:
             raise TuningError(
