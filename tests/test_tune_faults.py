@@ -11,6 +11,8 @@ import errno
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +20,15 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_tune_local import ENV, STACKS, data, space, trials  # noqa: F401 (a fixture)
+from tests.test_tune_local import (  # noqa: F401 (data: a fixture)
+    ENV,
+    STACKS,
+    alive,
+    data,
+    space,
+    trials,
+    wait_for,
+)
 from workloads import storage
 from workloads.cli import app
 from workloads.local import env as localenv
@@ -34,10 +44,10 @@ import json, os, signal, sys
 from pathlib import Path
 hps = json.loads(os.environ["SM_HPS"])
 model, output = Path(os.environ["SM_MODEL_DIR"]), Path(os.environ["SM_OUTPUT_DATA_DIR"])
-case = {0.01: "killed", 0.02: "torn", 0.03: "nan", 0.04: "garbage", 0.05: "missing"}[
-    float(hps["learning_rate"])
-]
+case = {0.01: "killed", 0.02: "torn", 0.03: "nan", 0.04: "garbage", 0.05: "missing",
+        0.06: "slow"}[float(hps["learning_rate"])]
 out = sys.stdout
+checkpoint = Path(os.environ["MLINFRA_CHECKPOINT_DIR"]) / "state"
 def finish(text):
     model.mkdir(parents=True, exist_ok=True)
     (model / "meta.json").write_text("{}")
@@ -57,20 +67,56 @@ if case == "torn":  # exit 0, but its metrics file was cut off (a crash, a full 
 if case == "nan":
     out.write("#metric validation_loss=nan epoch=1\n")
     finish(json.dumps({"metrics": {"validation_loss": float("nan")}}))
+if case == "slow":  # the harness in small: checkpoints on SIGTERM (exit 143), resumes
+    if checkpoint.exists():
+        out.write("resumed from checkpoint\n#metric validation_loss=0.3 epoch=2\n")
+        finish(json.dumps({"metrics": {"validation_loss": 0.3}}))
+        sys.exit(0)
+    def stop(signum, frame):
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text("epoch 1")
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, stop)
+    out.write("#metric validation_loss=0.6 epoch=1\n"); out.flush()
+    (model.parent / "epoch-1").write_text("")
+    while True:
+        signal.pause()
 sys.exit(0)  # "missing": exit 0 with no metrics.json at all
 """
 
+# The tuner in its own process, as `mlinfra tune` runs it: Ctrl-C reaches it alone.
+TUNER = """
+import json, sys
+from pathlib import Path
+from workloads.tuning.local import LocalTuner
+from workloads.tuning.space import parse_space
+doc, folder, script = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+tuner = LocalTuner(parse_space(doc, "tune.yaml"), folder, study="s", train="unused.csv",
+                   launcher=[sys.executable, script])
+for rate in json.loads(sys.argv[4]):
+    tuner.study.enqueue_trial({"learning_rate": rate})
+tuner.run()
+"""
 
-def fake_tuner(tmp_path: Path, rates: list[float]) -> LocalTuner:
-    script = tmp_path / "fake_trial.py"
-    script.write_text(FAKE_TRIAL)
+
+def fake_space(rates: list[float]) -> dict:
     doc = space(len(rates), epochs=2)
     doc["parameters"] = {"learning_rate": {"type": "categorical", "choices": rates}}
+    return doc
+
+
+def fake_trial(tmp_path: Path) -> Path:
+    script = tmp_path / "fake_trial.py"
+    script.write_text(FAKE_TRIAL)
+    return script
+
+
+def fake_tuner(tmp_path: Path, rates: list[float], enqueue: bool = True) -> LocalTuner:
     t = LocalTuner(
-        parse_space(doc, "tune.yaml"), tmp_path / "study", study="s", train="unused.csv",
-        env=ENV, launcher=[sys.executable, str(script)],
+        parse_space(fake_space(rates), "tune.yaml"), tmp_path / "study", study="s",
+        train="unused.csv", env=ENV, launcher=[sys.executable, str(fake_trial(tmp_path))],
     )  # fmt: skip
-    for rate in rates:
+    for rate in rates if enqueue else []:
         t.study.enqueue_trial({"learning_rate": rate})
     return t
 
@@ -111,6 +157,39 @@ def test_a_torn_metrics_file_left_by_a_crash_is_failed_on_resume(tmp_path):
     LocalTuner(t.space, t.folder, study="s", train="unused.csv", env=ENV).run()
     (only,) = trials(tmp_path / "study")
     assert only.state.name == "FAIL" and "is not whole" in only.user_attrs["failure"]
+
+
+def test_ctrl_c_then_resume_keeps_finished_trials_and_numbers(tmp_path):
+    """SIGINT to the tuner: it stops its running trial (SIGTERM: the trial checkpoints),
+    says how to resume and exits 1; the rerun resumes that trial under its number."""
+    rates = [0.04, 0.06]  # a quick trial, then one that runs until it is stopped
+    folder = tmp_path / "study"
+    argv = [json.dumps(fake_space(rates)), str(folder), str(fake_trial(tmp_path))]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TUNER, *argv, json.dumps(rates)],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (folder / "trials" / "0001" / "epoch-1").exists(), 60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out.decode()
+    assert b"interrupted; the running trials checkpointed. Run the same command again" in out
+    before = trials(folder)
+    assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]
+    pid = int((folder / "trials" / "0001" / "pid").read_text())
+    wait_for(lambda: not alive(pid), 10)  # no trial outlives its tuner
+    assert (folder / "trials" / "0001" / "checkpoints" / "state").is_file()
+
+    result = fake_tuner(tmp_path, rates, enqueue=False).run()
+    after = trials(folder)
+    assert [t.number for t in after] == [0, 1]  # none lost, none duplicated
+    assert [t.state.name for t in after] == ["COMPLETE", "COMPLETE"]
+    assert after[0].datetime_complete == before[0].datetime_complete  # kept as it was
+    assert after[1].intermediate_values == {1: 0.6, 2: 0.3}  # epoch 1 reported once
+    assert "resumed from checkpoint" in (folder / "trials" / "0001" / "train.log").read_text()
+    assert result.count("COMPLETE") == 2 and result.best.number == 1
 
 
 # --- the CLI ------------------------------------------------------------------------------
