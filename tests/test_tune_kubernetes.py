@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -214,6 +215,25 @@ def test_each_trial_is_a_job_with_the_job_apis_manifest_at_most_parallel_at_once
         assert trial.intermediate_values == {e: by_rate(trial.params, e) for e in (1, 2, 3)}
     assert result.best_model_uri == f"{DESC.buckets.artifacts}/models/{t.job_name(4)}"
     assert result.best_metrics == {"validation_loss": 0.01, "auc": 0.99}
+
+
+def test_a_nan_objective_fails_its_trial_with_the_reason(emulated, tmp_path):
+    """Told NaN, Optuna fails a trial without a word; the table said COMPLETE."""
+    _, emu, _ = emulated
+    quota(emu, "8")
+
+    def diverges(hps: dict, epoch: int) -> float:
+        return math.nan if hps["learning_rate"] == 0.3 else by_rate(hps, epoch)
+
+    cluster = Cluster(emu, epochs=2, loss=diverges)
+    t = tuner(emulated, tmp_path, space(3, 1, rates=(0.3, 0.1, 0.03)), sleep=cluster.tick)
+    result = t.run()
+    by_params = {tr.params["learning_rate"]: tr for tr in t.study.get_trials()}
+    assert by_params[0.3].state.name == "FAIL"
+    assert by_params[0.3].user_attrs["failure"] == "objective validation_loss is nan"
+    assert {by_params[r].state.name for r in (0.1, 0.03)} == {"COMPLETE"}
+    views = {v.params["learning_rate"]: v for v in result.trials}
+    assert views[0.3].state == "FAIL" and result.best.params == {"learning_rate": 0.03}
 
 
 def test_the_namespace_gpu_quota_caps_parallel_and_says_so(emulated, tmp_path):

@@ -132,6 +132,12 @@ BAD = [
         "parameters.hidden_sizes.when",
         "conditional on itself",
     ),  # fmt: skip
+    (  # a cycle: dropout needs hidden_sizes, which would need dropout
+        "parameters.hidden_sizes.when",
+        {"dropout": 0.1},
+        "parameters.dropout.when",
+        "'hidden_sizes' is not an unconditional categorical",
+    ),  # fmt: skip
 ]
 
 

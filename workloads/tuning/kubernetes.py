@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import time
 import uuid
@@ -320,12 +321,15 @@ class KubernetesTuner:
                 self._publish(r.view)
             return False
         if status.state == "Completed":
-            self._complete(r, status)
+            if self._complete(r, status):
+                return True
         else:
             self._fail(r, status.reason or f"the Job {status.state.lower()}")
-            self._failures += 1
-            if self._failures >= MAX_FAILURES:
-                self._fatal = f"{MAX_FAILURES} trials failed in a row; the last: {r.view.note}"
+        self._failures += 1
+        if self._failures >= MAX_FAILURES:
+            self._fatal = self._fatal or (
+                f"{MAX_FAILURES} trials failed in a row; the last: {r.view.note}"
+            )
         return True
 
     def _report(self, r: _Running, lines: list[str]) -> bool:
@@ -358,12 +362,16 @@ class KubernetesTuner:
             f"run; it reports: {', '.join(sorted(names))}. Fix the search space's objective"
         )
 
-    def _complete(self, r: _Running, status: JobStatus) -> None:
+    def _complete(self, r: _Running, status: JobStatus) -> bool:
+        """Tell the study the trial's objective; False when it has none to tell."""
         value = status.metrics.get(self.space.objective.metric)
         if value is None:
             self._fatal = self._missing_metric(set(status.metrics))
             self._fail(r, self._fatal)
-            return
+            return False
+        if not math.isfinite(value):  # Optuna fails a trial told NaN without a word of why
+            self._fail(r, f"objective {self.space.objective.metric} is {value!r}")
+            return False
         r.trial.set_user_attr("epochs", r.view.epochs)
         r.trial.set_user_attr("metrics", dict(status.metrics))
         if status.artifact_uri:
@@ -371,6 +379,7 @@ class KubernetesTuner:
         self.study.tell(r.trial.number, float(value))
         r.view.state, r.view.value, r.view.note, self._failures = "COMPLETE", value, "", 0
         self._publish(r.view)
+        return True
 
     def _fail(self, r: _Running, reason: str) -> None:
         r.trial.set_user_attr("epochs", r.view.epochs)
