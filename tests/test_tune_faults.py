@@ -192,6 +192,26 @@ def test_ctrl_c_then_resume_keeps_finished_trials_and_numbers(tmp_path):
     assert result.count("COMPLETE") == 2 and result.best.number == 1
 
 
+def test_a_record_cut_off_by_a_full_disk_does_not_end_the_study(tmp_path):
+    """Optuna appends the next record to a torn last line; the study then never loaded
+    again (AttributeError in ask). The next tuner drops the torn record and goes on."""
+    first = fake_tuner(tmp_path, [0.04, 0.05], enqueue=False)
+    first.trials = 1
+    first.study.enqueue_trial({"learning_rate": 0.04})
+    first.run()
+    journal = tmp_path / "study" / "journal.log"
+    whole = journal.read_bytes()
+    with open(journal, "ab") as f:  # ENOSPC midway through the next record
+        f.write(b'{"op_code":4,"worker_id":"x","trial_id":1,"par')
+    t = fake_tuner(tmp_path, [0.04, 0.05], enqueue=False)  # budget 2: one more trial
+    t.study.enqueue_trial({"learning_rate": 0.04})
+    t.run()
+    done = trials(tmp_path / "study")
+    assert [x.number for x in done] == [0, 1]
+    assert [x.state.name for x in done] == ["COMPLETE", "COMPLETE"]
+    assert journal.read_bytes().startswith(whole) and journal.read_bytes().endswith(b"\n")
+
+
 # --- the CLI ------------------------------------------------------------------------------
 
 

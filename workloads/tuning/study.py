@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import IO, Any
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from workloads.tuning.space import SearchSpace
 
@@ -84,12 +85,46 @@ def held(path: Path) -> bool:
         return handle is None
 
 
+def cut_torn_record(journal: Path) -> int:
+    """Drop a record cut off at the journal's end (a full disk or a crash mid-append);
+    the bytes dropped. Optuna skips such a tail when it reads, but appends the next record
+    to it: one line no reader decodes, and the study never loads again. Under Optuna's own
+    journal lock, so no writer is midway through a record."""
+    if not journal.is_file():
+        return 0
+    lock = JournalFileSymlinkLock(str(journal))  # the lock JournalFileBackend takes
+    lock.acquire()
+    try:
+        with open(journal, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            end = size
+            while end > 0:  # back to the last newline, a block at a time
+                start = max(0, end - 65536)
+                f.seek(start)
+                block = f.read(end - start)
+                if end == size and block.endswith(b"\n"):
+                    return 0
+                at = block.rfind(b"\n")
+                if at >= 0:
+                    end = start + at + 1
+                    break
+                end = start
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+            return size - end
+    finally:
+        lock.release()
+
+
 def open_study(space: SearchSpace, folder: Path, name: str) -> optuna.Study:
     """The study in `folder`'s journal, created on first use; a study made from another
-    space is refused (its trials would not compare)."""
+    space is refused (its trials would not compare). A record cut off at the journal's end
+    is dropped first (`cut_torn_record`), so a study a full disk interrupted resumes."""
     folder.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(folder / "journal.log")))
     with flock(folder / "study.lock"):
+        cut_torn_record(folder / "journal.log")
         study = optuna.create_study(
             study_name=name,
             storage=storage,
