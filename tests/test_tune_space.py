@@ -230,6 +230,14 @@ def test_file_probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         assert words in str(err.value), err.value
     with pytest.raises(SpaceError, match="not a file"):
         load_space(tmp_path)
+    # a YAML merge key overrides what it merges: no key given twice there
+    path.write_text(
+        good + "fixed: {target: y}\nrange: &r {type: float, low: 0.001, high: 0.1}\n"
+        "parameters:\n  learning_rate: {<<: *r, log: true}\n"
+    )
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert err.value.fields == ["range"]  # parsed; only the anchor's holder is unknown
     path.write_text(good)
 
     def unreadable(self: Path) -> bytes:
