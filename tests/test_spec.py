@@ -446,3 +446,34 @@ def test_a_missing_stack_file_is_a_spec_error(tmp_path: Path):
     with pytest.raises(SpecError) as err:
         load_stack("nowhere", tmp_path)
     assert err.value.fields == ["file"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"config:\n  mlinfra:team: \xff\xfe\n", "is not UTF-8 text (byte 0xff at offset 24)"),
+        (b"config: {mlinfra:team: [unclosed\n", "is not valid YAML"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b"config:\n  mlinfra:size: " + b"9" * 5000 + b"\n", "unusable YAML value"),
+    ],
+)
+def test_an_unreadable_stack_file_is_a_spec_error(tmp_path: Path, content: bytes, expected):
+    """Bytes that are not a YAML document fail as a SpecError naming the file, never as a
+    decoding, recursion or integer-size traceback."""
+    path = tmp_path / "Pulumi.bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError, match=re.escape(expected)) as err:
+        load_stack_file(path)
+    assert err.value.fields == ["file"] and str(path) in str(err.value)
+
+
+def test_a_stack_file_that_cannot_be_opened_is_a_spec_error(tmp_path: Path, monkeypatch):
+    path = tmp_path / "Pulumi.locked.yaml"
+    path.write_text("config: {}\n")
+
+    def refused(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    with pytest.raises(SpecError, match="cannot be read: Permission denied"):
+        load_stack_file(path)
