@@ -679,12 +679,22 @@ def _path(loc: tuple[Any, ...]) -> str:
     """The config path of a pydantic error location.
 
     ('cluster', 'gpuPools', 0, 'instanceTypes') -> 'mlinfra:cluster.gpuPools[0].instanceTypes'
+
+    A key with a character that does not print (a line break, a control character: an
+    unknown key can be anything) is shown quoted as Python writes it,
+    `mlinfra:budget['a\\nb']`, so that each problem stays one line that names the field.
     """
     if not loc:
         return f"{NAMESPACE}:"
-    out = _config_key(str(loc[0]))
+    first = str(loc[0])
+    out = _config_key(first) if first.isprintable() else f"{NAMESPACE}:[{first!r}]"
     for part in loc[1:]:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).isprintable():
+            out += f".{part}"
+        else:
+            out += f"[{str(part)!r}]"
     return out
 
 
