@@ -2,13 +2,15 @@
 and `parallel` 2 against 1.
 
     .venv/bin/python benchmarks/tune.py [--trials 30] [--datasets breast_cancer,wine,diabetes]
-                                        [--splits 3] [--epochs 30] [--patience 15]
+                                        [--splits 3] [--epochs 200] [--patience 15]
                                         [--parallel-trials 8] [--skip-parallel | --parallel-only]
 
 For each scikit-learn dataset and each of `--splits` seeded splits (60/20/20 into train,
 validation and a held-out test set, stratified for classification) it runs the local driver
 (`workloads.tuning.local.LocalTuner`, each trial a real `workloads.train` process) twice over
-the same search space: TPE + median pruning, and random search with pruning off. The trial
+the same search space: TPE + median pruning, and random search with pruning off, each trial
+at the harness's defaults (200 epochs at most, early stopping after 15 without a better
+validation loss) unless `--epochs` / `--patience` say otherwise. The trial
 with the best validation loss wins, and its artifact, the one `mlinfra tune` registers, is
 scored on the test split (accuracy, or R2 for diabetes), next to a scikit-learn linear
 baseline (logistic regression / ridge on standardised features) fitted on train +
@@ -46,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from workloads.training.artifact import load_model  # noqa: E402
+from workloads.training.contract import HarnessSettings  # noqa: E402
 from workloads.tuning.local import LocalTuner  # noqa: E402
 from workloads.tuning.space import parse_space  # noqa: E402
 
@@ -217,12 +220,17 @@ def summary(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=30)
+    # The harness's defaults, what a user's trials run: early stopping ends most of them.
+    defaults = HarnessSettings()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--splits", type=int, default=3, help="seeded splits per dataset")
     parser.add_argument("--datasets", default="breast_cancer,wine,diabetes")
     parser.add_argument("--parallel-trials", type=int, default=8)
     parser.add_argument(
-        "--patience", type=int, default=15, help="early stopping in both searches (0: off)"
+        "--patience",
+        type=int,
+        default=defaults.patience,
+        help="early stopping in both searches (0: off)",
     )
     parser.add_argument("--skip-parallel", action="store_true")
     parser.add_argument("--parallel-only", action="store_true", help="no searches")
