@@ -5,7 +5,7 @@ Each example starts from a real stack file and replaces one value somewhere in i
 a key) with something drawn from a wide pool: huge and negative numbers, NaN and
 infinities, long and odd strings, non-string keys and keys that do not print, nested and
 deeply nested values. Deterministic (derandomized, and blind to the project modules loaded
-before it: `fixed_constant_pool`) and bounded, so it runs the same in CI every time.
+before it: `conftest.fixed_constant_pool`) and bounded, so it runs the same in CI every time.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.internal.conjecture import providers
 
 from components.admission import admit, quantity
 from components.spec import (
@@ -31,7 +30,10 @@ from components.spec import (
     load_stack_file,
     parse_spec,
 )
+from tests.fuzz_support import fuzz_settings
 from tests.stack_support import STACK_FILES, STACKS_DIR, stack_name
+
+pytestmark = pytest.mark.usefixtures("fixed_constant_pool")  # conftest
 
 CONFIGS = {
     stack_name(p): yaml.safe_load(p.read_text())["config"]
@@ -170,28 +172,7 @@ def assert_deployable(spec: PlatformSpec) -> None:
             assert verdict.admitted, verdict.problems
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fixed_constant_pool():
-    """Hypothesis mixes into its draws the constants of every project module imported so far
-    (`providers._get_local_constants`, read from `sys.modules`), so even derandomized the
-    examples depend on which tests ran earlier in the process: after the serving tests, whose
-    modules hold "\\r\\n", a key with a line break came up that a run alone never drew. The
-    pool is emptied for this module, so every run draws the same examples (keys that do not
-    print are in `keys` on purpose)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(providers, "_get_local_constants", providers.Constants, raising=False)
-        providers.CONSTANTS_CACHE.cache.clear()  # filtered copies of the pool, per type
-        yield
-    providers.CONSTANTS_CACHE.cache.clear()
-
-
-@settings(
-    max_examples=400,
-    derandomize=True,  # a fixed seed: the same examples in every run
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    database=None,
-)
+@fuzz_settings(400)
 @given(mutated_configs())
 def test_every_failure_is_a_spec_error_naming_a_field(config):
     try:

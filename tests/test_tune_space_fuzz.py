@@ -4,8 +4,9 @@ that Optuna runs as written, or fails with a `SpaceError` naming the file and a 
 Each example starts from a valid space and replaces one value somewhere in it (or adds a
 key) with something from a wide pool: booleans where numbers go, NaN and infinities, huge
 and negative numbers, odd strings (a metric name with a newline), wrong shapes, nested
-and deeply nested values. Deterministic (derandomized) and bounded, like the stack-spec
-fuzz test (`test_spec_fuzz.py`).
+and deeply nested values. Deterministic (derandomized, and blind to the project modules
+loaded before it: `conftest.fixed_constant_pool`) and bounded, like the stack-spec fuzz
+test (`test_spec_fuzz.py`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import warnings
 from typing import Any
 
 import optuna
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzz_support import fuzz_settings
 from tests.test_tune_space import GOOD
 from workloads.tuning.space import MAX_GRID, SearchSpace, SpaceError, parse_space
+
+pytestmark = pytest.mark.usefixtures("fixed_constant_pool")  # conftest
 
 GRID = {
     **copy.deepcopy(GOOD),
@@ -134,13 +139,7 @@ def assert_runs_as_written(space: SearchSpace) -> None:
     assert len(space.fingerprint()) == 16
 
 
-@settings(
-    max_examples=300,
-    derandomize=True,  # a fixed seed: the same examples in every run
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    database=None,
-)
+@fuzz_settings(300)
 @given(mutated_spaces())
 def test_every_failure_is_a_space_error_naming_the_file_and_a_field(doc):
     try:
