@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.serve_support import Server
 
@@ -227,3 +228,47 @@ def test_a_response_head_and_body_go_out_in_one_write() -> None:
     close = b"POST /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 1\r\n\r\nz"
     writes = _exchange([close])
     assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\nz")
+
+
+def test_the_last_call_spares_a_connection_whose_request_is_unread() -> None:
+    """The keep-alive timeout / the drain's last call closes an idle connection, but not one
+    whose next request already sits unread in the kernel (a worker starved of CPU past the
+    deadline runs its due timers before it reads): it checks again later instead."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from workloads.serving.lifecycle import LAST_CALL_S, LastCallProtocol, unread_bytes
+
+    server_end, client_end = socket.socketpair()
+
+    class SocketTransport(_Transport):
+        def get_extra_info(self, name: str, default=None):
+            return server_end if name == "socket" else super().get_extra_info(name, default)
+
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(lambda *a: None, lifespan="off")
+        config.load()
+        protocol = LastCallProtocol(config=config, server_state=ServerState(), app_state={})
+        protocol.loop = loop
+        transport = SocketTransport()
+        protocol.connection_made(transport)
+
+        client_end.sendall(b"POST /invocations HTTP/1.1\r\n")  # sent in time, not read yet
+        assert unread_bytes(protocol.transport) == 28
+        protocol.timeout_keep_alive_handler()
+        assert not transport.closed
+        again = protocol.timeout_keep_alive_task
+        assert again is not None and not again.cancelled()
+        assert again.when() - loop.time() == pytest.approx(LAST_CALL_S, abs=0.1)
+
+        server_end.recv(1024)  # read (and, say, answered): the connection is idle again
+        protocol.timeout_keep_alive_handler()
+        assert transport.closed
+        protocol.connection_lost(None)
+    finally:
+        loop.close()
+        server_end.close()
+        client_end.close()

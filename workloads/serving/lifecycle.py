@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import logging
 import os
 import signal
 import socket
 import struct
 import sys
+import termios
 import threading
 import time
 from typing import Any
@@ -171,6 +173,19 @@ class LastCallProtocol(HttpToolsProtocol):
         ARRIVALS.waiting += 1  # the app counts it down when the task starts
         super()._start_asgi_task(cycle, app)
 
+    def timeout_keep_alive_handler(self) -> None:
+        """The keep-alive timeout and the drain's last call close an idle connection, but
+        not one whose next request has already reached the socket: a worker starved of CPU
+        past the deadline runs its due timers before it reads, and closing then would drop
+        a request the client sent in time. That request is read and answered next (the
+        check comes again `LAST_CALL_S` later if it stays unfinished)."""
+        if not self.transport.is_closing() and unread_bytes(self.transport) > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                LAST_CALL_S, self.timeout_keep_alive_handler
+            )
+            return
+        super().timeout_keep_alive_handler()
+
     def shutdown(self) -> None:
         if self.cycle is None or self.cycle.response_complete:
             self._unset_keepalive_if_required()
@@ -179,6 +194,20 @@ class LastCallProtocol(HttpToolsProtocol):
             )
         else:
             self.cycle.keep_alive = False
+
+
+def unread_bytes(transport: Any) -> int:
+    """Bytes the kernel holds for a connection that the server has not read yet (FIONREAD);
+    0 where that cannot be asked."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        count = bytearray(4)
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    except (OSError, ValueError):  # closed meanwhile, or not a socket the kernel can count
+        return 0
+    return int.from_bytes(count, sys.byteorder)
 
 
 async def stop_accepting(sockets: list[socket.socket], limit_s: float = 2.0) -> None:
