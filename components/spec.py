@@ -20,7 +20,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -39,6 +38,7 @@ from components.admission import (
     quantity,
 )
 from components.gpu import allowed_gpu_families, gpu_instance
+from workloads.yaml_file import YamlFileError, read_yaml
 
 NAMESPACE = "mlinfra"
 
@@ -1020,24 +1020,9 @@ def load_stack_file(path: str | Path) -> PlatformSpec:
     if not path.is_file():
         raise SpecError(str(path), [("file", "no such stack config")])
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(str(path), [("file", f"cannot be read: {exc.strerror or exc}")]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        where = f"byte {raw[exc.start]:#04x} at offset {exc.start}"
-        raise SpecError(str(path), [("file", f"is not UTF-8 text ({where})")]) from None
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError(str(path), [("file", f"is not valid YAML: {exc}")]) from None
-    except RecursionError:  # nesting no stack config has
-        raise SpecError(
-            str(path), [("file", "is nested too deeply to be a stack config")]
-        ) from None
-    except ValueError as exc:  # an integer beyond Python's digit limit
-        raise SpecError(str(path), [("file", f"holds an unusable YAML value: {exc}")]) from None
+        doc = read_yaml(path, too_deep="nested too deeply to be a stack config") or {}
+    except YamlFileError as exc:
+        raise SpecError(str(path), [("file", str(exc))]) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config", {}), dict):
         raise SpecError(str(path), [("config", "must be a mapping of config keys")])
     return parse_spec(doc.get("config") or {}, str(path))

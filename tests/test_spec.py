@@ -451,10 +451,10 @@ def test_a_missing_stack_file_is_a_spec_error(tmp_path: Path):
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (b"config:\n  mlinfra:team: \xff\xfe\n", "is not UTF-8 text (byte 0xff at offset 24)"),
-        (b"config: {mlinfra:team: [unclosed\n", "is not valid YAML"),
-        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
-        (b"config:\n  mlinfra:size: " + b"9" * 5000 + b"\n", "unusable YAML value"),
+        (b"config:\n  mlinfra:team: \xff\xfe\n", "file: not UTF-8 text (byte 0xff at offset 24)"),
+        (b"config: {mlinfra:team: [unclosed\n", "file: not valid YAML"),
+        (b"[" * 5000 + b"]" * 5000, "file: nested too deeply to be a stack config"),
+        (b"config:\n  mlinfra:size: " + b"9" * 5000 + b"\n", "file: not a usable YAML value"),
     ],
 )
 def test_an_unreadable_stack_file_is_a_spec_error(tmp_path: Path, content: bytes, expected):
@@ -475,5 +475,5 @@ def test_a_stack_file_that_cannot_be_opened_is_a_spec_error(tmp_path: Path, monk
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "read_bytes", refused)
-    with pytest.raises(SpecError, match="cannot be read: Permission denied"):
+    with pytest.raises(SpecError, match="file: cannot be read: Permission denied"):
         load_stack_file(path)

@@ -58,6 +58,7 @@ from pydantic import (
 
 from workloads.training.contract import ContractError, parse_hyperparameters
 from workloads.training.metric_line import check_name
+from workloads.yaml_file import YamlFileError, read_yaml
 
 if TYPE_CHECKING:
     import optuna
@@ -625,24 +626,11 @@ def load_space(path: str | Path) -> SearchSpace:
             raise SpaceError(
                 source, [("(file)", f"{size} bytes; a search space is at most {MAX_FILE_BYTES}")]
             )
-        raw = path.read_bytes()
     except OSError as exc:
         raise SpaceError(source, [("(file)", f"cannot be read: {exc.strerror or exc}")]) from None
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpaceError(
-            source,
-            [("(file)", f"not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})")],
-        ) from None
-    try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506: a SafeLoader
-    except yaml.YAMLError as exc:
-        raise SpaceError(source, [("(file)", f"not valid YAML: {exc}")]) from None
-    except RecursionError:
-        raise SpaceError(
-            source, [("(file)", f"nested deeper than {MAX_DEPTH} levels: not a search space")]
-        ) from None
-    except ValueError as exc:  # an integer beyond Python's digit limit
-        raise SpaceError(source, [("(file)", f"not a usable YAML value: {exc}")]) from None
+        too_deep = f"nested deeper than {MAX_DEPTH} levels: not a search space"
+        doc = read_yaml(path, _Loader, too_deep)
+    except YamlFileError as exc:
+        raise SpaceError(source, [("(file)", str(exc))]) from None
     return parse_space(doc, source)
