@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import time
 import uuid
@@ -50,6 +49,7 @@ from workloads.tuning.study import (
     orphaned,
     study_result,
     trial_budget,
+    unusable_objective,
 )
 
 JOB_ATTR = "kubernetes_job"
@@ -369,8 +369,8 @@ class KubernetesTuner:
             self._fatal = self._missing_metric(set(status.metrics))
             self._fail(r, self._fatal)
             return False
-        if not math.isfinite(value):  # Optuna fails a trial told NaN without a word of why
-            self._fail(r, f"objective {self.space.objective.metric} is {value!r}")
+        if unusable := unusable_objective(self.space.objective.metric, value):
+            self._fail(r, unusable)
             return False
         r.trial.set_user_attr("epochs", r.view.epochs)
         r.trial.set_user_attr("metrics", dict(status.metrics))

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import signal
@@ -60,6 +59,7 @@ from workloads.tuning.study import (
     orphaned,
     study_result,
     trial_budget,
+    unusable_objective,
 )
 
 EXIT_TERMINATED = 143
@@ -361,9 +361,8 @@ class LocalTuner:
                 self._fatal = self._missing_metric({0: set(metrics)})
                 self.study.tell(trial.number, state=TrialState.FAIL)
                 view.state = "FAIL"
-            elif not isinstance(value, int | float) or not math.isfinite(value):
-                # Optuna fails a trial told NaN without a word of why
-                self._fail(trial, view, f"objective {self.space.objective.metric} is {value!r}")
+            elif unusable := unusable_objective(self.space.objective.metric, value):
+                self._fail(trial, view, unusable)
             else:
                 trial.set_user_attr("metrics", metrics)
                 trial.set_user_attr("model_dir", str(contract.model_dir))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -152,6 +153,14 @@ def trial_budget(space: SearchSpace) -> tuple[int, list[str]]:
     if points is not None and points < space.budget.trials:
         return points, [f"the grid has {points} points: {points} trials"]
     return space.budget.trials, []
+
+
+def unusable_objective(metric: str, value: Any) -> str | None:
+    """Why a finished trial's objective cannot be told to the study (Optuna fails a trial
+    told NaN without a word of why), or None."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return f"objective {metric} is {value!r}"
+    return None
 
 
 def orphaned(t: optuna.trial.FrozenTrial, folder: Path, tuner: str) -> bool:
