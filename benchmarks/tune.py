@@ -39,7 +39,7 @@ from typing import Any
 import pandas as pd
 from sklearn import datasets
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import accuracy_score, r2_score
+from sklearn.metrics import accuracy_score, log_loss, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -75,21 +75,32 @@ def score(name: str, truth: Any, predicted: Any) -> float:
     )
 
 
-def baseline(name: str, train: pd.DataFrame, test: pd.DataFrame) -> float:
+def baseline(name: str, train: pd.DataFrame, test: pd.DataFrame) -> tuple[float, float | None]:
     """Fitted on train + validation, the rows the search sees: it needs no validation
-    split, having nothing to choose."""
+    split, having nothing to choose. The test score, and for classification the test log
+    loss (what the search minimises on the validation rows)."""
     linear = Ridge() if name in REGRESSION else LogisticRegression(max_iter=5000)
     model = make_pipeline(StandardScaler(), linear)
     model.fit(train.drop(columns="target"), train["target"])
-    return score(name, test["target"], model.predict(test.drop(columns="target")))
+    features = test.drop(columns="target")
+    held = score(name, test["target"], model.predict(features))
+    if name in REGRESSION:
+        return held, None
+    loss = log_loss(test["target"], model.predict_proba(features), labels=model.classes_)
+    return held, float(loss)
 
 
-def held_out(name: str, model_dir: Path, test: pd.DataFrame) -> float:
+def held_out(name: str, model_dir: Path, test: pd.DataFrame) -> tuple[float, float | None]:
+    """The registered artifact's test score and, for classification, test log loss."""
     predictor = load_model(model_dir)
     records = test.drop(columns="target").to_dict("records")
     out = predictor.predict_records(records)
-    predicted = out if name in REGRESSION else [row["label"] for row in out]
-    return score(name, test["target"], predicted)
+    if name in REGRESSION:
+        return score(name, test["target"], out), None
+    # Each row's probabilities are in the order of the predictor's classes.
+    probabilities = [list(row["probabilities"].values()) for row in out]
+    loss = log_loss(test["target"], probabilities, labels=list(predictor.classes))
+    return score(name, test["target"], [row["label"] for row in out]), float(loss)
 
 
 def space(
@@ -172,24 +183,34 @@ def search_split(name: str, seed: int, root: Path, args: argparse.Namespace) -> 
     """Both searches on one seeded split of `name`: their selected trials' test scores."""
     data = root / f"{name}-{seed}" / "data"
     train, val, test = split(name, data, seed)
+    linear, linear_loss = baseline(name, pd.concat([train, val]), test)
     row: dict[str, Any] = {
-        "linear_baseline": baseline(name, pd.concat([train, val]), test),
-        "linear_baseline_train_only": baseline(name, train, test),
+        "linear_baseline": linear,
+        "linear_baseline_log_loss": linear_loss,
+        "linear_baseline_train_only": baseline(name, train, test)[0],
         "test_rows": len(test),
     }
     for label, sampler, pruning in (("tpe+median", "tpe", "median"), ("random", "random", "off")):
         space_ = space(name, args.trials, args.epochs, sampler, pruning, 1, args.patience)
         out = run(space_, root / f"{name}-{seed}" / label, data)
         result = out.pop("result")
-        out["held_out"] = held_out(name, result.best_model_dir, test)
+        out["held_out"], out["held_out_log_loss"] = held_out(name, result.best_model_dir, test)
         out["best_params"] = result.best.params
         row[label] = out
         print(f"{name:14s} split {seed} {label:10s} held-out {out['held_out']:.4f}  "
               f"linear {row['linear_baseline']:.4f} (train only "
-              f"{row['linear_baseline_train_only']:.4f})  epochs {out['epochs']:5d}  "
+              f"{row['linear_baseline_train_only']:.4f}){_log_losses(out, row)}  "
+              f"epochs {out['epochs']:5d}  "
               f"pruned {out['pruned']:2d}  wall {out['wall_s']:6.1f} s  cpu {out['cpu_s']:6.1f} s  "
               f"load {out['load'][0]:.1f}->{out['load'][1]:.1f}", flush=True)  # fmt: skip
     return row
+
+
+def _log_losses(out: dict[str, Any], row: dict[str, Any]) -> str:
+    if out["held_out_log_loss"] is None:
+        return ""
+    return (f"  test log loss {out['held_out_log_loss']:.4f} "
+            f"(linear {row['linear_baseline_log_loss']:.4f})")  # fmt: skip
 
 
 def summary(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -209,11 +230,22 @@ def summary(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "tpe_vs_linear": [round(a - b, 4) for a, b in zip(tpe, linear, strict=True)],
         "epochs_saved": 1 - epochs["tpe+median"] / max(1, epochs["random"]),
     }
+    if name not in REGRESSION:
+        out["log_loss"] = {
+            "tpe+median": mean("tpe+median", "held_out_log_loss"),
+            "random": mean("random", "held_out_log_loss"),
+            "linear_baseline": mean("linear_baseline_log_loss", ""),
+        }
     print(f"{name:14s} mean of {len(rows)} splits: TPE {out['tpe+median']:.4f}  random "
           f"{out['random']:.4f}  linear {out['linear_baseline']:.4f} (train only "
           f"{out['linear_baseline_train_only']:.4f}); TPE - linear per split "
           f"{out['tpe_vs_linear']}; pruning saved {out['epochs_saved']:.0%} of the epochs",
           flush=True)  # fmt: skip
+    if "log_loss" in out:
+        losses = out["log_loss"]
+        print(f"{name:14s} mean test log loss: TPE {losses['tpe+median']:.4f}  random "
+              f"{losses['random']:.4f}  linear {losses['linear_baseline']:.4f}",
+              flush=True)  # fmt: skip
     return out
 
 
