@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn import datasets
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -97,8 +98,10 @@ def held_out(name: str, model_dir: Path, test: pd.DataFrame) -> tuple[float, flo
     out = predictor.predict_records(records)
     if name in REGRESSION:
         return score(name, test["target"], out), None
-    # Each row's probabilities are in the order of the predictor's classes.
-    probabilities = [list(row["probabilities"].values()) for row in out]
+    # Each row's probabilities are in the order of the predictor's classes. Their sums are
+    # within float64 rounding of 1, which scikit-learn warns about; normalised here instead.
+    probabilities = np.array([list(row["probabilities"].values()) for row in out])
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
     loss = log_loss(test["target"], probabilities, labels=list(predictor.classes))
     return score(name, test["target"], [row["label"] for row in out]), float(loss)
 
