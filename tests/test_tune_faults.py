@@ -36,6 +36,7 @@ from workloads.platform import load_descriptor
 from workloads.registry.store import registry_from_descriptor
 from workloads.tuning.local import LocalTuner
 from workloads.tuning.space import parse_space
+from workloads.tuning.study import TuningError
 
 # A stand-in for `workloads.tuning.trial_process`: what it does is picked by the trial's
 # learning rate, so one study runs each fault once, in the order enqueued.
@@ -140,6 +141,16 @@ def test_broken_trials_fail_with_a_reason_and_the_study_goes_on(tmp_path):
     assert result.best is not None and result.best.number == 2
     assert [v.state for v in sorted(result.trials, key=lambda v: v.number)] == states
     assert not any((tmp_path / "study" / "trials").glob("*/checkpoints"))
+
+
+def test_three_failures_in_a_row_stop_the_search_with_the_last_reason(tmp_path):
+    # killed, torn, missing: three in a row; the fourth (it would complete) never starts and
+    # stays queued for a rerun
+    t = fake_tuner(tmp_path, [0.01, 0.02, 0.05, 0.04])
+    with pytest.raises(TuningError, match=r"^3 trials failed in a row; the last: exited 0 without"):
+        t.run()
+    states = [x.state.name for x in trials(tmp_path / "study")]
+    assert states == ["FAIL", "FAIL", "FAIL", "WAITING"]
 
 
 def test_a_torn_metrics_file_left_by_a_crash_is_failed_on_resume(tmp_path):

@@ -41,6 +41,7 @@ from workloads.training.metric_line import parse_metric_lines
 from workloads.tuning.progress import BestSoFar
 from workloads.tuning.space import SearchSpace
 from workloads.tuning.study import (
+    FailureStreak,
     TrialView,
     TuneResult,
     TuningError,
@@ -54,7 +55,6 @@ from workloads.tuning.study import (
 
 JOB_ATTR = "kubernetes_job"
 ID_ATTR = "kubernetes_id"  # the study's own short id, in every trial's Job name
-MAX_FAILURES = 3  # trials failing in a row before the search stops
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 STARTED, FULL, DONE = "started", "full", "done"
 
@@ -108,7 +108,7 @@ class KubernetesTuner:
         self.quota: QuotaFit | None = None
         self._running: dict[int, _Running] = {}
         self._views: dict[int, TrialView] = {}
-        self._failures = 0
+        self._failures = FailureStreak()
         self._fatal: str | None = None
 
     @functools.cached_property
@@ -311,7 +311,8 @@ class KubernetesTuner:
                 pass  # gone already
             r.trial.set_user_attr("epochs", r.view.epochs)
             self.study.tell(r.trial.number, state=TrialState.PRUNED)
-            r.view.state, r.view.note, self._failures = "PRUNED", f"Job {r.job} deleted", 0
+            r.view.state, r.view.note = "PRUNED", f"Job {r.job} deleted"
+            self._failures.ended()
             self._publish(r.view)
             return True
         if not status.terminal:
@@ -325,11 +326,7 @@ class KubernetesTuner:
                 return True
         else:
             self._fail(r, status.reason or f"the Job {status.state.lower()}")
-        self._failures += 1
-        if self._failures >= MAX_FAILURES:
-            self._fatal = self._fatal or (
-                f"{MAX_FAILURES} trials failed in a row; the last: {r.view.note}"
-            )
+        self._fatal = self._fatal or self._failures.failed(r.view.note)
         return True
 
     def _report(self, r: _Running, lines: list[str]) -> bool:
@@ -377,7 +374,8 @@ class KubernetesTuner:
         if status.artifact_uri:
             r.trial.set_user_attr("model_uri", status.artifact_uri)
         self.study.tell(r.trial.number, float(value))
-        r.view.state, r.view.value, r.view.note, self._failures = "COMPLETE", value, "", 0
+        r.view.state, r.view.value, r.view.note = "COMPLETE", value, ""
+        self._failures.ended()
         self._publish(r.view)
         return True
 

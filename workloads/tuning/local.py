@@ -50,6 +50,7 @@ from workloads.training.metric_line import parse_metric_lines
 from workloads.tuning.progress import BestSoFar
 from workloads.tuning.space import SearchSpace
 from workloads.tuning.study import (
+    FailureStreak,
     TrialView,
     TuneResult,
     TuningError,
@@ -63,7 +64,6 @@ from workloads.tuning.study import (
 )
 
 EXIT_TERMINATED = 143
-MAX_FAILURES = 3  # trials failing in a row before the search stops
 ORPHAN_STOP_S = 120.0  # how long an orphaned trial process gets to checkpoint and exit
 TRIAL_STOP_S = 30.0  # how long a trial gets to checkpoint when its tuner ends abnormally
 POLL_S = 0.1
@@ -98,7 +98,7 @@ class LocalTuner:
         self.trials, self.notes = trial_budget(space)
         self._stop = threading.Event()
         self._fatal: str | None = None
-        self._failures = 0
+        self._failures = FailureStreak()
         self._lock = threading.Lock()
         self._procs: dict[int, subprocess.Popen] = {}
         self._views: dict[int, TrialView] = {}
@@ -352,7 +352,8 @@ class LocalTuner:
         trial.set_user_attr("epochs", view.epochs)
         if pruned and code in (0, EXIT_TERMINATED):
             self.study.tell(trial.number, state=TrialState.PRUNED)
-            view.state, self._failures = "PRUNED", 0
+            view.state = "PRUNED"
+            self._failures.ended()
         elif code == 0 and isinstance(metrics := self._final_metrics(contract), str):
             self._fail(trial, view, metrics)  # it exited 0, but its results are not whole
         elif code == 0:
@@ -367,7 +368,8 @@ class LocalTuner:
                 trial.set_user_attr("metrics", metrics)
                 trial.set_user_attr("model_dir", str(contract.model_dir))
                 self.study.tell(trial.number, float(value))
-                view.state, view.value, self._failures = "COMPLETE", float(value), 0
+                view.state, view.value = "COMPLETE", float(value)
+                self._failures.ended()
         else:
             failure = None
             if contract.failure_file.is_file():
@@ -396,9 +398,7 @@ class LocalTuner:
         trial.set_user_attr("failure", reason)
         self.study.tell(trial.number, state=TrialState.FAIL)
         view.state, view.note = "FAIL", reason
-        self._failures += 1
-        if self._failures >= MAX_FAILURES:
-            self._fatal = f"{MAX_FAILURES} trials failed in a row; the last: {reason}"
+        self._fatal = self._fatal or self._failures.failed(reason)
 
     # -- views ----------------------------------------------------------------------------
 

@@ -155,6 +155,25 @@ def trial_budget(space: SearchSpace) -> tuple[int, list[str]]:
     return space.budget.trials, []
 
 
+class FailureStreak:
+    """Trials failing in a row: at `limit` the search stops, since the same mistake (a bad
+    fixed hyperparameter, data the trials cannot read) would fail every trial after them."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit, self.count = limit, 0
+
+    def ended(self) -> None:
+        """A trial completed or was pruned: it ran, so the streak is over."""
+        self.count = 0
+
+    def failed(self, reason: str) -> str | None:
+        """Count a failed trial; the message that stops the search once the limit is hit."""
+        self.count += 1
+        if self.count < self.limit:
+            return None
+        return f"{self.limit} trials failed in a row; the last: {reason}"
+
+
 def unusable_objective(metric: str, value: Any) -> str | None:
     """Why a finished trial's objective cannot be told to the study (Optuna fails a trial
     told NaN without a word of why), or None."""
