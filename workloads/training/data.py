@@ -148,6 +148,7 @@ def infer_problem(labels: pd.Series, forced: str | None = None) -> Problem:
             task = "regression"
     if task != "regression" and n_unique < 2:
         only = labels.iloc[0]
+        only = only.item() if isinstance(only, np.generic) else only  # 7, not np.int64(7)
         raise DataError(f"the label has a single class ({only!r}); a classifier needs two or more")
     if task == "binary" and n_unique > 2:
         raise DataError(f"problem binary but the label has {n_unique} classes")

@@ -22,7 +22,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from workloads.monitoring.baseline import table_baseline
 from workloads.training.data import DataError, infer_problem, load_table, split_target
-from workloads.training.tasks.base import TaskBase, TaskParams, eval_batches
+from workloads.training.tasks.base import InputError, TaskBase, TaskParams, eval_batches
+from workloads.training.tasks.tabular.checks import check_labels, label_kind
 from workloads.training.tasks.tabular.model import Predictor, TabularNet
 from workloads.training.tasks.tabular.preprocess import Preprocessor
 
@@ -103,6 +104,18 @@ def auto_hidden_sizes(train_rows: int) -> list[int]:
     return [width] if train_rows < 2000 else [width, width // 2]
 
 
+def target_statistics(y: np.ndarray) -> tuple[float, float]:
+    """The mean and standard deviation a regression label is standardised with. Labels near
+    the float64 limits (1e300, 1e-300) overflow or underflow in the squares of `std`; those
+    are computed on the labels divided by their largest magnitude, and scaled back."""
+    mean, std = float(y.mean()), float(y.std())
+    if not (math.isfinite(mean) and math.isfinite(std)) or (std == 0 and np.ptp(y) > 0):
+        peak = float(np.abs(y).max())
+        unit = y / peak
+        mean, std = float(unit.mean()) * peak, float(unit.std()) * peak
+    return mean, std or 1.0
+
+
 def stratified_holdout(
     labels: pd.Series, problem: str, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,13 +156,32 @@ class TabularTask(TaskBase):
     # -- data -------------------------------------------------------------------------
 
     def read_channel(self, location: str) -> Table:
-        features, labels = split_target(load_table(location), self.params.target, location)
+        frame = load_table(location)
+        features, labels = split_target(frame, self.params.target, location)
+        check_labels(frame[self.params.target], self.params.target, location)
         return Table(features, labels, location)
+
+    def _infer_problem(self, table: Table) -> str:
+        try:
+            return infer_problem(table.labels, self.problem)
+        except DataError as exc:
+            raise DataError(f"{table.source}: target column {self.params.target!r}: {exc}") from exc
+
+    def _check_validation_labels(self, train: Table, validation: Table) -> None:
+        """Validation labels of the train labels' kind (and finite numbers for regression)."""
+        where = f"{validation.source}: target column {self.params.target!r}"
+        kind, expected = label_kind(validation.labels), label_kind(train.labels)
+        if kind != expected:
+            raise DataError(f"{where} has {kind} where the train channel's are {expected}")
+        if self.problem == "regression":
+            values = validation.labels.to_numpy(dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise DataError(f"{where} has non-finite values")
 
     def split(self, data: Table, fraction: float, seed: int) -> tuple[Table, Table]:
         if len(data) < 4:
             raise DataError(f"{data.source}: {len(data)} rows are too few to train on")
-        self.problem = infer_problem(data.labels, self.problem)
+        self.problem = self._infer_problem(data)
         val_idx, train_idx = stratified_holdout(data.labels, self.problem, fraction, seed)
         return data.take(train_idx), data.take(val_idx)
 
@@ -159,14 +191,18 @@ class TabularTask(TaskBase):
                 f"{validation.source}: columns {list(validation.features.columns)} differ "
                 f"from the train channel's {list(train.features.columns)}"
             )
-        self.problem = infer_problem(train.labels, self.problem)
-        self.preprocessor = Preprocessor.fit(train.features, self.params.max_categories)
+        self.problem = self._infer_problem(train)
+        self._check_validation_labels(train, validation)
+        try:
+            self.preprocessor = Preprocessor.fit(train.features, self.params.max_categories)
+        except InputError as exc:  # the training data's: the row is one of the train rows
+            raise DataError(f"{train.source}: {exc}") from exc
         self.rows = (len(train), len(validation))
         if self.params.hidden_sizes is None:
             self.hidden_sizes = auto_hidden_sizes(len(train))
         if self.problem == "regression":
             y = train.labels.to_numpy(dtype=np.float64)
-            self.target_mean, self.target_scale = float(y.mean()), float(y.std()) or 1.0
+            self.target_mean, self.target_scale = target_statistics(y)
             return
         both = pd.concat([train.labels, validation.labels], ignore_index=True)
         classes = sorted(pd.unique(both).tolist())
@@ -180,10 +216,22 @@ class TabularTask(TaskBase):
 
     def _tensors(self, table: Table) -> TensorDataset:
         assert self.preprocessor is not None, "fit_preprocessing first"
-        x = torch.from_numpy(self.preprocessor.transform_frame(table.features))
+        try:
+            x = torch.from_numpy(self.preprocessor.transform_frame(table.features))
+        except InputError as exc:  # a value of this channel the fitted columns cannot take
+            raise DataError(f"{table.source}: {exc}") from exc
         if self.problem == "regression":
             y = table.labels.to_numpy(dtype=np.float64)
-            scaled = ((y - self.target_mean) / self.target_scale).astype(np.float32)
+            with np.errstate(over="ignore"):  # out of range: named below
+                scaled = ((y - self.target_mean) / self.target_scale).astype(np.float32)
+            if not np.isfinite(scaled).all():
+                i = int(np.argmin(np.isfinite(scaled)))
+                raise DataError(
+                    f"{table.source}: target column {self.params.target!r} value {y[i]:.6g} "
+                    f"in row {i} is out of range: standardised with the training mean "
+                    f"{self.target_mean:.6g} and scale {self.target_scale:.6g} it exceeds "
+                    "float32, the dtype the model computes in"
+                )
             return TensorDataset(x, torch.from_numpy(scaled))
         index = {c: i for i, c in enumerate(self.classes or [])}
         return TensorDataset(x, torch.tensor(table.labels.map(index).to_numpy(dtype=np.int64)))
@@ -225,17 +273,18 @@ class TabularTask(TaskBase):
         model.train()
         outputs, y_all = torch.cat(outs), torch.cat(ys)
         if self.problem == "regression":
-            scale, mean = self.target_scale, self.target_mean
-            pred = outputs[:, 0].double().numpy() * scale + mean
-            true = y_all.double().numpy() * scale + mean
-            resid = true - pred
+            # In standardised units, scaled back at the end: labels near 1e300 or 1e-300
+            # would overflow or underflow in the squares of the label's own units.
+            scale = self.target_scale
+            true = y_all.double().numpy()
+            resid = true - outputs[:, 0].double().numpy()
             ss_tot = float(((true - true.mean()) ** 2).sum())
             mse = float((resid**2).mean())
             return {
                 "r2": 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else 0.0,
-                "rmse": math.sqrt(mse),
-                "mae": float(np.abs(resid).mean()),
-                "validation_loss": mse / scale**2,
+                "rmse": math.sqrt(mse) * scale,
+                "mae": float(np.abs(resid).mean()) * scale,
+                "validation_loss": mse,
             }
         y = y_all.numpy()
         logp = torch.log_softmax(outputs, dim=1).numpy()

@@ -74,8 +74,38 @@ def _column_kind(series: pd.Series) -> Literal["numeric", "boolean", "categorica
     return "categorical"
 
 
-def _numeric_values(series: pd.Series) -> np.ndarray:
-    return pd.to_numeric(series, errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+def _numeric_values(series: pd.Series, name: str) -> np.ndarray:
+    """A numeric column of a frame as float64, NaN where missing. A value that is not a
+    number, or an infinite one, is an `InputError` naming the column, the row and the value
+    (a validation file with "n/a" in a column that train has as numbers; "inf" in a CSV)."""
+    numbers = pd.to_numeric(series, errors="coerce")
+    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    missing = np.isnan(values)
+    if missing.any() and not pd.api.types.is_numeric_dtype(series):
+        unparsed = missing & series.notna().to_numpy()
+        if unparsed.any():
+            i = int(np.argmax(unparsed))
+            raise InputError(
+                f"column {name!r} expects numbers, got {_shown(series.iloc[i])} in row {i}"
+            )
+    infinite = np.isinf(values)
+    if infinite.any():
+        i = int(np.argmax(infinite))
+        raise InputError(
+            f"column {name!r} has a non-finite number {values[i]} in row {i}; "
+            "leave a missing value empty"
+        )
+    return values
+
+
+def _text_values(series: pd.Series, name: str) -> pd.Series:
+    """A categorical column's present values as strings (bytes are decoded as UTF-8)."""
+    try:
+        return series.astype(str)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"column {name!r} holds bytes that are not UTF-8 text ({exc.reason})"
+        ) from exc
 
 
 class Preprocessor:
@@ -110,12 +140,12 @@ class Preprocessor:
             series = frame[name]
             kind = _column_kind(series)
             if kind == "categorical":
-                counts = series.dropna().astype(str).value_counts()
+                counts = _text_values(series.dropna(), str(name)).value_counts()
                 ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
                 categories = [value for value, _ in ranked[:max_categories]]
                 columns.append(Column(str(name), kind, categories=categories))
                 continue
-            values = _numeric_values(series)
+            values = _numeric_values(series, str(name))
             present = values[~np.isnan(values)]
             median = float(np.median(present)) if present.size else 0.0
             filled = np.where(np.isnan(values), median, values)
@@ -179,12 +209,12 @@ class Preprocessor:
                     present = series.notna().to_numpy()
                     codes = np.full(len(series), -1, dtype=np.int64)
                     if present.any():  # dict lookup of str(value), as prepare_records does
-                        found = series[present].astype(str).map(col.index)
+                        found = _text_values(series[present], col.name).map(col.index)
                         codes[present] = found.fillna(-1).to_numpy(dtype=np.int64)
                     rows = np.nonzero(codes >= 0)[0]
                     out[rows, col.offset + codes[rows]] = 1.0
                 else:
-                    values = _numeric_values(series)
+                    values = _numeric_values(series, col.name)
                     self._fill_numeric(col, values, np.isnan(values), out)
         return self._in_range(out, "row", lambda i, col: frame[col.name].iloc[i])
 
