@@ -214,7 +214,11 @@ CASES: dict[str, tuple[Writer, str]] = {
     ),
     "labels mixing numbers and strings": (
         with_labels([1, "x"] * (ROWS // 2)),
-        "train.jsonl: target column 'target' mixes strings and numbers",
+        "train.jsonl: target column 'target' mixes numbers and strings (row 0 is 1, row 1 is",
+    ),
+    "labels mixing booleans and numbers": (
+        with_labels([True, 1, 0, 2, False] * 5),
+        "train.jsonl: target column 'target' mixes booleans and numbers",
     ),
     "list labels": (
         with_labels([[i % 2] for i in range(ROWS)]),
@@ -269,6 +273,10 @@ VALIDATION_CASES: dict[str, tuple[pd.DataFrame, str]] = {
     "inf in a numeric column": (
         TRAIN.assign(a=NUMBERS[:-1] + [np.inf]),
         f"val.csv: column 'a' has a non-finite number inf in row {ROWS - 1}",
+    ),
+    "boolean labels where train has numbers": (
+        TRAIN.assign(target=[True, False] * (ROWS // 2)),
+        "val.csv: target column 'target' has booleans where the train channel's are numbers",
     ),
     "string labels where train has numbers": (
         TRAIN.assign(target=["no", "yes"] * (ROWS // 2)),
