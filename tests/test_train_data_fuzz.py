@@ -16,6 +16,9 @@ from __future__ import annotations
 import decimal
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,13 @@ from hypothesis import strategies as st
 
 from tests.fuzz_support import fuzz_settings
 from workloads.training.artifact import load_model
+from workloads.training.contract import failure_file_hint
 from workloads.training.harness import main
 from workloads.training.tasks.base import InputError
 
 pytestmark = pytest.mark.usefixtures("fixed_constant_pool")  # conftest
 
+ROOT = Path(__file__).resolve().parents[1]
 ROWS = 24
 LABELS = [i % 2 for i in range(ROWS)]
 NUMBERS = [float(i) for i in range(ROWS)]
@@ -327,6 +332,39 @@ def test_regression_labels_near_the_float64_limits(tmp_path, size):
     assert 0 < model.metrics["rmse"] < size
     [prediction] = model.predict_records([{"a": 3.0}])
     assert abs(prediction) < 10 * size
+
+
+@pytest.mark.parametrize(
+    "case", ["inf in a feature", "list labels", "bytes that are not UTF-8 in parquet"]
+)
+def test_the_command_reports_a_data_error_without_a_traceback(tmp_path, case):
+    """End to end through `python -m workloads.train`: exit 1, the reason as the last line
+    of stderr and in the failure file."""
+    write, expected = CASES[case]
+    args = ["--train", str(write(tmp_path)), "--target", "target", "--hp", "epochs=1"]
+    args += ["--model-dir", str(tmp_path / "model"), "--failure-file", str(tmp_path / "failure")]
+    args += ["--output-data-dir", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "c")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "MLINFRA_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "workloads.train", *args],
+        cwd=ROOT,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("data error:") and expected in last, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "failure").read_text().strip() == last
+
+
+def test_the_failure_file_flag_is_read_from_the_command_line(monkeypatch, tmp_path):
+    """`main()` from the console script passes argv None: the failure reason went to
+    /opt/ml/output/failure instead of the `--failure-file` given on the command line."""
+    monkeypatch.setattr(sys, "argv", ["train", "--failure-file", str(tmp_path / "f")])
+    assert failure_file_hint(None, {}) == tmp_path / "f"
 
 
 # --- fuzzing generated frames --------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,9 +285,10 @@ def resolve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
 
 
 def failure_file_hint(argv: Sequence[str] | None, env: Mapping[str, str] | None = None) -> Path:
-    """Where to write the failure reason even when resolving the contract itself failed."""
+    """Where to write the failure reason even when resolving the contract itself failed.
+    `argv` None is the command line, as for `resolve` (argparse reads `sys.argv[1:]`)."""
     env = os.environ if env is None else env
-    argv = list(argv or [])
+    argv = list(sys.argv[1:] if argv is None else argv)
     for i, arg in enumerate(argv):
         if arg == "--failure-file" and i + 1 < len(argv):
             return Path(argv[i + 1])
