@@ -186,7 +186,18 @@ CASES: dict[str, tuple[Writer, str]] = {
         OK,
     ),
     "an empty column name": (csv_text(lines(",target", lambda i: f"{i},{i % 2}")), OK),
-    "duplicate column names": (csv_text(lines("a,a,target", lambda i: f"{i},1,{i % 2}")), OK),
+    "duplicate column names": (
+        csv_text(lines("a,a,target", lambda i: f"{i},1,{i % 2}")),
+        "train.csv: column names ['a'] appear more than once in the header",
+    ),
+    "a repeated target column": (
+        csv_text(lines("a,target,target", lambda i: f"{i},{i % 2},{i % 2}")),
+        "train.csv: column names ['target'] appear more than once",
+    ),
+    "a name like pandas' renaming": (
+        csv_text(lines("a,a.1,target", lambda i: f"{i},1,{i % 2}")),
+        OK,
+    ),
     "a newline in a column name": (csv_text(lines('"a\nb",target', lambda i: f"{i},{i % 2}")), OK),
     "a boolean column": (with_feature([True, False] * (ROWS // 2), "train.parquet"), OK),
     "a nullable boolean column": (

@@ -95,7 +95,24 @@ def read_file(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read file ({type(exc).__name__}: {exc})") from exc
     if frame.empty:
         raise DataError(f"{path}: file has a header but no rows")
+    if kind == "csv":
+        _refuse_duplicate_names(path, frame)
     return frame
+
+
+def _refuse_duplicate_names(path: Path, frame: pd.DataFrame) -> None:
+    """pandas renames a repeated CSV header name `x` to `x.1`: a second target column would
+    become a feature (the label leaks into the model), a repeated feature a column serving
+    knows by a made-up name. Refused, naming the names."""
+    names = {str(c) for c in frame.columns}
+    renamed = [c for c in names if "." in c and c.rsplit(".", 1)[0] in names]
+    if not renamed:
+        return
+    raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    header = raw.iloc[0].tolist()
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: column names {repeated} appear more than once in the header")
 
 
 def load_table(location: str | Path) -> pd.DataFrame:
