@@ -28,30 +28,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz_support import fuzz_settings
+from tests.test_train import one_thread  # noqa: F401  (the fixture)
 from workloads.training.artifact import load_model
 from workloads.training.contract import failure_file_hint
 from workloads.training.harness import main
 from workloads.training.tasks.base import InputError
 
-pytestmark = pytest.mark.usefixtures("fixed_constant_pool")  # conftest
+pytestmark = pytest.mark.usefixtures("fixed_constant_pool", "one_thread")  # conftest, test_train
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 24
 LABELS = [i % 2 for i in range(ROWS)]
 NUMBERS = [float(i) for i in range(ROWS)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train(root: Path, data: Path, validation: Path | None = None) -> tuple[int, str]:
