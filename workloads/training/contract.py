@@ -269,8 +269,8 @@ def resolve(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
         values["target"] = args.target
     if args.task:
         values["task"] = args.task
-    if args.hp or args.target or args.task:
-        source += " and the command line"
+    if (args.hp or args.target or args.task) and source != COMMAND_LINE:
+        source += f" and {COMMAND_LINE}"
     return TrainingContract(
         train=str(pick("train")),
         validation=validation,
@@ -299,6 +299,9 @@ def failure_file_hint(argv: Sequence[str] | None, env: Mapping[str, str] | None 
     return Path(env.get("SM_OUTPUT_DIR", "/opt/ml/output")) / "failure"
 
 
+COMMAND_LINE = "the command line"  # where hyperparameters come from without SM_HPS or a file
+
+
 def _hyperparameter_source(env: Mapping[str, str], hp_file: Path) -> tuple[dict, str]:
     if env.get("SM_HPS"):
         try:
@@ -313,7 +316,7 @@ def _hyperparameter_source(env: Mapping[str, str], hp_file: Path) -> tuple[dict,
             raise ContractError(f"{hp_file} is not valid JSON: {exc}") from None
         source = str(hp_file)
     else:
-        return {}, "the command line"
+        return {}, COMMAND_LINE
     if not isinstance(values, dict):
         raise ContractError(f"{source}: expected a JSON object of hyperparameters")
     return dict(values), source
