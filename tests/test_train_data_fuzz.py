@@ -46,9 +46,11 @@ LABELS = [i % 2 for i in range(ROWS)]
 NUMBERS = [float(i) for i in range(ROWS)]
 
 
-def train(root: Path, data: Path, validation: Path | None = None) -> tuple[int, str]:
+def train(
+    root: Path, data: Path, validation: Path | None = None, hp: str = "epochs=1"
+) -> tuple[int, str]:
     """`harness.main` on `data`: the exit code and the failure file's text ("" if none)."""
-    args = ["--train", str(data), "--target", "target", "--hp", "epochs=1"]
+    args = ["--train", str(data), "--target", "target", "--hp", "epochs=1", "--hp", hp]
     args += ["--hp", "hidden_sizes=4", "--hp", "batch_size=8"]
     for flag, name in [
         ("--model-dir", "model"),
@@ -368,6 +370,30 @@ def test_the_failure_file_flag_is_read_from_the_command_line(monkeypatch, tmp_pa
     /opt/ml/output/failure instead of the `--failure-file` given on the command line."""
     monkeypatch.setattr(sys, "argv", ["train", "--failure-file", str(tmp_path / "f")])
     assert failure_file_hint(None, {}) == tmp_path / "f"
+
+
+@pytest.mark.parametrize(
+    ("hp", "expected"),
+    [
+        (
+            "validation_fraction=0.99",
+            "data error: {train}: validation_fraction 0.99 of 24 rows leaves 0 to train on",
+        ),
+        (
+            "problem=rank",
+            "configuration error: the command line: hyperparameter 'problem': Input should be",
+        ),
+    ],
+)
+def test_hyperparameters_the_data_cannot_meet(tmp_path, hp, expected):
+    """The message names the setting (the holdout used to report "the regression label is
+    constant" of the empty train share; the source read "the command line and the command
+    line")."""
+    frame = pd.DataFrame({"a": NUMBERS, "target": np.linspace(0, 1, ROWS)})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    root = tmp_path / "run"
+    rc, failure = train(root, tmp_path / "train.csv", hp=hp)
+    assert rc == 1 and failure.startswith(expected.format(train=tmp_path / "train.csv")), failure
 
 
 # --- fuzzing generated frames --------------------------------------------------------------

@@ -183,6 +183,11 @@ class TabularTask(TaskBase):
             raise DataError(f"{data.source}: {len(data)} rows are too few to train on")
         self.problem = self._infer_problem(data)
         val_idx, train_idx = stratified_holdout(data.labels, self.problem, fraction, seed)
+        if len(train_idx) < 2:
+            raise DataError(
+                f"{data.source}: validation_fraction {fraction} of {len(data)} rows leaves "
+                f"{len(train_idx)} to train on; lower it or pass a validation channel"
+            )
         return data.take(train_idx), data.take(val_idx)
 
     def fit_preprocessing(self, train: Table, validation: Table) -> None:
