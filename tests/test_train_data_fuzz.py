@@ -104,10 +104,11 @@ def frame_file(frame: pd.DataFrame, name: str = "train.csv") -> Writer:
     return write
 
 
-def arrow_file(columns: dict[str, Any]) -> Writer:
+def arrow_file(columns: dict[str, Any], names: list[str] | None = None) -> Writer:
     def write(root: Path) -> Path:
         path = root / "train.parquet"
-        pq.write_table(pa.table(columns), path)
+        table = pa.table(columns)
+        pq.write_table(table.rename_columns(names) if names else table, path)
         return path
 
     return write
@@ -187,6 +188,10 @@ CASES: dict[str, tuple[Writer, str]] = {
     "a repeated target column": (
         csv_text(lines("a,target,target", lambda i: f"{i},{i % 2},{i % 2}")),
         "train.csv: column names ['target'] appear more than once",
+    ),
+    "a Parquet schema that repeats a name": (
+        arrow_file({"a": NUMBERS, "target": LABELS}, names=["target", "target"]),
+        "train.parquet: column names ['target'] appear more than once in the schema",
     ),
     "a name like pandas' renaming": (
         csv_text(lines("a,a.1,target", lambda i: f"{i},1,{i % 2}")),

@@ -92,6 +92,10 @@ def read_file(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: file is empty") from exc
     except Exception as exc:  # the readers raise many types; all mean "unreadable"
+        if kind == "parquet" and (repeated := _repeated_parquet_names(path)):
+            raise DataError(
+                f"{path}: column names {repeated} appear more than once in the schema"
+            ) from exc
         raise DataError(f"{path}: cannot read file ({type(exc).__name__}: {exc})") from exc
     if frame.empty:
         raise DataError(f"{path}: file has a header but no rows")
@@ -109,10 +113,23 @@ def _refuse_duplicate_names(path: Path, frame: pd.DataFrame) -> None:
     if not renamed:
         return
     raw = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
-    header = raw.iloc[0].tolist()
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
+    if repeated := _repeated(raw.iloc[0].tolist()):
         raise DataError(f"{path}: column names {repeated} appear more than once in the header")
+
+
+def _repeated(names: list[str]) -> list[str]:
+    return sorted({name for name in names if names.count(name) > 1})
+
+
+def _repeated_parquet_names(path: Path) -> list[str]:
+    """The names a Parquet file's schema repeats (Arrow then fails with "Multiple matches
+    for FieldRef"); none if the schema cannot be read either."""
+    import pyarrow.parquet as pq
+
+    try:
+        return _repeated(pq.read_schema(path).names)
+    except Exception:  # not Parquet at all: the reader's own error says so
+        return []
 
 
 def load_table(location: str | Path) -> pd.DataFrame:
