@@ -36,6 +36,7 @@ from workloads.training.tasks.base import InputError
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
 PREDICTION = "prediction"
+FILE = "file"  # the column of each row's source file, when a predictor reads files
 PROBABILITY_PREFIX = "probability_"
 
 
@@ -57,6 +58,19 @@ def _prediction_columns(predictor: Any, predictions: list) -> dict[str, list]:
     for key in (str(c) for c in predictor.classes):
         out[PROBABILITY_PREFIX + key] = [p["probabilities"][key] for p in predictions]
     return out
+
+
+def _file_of_bad_row(predictor: Any, chunk: pd.DataFrame, columns: list[str]) -> str:
+    """ " (file NAME)" of the chunk's first refused row when its frame names a file per row (a
+    folder of images, `image_frames`), else "": a row number alone does not say which image."""
+    if FILE not in chunk.columns or not getattr(predictor, "batch_input_only", ()):
+        return ""
+    for i, row in enumerate(_rows(chunk, columns)):
+        try:
+            predictor.prepare_rows([row])
+        except InputError:
+            return f" (file {chunk[FILE].iloc[i]})"
+    return ""
 
 
 def score_frames(
@@ -83,6 +97,7 @@ def score_frames(
             except InputError as exc:
                 raise BatchError(
                     f"{source}: rows from {start} (0-based, no header): {exc}"
+                    + _file_of_bad_row(predictor, chunk, columns)
                 ) from exc
             scored = chunk.reset_index(drop=True).assign(
                 **_prediction_columns(predictor, predictions)

@@ -2,7 +2,8 @@
 
 Training and serving turn bytes into model input with the same function (`decode_image`):
 decoded with Pillow, converted to the model's mode (grayscale/RGBA/palette images are
-converted, not refused), the shorter side resized to `size` and the centre cropped square.
+converted, not refused), and its centre square resized to `size` (as resizing the shorter
+side to `size` and cropping the centre would, without resampling what is cropped away).
 Pillow's decompression-bomb guard is tightened to `MAX_PIXELS`, checked from the header
 before any pixel is decoded.
 """
@@ -36,7 +37,7 @@ class ImageDecodeError(InputError):
 
 def decode_image(data: bytes | Path, mode: str, size: int) -> np.ndarray:
     """uint8 array (channels, size, size) of a PNG/JPEG: converted to `mode` ("L" or "RGB"),
-    the shorter side resized to `size`, the centre cropped."""
+    its centre square resized to `size`."""
     if isinstance(data, bytes | bytearray) and not data:
         raise ImageDecodeError("empty image: the body has zero bytes")
     source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
@@ -64,11 +65,14 @@ def decode_image(data: bytes | Path, mode: str, size: int) -> np.ndarray:
         if isinstance(exc, ImageDecodeError):
             raise
         raise ImageDecodeError(f"cannot decode the image (truncated or corrupt): {exc}") from None
-    scale = size / min(img.size)
-    w, h = max(size, round(img.size[0] * scale)), max(size, round(img.size[1] * scale))
-    img = img.resize((w, h), Image.Resampling.BILINEAR)
-    left, top = (w - size) // 2, (h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    # Resample only the centred square: resizing the whole image first would allocate
+    # size/min(w, h) times its longer side (a 2 kB 1x1000000 PNG: 16x16000000 pixels).
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    img = img.resize(
+        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
+    )
     array = np.asarray(img, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy()
 

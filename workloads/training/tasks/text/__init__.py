@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -113,6 +114,14 @@ class TextTask(ClassificationTask):
             raise DataError(
                 f"{location}: column {p.text_column!r} row {row} is not a text "
                 f"({value!r}); {int(bad.sum())} such row(s)"
+            )
+        unusable = ~labels.map(lambda v: isinstance(v, Hashable))  # JSONL lists, objects
+        if unusable.any():
+            row = int(np.flatnonzero(unusable.to_numpy())[0])
+            raise DataError(
+                f"{location}: column {p.target!r} row {row} is not a class label "
+                f"({labels.tolist()[row]!r}): a label is a string, number or boolean; "
+                f"{int(unusable.sum())} such row(s)"
             )
         keep = labels.notna().to_numpy() & texts.str.strip().astype(bool).to_numpy()
         if not keep.any():

@@ -91,6 +91,13 @@ class TextPredictor:
                 raise InputError(f"{what} {i}: the text must be a string, got {kind}")
             if not value.strip():
                 raise InputError(f"{what} {i}: the text is empty")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate: the tokenizer takes UTF-8
+                raise InputError(
+                    f"{what} {i}: the text is not valid Unicode "
+                    f"({exc.object[exc.start]!r} at character {exc.start})"
+                ) from None
         return encode(self.tok, values, self.max_length)
 
     def prepare_records(self, records: list) -> np.ndarray:
@@ -121,7 +128,18 @@ class TextPredictor:
             return None
         import pandas as pd
 
-        lines = [line for line in root.read_text(encoding="utf-8").splitlines() if line.strip()]
+        from workloads.training.data import DataError
+
+        data = root.read_bytes()
+        try:
+            text = data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise DataError(
+                f"{root}: line {line} is not UTF-8 text (byte {data[exc.start]:#04x} at "
+                f"offset {exc.start}); save the file as UTF-8"
+            ) from None
+        lines = [line for line in text.splitlines() if line.strip()]
         return iter([(str(root), pd.DataFrame({self.text_column: lines}))])
 
     def openapi_content(self) -> dict[str, Any]:
