@@ -32,12 +32,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.fuzz_support import fuzz_settings
+from tests.fuzz_support import fuzz_settings, train_in
 from tests.test_train import one_thread  # noqa: F401  (the fixture)
 from tests.vision_nlp_support import hp_args
 from workloads.serving.batch import main as batch_main
 from workloads.training.artifact import load_model
-from workloads.training.harness import main
 from workloads.training.tasks.base import InputError
 from workloads.training.tasks.image.decode import decode_image
 
@@ -50,18 +49,7 @@ CATEGORIES = ["x" if i % 2 else "y" for i in range(12)]
 def train(root: Path, task: str, data: Path) -> tuple[int, str]:
     """`harness.main` on `data`: the exit code and the failure file's text ("" if none)."""
     args = ["--train", str(data), *hp_args(task, "epochs=1")]
-    if task == "text":
-        args += ["--hp", "min_frequency=1"]
-    for flag, name in [
-        ("--model-dir", "model"),
-        ("--output-data-dir", "out"),
-        ("--checkpoint-dir", "ckpt"),
-        ("--failure-file", "failure"),
-    ]:
-        args += [flag, str(root / name)]
-    rc = main(args, env={})
-    failure = root / "failure"
-    return rc, failure.read_text() if failure.exists() else ""
+    return train_in(root, args + (["--hp", "min_frequency=1"] if task == "text" else []))
 
 
 def assert_contract(root: Path, rc: int, failure: str, names: str | None = None) -> None:

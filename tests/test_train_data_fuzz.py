@@ -31,11 +31,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz_support import fuzz_settings
+from tests.fuzz_support import fuzz_settings, train_in
 from tests.test_train import one_thread  # noqa: F401  (the fixture)
 from workloads.training.artifact import load_model
 from workloads.training.contract import failure_file_hint
-from workloads.training.harness import main
 from workloads.training.tasks.base import InputError
 
 pytestmark = pytest.mark.usefixtures("fixed_constant_pool", "one_thread")  # conftest, test_train
@@ -52,18 +51,9 @@ def train(
     """`harness.main` on `data`: the exit code and the failure file's text ("" if none)."""
     args = ["--train", str(data), "--target", "target", "--hp", "epochs=1", "--hp", hp]
     args += ["--hp", "hidden_sizes=4", "--hp", "batch_size=8"]
-    for flag, name in [
-        ("--model-dir", "model"),
-        ("--output-data-dir", "out"),
-        ("--checkpoint-dir", "ckpt"),
-        ("--failure-file", "failure"),
-    ]:
-        args += [flag, str(root / name)]
     if validation is not None:
         args += ["--validation", str(validation)]
-    rc = main(args, env={})
-    failure = root / "failure"
-    return rc, failure.read_text() if failure.exists() else ""
+    return train_in(root, args)
 
 
 def assert_contract(root: Path, rc: int, failure: str) -> None:
