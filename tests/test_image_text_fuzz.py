@@ -21,6 +21,7 @@ import json
 import struct
 import zlib
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,14 @@ def csv(frame: pd.DataFrame | bytes) -> Callable[[Path], Path]:
     return write
 
 
+def parquet(frame: pd.DataFrame) -> Callable[[Path], Path]:
+    def write(root: Path) -> Path:
+        frame.to_parquet(root / "train.parquet")
+        return root / "train.parquet"
+
+    return write
+
+
 def texts_jsonl(texts: list) -> Callable[[Path], Path]:
     return jsonl([{"text": t, "category": c} for t, c in zip(texts, CATEGORIES, strict=True)])
 
@@ -222,6 +231,7 @@ def with_labels(first_two: Any) -> Callable[[Path], Path]:
     return jsonl([{"text": t, "category": c} for t, c in zip(TEXTS, labels, strict=True)])
 
 
+DATES = [date(2026, 1, 1 + i % 2) for i in range(12)]
 LATIN1 = "text,category\n" + "".join(f"caf\xe9 {i},{'xy'[i % 2]}\n" for i in range(12))
 TEXT_FILES: dict[str, tuple[Callable[[Path], Path], str | None]] = {
     # name: (writer, what a refusal must name; None: must train)
@@ -242,6 +252,9 @@ TEXT_FILES: dict[str, tuple[Callable[[Path], Path], str | None]] = {
     "mixed labels": (csv(text_frame(category=[1 if i % 2 else "a" for i in range(12)])), None),
     "object labels": (with_labels({"a": 1}), "'category' row 0"),
     "list labels": (with_labels([1, 2]), "'category' row 0"),
+    "bytes labels": (parquet(text_frame(category=[b"x", b"y"] * 6)), "'category' row 0"),
+    "date labels": (parquet(text_frame(category=DATES)), "'category' row 0"),
+    "bytes texts": (parquet(text_frame(text=[t.encode() for t in TEXTS])), "'text' row 0"),
 }
 
 

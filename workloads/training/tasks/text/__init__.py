@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -47,6 +46,7 @@ from workloads.training.tasks.text.tokens import (
 __all__ = ["TextParams", "TextPredictor", "TextTask"]
 
 BAG_BELOW_ROWS = 20_000  # model=auto: the bag below this many training texts
+LABEL_TYPES = (str, bool, int, float, np.bool_, np.integer, np.floating)
 
 
 class TextParams(TaskParams):
@@ -115,13 +115,15 @@ class TextTask(ClassificationTask):
                 f"{location}: column {p.text_column!r} row {row} is not a text "
                 f"({value!r}); {int(bad.sum())} such row(s)"
             )
-        unusable = ~labels.map(lambda v: isinstance(v, Hashable))  # JSONL lists, objects
+        # JSONL lists and objects, Parquet bytes, dates, decimals: not a class (nor JSON)
+        unusable = ~labels.map(lambda v: v is None or isinstance(v, LABEL_TYPES))
         if unusable.any():
             row = int(np.flatnonzero(unusable.to_numpy())[0])
+            value = labels.tolist()[row]
             raise DataError(
                 f"{location}: column {p.target!r} row {row} is not a class label "
-                f"({labels.tolist()[row]!r}): a label is a string, number or boolean; "
-                f"{int(unusable.sum())} such row(s)"
+                f"({value!r}, {type(value).__name__}): a label is a string, an integer, a "
+                f"float or a boolean; {int(unusable.sum())} such row(s)"
             )
         keep = labels.notna().to_numpy() & texts.str.strip().astype(bool).to_numpy()
         if not keep.any():
