@@ -425,3 +425,17 @@ def test_a_bad_image_among_good_ones_is_named(tmp_path, image_model, capsys):
     rc, err = run_batch(image_model, folder, capsys)
     assert rc == 2
     assert "(file sub/broken photo.png)" in err, err
+
+
+def test_a_bad_file_after_good_chunks_leaves_no_output(tmp_path, text_model, capsys):
+    """Chunks of the first file are scored (and written to the temporary file) before the
+    second file is found unreadable: the output must not appear at all."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.csv").write_text("text\n" + "word0 thing1\n" * 5)
+    (folder / "b.csv").write_bytes(b"text\n\xff\xfe\n")
+    out = tmp_path / "scored" / "out.jsonl"
+    args = [str(folder), str(out), "--model-dir", str(text_model), "--chunk-size", "2"]
+    assert batch_main(args) == 2
+    assert "b.csv" in capsys.readouterr().err
+    assert not out.parent.exists() or not list(out.parent.iterdir())
