@@ -132,7 +132,7 @@ def test_text_channel_errors_name_the_column(tmp_path):
     (tmp_path / "bad.jsonl").write_text(frame + "\n")
     bad = tmp_path / "bad.jsonl"
     assert run_main(tmp_path, bad, "--hp", "task=text", "--hp", "target=category") == 1
-    assert "row 0 is not a text (3)" in (tmp_path / "failure").read_text()
+    assert "row 0 is not a text (3, int)" in (tmp_path / "failure").read_text()
 
 
 def test_params_are_checked():

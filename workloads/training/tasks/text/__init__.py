@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -43,10 +44,32 @@ from workloads.training.tasks.text.tokens import (
     train_tokenizer,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["TextParams", "TextPredictor", "TextTask"]
 
 BAG_BELOW_ROWS = 20_000  # model=auto: the bag below this many training texts
 LABEL_TYPES = (str, bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def _refuse_rows(
+    location: str,
+    column: str,
+    values: pd.Series,
+    ok: Callable[[Any], bool],
+    what: str,
+    hint: str = "",
+) -> None:
+    """A `DataError` naming the first row of `column` whose value is not `ok`, and how many."""
+    bad = ~values.map(ok)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        value = values.tolist()[row]
+        raise DataError(
+            f"{location}: column {column!r} row {row} is not {what} ({value!r}, "
+            f"{type(value).__name__}){hint}; {int(bad.sum())} such row(s)"
+        )
 
 
 class TextParams(TaskParams):
@@ -107,24 +130,16 @@ class TextTask(ClassificationTask):
                 f"target={p.target!r}); columns are {list(frame.columns)}"
             )
         texts, labels = frame[p.text_column], frame[p.target]
-        bad = ~texts.map(lambda t: isinstance(t, str))
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            value = texts.tolist()[row]
-            raise DataError(
-                f"{location}: column {p.text_column!r} row {row} is not a text "
-                f"({value!r}); {int(bad.sum())} such row(s)"
-            )
+        _refuse_rows(location, p.text_column, texts, lambda t: isinstance(t, str), "a text")
         # JSONL lists and objects, Parquet bytes, dates, decimals: not a class (nor JSON)
-        unusable = ~labels.map(lambda v: v is None or isinstance(v, LABEL_TYPES))
-        if unusable.any():
-            row = int(np.flatnonzero(unusable.to_numpy())[0])
-            value = labels.tolist()[row]
-            raise DataError(
-                f"{location}: column {p.target!r} row {row} is not a class label "
-                f"({value!r}, {type(value).__name__}): a label is a string, an integer, a "
-                f"float or a boolean; {int(unusable.sum())} such row(s)"
-            )
+        _refuse_rows(
+            location,
+            p.target,
+            labels,
+            lambda v: v is None or isinstance(v, LABEL_TYPES),
+            "a class label",
+            ": a label is a string, an integer, a float or a boolean",
+        )
         keep = labels.notna().to_numpy() & texts.str.strip().astype(bool).to_numpy()
         if not keep.any():
             raise DataError(f"{location}: no rows with both a text and a {p.target!r} label")
