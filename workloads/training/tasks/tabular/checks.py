@@ -15,13 +15,11 @@ import numpy as np
 import pandas as pd
 from pandas.api import types
 
-from workloads.training.data import DataError
+from workloads.training.data import LABEL_SCALARS, DataError
 
 __all__ = ["check_labels", "label_kind"]
 
 LabelKind = Literal["strings", "booleans", "numbers"]
-# The values a label may hold (numpy's scalars come out of numeric and categorical columns).
-SCALARS = (str, bool, int, float, np.bool_, np.integer, np.floating)
 # `infer_dtype` verdicts that need no look at each value.
 FINE = frozenset({"string", "integer", "floating", "mixed-integer-float", "boolean", "empty"})
 
@@ -57,7 +55,7 @@ def check_labels(labels: pd.Series, target: str, source: str) -> None:
         return
     first: dict[LabelKind, tuple[object, object]] = {}
     for row, value in present.items():
-        if not isinstance(value, SCALARS):
+        if not isinstance(value, LABEL_SCALARS):
             raise DataError(
                 f"{where} has a {type(value).__name__} value {_shown(value)} in row {row}; "
                 "a label is a number, a boolean or a string"

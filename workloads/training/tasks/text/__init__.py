@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from workloads.monitoring.inputs import TextFeatures, features_baseline, input_spec
-from workloads.training.data import DataError, load_table
+from workloads.training.data import LABEL_SCALARS, DataError, load_table
 from workloads.training.tasks.base import TaskParams
 from workloads.training.tasks.classify import (
     ClassificationTask,
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["TextParams", "TextPredictor", "TextTask"]
 
 BAG_BELOW_ROWS = 20_000  # model=auto: the bag below this many training texts
-LABEL_TYPES = (str, bool, int, float, np.bool_, np.integer, np.floating)
 
 
 def _refuse_rows(
@@ -136,7 +135,7 @@ class TextTask(ClassificationTask):
             location,
             p.target,
             labels,
-            lambda v: v is None or isinstance(v, LABEL_TYPES),
+            lambda v: v is None or isinstance(v, LABEL_SCALARS),
             "a class label",
             ": a label is a string, an integer, a float or a boolean",
         )
