@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -324,6 +325,28 @@ def test_bad_image_instances_raise_input_error(image_model: Path, record: Any) -
     predictor = load_model(image_model)
     with pytest.raises(InputError, match="instance 0"):
         predictor.prepare_records([record])
+
+
+BAD_BATCHES = [
+    ("prepare_records", [], "expected at least one record, got an empty list"),
+    ("prepare_records", {"instances": []}, "expected a list of records, got dict"),
+    ("prepare_records", "abc", "expected a list of records, got str"),
+    ("prepare_rows", [], "expected at least one row, got an empty list"),
+    ("prepare_rows", None, "expected a list of rows, got NoneType"),
+    ("prepare_rows", ["abc"], "row 0: expected a list of one value"),
+    ("prepare_rows", [5], "row 0: expected a list of one value"),
+    ("prepare_rows", [[]], "row 0: expected one value"),
+]
+
+
+@pytest.mark.parametrize("model", ["image_model", "text_model"])
+@pytest.mark.parametrize(("method", "batch", "message"), BAD_BATCHES, ids=repr)
+def test_bad_batch_shapes_raise_input_error(request, model, method, batch, message) -> None:
+    """What the tabular predictor refuses by name (an empty list was a ValueError from
+    numpy or the tokenizer, a string's characters were taken as instances)."""
+    predictor = load_model(request.getfixturevalue(model))
+    with pytest.raises(InputError, match=re.escape(message)):
+        getattr(predictor, method)(batch)
 
 
 def test_images_of_any_mode_and_shape_are_predicted(image_model: Path) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from workloads.training.data import DataError
-from workloads.training.tasks.base import TaskBase, eval_batches
+from workloads.training.tasks.base import InputError, TaskBase, eval_batches
 
 
 @dataclass
@@ -77,6 +77,24 @@ def classification_metrics(
             n += len(y)
     model.train()
     return {"accuracy": correct / n, "log_loss": loss / n, "validation_loss": loss / n}
+
+
+def check_batch(values: Any, what: str) -> None:
+    """A request's instances (or a batch's rows) are a non-empty list, as the tabular
+    predictor requires: anything else would fail deep in decoding with no name."""
+    if not isinstance(values, list):
+        raise InputError(f"expected a list of {what}s, got {type(values).__name__}")
+    if not values:
+        raise InputError(f"expected at least one {what}, got an empty list")
+
+
+def check_row(row: Any, i: int, what: str) -> None:
+    """A batch row of a one-column task (the image, or the text) holds exactly one value."""
+    if not isinstance(row, list | tuple):
+        kind = type(row).__name__
+        raise InputError(f"row {i}: expected a list of one value ({what}), got {kind}")
+    if len(row) != 1:
+        raise InputError(f"row {i}: expected one value ({what}), got {len(row)}")
 
 
 def format_predictions(logits: torch.Tensor, classes: list[Any]) -> list[dict[str, Any]]:

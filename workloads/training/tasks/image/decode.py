@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from workloads.training.tasks.base import InputError
-from workloads.training.tasks.classify import format_predictions
+from workloads.training.tasks.classify import check_batch, check_row, format_predictions
 from workloads.training.tasks.image.model import ResNetSmall
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -132,6 +132,7 @@ class ImagePredictor:
         return self._batch([decode_image(body, self.mode, self.size) for body in bodies])
 
     def prepare_records(self, records: list) -> np.ndarray:
+        check_batch(records, "record")
         images = []
         for i, record in enumerate(records):
             if not isinstance(record, dict) or "image" not in record:
@@ -140,10 +141,10 @@ class ImagePredictor:
         return self._batch(images)
 
     def prepare_rows(self, rows: list[list]) -> np.ndarray:
+        check_batch(rows, "row")
         images = []
         for i, row in enumerate(rows):
-            if len(row) != 1:
-                raise InputError(f"row {i}: expected one value (the image), got {len(row)}")
+            check_row(row, i, "the image")
             images.append(self._decode(row[0], f"row {i}"))
         return self._batch(images)
 

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import nn
 
 from workloads.training.tasks.base import InputError
-from workloads.training.tasks.classify import format_predictions
+from workloads.training.tasks.classify import check_batch, check_row, format_predictions
 from workloads.training.tasks.text.model import PAD_ID
 
 PAD, UNK = "[PAD]", "[UNK]"
@@ -101,6 +101,7 @@ class TextPredictor:
         return encode(self.tok, values, self.max_length)
 
     def prepare_records(self, records: list) -> np.ndarray:
+        check_batch(records, "record")
         texts = []
         for i, record in enumerate(records):
             key = "text" if isinstance(record, dict) and "text" in record else self.text_column
@@ -110,9 +111,9 @@ class TextPredictor:
         return self._texts(texts, "instance")
 
     def prepare_rows(self, rows: list[list]) -> np.ndarray:
+        check_batch(rows, "row")
         for i, row in enumerate(rows):
-            if len(row) != 1:
-                raise InputError(f"row {i}: expected one value (the text), got {len(row)}")
+            check_row(row, i, "the text")
         return self._texts([row[0] for row in rows], "row")
 
     collate = staticmethod(pad_batch)
