@@ -255,6 +255,8 @@ TEXT_FILES: dict[str, tuple[Callable[[Path], Path], str | None]] = {
     "list labels": (with_labels([1, 2]), "'category' row 0"),
     "bytes labels": (parquet(text_frame(category=[b"x", b"y"] * 6)), "'category' row 0"),
     "date labels": (parquet(text_frame(category=DATES)), "'category' row 0"),
+    # JSON (text.json keeps the classes) has no inf: it was saved as the token Infinity
+    "an infinite label": (csv(text_frame(category=[1.0, 2.0, float("inf")] * 4)), "inf"),
     "bytes texts": (parquet(text_frame(text=[t.encode() for t in TEXTS])), "'text' row 0"),
 }
 

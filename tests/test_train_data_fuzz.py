@@ -367,6 +367,21 @@ def test_the_failure_file_flag_is_read_from_the_command_line(monkeypatch, tmp_pa
     assert failure_file_hint(None, {}) == tmp_path / "f"
 
 
+@pytest.mark.parametrize("channel", ["train", "validation"])
+def test_an_infinite_class_label_is_a_data_error(tmp_path, channel):
+    """A classifier forced on float labels: inf was a class, saved in meta.json as the
+    non-JSON token Infinity."""
+    labels = {"train": [0.0, 1.0, np.inf] * 8, "validation": [0.0, 1.0] * 12}
+    if channel == "validation":
+        labels = {"train": labels["validation"], "validation": [0.0, 1.0, -np.inf] * 8}
+    for name, values in labels.items():
+        pd.DataFrame({"a": NUMBERS, "target": values}).to_csv(tmp_path / f"{name}.csv", index=False)
+    files = [tmp_path / "train.csv", tmp_path / "validation.csv"]
+    rc, failure = train(tmp_path / "run", *files, hp="problem=multiclass")
+    where = f"data error: {files[channel == 'validation']}: target column 'target'"
+    assert rc == 1 and failure.startswith(where) and "inf" in failure, failure
+
+
 @pytest.mark.parametrize(
     ("hp", "expected"),
     [

@@ -7,9 +7,11 @@ the data location (an `s3://` prefix is downloaded once into a local folder).
 
 from __future__ import annotations
 
+import math
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
@@ -162,6 +164,17 @@ def split_target(frame: pd.DataFrame, target: str, source: str) -> tuple[pd.Data
     if features.shape[1] == 0:
         raise DataError(f"{source}: no feature columns besides the target {target!r}")
     return features, labels[keep].reset_index(drop=True)
+
+
+def refuse_infinite_classes(classes: Iterable[Any], where: str) -> None:
+    """A class label that is an infinite float: no class (and JSON, where the artifact keeps
+    its classes, has no inf). `classes`: one channel's distinct labels, NaN already dropped."""
+    for value in classes:
+        if isinstance(value, float | np.floating) and not math.isfinite(value):
+            raise DataError(
+                f"{where} has the class label {float(value)!r}; a class label is a finite "
+                "number, a boolean or a string"
+            )
 
 
 def infer_problem(labels: pd.Series, forced: str | None = None) -> Problem:

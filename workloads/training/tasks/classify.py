@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from workloads.training.data import DataError
+from workloads.training.data import DataError, refuse_infinite_classes
 from workloads.training.tasks.base import InputError, TaskBase, eval_batches
 
 
@@ -54,6 +54,8 @@ def fit_classes(train: Labelled, validation: Labelled) -> list[Any]:
             f"{train.source}: the training examples have a single class "
             f"({train.labels[0] if train.labels else None!r}); a classifier needs two or more"
         )
+    for channel in (train, validation):
+        refuse_infinite_classes(set(channel.labels), channel.source)
     values = sorted(set(train.labels) | set(validation.labels), key=lambda v: (str(type(v)), v))
     return [v.item() if isinstance(v, np.generic) else v for v in values]
 

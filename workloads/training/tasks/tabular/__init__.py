@@ -21,7 +21,13 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from workloads.monitoring.baseline import table_baseline
-from workloads.training.data import DataError, infer_problem, load_table, split_target
+from workloads.training.data import (
+    DataError,
+    infer_problem,
+    load_table,
+    refuse_infinite_classes,
+    split_target,
+)
 from workloads.training.tasks.base import InputError, TaskBase, TaskParams, eval_batches
 from workloads.training.tasks.tabular.checks import check_labels, label_kind
 from workloads.training.tasks.tabular.model import Predictor, TabularNet
@@ -209,6 +215,9 @@ class TabularTask(TaskBase):
             y = train.labels.to_numpy(dtype=np.float64)
             self.target_mean, self.target_scale = target_statistics(y)
             return
+        for table in (train, validation):
+            where = f"{table.source}: target column {self.params.target!r}"
+            refuse_infinite_classes(pd.unique(table.labels), where)
         both = pd.concat([train.labels, validation.labels], ignore_index=True)
         classes = sorted(pd.unique(both).tolist())
         if self.problem == "binary" and len(classes) > 2:
