@@ -26,6 +26,9 @@ from tests.serve_support import Server
 
 EXAMPLES = 40  # per operation and mode
 SEED = 20261130
+# The same cases in every run: Hypothesis also draws from the constants of the modules
+# imported before (see the conftest fixture), which depend on the tests that ran first.
+pytestmark = pytest.mark.usefixtures("fixed_constant_pool")
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
