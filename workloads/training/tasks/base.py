@@ -57,6 +57,15 @@ class InputError(ValueError):
     Serving answers it with a 400 and keeps serving."""
 
 
+def check_batch(values: Any, what: str) -> None:
+    """A request's instances (or a batch's rows) are a non-empty list: anything else would
+    fail deep in a task's decoding, naming nothing."""
+    if not isinstance(values, list):
+        raise InputError(f"expected a list of {what}s, got {type(values).__name__}")
+    if not values:
+        raise InputError(f"expected at least one {what}, got an empty list")
+
+
 class TaskParams(BaseModel):
     """Base of a task's own hyperparameters: unknown names are errors."""
 

@@ -81,15 +81,6 @@ def classification_metrics(
     return {"accuracy": correct / n, "log_loss": loss / n, "validation_loss": loss / n}
 
 
-def check_batch(values: Any, what: str) -> None:
-    """A request's instances (or a batch's rows) are a non-empty list, as the tabular
-    predictor requires: anything else would fail deep in decoding with no name."""
-    if not isinstance(values, list):
-        raise InputError(f"expected a list of {what}s, got {type(values).__name__}")
-    if not values:
-        raise InputError(f"expected at least one {what}, got an empty list")
-
-
 def check_row(row: Any, i: int, what: str) -> None:
     """A batch row of a one-column task (the image, or the text) holds exactly one value."""
     if not isinstance(row, list | tuple):

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from workloads.training.tasks.base import InputError
-from workloads.training.tasks.classify import check_batch, check_row, format_predictions
+from workloads.training.tasks.base import InputError, check_batch
+from workloads.training.tasks.classify import check_row, format_predictions
 from workloads.training.tasks.image.model import ResNetSmall
 
 SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from workloads.training.tasks.base import InputError
+from workloads.training.tasks.base import InputError, check_batch
 
 __all__ = ["Column", "InputError", "Preprocessor"]
 
@@ -231,10 +231,7 @@ class Preprocessor:
             out = self._encode_small(records)
             if out is not None:
                 return out
-        if not isinstance(records, list):
-            raise InputError(f"expected a list of records, got {type(records).__name__}")
-        if not records:
-            raise InputError("expected at least one record, got an empty list")
+        check_batch(records, "record")
         names = self._names
         for i, record in enumerate(records):
             if not isinstance(record, dict):
@@ -279,10 +276,7 @@ class Preprocessor:
 
     def prepare_rows(self, rows: list[list]) -> np.ndarray:
         """The same for CSV rows in `feature_columns` order; strings are parsed, "" is missing."""
-        if not isinstance(rows, list):
-            raise InputError(f"expected a list of rows, got {type(rows).__name__}")
-        if not rows:
-            raise InputError("expected at least one row, got an empty list")
+        check_batch(rows, "row")
         width = len(self.columns)
         for i, row in enumerate(rows):
             if not isinstance(row, list | tuple):

@@ -15,8 +15,8 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import nn
 
-from workloads.training.tasks.base import InputError
-from workloads.training.tasks.classify import check_batch, check_row, format_predictions
+from workloads.training.tasks.base import InputError, check_batch
+from workloads.training.tasks.classify import check_row, format_predictions
 from workloads.training.tasks.text.model import PAD_ID
 
 PAD, UNK = "[PAD]", "[UNK]"
