@@ -873,9 +873,11 @@ def monitor(
             )
     report = outcome.report
     if not report.get("rows"):
+        skipped = report.get("unreadable_lines", 0)
         console.print(
-            f"no captured rows in the window ({report.get('requests', 0)} requests): "
-            "nothing to compare; no drift report written"
+            f"no captured rows in the window ({report.get('requests', 0)} requests"
+            + (f", {skipped} unreadable lines skipped" if skipped else "")
+            + "): nothing to compare; no drift report written"
         )
         raise typer.Exit(outcome.exit_code)
     console.print(summary_table(report))

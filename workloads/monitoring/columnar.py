@@ -91,8 +91,10 @@ def _part(records: pa.Table, part: str) -> tuple[pa.Array, pa.Array, pa.Array, p
 
 
 def _check_json(present: pa.Array, media: pa.Array, encoding: pa.Array) -> None:
+    """Decline unless every present part is JSON text (an encoding other than base64)."""
     media = pc.fill_null(media, JSON_MEDIA)
-    wrong = pc.or_(pc.not_equal(media, JSON_MEDIA), pc.equal(pc.fill_null(encoding, ""), "BASE64"))
+    text = pc.is_in(pc.fill_null(encoding, "JSON"), pa.array(["JSON", "CSV"]))
+    wrong = pc.or_(pc.not_equal(media, JSON_MEDIA), pc.invert(text))
     if pc.any(pc.and_(present, wrong)).as_py():
         raise _Declined
 
@@ -229,14 +231,19 @@ def _values(column: Column, values: pa.Array) -> Any:
     if column.kind == "numeric":
         if kind not in _NUMBERS:
             raise _Declined  # strings, booleans: type errors, counted line by line
-        floats = pc.cast(values, pa.float64()) if kind != pa.null() else None
-        missing = values.null_count if floats is not None else len(values)
-        array = (
-            pc.fill_null(floats, np.nan).to_numpy(zero_copy_only=False)
-            if floats is not None
-            else np.full(len(values), np.nan)
-        )
-        return lambda col: col.extend(array, missing)
+        if kind == pa.null():
+            array = np.full(len(values), np.nan)
+        else:
+            array = pc.fill_null(pc.cast(values, pa.float64()), np.nan).to_numpy(
+                zero_copy_only=False
+            )
+        # as `Column.add`: null and NaN are missing, infinity a type error (stored as NaN)
+        infinite = np.isinf(array)
+        errors = int(infinite.sum())
+        if errors:
+            array = np.where(infinite, np.nan, array)
+        missing = int(np.isnan(array).sum()) - errors
+        return lambda col: col.extend(array, missing, errors)
     if pa.types.is_null(kind):
         codes = np.full(len(values), -1, dtype=np.int32)
         return lambda col: col.extend(codes, len(values))

@@ -24,6 +24,7 @@ from workloads.monitoring import columnar, stats
 from workloads.monitoring.baseline import read_baseline, reference_arrays
 from workloads.monitoring.inputs import Derive, extractor
 from workloads.monitoring.reader import (
+    CaptureError,
     Event,
     ReadStats,
     events_of,
@@ -75,6 +76,8 @@ class Column:
         return np.float64 if self.kind == "numeric" else np.int32
 
     def add(self, value: Any) -> None:
+        """One value: None, "" and NaN are missing; a value the column cannot hold (text or a
+        non-finite number in a numeric column, a list or an object anywhere) is a type error."""
         if len(self.values) >= SPILL_VALUES:
             self._flush()
         if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
@@ -84,11 +87,16 @@ class Column:
         if self.kind == "numeric":
             try:
                 number = float(value) if not isinstance(value, bool) else math.nan
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 number = math.nan
-            if math.isnan(number):
+            if not math.isfinite(number):
                 self.type_errors += 1
+                number = math.nan
             self.values.append(number)
+            return
+        if not isinstance(value, str | int | float):
+            self.type_errors += 1
+            self.values.append(-1)
             return
         self.values.append(self.code(str(value)))
 
@@ -98,10 +106,12 @@ class Column:
             code = self.codes[key] = len(self.codes)
         return code
 
-    def extend(self, values: np.ndarray, missing: int) -> None:
-        """Append many values at once (floats, or codes from `code`), `missing` of them."""
+    def extend(self, values: np.ndarray, missing: int, type_errors: int = 0) -> None:
+        """Append many values at once (floats, or codes from `code`), `missing` of them
+        missing and `type_errors` of them type errors."""
         self.values.frombytes(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
         self.missing += missing
+        self.type_errors += type_errors
         if len(self.values) >= SPILL_VALUES:
             self._flush()
 
@@ -244,6 +254,8 @@ def _add_event(
             for extra in row.keys() - columns.keys():
                 window.extra_columns[extra] = window.extra_columns.get(extra, 0) + 1
         else:
+            if not isinstance(row, list | tuple):  # a bare value: a row of one
+                row = [row]
             if len(row) != len(names):
                 window.wrong_width += 1
             for name, value in zip(names, row, strict=False):
@@ -257,8 +269,16 @@ def _add_event(
         for label, pred in zip(labels, preds, strict=False):
             score = math.nan
             if positive is not None and isinstance(pred, dict):
-                score = float(pred.get("probabilities", {}).get(positive, math.nan))
+                score = _score(pred.get("probabilities"), positive)
             window.labelled.append((hour, label, _prediction_value(pred), score))
+
+
+def _score(probabilities: Any, positive: str) -> float:
+    """The positive class's probability of a prediction, NaN when it has none."""
+    value = probabilities.get(positive) if isinstance(probabilities, dict) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return math.nan
+    return float(value)
 
 
 def drift_of(entry: dict[str, Any], column: Column, method: str | None) -> stats.Drift:
@@ -298,7 +318,8 @@ def data_quality(baseline: dict[str, Any], window: Window) -> tuple[dict, list[d
                 f"missing share {missing:.3f} vs baseline {entry['missing_share']:.3f}",
             )
         if column.type_errors:
-            violate(name, "data_type_check", f"{column.type_errors} values are not numbers")
+            wanted = "finite numbers" if column.kind == "numeric" else "strings or numbers"
+            violate(name, "data_type_check", f"{column.type_errors} values are not {wanted}")
         if entry["type"] == "numeric" and "min" in entry:
             values = column.present()
             outside = int(((values < entry["min"]) | (values > entry["max"])).sum())
@@ -375,9 +396,27 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _numbers(values: list) -> np.ndarray:
+    """Numbers (or number texts) as floats; anything else (a label, a list, None) NaN."""
+    out = np.full(len(values), np.nan)
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            continue
+        try:
+            out[i] = float(value)
+        except (ValueError, OverflowError):
+            continue
+    return out
+
+
 def _regression(truth: list, pred: list) -> dict[str, float]:
-    t, p = np.asarray(truth, dtype=float), np.asarray(pred, dtype=float)
-    return {"rmse": float(np.sqrt(np.mean((t - p) ** 2))), "mae": float(np.mean(np.abs(t - p)))}
+    """RMSE and MAE over the rows whose label and prediction are both finite numbers."""
+    t, p = _numbers(truth), _numbers(pred)
+    both = np.isfinite(t) & np.isfinite(p)
+    if not both.any():
+        return {"rmse": math.nan, "mae": math.nan}
+    error = t[both] - p[both]
+    return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
 
 
 def model_quality(labelled: list[tuple[str, Any, Any, float]], regression: bool) -> dict:
@@ -445,7 +484,31 @@ def analyse(
 
 def positive_class(meta: dict[str, Any]) -> str | None:
     classes = meta.get("classes")
-    return str(classes[1]) if classes and len(classes) == 2 else None
+    return str(classes[1]) if isinstance(classes, list) and len(classes) == 2 else None
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    """The artifact's `meta.json` ({} when there is none)."""
+    import json
+
+    path = Path(model_dir) / "meta.json"
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MonitorError(f"{path}: cannot read it: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MonitorError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _all_unreadable(read: ReadStats, what: str, uri: str) -> None:
+    """A location whose every line is unreadable is an error, never an empty window."""
+    if read.lines and read.unreadable >= read.lines:
+        raise CaptureError(
+            f"{uri}: none of the {read.lines} {what} lines can be read, e.g. {read.errors[0]}"
+        )
 
 
 def run_monitor(
@@ -455,23 +518,29 @@ def run_monitor(
     ground_truth: str | None = None,
 ) -> tuple[dict[str, Any], Window]:
     """Read the window and analyse it. Raises MonitorError (and BaselineError, CaptureError)."""
-    import json
-
     if options.method is not None and options.method not in stats.METHODS:
         raise MonitorError(f"--method {options.method!r}: allowed {list(stats.METHODS)}")
     if not 0 < options.drift_share <= 1:
         raise MonitorError(f"--drift-share {options.drift_share}: must be in (0, 1]")
     baseline = read_baseline(model_dir)
-    meta_path = Path(model_dir) / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_meta(model_dir)
     truth = None
     read = ReadStats()
     if ground_truth:
         truth = read_ground_truth(ground_truth, read)
+        _all_unreadable(read, "ground-truth", ground_truth)
     derive = extractor(baseline, model_dir)
     window = read_window(baseline, capture, options, truth, positive_class(meta), derive)
+    _all_unreadable(window.read, "capture", capture)
     window.read.unreadable += read.unreadable
     window.read.errors += read.errors
     if window.rows == 0:
-        return {"rows": 0, "empty": True, "requests": window.requests}, window
+        return {
+            "rows": 0,
+            "empty": True,
+            "requests": window.requests,
+            "unreadable_lines": window.read.unreadable,
+            "outside_window": window.read.outside_window,
+            "other_model_versions": window.other_versions,
+        }, window
     return analyse(baseline, window, options, meta), window

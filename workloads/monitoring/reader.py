@@ -17,8 +17,10 @@ The monitor parses clean blocks column-wise (`columnar`), the rest line by line 
 from __future__ import annotations
 
 import base64
+import binascii
 import csv
 import io
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from urllib.parse import urlparse
 import orjson
 
 HOUR_PATH = re.compile(r"(\d{4})/(\d{2})/(\d{2})/(\d{2})/[^/]*$")
+ENCODINGS = ("CSV", "JSON", "BASE64")
 
 
 class CaptureError(ValueError):
@@ -164,11 +167,50 @@ def iter_blocks(
             body.close()
 
 
-def decode_data(part: dict) -> bytes:
+def _object(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is {type(value).__name__}, expected an object")
+    return value
+
+
+def _text(part: dict, key: str, where: str, default: str) -> str:
+    value = part.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}.{key} is {type(value).__name__}, expected a string")
+    return value
+
+
+def _event_key(value: Any) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError(f"eventMetadata.eventId {value!r}: expected a string")
+    return str(value)
+
+
+def loads(body: bytes | str) -> Any:
+    """JSON, as orjson reads it; failing that as Python's `json` does, which also takes the
+    NaN and Infinity that Python clients send (`json.dumps` writes them)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise ValueError(f"not JSON: {exc}") from None
+
+
+def decode_data(part: dict, where: str = "data") -> bytes:
     data = part.get("data", "")
-    if part.get("encoding") == "BASE64":
-        return base64.b64decode(data)
-    return data.encode() if isinstance(data, str) else bytes(data)
+    encoding = part.get("encoding")
+    if not isinstance(data, str):
+        raise ValueError(f"{where}.data is {type(data).__name__}, expected a string")
+    if encoding is not None and encoding not in ENCODINGS:
+        raise ValueError(f"{where}.encoding {encoding!r}: expected one of {list(ENCODINGS)}")
+    if encoding == "BASE64":
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{where}.data is not valid base64") from None
+    return data.encode()
 
 
 def parse_payload(content_type: str, body: bytes) -> list:
@@ -179,9 +221,9 @@ def parse_payload(content_type: str, body: bytes) -> list:
         return [row for row in csv.reader(io.StringIO(body.decode())) if row]
     if media != "application/json" and not media.endswith("+json"):
         return [body]
-    doc = orjson.loads(body)
-    if isinstance(doc, dict) and "instances" in doc:
-        return list(doc["instances"])
+    doc = loads(body)
+    if isinstance(doc, dict) and isinstance(doc.get("instances"), list):
+        return doc["instances"]
     raise ValueError(f'unexpected {media} payload: expected {{"instances": [...]}}')
 
 
@@ -189,35 +231,50 @@ def parse_predictions(content_type: str, body: bytes) -> list | None:
     media = content_type.split(";")[0].strip().lower()
     if media == "text/csv":
         return [row[0] if len(row) == 1 else row for row in csv.reader(io.StringIO(body.decode()))]
-    doc = orjson.loads(body)
+    doc = loads(body)
     if isinstance(doc, dict) and "predictions" in doc:
-        return list(doc["predictions"])
+        if not isinstance(doc["predictions"], list):
+            kind = type(doc["predictions"]).__name__
+            raise ValueError(f"response predictions is {kind}, expected a list")
+        return doc["predictions"]
     return None  # an error body: the request was rejected
 
 
-def parse_time(text: str) -> datetime:
+def parse_time(text: Any) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError(f"inferenceTime {text!r}: expected an ISO time string")
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def parse_event(line: bytes) -> Event:
-    doc = orjson.loads(line)
-    data, meta = doc["captureData"], doc["eventMetadata"]
-    inp, out = data["endpointInput"], data.get("endpointOutput")
-    content_type = inp.get("observedContentType", "application/json")
-    inputs = parse_payload(content_type, decode_data(inp))
+    doc = _object(loads(line), "the line")
+    data = _object(doc["captureData"], "captureData")
+    meta = _object(doc["eventMetadata"], "eventMetadata")
+    inp = _object(data["endpointInput"], "captureData.endpointInput")
+    out = data.get("endpointOutput")
+    content_type = _text(inp, "observedContentType", "endpointInput", "application/json")
     predictions = None
     if out is not None:
-        predictions = parse_predictions(
-            out.get("observedContentType", "application/json"), decode_data(out)
-        )
+        out = _object(out, "captureData.endpointOutput")
+        out_type = _text(out, "observedContentType", "endpointOutput", "application/json")
+        predictions = parse_predictions(out_type, decode_data(out, "endpointOutput"))
+    body = decode_data(inp, "endpointInput")
+    try:
+        inputs = parse_payload(content_type, body)
+    except (ValueError, csv.Error):
+        if predictions is not None:
+            raise
+        inputs = []  # a request the server refused (4xx) because it could not read it
+    key = _event_key(meta.get("inferenceId") or meta["eventId"])
+    version = meta.get("modelVersion")
     return Event(
-        key=str(meta.get("inferenceId") or meta["eventId"]),
+        key=key,
         time=parse_time(meta["inferenceTime"]),
         content_type=content_type,
         inputs=inputs,
         predictions=predictions,
-        model_version=meta.get("modelVersion"),
+        model_version=None if version is None else str(version),
     )
 
 
@@ -240,7 +297,7 @@ def events_of(
         stats.lines += 1
         try:
             event = parse_event(line)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, csv.Error) as exc:
             stats.bad(name, f"{type(exc).__name__}: {exc}"[:200])
             continue
         if (since is not None and event.time < since) or (
@@ -258,16 +315,18 @@ def read_ground_truth(uri: str, stats: ReadStats) -> dict[str, list]:
     for name, line in iter_lines(uri, stats=stats):
         if not line.strip():
             continue
+        stats.lines += 1
         try:
-            doc = orjson.loads(line)
-            part, key = doc["groundTruthData"], str(doc["eventMetadata"]["eventId"])
-            body = decode_data(part)
+            doc = _object(loads(line), "the line")
+            part = _object(doc["groundTruthData"], "groundTruthData")
+            key = _event_key(_object(doc["eventMetadata"], "eventMetadata")["eventId"])
+            body = decode_data(part, "groundTruthData")
             if part.get("encoding") == "JSON":
-                value: Any = orjson.loads(body)
+                value: Any = loads(body)
                 values = value if isinstance(value, list) else [value]
             else:
                 values = [_scalar(v) for row in csv.reader(io.StringIO(body.decode())) for v in row]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, csv.Error) as exc:
             stats.bad(name, f"ground truth: {type(exc).__name__}: {exc}"[:200])
             continue
         labels[key] = values
