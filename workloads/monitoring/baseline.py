@@ -18,6 +18,7 @@ rest; for strings the category counts (the `MAX_CATEGORIES` most frequent; the r
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +125,68 @@ def read_baseline(model_dir: str | Path) -> dict[str, Any]:
         )
     try:
         doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise BaselineError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise BaselineError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "features" not in doc:
         raise BaselineError(
             f"{path}: not a baseline of format {FORMAT} (keys 'format', 'features')"
         )
+    if not isinstance(doc["features"], dict):
+        raise BaselineError(f"{path}: features: expected an object of feature entries")
+    for name, entry in doc["features"].items():
+        check_entry(entry, f"{path}: features.{name}")
+    if "prediction" not in doc:
+        raise BaselineError(f"{path}: no 'prediction' entry (the predictions' distribution)")
+    check_entry(doc["prediction"], f"{path}: prediction")
     return doc
+
+
+KINDS = ("numeric", "categorical")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_entry(entry: Any, where: str) -> None:
+    """A feature (or prediction) entry the monitor can use, or BaselineError naming the
+    field and what it must hold."""
+
+    def bad(field: str, value: Any, wanted: str) -> BaselineError:
+        return BaselineError(f"{where}.{field} {value!r:.80}: expected {wanted}")
+
+    if not isinstance(entry, dict):
+        raise BaselineError(f"{where}: expected an object, got {type(entry).__name__}")
+    kind = entry.get("type")
+    if kind not in KINDS:
+        raise bad("type", kind, f"one of {list(KINDS)}")
+    count = entry.get("count")
+    if not _finite(count) or count < 0 or count != int(count):
+        raise bad("count", count, "a whole number >= 0")
+    share = entry.get("missing_share")
+    if not _finite(share) or not 0 <= share <= 1:
+        raise bad("missing_share", share, "a number in [0, 1]")
+    if kind == "categorical":
+        freqs = entry.get("frequencies", {})
+        if not isinstance(freqs, dict) or not all(_finite(v) and v >= 0 for v in freqs.values()):
+            raise bad("frequencies", freqs, "an object of counts >= 0")
+        other = entry.get("other_count", 0)
+        if not _finite(other) or other < 0:
+            raise bad("other_count", other, "a number >= 0")
+        return
+    sample = entry.get("sample", [])
+    if not isinstance(sample, list) or not all(_finite(v) for v in sample):
+        raise bad("sample", sample, "a list of finite numbers")
+    weight = entry.get("sample_weight", 1.0)
+    if not _finite(weight) or weight <= 0:
+        raise bad("sample_weight", weight, "a number > 0")
+    for field in ("min", "max", "mean", "std"):
+        if field in entry and not _finite(entry[field]):
+            raise bad(field, entry[field], "a finite number")
+    if ("min" in entry) != ("max" in entry) or entry.get("min", 0) > entry.get("max", 0):
+        raise BaselineError(f"{where}: min and max go together, min <= max")
 
 
 def reference_arrays(entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, int]:

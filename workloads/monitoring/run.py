@@ -29,7 +29,10 @@ def parse_moment(text: str | None, now: datetime, what: str) -> datetime | None:
         return None
     match = DURATION.match(text.strip())
     if match:
-        return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            return now - timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            raise MonitorError(f"{what} {text!r}: reaches before the year 1") from None
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
