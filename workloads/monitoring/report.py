@@ -7,6 +7,8 @@ import base64
 import html
 import io
 import json
+import math
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,13 @@ import numpy as np
 
 from workloads.monitoring.baseline import reference_arrays
 from workloads.monitoring.monitor import EXIT_FOUND, EXIT_OK, Window
-from workloads.storage import atomic_write
+from workloads.monitoring.stats import bin_edges
+from workloads.storage import StorageError, atomic_path, no_space_named
 
 FILES = ("report.json", "statistics.json", "constraint_violations.json", "report.html")
+MAX_PLOTTED = 50  # features in the HTML's drift chart (drifted first)
+MAX_OVERLAYS = 20  # drifted features whose distributions the HTML draws
+PLOT_LIMIT = 1e300  # values past it are drawn at it
 
 
 def exit_status(report: dict[str, Any]) -> int:
@@ -38,15 +44,16 @@ def statistics_doc(baseline: dict[str, Any], window: Window) -> dict[str, Any]:
             present = int(counts.sum())
         common = {"num_present": present, "num_missing": int(len(column) - present)}
         if column.kind == "numeric":
-            stats = {"common": common}
+            stats: dict[str, Any] = {"common": common}
             if len(values):
-                stats |= {
-                    "mean": float(values.mean()),
-                    "sum": float(values.sum()),
-                    "std_dev": float(values.std()),
-                    "min": float(values.min()),
-                    "max": float(values.max()),
-                }
+                with np.errstate(over="ignore", invalid="ignore"):  # values near 1.8e308
+                    stats |= {
+                        "mean": float(values.mean()),
+                        "sum": float(values.sum()),
+                        "std_dev": float(values.std()),
+                        "min": float(values.min()),
+                        "max": float(values.max()),
+                    }
             features.append(
                 {"name": name, "inferred_type": "Fractional", "numerical_statistics": stats}
             )
@@ -83,11 +90,14 @@ def _overlay(name: str, entry: dict[str, Any], column: Window | Any) -> str:
     ref, weights, _ = reference_arrays(entry)
     fig, ax = plt.subplots(figsize=(5, 2.6))
     if entry["type"] == "numeric":
-        cur = column.present()
+        # matplotlib cannot lay out an axis spanning past the float range: clip for drawing
+        ref, cur = np.clip(ref, -PLOT_LIMIT, PLOT_LIMIT), column.present()
+        cur = np.clip(cur, -PLOT_LIMIT, PLOT_LIMIT)
         both = np.concatenate([ref, cur]) if len(cur) else ref
-        edges = np.histogram_bin_edges(both, bins=30)
-        ax.hist(ref, bins=edges, weights=weights, density=True, alpha=0.5, label="baseline")
-        ax.hist(cur, bins=edges, density=True, alpha=0.5, label="current")
+        edges = bin_edges(float(both.min()), float(both.max()))
+        with np.errstate(over="ignore", invalid="ignore"):  # bins ~1e307 wide: shares ~0
+            ax.hist(ref, bins=edges, weights=weights, density=True, alpha=0.5, label="baseline")
+            ax.hist(cur, bins=edges, density=True, alpha=0.5, label="current")
     else:
         cur_keys, cur_counts = column.categories()
         keys = list(dict.fromkeys([*ref.tolist(), *cur_keys.tolist()]))[:30]
@@ -104,14 +114,22 @@ def _overlay(name: str, entry: dict[str, Any], column: Window | Any) -> str:
     return _png(fig)
 
 
+def _plotted(report: dict[str, Any]) -> list[str]:
+    """The features the HTML plots: the drifted ones first, at most `MAX_PLOTTED` (the
+    tables and report.json list them all)."""
+    names = sorted(report["features"], key=lambda n: not report["features"][n]["drifted"])
+    return names[:MAX_PLOTTED]
+
+
 def _scores(report: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
-    names = list(report["features"])
+    names = _plotted(report)
     fig, ax = plt.subplots(figsize=(6, 0.25 * len(names) + 1))
     colors = ["tab:red" if report["features"][n]["drifted"] else "tab:green" for n in names]
     ax.barh(names, [report["features"][n]["statistic"] or 0 for n in names], color=colors)
-    ax.set_title("drift statistic per feature (red: drifted)")
+    more = len(report["features"]) - len(names)
+    ax.set_title("drift statistic per feature (red: drifted)" + (f"; {more} more" if more else ""))
     return _png(fig)
 
 
@@ -141,8 +159,8 @@ def render_html(report: dict[str, Any], baseline: dict[str, Any], window: Window
         for n, f in report["features"].items()
     )
     images = [_scores(report)]
-    for name, doc in report["features"].items():
-        if doc["drifted"]:
+    for name in _plotted(report)[:MAX_OVERLAYS]:
+        if report["features"][name]["drifted"]:
             images.append(_overlay(name, baseline["features"][name], window.columns[name]))
     if report["prediction_drift"]["drifted"]:
         images.append(_overlay("prediction", baseline["prediction"], window.prediction))
@@ -166,26 +184,53 @@ def render_html(report: dict[str, Any], baseline: dict[str, Any], window: Window
         "<table><tr><th>feature</th><th>method</th><th>statistic</th><th>threshold</th>"
         f"<th>drifted</th></tr>{rows}</table><h2>Violations</h2><ul>{violations or '<li>none</li>'}"
         f"</ul><h2>Plots</h2>{imgs}<h2>Report</h2><pre>"
-        f"{html.escape(json.dumps(report, indent=2, default=str))}</pre></body></html>"
+        f"{html.escape(_json(report))}</pre></body></html>"
     )
+
+
+def _json(doc: Any) -> str:
+    """Strict JSON: a statistic that is not a finite number (an AUC of one class, a sum
+    past 1.8e308) is written as null, never as NaN or Infinity."""
+    return json.dumps(_finite(doc), indent=2, default=str, allow_nan=False)
+
+
+def _finite(doc: Any) -> Any:
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {k: _finite(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_finite(v) for v in doc]
+    return doc
 
 
 def write_reports(
     output: str | Path, report: dict[str, Any], baseline: dict[str, Any] | None, window: Window
 ) -> list[Path]:
-    """Write the report files into `output`; an empty window gets `report.json` alone."""
+    """Write the report files into `output`; an empty window gets `report.json` alone.
+    All of them or none: every file is rendered, then written and synced under a temporary
+    name, and only then renamed into place (`report.json` last); files of an earlier run
+    in the same folder that this one does not write are removed."""
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "report.json", json.dumps(report, indent=2, default=str))
-    if not report.get("rows") or baseline is None:
-        return [out / "report.json"]
-    atomic_write(out / "statistics.json", json.dumps(statistics_doc(baseline, window), indent=2))
-    atomic_write(
-        out / "constraint_violations.json",
-        json.dumps({"violations": report["violations"]}, indent=2),
-    )
-    atomic_write(out / "report.html", render_html(report, baseline, window))
-    return [out / f for f in FILES]
+    docs = {"report.json": _json(report)}
+    if report.get("rows") and baseline is not None:
+        docs["statistics.json"] = _json(statistics_doc(baseline, window))
+        docs["constraint_violations.json"] = _json({"violations": report["violations"]})
+        docs["report.html"] = render_html(report, baseline, window)
+    try:
+        with no_space_named(out):
+            out.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as renames:  # leaves in reverse: report.json is renamed last
+            for name, text in docs.items():
+                tmp = renames.enter_context(atomic_path(out / name))
+                tmp.write_text(text)
+        for stale in set(FILES) - set(docs):
+            (out / stale).unlink(missing_ok=True)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot write the reports to {out}: {exc.strerror or exc}") from None
+    return [out / name for name in FILES if name in docs]
 
 
 def summary_table(report: dict[str, Any]) -> Any:

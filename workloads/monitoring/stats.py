@@ -187,18 +187,32 @@ def distinct(ref: Sample, cur: Sample) -> int:
     if isinstance(ref, Categories) and isinstance(cur, Categories):
         return len(np.union1d(ref.keys, cur.keys))
     assert isinstance(ref, Numbers) and isinstance(cur, Numbers)
-    each = [int(np.count_nonzero(np.diff(s.values))) + 1 if len(s) else 0 for s in (ref, cur)]
+    each = [int(np.count_nonzero(_changes(s.values))) + 1 if len(s) else 0 for s in (ref, cur)]
     if max(each) > FEW_VALUES:
         return max(each)
     return len(np.union1d(_run_starts(ref)[0], _run_starts(cur)[0]))
+
+
+def _changes(values: np.ndarray) -> np.ndarray:
+    """Where a sorted array changes value (a difference would overflow near 1.8e308)."""
+    return values[1:] != values[:-1]
 
 
 def _run_starts(sample: Numbers) -> tuple[np.ndarray, np.ndarray]:
     """(distinct values, index of each one's first place) of a sorted sample."""
     if not len(sample):
         return sample.values, np.zeros(0, dtype=np.int64)
-    start = np.flatnonzero(np.concatenate([[True], np.diff(sample.values) != 0]))
+    start = np.flatnonzero(np.concatenate([[True], _changes(sample.values)]))
     return sample.values[start], start
+
+
+def bin_edges(low: float, high: float, bins: int = N_BINS) -> np.ndarray:
+    """`np.histogram`'s equal-width edges over [low, high]; also where the width overflows
+    a float (values near +-1.8e308), which numpy refuses."""
+    if np.isfinite(high - low):
+        return np.histogram_bin_edges(np.array([low, high]), bins=bins)
+    share = np.linspace(0.0, 1.0, bins + 1)
+    return low * (1.0 - share) + high * share
 
 
 def _binned(ref: Sample, cur: Sample, floor: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +223,7 @@ def _binned(ref: Sample, cur: Sample, floor: bool) -> tuple[np.ndarray, np.ndarr
         if distinct(ref, cur) > FEW_VALUES:
             low = min(ref.values[0], cur.values[0])
             high = max(ref.values[-1], cur.values[-1])
-            edges = np.histogram_bin_edges(np.array([low, high]), bins=N_BINS)
+            edges = bin_edges(low, high)
             # np.histogram's bins: [e_i, e_i+1), the last one closed
             ref_c, cur_c = ref.bin_counts(edges), cur.bin_counts(edges)
         else:
@@ -266,7 +280,13 @@ def wasserstein(ref: Numbers, cur: Numbers, ref_std: float | None = None) -> flo
     norm = max(ref.std() if ref_std is None else ref_std, 0.001)
     merged, ref_cum, cur_cum = _merged(ref, cur)
     gap = np.abs(ref_cum[:-1] / ref.total - cur_cum[:-1] / cur.total)
-    return float(np.dot(gap, np.diff(merged)) / norm)
+    with np.errstate(over="ignore"):
+        steps = np.diff(merged)
+    if not np.isfinite(steps).all():  # values near +-1.8e308: measure in a scaled unit
+        scale = float(np.abs(merged).max())
+        with np.errstate(over="ignore"):
+            return float(np.dot(gap, np.diff(merged / scale)) * scale / norm)
+    return float(np.dot(gap, steps) / norm)
 
 
 def jensenshannon(ref: Sample, cur: Sample) -> float:
