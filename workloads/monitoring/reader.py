@@ -104,7 +104,8 @@ def _sources(
         root = Path(prefix)
         if not root.exists():
             raise CaptureError(f"{uri}: no such file or folder")
-        files = [root] if root.is_file() else sorted(root.rglob("*.jsonl"))
+        found = [root] if root.is_file() else root.rglob("*.jsonl")
+        files = sorted(p for p in found if p.is_file())  # not a folder named x.jsonl
         for path in files:
             if not _in_window(path.as_posix(), since, until):
                 continue
@@ -152,10 +153,13 @@ def iter_blocks(
     """(file name, block) of every `.jsonl` file under `uri`: blocks of whole lines of
     about `size` bytes (a longer line is one block), streamed, never a whole file."""
     for name, opener in _sources(uri, since, until, stats):
-        body = opener()
+        try:
+            body = opener()
+        except OSError as exc:  # a local file: permissions, a broken link
+            raise CaptureError(f"{name}: cannot read it: {exc.strerror or exc}") from None
         try:
             rest = b""
-            while chunk := body.read(size):
+            while chunk := _read(body, size, name):
                 chunk = rest + chunk if rest else chunk
                 cut = chunk.rfind(b"\n") + 1
                 rest = chunk[cut:]
@@ -165,6 +169,13 @@ def iter_blocks(
                 yield name, rest + b"\n"
         finally:
             body.close()
+
+
+def _read(body: Any, size: int, name: str) -> bytes:
+    try:
+        return body.read(size)
+    except OSError as exc:
+        raise CaptureError(f"{name}: cannot read it: {exc.strerror or exc}") from None
 
 
 def _object(value: Any, where: str) -> dict:

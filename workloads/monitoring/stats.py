@@ -209,7 +209,9 @@ def _run_starts(sample: Numbers) -> tuple[np.ndarray, np.ndarray]:
 def bin_edges(low: float, high: float, bins: int = N_BINS) -> np.ndarray:
     """`np.histogram`'s equal-width edges over [low, high]; also where the width overflows
     a float (values near +-1.8e308), which numpy refuses."""
-    if np.isfinite(high - low):
+    with np.errstate(over="ignore"):
+        span = high - low
+    if np.isfinite(span):
         return np.histogram_bin_edges(np.array([low, high]), bins=bins)
     share = np.linspace(0.0, 1.0, bins + 1)
     return low * (1.0 - share) + high * share
@@ -280,13 +282,12 @@ def wasserstein(ref: Numbers, cur: Numbers, ref_std: float | None = None) -> flo
     norm = max(ref.std() if ref_std is None else ref_std, 0.001)
     merged, ref_cum, cur_cum = _merged(ref, cur)
     gap = np.abs(ref_cum[:-1] / ref.total - cur_cum[:-1] / cur.total)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # values near +-1.8e308: the distance may be inf
         steps = np.diff(merged)
-    if not np.isfinite(steps).all():  # values near +-1.8e308: measure in a scaled unit
-        scale = float(np.abs(merged).max())
-        with np.errstate(over="ignore"):
+        if not np.isfinite(steps).all():  # measure in a scaled unit
+            scale = float(np.abs(merged).max())
             return float(np.dot(gap, np.diff(merged / scale)) * scale / norm)
-    return float(np.dot(gap, steps) / norm)
+        return float(np.dot(gap, steps) / norm)
 
 
 def jensenshannon(ref: Sample, cur: Sample) -> float:
