@@ -62,7 +62,7 @@ def add_block(window: Window, block: bytes, options: Options) -> bool:
     the block needs the line-by-line reader."""
     try:
         update = _parse(window, block, options)
-    except (_Declined, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except (_Declined, pa.ArrowException):
         return False
     update()
     return True
@@ -131,7 +131,10 @@ def _parse(window: Window, block: bytes, options: Options) -> Any:
     inputs = _json_rows(in_data, n)
     if "instances" not in inputs.column_names:
         raise _Declined
-    instances = inputs.column("instances").combine_chunks()
+    instances = inputs.column("instances")
+    if _nulls_inside(instances):
+        raise _Declined
+    instances = instances.combine_chunks()
     if instances.null_count or not _is_records(instances.type):
         raise _Declined
     # the response: no body (None) or a body without predictions means a rejected request
@@ -139,6 +142,8 @@ def _parse(window: Window, block: bytes, options: Options) -> Any:
     outputs = _json_rows(out_data.filter(out_present), len(answered))
     predictions = pa.nulls(n, pa.list_(pa.null()))
     if "predictions" in outputs.column_names:
+        if _nulls_inside(outputs.column("predictions")):
+            raise _Declined
         answers = outputs.column("predictions").combine_chunks()
         mask = out_present.to_numpy(zero_copy_only=False)
         where = pa.array(np.cumsum(mask) - 1, mask=~mask)  # null: no response
@@ -195,6 +200,16 @@ def _parse(window: Window, block: bytes, options: Options) -> Any:
         prediction(window.prediction)
 
     return update
+
+
+def _nulls_inside(lists: pa.ChunkedArray) -> bool:
+    """Lists of nothing but nulls (`[null, null]`): Arrow's JSON reader (25.0) builds them
+    with too short a values array, which fails or misreads later; the line-by-line reader
+    takes them."""
+    kind = lists.type
+    if not (pa.types.is_list(kind) and pa.types.is_null(kind.value_type)):
+        return False
+    return any(pc.max(pc.list_value_length(chunk)).as_py() for chunk in lists.chunks if len(chunk))
 
 
 def _is_records(kind: pa.DataType) -> bool:
