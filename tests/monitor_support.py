@@ -12,6 +12,7 @@ import orjson
 import pandas as pd
 
 from workloads.monitoring.baseline import table_baseline
+from workloads.monitoring.monitor import Window
 from workloads.serving.capture import Captured, capture_path, capture_record
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -113,3 +114,18 @@ def write_ground_truth(path: Path, labels: dict[str, object], json_encoding: boo
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def assert_same_window(fast: Window, slow: Window) -> None:
+    """The column-wise and the line-by-line readers read the same window: the same counts,
+    values and category codes."""
+    for attr in ("requests", "rejected", "other_versions", "extra_columns", "wrong_width"):
+        assert getattr(fast, attr) == getattr(slow, attr), attr
+    assert (fast.first, fast.last) == (slow.first, slow.last)
+    for attr in ("files", "lines", "unreadable", "outside_window"):
+        assert getattr(fast.read, attr) == getattr(slow.read, attr), attr
+    for name in [*fast.columns, "prediction"]:
+        a = fast.columns.get(name, fast.prediction)
+        b = slow.columns.get(name, slow.prediction)
+        assert (a.missing, a.type_errors, a.codes) == (b.missing, b.type_errors, b.codes), name
+        np.testing.assert_array_equal(a.array(), b.array(), err_msg=name)

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sp
 from scipy.spatial import distance
 
-from tests.monitor_support import T0, frame, write_capture
+from tests.monitor_support import T0, assert_same_window, frame, write_capture
 from workloads.monitoring import columnar, monitor, stats
 from workloads.monitoring.baseline import table_baseline
 from workloads.serving.capture import Captured, capture_record
@@ -43,19 +43,6 @@ def _both_ways(baseline: dict, capture: str, options: monitor.Options, monkeypat
     return fast, slow, taken
 
 
-def _same(fast: monitor.Window, slow: monitor.Window) -> None:
-    for attr in ("requests", "rejected", "other_versions", "extra_columns", "wrong_width"):
-        assert getattr(fast, attr) == getattr(slow, attr), attr
-    assert (fast.first, fast.last) == (slow.first, slow.last)
-    for attr in ("files", "lines", "unreadable", "outside_window"):
-        assert getattr(fast.read, attr) == getattr(slow.read, attr), attr
-    for name in [*fast.columns, "prediction"]:
-        a = fast.columns.get(name, fast.prediction)
-        b = slow.columns.get(name, slow.prediction)
-        assert (a.missing, a.type_errors, a.codes) == (b.missing, b.type_errors, b.codes), name
-        np.testing.assert_array_equal(a.array(), b.array(), err_msg=name)
-
-
 def test_clean_json_capture_is_read_column_wise_with_the_same_result(tmp_path, monkeypatch):
     data = frame(900, seed=1)
     data.loc[::7, "age"] = np.nan
@@ -67,7 +54,7 @@ def test_clean_json_capture_is_read_column_wise_with_the_same_result(tmp_path, m
     assert taken == [True, True]  # both files, one block each, column-wise
     assert slow.read.outside_window == 120 and fast.rows == 900 - 3 * 120
     assert fast.columns["age"].missing > 0 and fast.columns["plan"].missing > 0
-    _same(fast, slow)
+    assert_same_window(fast, slow)
 
 
 def test_blocks_it_cannot_take_are_read_line_by_line_with_the_same_result(tmp_path, monkeypatch):
@@ -90,7 +77,7 @@ def test_blocks_it_cannot_take_are_read_line_by_line_with_the_same_result(tmp_pa
     assert taken == [True, False, True, False, False]
     assert fast.other_versions == {"2": 50} and fast.extra_columns == {"colour": 50}
     assert fast.rejected == 1 and fast.read.unreadable == 1
-    _same(fast, slow)
+    assert_same_window(fast, slow)
 
 
 def test_columns_spill_to_disk_and_read_back_in_order(monkeypatch):
