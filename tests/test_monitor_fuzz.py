@@ -676,3 +676,24 @@ def test_fuzzed_capture_lines_never_crash_and_read_the_same_both_ways(tmp_path_f
     assert out.report["rows"] == fast.rows
     for path in (root / "out").glob("*.json"):
         strict_json(path)
+
+
+# --- the scheduled monitor's CloudWatch metrics -----------------------------------------------
+
+
+def test_metrics_cloudwatch_would_refuse_are_left_out_not_sent(model, tmp_path):
+    """PutMetricData refuses a whole call for one NaN, infinity, value past 2^360 or name
+    past 255 characters: the job would publish nothing. Those datums are left out."""
+    from datetime import UTC, datetime
+
+    from workloads.monitoring.scheduled import metric_data
+
+    doc = monitor_model_dir(model, str(capture(tmp_path, good_lines(5))), tmp_path / "o").report
+    doc["features"]["x" * 300] = {"statistic": 0.5}
+    doc["features"]["huge"] = {"statistic": 1e200}
+    doc["model_quality"] = {"overall": {"rmse": math.inf, "auc": math.nan, "mae": 2.0}}
+    data = metric_data(doc, "churn", datetime(2026, 11, 30, tzinfo=UTC))
+    names = {d["MetricName"] for d in data}
+    assert "model_quality_mae" in names and "feature_baseline_drift_age" in names
+    assert not names & {"model_quality_rmse", "model_quality_auc", "feature_baseline_drift_huge"}
+    assert all(len(d["MetricName"]) <= 255 and math.isfinite(d["Value"]) for d in data)

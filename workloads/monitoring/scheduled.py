@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -58,9 +59,24 @@ def metric_data(report: dict[str, Any], endpoint: str, when: datetime) -> list[d
     if report["prediction_drift"]["statistic"] is not None:
         data.append(datum("prediction_drift", report["prediction_drift"]["statistic"]))
     for name, value in report.get("model_quality", {}).get("overall", {}).items():
-        if value == value:  # not NaN
-            data.append(datum(f"model_quality_{name}", value))
-    return data
+        data.append(datum(f"model_quality_{name}", value))
+    return [d for d in data if _publishable(d)]
+
+
+# What PutMetricData takes: a metric name of 1-255 characters, a value within +-2^360 (no
+# NaN or infinity); one datum it refuses fails the whole call.
+MAX_METRIC_NAME = 255
+MAX_METRIC_VALUE = 2.0**360
+
+
+def _publishable(datum: dict[str, Any]) -> bool:
+    value, name = datum["Value"], datum["MetricName"]
+    if not math.isfinite(value) or abs(value) > MAX_METRIC_VALUE:
+        return False  # NaN (an AUC of one class), a distance or an error past the range
+    if len(name) > MAX_METRIC_NAME:
+        log.warning("metric %.60s... not published: names are at most 255 characters", name)
+        return False
+    return True
 
 
 def publish_metrics(cloudwatch: Any, namespace: str, data: list[dict[str, Any]]) -> None:
