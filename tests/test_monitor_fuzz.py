@@ -691,9 +691,12 @@ def test_metrics_cloudwatch_would_refuse_are_left_out_not_sent(model, tmp_path):
     doc = monitor_model_dir(model, str(capture(tmp_path, good_lines(5))), tmp_path / "o").report
     doc["features"]["x" * 300] = {"statistic": 0.5}
     doc["features"]["huge"] = {"statistic": 1e200}
+    doc["features"]["tiny"] = {"statistic": 1e-300}  # a KS p-value on a large window
     doc["model_quality"] = {"overall": {"rmse": math.inf, "auc": math.nan, "mae": 2.0}}
     data = metric_data(doc, "churn", datetime(2026, 11, 30, tzinfo=UTC))
     names = {d["MetricName"] for d in data}
     assert "model_quality_mae" in names and "feature_baseline_drift_age" in names
     assert not names & {"model_quality_rmse", "model_quality_auc", "feature_baseline_drift_huge"}
     assert all(len(d["MetricName"]) <= 255 and math.isfinite(d["Value"]) for d in data)
+    tiny = next(d for d in data if d["MetricName"] == "feature_baseline_drift_tiny")
+    assert tiny["Value"] == 0.0

@@ -64,7 +64,8 @@ def metric_data(report: dict[str, Any], endpoint: str, when: datetime) -> list[d
 
 
 # What PutMetricData takes: a metric name of 1-255 characters, a value within +-2^360 (no
-# NaN or infinity); one datum it refuses fails the whole call.
+# NaN or infinity; older docs also say at least 2^-360 in size); one datum it refuses fails
+# the whole call.
 MAX_METRIC_NAME = 255
 MAX_METRIC_VALUE = 2.0**360
 
@@ -73,6 +74,8 @@ def _publishable(datum: dict[str, Any]) -> bool:
     value, name = datum["Value"], datum["MetricName"]
     if not math.isfinite(value) or abs(value) > MAX_METRIC_VALUE:
         return False  # NaN (an AUC of one class), a distance or an error past the range
+    if abs(value) < 1 / MAX_METRIC_VALUE:  # a p-value of 1e-300: older API docs refuse it
+        datum["Value"] = 0.0
     if len(name) > MAX_METRIC_NAME:
         log.warning("metric %.60s... not published: names are at most 255 characters", name)
         return False
