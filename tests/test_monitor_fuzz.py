@@ -188,6 +188,13 @@ def test_a_bad_line_is_counted_and_skipped_both_ways(bad, model, tmp_path, monke
     report._json(doc), report._json(report.statistics_doc(baseline, fast))  # strict JSON
 
 
+def test_a_null_content_type_is_json_both_ways(model, tmp_path, monkeypatch):
+    data = good_lines(3) + _damaged("captureData.endpointInput.observedContentType", None)
+    fast, slow = both_ways(model, capture(tmp_path, data + b"\n"), monkeypatch)
+    assert_same_window(fast, slow)
+    assert fast.rows == 4 and fast.read.unreadable == 0
+
+
 def test_blank_lines_crlf_and_a_last_line_without_newline_are_read(model, tmp_path, monkeypatch):
     rows = [line(record()) for _ in range(4)]
     data = b"\n\n" + rows[0] + b"\r\n   \n" + rows[1] + b"\n\t\n" + rows[2] + b"\n" + rows[3]
@@ -700,3 +707,26 @@ def test_metrics_cloudwatch_would_refuse_are_left_out_not_sent(model, tmp_path):
     assert all(len(d["MetricName"]) <= 255 and math.isfinite(d["Value"]) for d in data)
     tiny = next(d for d in data if d["MetricName"] == "feature_baseline_drift_tiny")
     assert tiny["Value"] == 0.0
+
+
+def test_the_scheduled_job_fails_with_one_line_naming_what_is_wrong(model, tmp_path, caplog):
+    """`python -m workloads.monitoring` logs one line and exits 1 on a damaged capture or
+    baseline (the Job shows failed), and writes no report."""
+    from types import SimpleNamespace
+
+    from workloads.monitoring.scheduled import main
+
+    def run(model_uri: Path, cap: Path) -> int:
+        registry = SimpleNamespace(
+            get=lambda g, v: SimpleNamespace(version=v, model_uri=str(model_uri))
+        )
+        args = ["--endpoint", "churn", "--capture", str(cap), "--model-group", "g"]
+        args += ["--model-version", "1", "--output", str(tmp_path / "out"), "--since", "9999d"]
+        return main([*args, "--metrics-namespace", ""], registry, lambda name: None)
+
+    assert run(model, capture(tmp_path, b"{cut\n")) == 1
+    assert "none of the 1 capture lines can be read" in caplog.text
+    damaged = _baseline_with(model, tmp_path, lambda d: d["features"]["age"].pop("type"))
+    assert run(damaged, capture(tmp_path, good_lines(3))) == 1
+    assert "features.age.type None" in caplog.text
+    assert not (tmp_path / "out").exists()

@@ -185,7 +185,9 @@ def _object(value: Any, where: str) -> dict:
 
 
 def _text(part: dict, key: str, where: str, default: str) -> str:
-    value = part.get(key, default)
+    value = part.get(key)
+    if value is None:  # absent or null: the default, as the column-wise reader takes it
+        return default
     if not isinstance(value, str):
         raise ValueError(f"{where}.{key} is {type(value).__name__}, expected a string")
     return value
