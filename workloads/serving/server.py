@@ -687,8 +687,13 @@ class InferenceApp:
                 f"on: max {s.max_batch_size} rows, {s.max_wait_ms} ms" if s.batching else "off",
             )
         except Exception as exc:
-            log.exception("loading the model from %s failed", s.model_dir)
             self.load_error = f"loading the model from {s.model_dir} failed: {exc}"
+            from workloads.training.artifact import ArtifactError  # lazily: it imports torch
+
+            if isinstance(exc, ArtifactError):  # says what is wrong: no traceback
+                log.error("%s", self.load_error)
+            else:
+                log.exception("loading the model from %s failed", s.model_dir)
 
     def stop(self) -> None:
         if self.batcher is not None:

@@ -28,8 +28,9 @@ FORMAT = 2  # 1: tabular only, the problem type recorded as "task"
 BASE_FILES = ("model.pt", "metrics.json", "meta.json")
 
 
-class ArtifactError(FileNotFoundError):
-    """A folder that is not a usable model artifact; the message says what is missing."""
+class ArtifactError(FileNotFoundError, ValueError):
+    """A folder that is not a usable model artifact; the message says what is missing or
+    damaged. (A ValueError too: a damaged file is bad input, not only a missing one.)"""
 
 
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
@@ -39,13 +40,25 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{model_dir} is not a model artifact: missing {missing}")
     try:
         meta = json.loads((model_dir / "meta.json").read_text())
-        meta["metrics"] = json.loads((model_dir / "metrics.json").read_text())
-    except (ValueError, TypeError) as exc:
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+    except ValueError as exc:
         raise ArtifactError(
             f"{model_dir}: meta.json or metrics.json is not valid JSON: {exc}"
         ) from None
-    if not isinstance(meta, dict) or "task" not in meta:
+    except OSError as exc:  # unreadable (permissions, a broken disk)
+        where = exc.filename or model_dir
+        raise ArtifactError(f"{where}: cannot be read: {exc.strerror}") from None
+    if not isinstance(meta, dict) or not isinstance(metrics, dict):
+        raise ArtifactError(f"{model_dir}: meta.json and metrics.json must each be an object")
+    meta["metrics"] = metrics
+    if "task" not in meta:
         raise ArtifactError(f"{model_dir}/meta.json does not name the task that made the model")
+    version = meta.get("format", 1)
+    if type(version) is not int or not 1 <= version <= FORMAT:
+        raise ArtifactError(
+            f"{model_dir}/meta.json: format {version!r} is not one this version reads "
+            f"(1 to {FORMAT}): a newer mlinfra wrote it, or it is damaged"
+        )
     return meta
 
 
@@ -62,7 +75,16 @@ def load_model(model_dir: str | Path) -> Any:
     missing = [f for f in getattr(task, "artifact_files", ()) if not (model_dir / f).exists()]
     if missing:
         raise ArtifactError(f"{model_dir} is not a model artifact: missing {missing}")
-    return task.load_predictor(model_dir, implied | meta)
+    try:
+        return task.load_predictor(model_dir, implied | meta)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a damaged or truncated file, meta.json fields of another shape
+        detail = " ".join(str(exc).split())  # torch's messages span lines
+        raise ArtifactError(
+            f"{model_dir}: the {meta['task']} task cannot load this artifact (a damaged, "
+            f"truncated or mismatched file): {type(exc).__name__}: {detail}"
+        ) from exc
 
 
 def save_artifact(
@@ -84,17 +106,25 @@ def save_artifact(
     tmp = model_dir.parent / f".{model_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save(state, tmp / "model.pt")
-        full_meta = {"format": FORMAT, **meta, **task.save(tmp, model)}
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        for name, text in (extra or {}).items():
-            (tmp / name).write_text(text)
-        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
-        _swap_in(tmp, model_dir)
+        with no_space_named(model_dir):
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_tensors(state, tmp / "model.pt")
+            full_meta = {"format": FORMAT, **meta, **task.save(tmp, model)}
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            for name, text in (extra or {}).items():
+                (tmp / name).write_text(text)
+            (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
+            _swap_in(tmp, model_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model_dir
+
+
+def save_tensors(state: Any, path: Path) -> None:
+    """`torch.save` through a Python file: a full disk is then an OSError (ENOSPC) naming
+    the cause, where torch's own writer says "basic_ios::clear: iostream error"."""
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def _files(model_dir: Path) -> list[str]:

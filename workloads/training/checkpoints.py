@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import torch
 
 from workloads.storage import atomic_write
+from workloads.training.artifact import save_tensors
 
 log = logging.getLogger("workloads.train")
 KEEP = 2
@@ -44,7 +45,7 @@ class CheckpointStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"ckpt-{step:010d}.pt"
         # A reader sees the old file set or the complete new one.
-        atomic_write(path, lambda p: torch.save(state, p))
+        atomic_write(path, lambda p: save_tensors(state, p))
         old = self.paths()[: -self.keep]
         for stale in old:
             stale.unlink(missing_ok=True)
