@@ -59,6 +59,17 @@ def no_space_named(path: str | Path) -> Iterator[None]:
         raise
 
 
+def file_error(exc: OSError, unnamed: str = "a file") -> StorageError | None:
+    """An OSError as one line for the user: a full disk (`NoSpaceError`), or a file that
+    cannot be used (`PATH: Permission denied`, `Read-only file system`, `Is a directory`);
+    None for an error that names no file (a socket, a programming error)."""
+    if is_no_space(exc):
+        return NoSpaceError(exc.filename or unnamed)
+    if exc.filename is None:
+        return None
+    return StorageError(f"{exc.filename}: {exc.strerror or exc}")
+
+
 def temp_name(path: Path) -> Path:
     """A hidden sibling name no other writer uses: `.NAME.PID.RANDOM.tmp`."""
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -122,6 +133,10 @@ def atomic_path(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
             else:
                 _link_new(tmp, path)
             _fsync(path.parent)
+    except OSError as exc:  # name the file being written, not its temporary name
+        if exc.filename is not None and str(exc.filename).startswith(str(tmp)):
+            exc.filename = str(path)
+        raise
     finally:
         _remove(tmp)
 

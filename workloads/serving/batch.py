@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workloads.storage import StorageError, atomic_path
+from workloads.storage import StorageError, atomic_path, file_error
 from workloads.training.artifact import load_model
 from workloads.training.data import DataError, data_files, local_channel, read_file
 from workloads.training.tasks.base import InputError
@@ -184,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     except (BatchError, DataError, FileNotFoundError, StorageError) as exc:
         print(f"batch: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output folder that is read-only or not writable
+        error = file_error(exc)
+        if error is None:
+            raise
+        print(f"batch: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"batch: interrupted; nothing written to {args.output}", file=sys.stderr)
+        return 130
     print(f"batch: scored {rows} rows into {args.output}")
     return 0
 

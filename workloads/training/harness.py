@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from workloads.monitoring.baseline import FILE as BASELINE_FILE
-from workloads.storage import StorageError, atomic_write
+from workloads.storage import StorageError, atomic_write, file_error
 from workloads.training import metric_line
 from workloads.training.artifact import publish_model, save_artifact
 from workloads.training.checkpoints import CheckpointStore
@@ -52,6 +52,7 @@ from workloads.training.tasks.base import to_device
 log = logging.getLogger("workloads.train")
 EXIT_FAILED = 1
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a container runtime expects
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 STOP_SYNC_STEPS = 8  # how often ranks agree on "SIGTERM received" (a tiny all-reduce)
 # Settings that change neither the weights' meaning nor the sample order: a run resumed
 # with other values of these continues from its checkpoint.
@@ -417,6 +418,7 @@ def write_failure(path: Path, message: str) -> None:
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
+    code = EXIT_FAILED
     try:
         ddp = init_dist(env)
         logging.basicConfig(
@@ -455,10 +457,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         kinds = {DataError: "data error", ContractError: "configuration error"}
         message = f"{kinds.get(type(exc), 'storage error')}: {exc}"
     except Exception as exc:
-        traceback.print_exc()
-        message = f"training failed: {type(exc).__name__}: {exc}"
+        error = file_error(exc) if isinstance(exc, OSError) else None
+        if error is not None:  # a file that cannot be written: permissions, a read-only disk
+            message = f"storage error: {error}"
+        else:
+            traceback.print_exc()
+            message = f"training failed: {type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:  # Ctrl-C: one line (the artifact and checkpoints are atomic)
+        code = EXIT_INTERRUPTED
+        message = "interrupted (Ctrl-C): a rerun resumes from the newest checkpoint"
     finally:
         shutdown()
     print(message, file=sys.stderr, flush=True)
     write_failure(failure_file_hint(argv, env), message)
-    return EXIT_FAILED
+    return code
