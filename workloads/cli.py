@@ -37,7 +37,7 @@ from workloads.monitoring.report import summary_table
 from workloads.monitoring.run import monitor_model_dir
 from workloads.platform import NotDeclaredError, PlatformDescriptor
 from workloads.registry.store import RegistryError, registry_from_descriptor
-from workloads.storage import NoSpaceError, StorageError, is_no_space
+from workloads.storage import StorageError, file_error
 
 app = typer.Typer(
     help="The ML platform of a stack, on this machine: up, pipeline, status, predict, down.",
@@ -115,10 +115,11 @@ def _one_line_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
-    except OSError as exc:  # a full disk outside the atomic writes (a folder, a log line)
-        if not is_no_space(exc):
+    except OSError as exc:  # a full disk outside the atomic writes, a read-only folder
+        error = file_error(exc, "a file of the stack")
+        if error is None:
             raise
-        raise _fail(str(NoSpaceError(exc.filename or "a file of the stack"))) from None
+        raise _fail(str(error)) from None
     except Exception as exc:
         message = cloud_error(exc)
         if message is None:
@@ -346,8 +347,10 @@ def _endpoint_url(endpoint: str, stack: str, state_dir: Path | None) -> str:
 
 def read_records(file: Path) -> list[dict[str, Any]]:
     """CSV with a header, a JSON list of objects, `{"instances": [...]}`, or JSON lines."""
-    if not file.is_file():
+    if not file.exists():
         raise ValueError(f"{file}: no such file")
+    if not file.is_file():
+        raise ValueError(f"{file}: not a file (a folder?): give a CSV or JSON file of rows")
     if file.suffix.lower() == ".csv":
         try:
             frame = pd.read_csv(file)
@@ -357,7 +360,11 @@ def read_records(file: Path) -> list[dict[str, Any]]:
         frame = frame.astype(object).where(frame.notna(), None)
         records = frame.to_dict(orient="records")
     else:
-        text = file.read_text()
+        try:
+            text = file.read_text()
+        except UnicodeDecodeError as exc:
+            where = f"offset {exc.start}"
+            raise ValueError(f"{file}: not UTF-8 text ({where}); give CSV or JSON rows") from None
         try:
             doc: Any = json.loads(text)
         except json.JSONDecodeError:
@@ -480,6 +487,20 @@ def _jobs(stack: str, state_dir: Path | None, platform: Path | None, on: str | N
     from workloads.jobs.run import stack_descriptor
 
     return get_backend(stack_descriptor(stack, state_dir, platform), on)
+
+
+@contextmanager
+def _rollout_errors() -> Iterator[None]:
+    """deploy and batch: a refused rollout or bad input (KeyError, ValueError, RuntimeError)
+    is one line and exit 1; a line `_one_line_errors` printed is not printed again (its
+    typer.Exit is a RuntimeError too)."""
+    try:
+        with _one_line_errors():
+            yield
+    except typer.Exit:
+        raise
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
 
 
 @contextmanager
@@ -751,14 +772,12 @@ def deploy(
     from workloads.jobs import rollout
     from workloads.jobs.run import stack_descriptor
 
-    try:
+    with _rollout_errors():
         descriptor = stack_descriptor(stack, state_dir, platform)
         kind = descriptor.endpoints[endpoint].kind if endpoint in descriptor.endpoints else ""
         extra = {"stacks_dir": stacks_dir} if kind == "local" else {}
-        with _one_line_errors(), console.status(f"deploying to {endpoint} ..."):
+        with console.status(f"deploying to {endpoint} ..."):
             result = rollout.deploy(descriptor, endpoint, version, image_tag=image_tag, **extra)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
     for message in result.messages:
         console.print(f"- {escape(message)}", highlight=False)
     console.print(
@@ -792,14 +811,12 @@ def batch_command(
     from workloads.jobs.batch import batch
     from workloads.jobs.run import stack_descriptor
 
-    try:
+    with _rollout_errors():
         descriptor = stack_descriptor(stack, state_dir, platform)
-        with _one_line_errors(), console.status(f"scoring {input_uri} ..."):
+        with console.status(f"scoring {input_uri} ..."):
             result = batch(
                 descriptor, model_group, input_uri, output_uri, version, on=on, image_tag=image_tag
             )
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
     for message in result.messages:
         console.print(f"- {escape(message)}", highlight=False)
     console.print(f"{model_group} v{result.version}: {result.output_uri}", highlight=False)
