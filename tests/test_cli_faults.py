@@ -203,6 +203,25 @@ def test_batch_output_that_cannot_be_written_keeps_the_old_one(
     assert _names(tmp_path) == ["out.csv"] and out.read_text() == "old"
 
 
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_batch_refuses_an_output_uri_it_cannot_write(
+    model_dir, rows, tmp_path, monkeypatch, capsys, scheme
+):
+    monkeypatch.chdir(tmp_path)
+    uri = f"{scheme}://bucket/scored.csv"
+    assert batch.main([str(rows), uri, "--model-dir", str(model_dir)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"batch: {uri}: OUTPUT is a local file (a path or file://)")
+    assert _names(tmp_path) == []  # was written to ./s3:/bucket/scored.csv
+
+
+def test_batch_writes_a_file_uri_output(model_dir, rows, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out" / "scored.csv"
+    assert batch.main([str(rows), out.as_uri(), "--model-dir", str(model_dir)]) == 0
+    assert _names(tmp_path) == ["out"] and out.read_text().startswith("age,")
+
+
 def test_ctrl_c_during_batch_scoring_writes_nothing(model_dir, rows, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out.jsonl"
     real = batch.score_frames

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import orjson
 import pandas as pd
@@ -149,18 +150,34 @@ def write_output(chunks: Iterator[pd.DataFrame], output: Path) -> int:
     return rows
 
 
+def output_path(output: str | Path) -> Path:
+    """OUTPUT as a local path: a path or a `file://` URI. Another URI is refused (the batch
+    pod uploads the file itself), never taken for a relative path (`s3:/bucket/...`)."""
+    text = str(output)
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
+        raise BatchError(
+            f"{text}: OUTPUT is a local file (a path or file://); for s3:// score with "
+            "`mlinfra batch`, or upload the file afterwards"
+        )
+    return Path(text)
+
+
 def score(
     input: str | Path, output: str | Path, model_dir: str | Path, chunk_size: int = 4096
 ) -> int:
     """Score `input` with the model in `model_dir` into `output`; returns the number of rows."""
     if chunk_size < 1:
         raise BatchError(f"chunk size must be >= 1, got {chunk_size}")
+    output = output_path(output)
     predictor = load_model(model_dir)
     frames = None
     if hasattr(predictor, "batch_frames"):  # an input the task reads itself (images, .txt)
         frames = predictor.batch_frames(local_channel(input))
     frames = frames or read_input(input)
-    return write_output(score_frames(predictor, frames, chunk_size), Path(output))
+    return write_output(score_frames(predictor, frames, chunk_size), output)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         help="CSV/Parquet/JSONL file or a folder of them (or of images, for an image model; "
         "a .txt file for a text model), file:// or s3://",
     )
-    p.add_argument("output", type=Path, help="output file: .csv, .parquet or .jsonl")
+    p.add_argument("output", help="output file: .csv, .parquet or .jsonl (a path or file://)")
     p.add_argument(
         "--model-dir",
         type=Path,
