@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from tests.rollout_support import aws_descriptor
 from tests.serve_support import make_frame
 from workloads.cli import app, read_records
-from workloads.serving import batch
+from workloads.serving import batch, server
 from workloads.serving.server import InferenceApp, ServeSettings
 from workloads.storage import NoSpaceError
 from workloads.training import artifact
@@ -121,6 +121,19 @@ def test_the_server_logs_a_damaged_model_in_one_line(model_dir, tmp_path, caplog
     assert "cannot load this artifact" in app_.load_error
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.exc_info is None and record.getMessage() == app_.load_error
+
+
+@pytest.mark.parametrize(
+    ("loader", "expected"),
+    [("nope:load", "no module named 'nope'"), ("nope.sub:load", "no module named 'nope.sub'")],
+)
+def test_serve_refuses_a_loader_module_that_does_not_exist(model_dir, loader, expected):
+    argv = ["--model-dir", str(model_dir), "--loader", loader, "--port", "1"]
+    with pytest.raises(SystemExit) as caught:  # before binding: was up with /ping failing
+        server.main(argv)
+    assert str(caught.value) == (
+        f"serve: model loader {loader!r} (--loader or {server.ENV_LOADER}): {expected}"
+    )
 
 
 # --- files a user names that are no good ----------------------------------------------------

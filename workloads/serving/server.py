@@ -54,6 +54,7 @@ import csv
 import functools
 import gc
 import importlib
+import importlib.util
 import io
 import logging
 import math
@@ -690,7 +691,7 @@ class InferenceApp:
             self.load_error = f"loading the model from {s.model_dir} failed: {exc}"
             from workloads.training.artifact import ArtifactError  # lazily: it imports torch
 
-            if isinstance(exc, ArtifactError):  # says what is wrong: no traceback
+            if isinstance(exc, ArtifactError | SettingsError):  # says what is wrong
                 log.error("%s", self.load_error)
             else:
                 log.exception("loading the model from %s failed", s.model_dir)
@@ -1071,12 +1072,30 @@ def _supervise(settings: ServeSettings) -> int:
     return code
 
 
+def _loader_problem(spec: str) -> str | None:
+    """Why `spec` names no loader module (found without running it: the workers import it),
+    or None."""
+    module, sep, name = spec.partition(":")
+    if not (module and sep and name):
+        return "expected module:function"
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing, a bad name
+        found = False
+    return None if found else f"no module named {module!r}"
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     if settings.loader == DEFAULT_LOADER and not settings.model_dir.is_dir():
         raise SystemExit(
             f"serve: model dir {settings.model_dir} does not exist "
             f"(set --model-dir or ${ENV_MODEL_DIR})"
+        )
+    problem = _loader_problem(settings.loader)
+    if problem:
+        raise SystemExit(
+            f"serve: model loader {settings.loader!r} (--loader or {ENV_LOADER}): {problem}"
         )
     _configure_logging()
     os.environ.update(settings.to_env())  # worker processes rebuild the settings from it
