@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from tests.rollout_support import aws_descriptor
 from tests.serve_support import make_frame
+from tests.test_storage import _private_tmpfs_works
 from workloads.cli import app, read_records
 from workloads.serving import batch, server
 from workloads.serving.server import InferenceApp, ServeSettings
@@ -276,17 +277,6 @@ def test_a_full_disk_while_saving_the_model_is_a_no_space_error(tmp_path, monkey
 
 
 # --- the training entrypoint: a real full disk, Ctrl-C ---------------------------------------
-
-
-def _private_tmpfs_works() -> bool:
-    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
-        return False
-    probe = ["unshare", "--user", "--map-root-user", "--mount"]
-    probe += ["sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt 2>/dev/null || exit 1"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def _train_cmd(data: Path, model: Path, out: Path, *hp: str) -> list[str]:
