@@ -166,6 +166,7 @@ def test_no_descriptor_for_the_stack(tmp_path):
 def test_exit_codes_become_sentences():
     assert "resumable" in exit_reason(143)
     assert "out of memory" in exit_reason(137)
+    assert exit_reason(130) == "interrupted by SIGINT (Ctrl-C): no model written (exit 130)"
     assert (
         exit_reason(1, "data error: no rows\n") == "training failed (exit 1): data error: no rows"
     )

@@ -61,6 +61,7 @@ EXIT_REASONS: dict[int, str] = {
     "resumable, a restart continues from the checkpoint",
     137: "killed by SIGKILL: most often out of memory (raise the memory limit or use a "
     "larger instance type)",
+    130: "interrupted by SIGINT (Ctrl-C): no model written",
     1: "training failed",
 }
 
