@@ -175,9 +175,10 @@ def _label_problems(key: str, value: str) -> list[str]:
             f"label key {key!r}: prefixes {', '.join(RESERVED_LABEL_PREFIXES)} are reserved "
             "for Kubernetes and the platform"
         )
-    if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE_RE.fullmatch(value):
+    # EKS takes label values of 1-63 characters (CreateNodegroup labels), Kubernetes 0-63.
+    if not isinstance(value, str) or not value or not _LABEL_VALUE_RE.fullmatch(value):
         problems.append(
-            f"label {key!r}: value {value!r} must be at most 63 letters, digits, '-', '_' or "
+            f"label {key!r}: value {value!r} must be 1 to 63 letters, digits, '-', '_' or "
             "'.', starting and ending with a letter or digit"
         )
     return problems

@@ -319,6 +319,12 @@ BAD_CONFIGS = [
         _set("mlinfra:cluster.gpuPools[0].labels", {"tier": "v" * 64}),
         "mlinfra:cluster.gpuPools[0].labels",
     ),
+    # EKS CreateNodegroup takes label values of 1-63 characters (Kubernetes takes empty).
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].labels", {"tier": ""}),
+        "mlinfra:cluster.gpuPools[0].labels",
+    ),
     (
         "vision-dev",
         _set("mlinfra:cluster.kubernetesVersion", "1.00"),
