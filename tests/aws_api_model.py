@@ -66,8 +66,11 @@ def pattern_matches(pattern: str, value: str) -> bool:
 
 def problems(value: Any, service: str, operation: str, path: str) -> list[str]:
     """What the API's model refuses in `value` for that member (empty: it accepts it)."""
-    shape = member(service, operation, path)
-    meta, where = shape.metadata, f"{service}:{operation}.{path}"
+    return _problems(value, member(service, operation, path), f"{service}:{operation}.{path}")
+
+
+def _problems(value: Any, shape: Shape, where: str) -> list[str]:
+    meta = shape.metadata
     out = []
     if shape.type_name == "string":
         text = str(value)
@@ -88,4 +91,8 @@ def problems(value: Any, service: str, operation: str, path: str) -> list[str]:
         count = len(value)
         if count < meta.get("min", 0) or count > meta.get("max", count):
             out.append(f"{where} takes {meta.get('min', 0)}-{meta.get('max')} items; {count}")
+        if shape.type_name == "map":  # each key and value, as their own shapes say
+            for key, item in value.items():
+                out += _problems(key, shape.key, f"{where} key")
+                out += _problems(item, shape.value, f"{where}[{key!r}]")
     return out

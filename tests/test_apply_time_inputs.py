@@ -40,6 +40,7 @@ ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 ENDPOINT_CONFIG = "aws:sagemaker/endpointConfiguration:EndpointConfiguration"
 FEATURE_GROUP = "aws:sagemaker/featureGroup:FeatureGroup"
 MODEL = "aws:sagemaker/model:Model"
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
@@ -155,6 +156,21 @@ API_INPUTS: list[tuple[str, str, tuple[str, str, str]]] = [
     (ALARM, "evaluationPeriods", ("cloudwatch", "PutMetricAlarm", "EvaluationPeriods")),
     (ALARM, "datapointsToAlarm", ("cloudwatch", "PutMetricAlarm", "DatapointsToAlarm")),
     ("aws:eks/cluster:Cluster", "name", ("eks", "CreateCluster", "name")),
+    *[
+        (NODE_GROUP, path, ("eks", "CreateNodegroup", api))
+        for path, api in [
+            ("labels", "labels"),
+            ("taints[].key", "taints.[].key"),
+            ("taints[].value", "taints.[].value"),
+            ("taints[].effect", "taints.[].effect"),
+            ("scalingConfig.minSize", "scalingConfig.minSize"),
+            ("scalingConfig.maxSize", "scalingConfig.maxSize"),
+            ("scalingConfig.desiredSize", "scalingConfig.desiredSize"),
+            ("updateConfig.maxUnavailable", "updateConfig.maxUnavailable"),
+            ("amiType", "amiType"),
+            ("capacityType", "capacityType"),
+        ]
+    ],
     ("aws:ecr/repository:Repository", "name", ("ecr", "CreateRepository", "repositoryName")),
     (
         "aws:ecr/lifecyclePolicy:LifecyclePolicy",
@@ -423,6 +439,32 @@ def test_alarm_periods_are_ones_cloudwatch_evaluates(rendered):
         assert ("statistic" in alarm.inputs) != ("extendedStatistic" in alarm.inputs), (
             f"{name}: PutMetricAlarm takes exactly one of Statistic and ExtendedStatistic"
         )
+
+
+def test_node_groups_leave_to_their_launch_template_what_eks_says_it_owns(rendered):
+    """CreateNodegroup with a launchTemplate: no diskSize or remoteAccess (the template's
+    block devices and keys); no instanceTypes when the template names one; no amiType when
+    it names a custom AMI ("or the node group deployment will fail")."""
+    eks = ("eks", "CreateNodegroup")
+    assert "don't specify diskSize, or the node group deployment will fail" in documentation(
+        *eks, "diskSize"
+    )
+    assert "don't directly specify instanceTypes, diskSize, or remoteAccess" in documentation(
+        *eks, "launchTemplate"
+    )
+    assert "custom AMI, then don't specify amiType" in documentation(*eks, "amiType")
+    templates = {t.id: t for t in rendered.by_type("aws:ec2/launchTemplate:LaunchTemplate")}
+    for group in rendered.by_type(NODE_GROUP):
+        spec = group.inputs.get("launchTemplate")
+        if not spec:
+            continue
+        template = templates[spec["id"]].inputs
+        name = group.inputs["nodeGroupName"]
+        assert "diskSize" not in group.inputs and "remoteAccess" not in group.inputs, name
+        assert not ("instanceType" in template and group.inputs.get("instanceTypes")), name
+        assert not ("imageId" in template and "amiType" in group.inputs), name
+        # EC2 API reference, CreateLaunchTemplate: LaunchTemplateName 3-128 of [a-zA-Z0-9().-/_].
+        assert re.fullmatch(r"[a-zA-Z0-9().\-/_]{3,128}", template["name"]), template["name"]
 
 
 # --- what a service needs from the roles it acts with ----------------------------------------
