@@ -201,6 +201,7 @@ API_INPUTS: list[tuple[str, str, tuple[str, str, str]]] = [
     ),
     ("aws:kms/alias:Alias", "name", ("kms", "CreateAlias", "AliasName")),
     ("aws:kms/key:Key", "description", ("kms", "CreateKey", "Description")),
+    ("aws:kms/key:Key", "policy", ("kms", "CreateKey", "Policy")),
     (
         "aws:kms/key:Key",
         "deletionWindowInDays",
@@ -538,6 +539,49 @@ def test_athena_callers_may_get_lake_formation_data_access(rendered):
         assert allows(statements[role], "lakeformation:GetDataAccess", "*"), (
             f"{role} queries Athena but cannot get Lake Formation's data access"
         )
+
+
+# Athena user guide: what a caller needs on the query results location ("Amazon S3
+# permissions for Athena query results locations") and, for SSE_KMS results and KMS-encrypted
+# source data, on the key ("Permissions to encrypted data": kms:GenerateDataKey, kms:Decrypt).
+RESULTS_ACTIONS = (
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+)
+RESULTS_BUCKET_ACTIONS = ("s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads")
+
+
+def test_athena_callers_can_read_the_offline_store_and_write_results(rendered):
+    statements = _statements(rendered)
+    groups = rendered.by_type(FEATURE_GROUP)
+    for workgroup in rendered.by_type("aws:athena/workgroup:Workgroup"):
+        results = workgroup.inputs["configuration"]["resultConfiguration"]
+        bucket, _, prefix = results["outputLocation"].removeprefix("s3://").partition("/")
+        result_key = results["encryptionConfiguration"]["kmsKeyArn"]
+        assert results["encryptionConfiguration"]["encryptionOption"] == "SSE_KMS"
+        callers = [
+            r
+            for r, s in statements.items()
+            if allows(s, "athena:StartQueryExecution", workgroup.outputs["arn"])
+        ]
+        for role in callers:
+            granted = statements[role]
+            for action in RESULTS_ACTIONS:
+                obj = f"arn:aws:s3:::{bucket}/{prefix}x.csv"
+                assert allows(granted, action, obj), f"{role}: {action} on {obj}"
+            for action in RESULTS_BUCKET_ACTIONS:
+                assert allows(granted, action, f"arn:aws:s3:::{bucket}"), f"{role}: {action}"
+            for action in ("kms:GenerateDataKey", "kms:Decrypt"):
+                assert allows(granted, action, result_key), f"{role}: {action} on the result key"
+            for group in groups:
+                store = group.inputs.get("offlineStoreConfig")
+                if not store:
+                    continue
+                uri = store["s3StorageConfig"]["s3Uri"].removeprefix("s3://").rstrip("/")
+                assert allows(granted, "s3:GetObject", f"arn:aws:s3:::{uri}/data/x.parquet")
+                assert allows(granted, "kms:Decrypt", store["s3StorageConfig"]["kmsKeyId"])
 
 
 def test_athena_queries_name_lowercase_databases_and_tables(rendered):
