@@ -105,8 +105,25 @@ def _matches(pattern: re.Pattern[str], allowed: str):
     return AfterValidator(check)
 
 
+# Bucket names (`<team>-<env>-raw-<account>`) must not start with these (S3 user guide,
+# "General purpose bucket naming rules").
+S3_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+
+
+def _bucket_prefix(team: str) -> str:
+    reserved = [p for p in S3_RESERVED_PREFIXES if team.startswith(p)]
+    if reserved:
+        raise ValueError(
+            f"{team!r} is not allowed: bucket names start with the team and S3 reserves the "
+            f"prefixes {', '.join(S3_RESERVED_PREFIXES)}"
+        )
+    return team
+
+
 TeamName = Annotated[
-    str, _matches(_TEAM_RE, "2-16 lowercase letters, digits or hyphens, starting with a letter")
+    str,
+    _matches(_TEAM_RE, "2-16 lowercase letters, digits or hyphens, starting with a letter"),
+    AfterValidator(_bucket_prefix),
 ]
 EnvironmentName = Annotated[str, _matches(_ENV_RE, "one of dev, staging, prod, or pr-<number>")]
 ResourceName = Annotated[

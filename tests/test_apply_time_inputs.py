@@ -27,6 +27,7 @@ from components.spec import (
     AUTONAME_SUFFIX,
     NAME_LIMITS,
     RESERVED_FEATURE_NAMES,
+    S3_RESERVED_PREFIXES,
     derived_names,
     parse_spec,
 )
@@ -65,6 +66,16 @@ API_INPUTS: list[tuple[str, str, tuple[str, str, str]]] = [
         FEATURE_GROUP,
         "recordIdentifierFeatureName",
         (*SM, "CreateFeatureGroup", "RecordIdentifierFeatureName"),
+    ),
+    (
+        FEATURE_GROUP,
+        "featureDefinitions[].featureType",
+        (*SM, "CreateFeatureGroup", "FeatureDefinitions.[].FeatureType"),
+    ),
+    (
+        FEATURE_GROUP,
+        "onlineStoreConfig.ttlDuration.unit",
+        (*SM, "CreateFeatureGroup", "OnlineStoreConfig.TtlDuration.Unit"),
     ),
     (FEATURE_GROUP, "eventTimeFeatureName", (*SM, "CreateFeatureGroup", "EventTimeFeatureName")),
     (FEATURE_GROUP, "roleArn", (*SM, "CreateFeatureGroup", "RoleArn")),
@@ -112,6 +123,19 @@ API_INPUTS: list[tuple[str, str, tuple[str, str, str]]] = [
         "productionVariants[].variantName",
         (*SM, "CreateEndpointConfig", "ProductionVariants.[].VariantName"),
     ),
+    # Instance types: the enums of the installed API models (a type newer than botocore is
+    # refused here until botocore is updated; a typo always is).
+    (
+        ENDPOINT_CONFIG,
+        "productionVariants[].instanceType",
+        (*SM, "CreateEndpointConfig", "ProductionVariants.[].InstanceType"),
+    ),
+    (
+        ENDPOINT_CONFIG,
+        "productionVariants[].initialInstanceCount",
+        (*SM, "CreateEndpointConfig", "ProductionVariants.[].InitialInstanceCount"),
+    ),
+    (NODE_GROUP, "instanceTypes[]", ("ec2", "RunInstances", "InstanceType")),
     (ENDPOINT_CONFIG, "kmsKeyArn", (*SM, "CreateEndpointConfig", "KmsKeyId")),
     (
         ENDPOINT_CONFIG,
@@ -154,6 +178,8 @@ API_INPUTS: list[tuple[str, str, tuple[str, str, str]]] = [
     (ALARM, "okActions", ("cloudwatch", "PutMetricAlarm", "OKActions")),
     (ALARM, "dimensions", ("cloudwatch", "PutMetricAlarm", "Dimensions")),
     (ALARM, "evaluationPeriods", ("cloudwatch", "PutMetricAlarm", "EvaluationPeriods")),
+    (ALARM, "comparisonOperator", ("cloudwatch", "PutMetricAlarm", "ComparisonOperator")),
+    (ALARM, "statistic", ("cloudwatch", "PutMetricAlarm", "Statistic")),
     (ALARM, "datapointsToAlarm", ("cloudwatch", "PutMetricAlarm", "DatapointsToAlarm")),
     ("aws:eks/cluster:Cluster", "name", ("eks", "CreateCluster", "name")),
     *[
@@ -214,10 +240,38 @@ API_INPUTS: list[tuple[str, str, tuple[str, str, str]]] = [
         "name",
         ("application-autoscaling", "PutScalingPolicy", "PolicyName"),
     ),
+    *[
+        (f"aws:appautoscaling/{kind}", path, ("application-autoscaling", operation, api))
+        for kind, operation in (
+            ("target:Target", "RegisterScalableTarget"),
+            ("policy:Policy", "PutScalingPolicy"),
+        )
+        for path, api in (
+            ("resourceId", "ResourceId"),
+            ("scalableDimension", "ScalableDimension"),
+            ("serviceNamespace", "ServiceNamespace"),
+        )
+    ],
+    (
+        "aws:appautoscaling/policy:Policy",
+        "policyType",
+        ("application-autoscaling", "PutScalingPolicy", "PolicyType"),
+    ),
+    (
+        "aws:appautoscaling/policy:Policy",
+        "targetTrackingScalingPolicyConfiguration.predefinedMetricSpecification."
+        "predefinedMetricType",
+        (
+            "application-autoscaling",
+            "PutScalingPolicy",
+            "TargetTrackingScalingPolicyConfiguration.PredefinedMetricSpecification."
+            "PredefinedMetricType",
+        ),
+    ),
     (
         "aws:appautoscaling/target:Target",
-        "resourceId",
-        ("application-autoscaling", "RegisterScalableTarget", "ResourceId"),
+        "maxCapacity",
+        ("application-autoscaling", "RegisterScalableTarget", "MaxCapacity"),
     ),
 ]
 
@@ -416,6 +470,26 @@ def test_security_group_texts_use_what_ec2_allows(rendered):
             text = rule_.inputs.get("description", "")
             allowed = _PREFIX_LIST_RULE_TEXT if "prefixListId" in rule_.inputs else _SG_TEXT
             assert allowed.fullmatch(text), f"{rule_.name}: EC2 refuses the description {text!r}"
+
+
+# S3 user guide, "General purpose bucket naming rules".
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def test_bucket_names_follow_the_s3_naming_rules(rendered):
+    buckets = [b.inputs["bucket"] for b in rendered.by_type("aws:s3/bucket:Bucket")]
+    assert buckets
+    for name in buckets:
+        assert _BUCKET.fullmatch(name) and ".." not in name, name
+        assert not re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name), name
+        assert not name.startswith(_BUCKET_RESERVED_PREFIXES), name
+        assert not name.endswith(_BUCKET_RESERVED_SUFFIXES), name
+
+
+def test_the_spec_keeps_teams_off_the_reserved_bucket_prefixes():
+    assert set(S3_RESERVED_PREFIXES) == set(_BUCKET_RESERVED_PREFIXES)
 
 
 def test_sns_topic_names_use_what_sns_allows(rendered):
