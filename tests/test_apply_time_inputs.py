@@ -681,3 +681,61 @@ def test_each_roles_inline_policies_fit_the_iam_quota(rendered):
         sizes[policy.inputs["role"]] = sizes.get(policy.inputs["role"], 0) + size
     over = {role: size for role, size in sizes.items() if size > MAX_INLINE_POLICY_CHARS}
     assert not over, f"PutRolePolicy fails with LimitExceeded: {over}"
+
+
+# --- Kubernetes names ------------------------------------------------------------------------
+
+# Kubernetes docs, "Object Names and IDs" and "Labels and Selectors"; the API reference for
+# ContainerPort.name (an IANA_SVC_NAME: at most 15 characters).
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_PORT_NAME = re.compile(r"(?=.*[a-z])(?!.*--)[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?")
+# Kinds whose name must be a DNS label (1035: starting with a letter, for a Service).
+_NAME_RULES = {"Namespace": _DNS_LABEL, "Service": _DNS_1035_LABEL}
+
+
+def _label_key_ok(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    return bool(_LABEL_NAME.fullmatch(name)) and (
+        not prefix or (len(prefix) <= 253 and bool(_DNS_SUBDOMAIN.fullmatch(prefix)))
+    )
+
+
+def _kubernetes_problems(where: str, value: Any) -> Iterator[str]:
+    """Names, labels, container and port names anywhere in a manifest."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _kubernetes_problems(f"{where}[{i}]", item)
+        return
+    if not isinstance(value, dict):
+        return
+    for key in ("labels", "matchLabels"):
+        for label, text in (value.get(key) or {}).items():
+            if not _label_key_ok(label) or not _LABEL_VALUE.fullmatch(str(text)):
+                yield f"{where}.{key}: {label}={text!r}"
+    for key in ("containers", "initContainers"):
+        for container in value.get(key) or []:
+            if not _DNS_LABEL.fullmatch(container["name"]):
+                yield f"{where}.{key}: container name {container['name']!r}"
+            for port in container.get("ports") or []:
+                if "name" in port and not _PORT_NAME.fullmatch(port["name"]):
+                    yield f"{where}: port name {port['name']!r} (an IANA_SVC_NAME)"
+    for key, item in value.items():
+        yield from _kubernetes_problems(f"{where}.{key}", item)
+
+
+def test_kubernetes_names_and_labels_are_ones_the_api_server_takes(rendered):
+    found = []
+    for resource in rendered.custom_resources:
+        if not resource.type.startswith("kubernetes:") or "metadata" not in resource.inputs:
+            continue
+        kind = resource.type.rsplit(":", 1)[-1]
+        name = resource.inputs["metadata"]["name"]
+        rule = _NAME_RULES.get(kind, _DNS_SUBDOMAIN)
+        if len(name) > 253 or not rule.fullmatch(name):
+            found.append(f"{kind} {name!r}: not a valid name for a {kind}")
+        found += list(_kubernetes_problems(f"{kind} {name}", resource.inputs))
+    assert not found, "the API server refuses:\n" + "\n".join(found)
