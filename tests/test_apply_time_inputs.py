@@ -596,6 +596,70 @@ def test_endpoints_can_write_captures_with_their_key(rendered):
             )
 
 
+# SageMaker developer guide, "Give SageMaker AI hosted endpoints access to resources in your
+# Amazon VPC": what the execution role of a model with a VpcConfig needs to attach to it.
+VPC_ENI_ACTIONS = (
+    "ec2:CreateNetworkInterface",
+    "ec2:CreateNetworkInterfacePermission",
+    "ec2:DeleteNetworkInterface",
+    "ec2:DeleteNetworkInterfacePermission",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeVpcs",
+    "ec2:DescribeDhcpOptions",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeSecurityGroups",
+)
+# EKS user guide: the cluster role ("Amazon EKS cluster IAM role") and the node role ("Amazon
+# EKS node IAM role"; the CNI policy while vpc-cni runs without a role of its own).
+CLUSTER_POLICIES = {"AmazonEKSClusterPolicy"}
+NODE_POLICIES = {
+    "AmazonEKSWorkerNodePolicy",
+    "AmazonEC2ContainerRegistryReadOnly",
+    "AmazonEKS_CNI_Policy",
+}
+
+
+def _trusted_services(rendered: Rendered, role: str) -> set[str]:
+    (resource,) = [r for r in rendered.by_type(ROLE) if r.inputs["name"] == role]
+    trust = json.loads(resource.inputs["assumeRolePolicy"])["Statement"]
+    return {
+        service
+        for s in trust
+        if s["Effect"] == "Allow" and "sts:AssumeRole" in _list(s["Action"])
+        for service in _list(s["Principal"].get("Service", []))
+    }
+
+
+def test_service_roles_trust_their_service_and_hold_what_it_needs(rendered):
+    statements = _statements(rendered)
+    attached: dict[str, set[str]] = {}
+    for a in rendered.by_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment"):
+        attached.setdefault(a.inputs["role"], set()).add(a.inputs["policyArn"].rsplit("/", 1)[-1])
+    for model in rendered.by_type(MODEL):
+        role = _role_name(model.inputs["executionRoleArn"])
+        assert "sagemaker.amazonaws.com" in _trusted_services(rendered, role), role
+        if model.inputs.get("vpcConfig"):
+            for action in VPC_ENI_ACTIONS:
+                assert allows(statements[role], action, "*"), f"{role}: {action}"
+    for group in rendered.by_type(FEATURE_GROUP):
+        role = _role_name(group.inputs["roleArn"])
+        assert "sagemaker.amazonaws.com" in _trusted_services(rendered, role), role
+    for cluster in rendered.by_type("aws:eks/cluster:Cluster"):
+        role = _role_name(cluster.inputs["roleArn"])
+        assert "eks.amazonaws.com" in _trusted_services(rendered, role), role
+        assert CLUSTER_POLICIES <= attached.get(role, set()), role
+    cni_role = any(
+        a.inputs.get("serviceAccountRoleArn")
+        for a in rendered.by_type("aws:eks/addon:Addon")
+        if a.inputs["addonName"] == "vpc-cni"
+    )
+    for group in rendered.by_type(NODE_GROUP):
+        role = _role_name(group.inputs["nodeRoleArn"])
+        assert "ec2.amazonaws.com" in _trusted_services(rendered, role), role
+        needed = NODE_POLICIES - ({"AmazonEKS_CNI_Policy"} if cni_role else set())
+        assert needed <= attached.get(role, set()), (role, attached.get(role))
+
+
 def test_athena_callers_may_get_lake_formation_data_access(rendered):
     """Where Lake Formation governs the Glue catalog (many accounts turn it on for the whole
     catalog), Athena reads the offline store with credentials Lake Formation vends to the
