@@ -34,6 +34,7 @@ from components.spec import (
 from tests.aws_api_model import documentation, problems
 from tests.longest_names import LONGEST_TEAM, longest_config, longest_stack
 from tests.stack_support import STACK_NAMES, rendered_stack
+from tests.test_apply_time import NODE_GROUP, ROLE, ROLE_POLICY, SECURITY_GROUP
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -41,10 +42,6 @@ ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
 ENDPOINT_CONFIG = "aws:sagemaker/endpointConfiguration:EndpointConfiguration"
 FEATURE_GROUP = "aws:sagemaker/featureGroup:FeatureGroup"
 MODEL = "aws:sagemaker/model:Model"
-NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
-ROLE = "aws:iam/role:Role"
-ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
-SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 SM = ("sagemaker",)
 
 # (resource type, input path, (service, operation, request member)): the input is sent as
@@ -598,17 +595,14 @@ def test_endpoints_can_write_captures_with_their_key(rendered):
 
 # SageMaker developer guide, "Give SageMaker AI hosted endpoints access to resources in your
 # Amazon VPC": what the execution role of a model with a VpcConfig needs to attach to it.
-VPC_ENI_ACTIONS = (
-    "ec2:CreateNetworkInterface",
-    "ec2:CreateNetworkInterfacePermission",
-    "ec2:DeleteNetworkInterface",
-    "ec2:DeleteNetworkInterfacePermission",
-    "ec2:DescribeNetworkInterfaces",
-    "ec2:DescribeVpcs",
-    "ec2:DescribeDhcpOptions",
-    "ec2:DescribeSubnets",
-    "ec2:DescribeSecurityGroups",
-)
+VPC_ENI_ACTIONS = [
+    f"ec2:{verb}NetworkInterface{what}"
+    for verb in ("Create", "Delete")
+    for what in ("", "Permission")
+] + [
+    f"ec2:Describe{what}"
+    for what in ("NetworkInterfaces", "Vpcs", "DhcpOptions", "Subnets", "SecurityGroups")
+]
 # EKS user guide: the cluster role ("Amazon EKS cluster IAM role") and the node role ("Amazon
 # EKS node IAM role"; the CNI policy while vpc-cni runs without a role of its own).
 CLUSTER_POLICIES = {"AmazonEKSClusterPolicy"}
