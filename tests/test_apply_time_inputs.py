@@ -180,6 +180,14 @@ API_INPUTS: list[tuple[str, str, tuple[str, str, str]]] = [
     (ALARM, "datapointsToAlarm", ("cloudwatch", "PutMetricAlarm", "DatapointsToAlarm")),
     ("aws:eks/cluster:Cluster", "name", ("eks", "CreateCluster", "name")),
     *[
+        ("aws:autoscaling/tag:Tag", path, ("autoscaling", "CreateOrUpdateTags", api))
+        for path, api in [
+            ("tag.key", "Tags.[].Key"),
+            ("tag.value", "Tags.[].Value"),
+            ("autoscalingGroupName", "Tags.[].ResourceId"),
+        ]
+    ],
+    *[
         (NODE_GROUP, path, ("eks", "CreateNodegroup", api))
         for path, api in [
             ("labels", "labels"),
@@ -467,6 +475,23 @@ def test_security_group_texts_use_what_ec2_allows(rendered):
             text = rule_.inputs.get("description", "")
             allowed = _PREFIX_LIST_RULE_TEXT if "prefixListId" in rule_.inputs else _SG_TEXT
             assert allowed.fullmatch(text), f"{rule_.name}: EC2 refuses the description {text!r}"
+
+
+def test_access_entries_and_aliases_use_what_eks_and_kms_allow(rendered):
+    """CreateAccessEntry: one entry per principal ARN, and no STS session principal;
+    CreateAlias: `alias/<name>`, never under the `alias/aws/` prefix AWS keeps for itself."""
+    doc = documentation("eks", "CreateAccessEntry", "principalArn")
+    assert "can't specify the same ARN in more than one access entry" in doc
+    assert "can't use the STS session principal type" in doc
+    principals = [
+        e.inputs["principalArn"] for e in rendered.by_type("aws:eks/accessEntry:AccessEntry")
+    ]
+    assert len(principals) == len(set(principals)), principals
+    assert not any(":assumed-role/" in p for p in principals), principals
+    assert "cannot begin with alias/aws/" in documentation("kms", "CreateAlias", "AliasName")
+    for alias in rendered.by_type("aws:kms/alias:Alias"):
+        name = alias.inputs["name"]
+        assert name.startswith("alias/") and not name.startswith("alias/aws/"), name
 
 
 # S3 user guide, "General purpose bucket naming rules".
