@@ -64,7 +64,7 @@ def api_security_group(
     sg = aws.ec2.SecurityGroup(
         f"{name}-api",
         name=f"{spec.prefix}-eks-api",
-        description="HTTPS to the EKS API from the deploy runner's network",
+        description="HTTPS to the EKS API from the network of the deploy runner",
         vpc_id=vpc_id,
         tags=tags,
         opts=child,
@@ -74,7 +74,7 @@ def api_security_group(
         aws.vpc.SecurityGroupIngressRule(
             f"{name}-api-https-in-{i}",
             security_group_id=sg.id,
-            description="HTTPS to the EKS API from the deploy runner's network",
+            description="HTTPS to the EKS API from the network of the deploy runner",
             ip_protocol="tcp",
             from_port=API_PORT,
             to_port=API_PORT,

@@ -295,7 +295,8 @@ def training_set_statements(
     """What a workload needs to build a training set with Athena, as the caller Athena
     acts for: queries in the team's workgroup, the offline store's Glue tables (read), its own
     temporary labels tables (create, delete), and multipart uploads of the results it writes
-    into the artifacts bucket (objects there are already the workload's). `glue` is
+    into the artifacts bucket (objects there are already the workload's), and Lake
+    Formation's data access where it governs the catalog. `glue` is
     `arn:<partition>:glue:<region>:<account>`."""
     tables = pulumi.Output.concat(glue, ":table/", database, "/")
     catalog = [
@@ -331,6 +332,18 @@ def training_set_statements(
             "Effect": "Allow",
             "Action": ["glue:CreateTable", "glue:DeleteTable"],
             "Resource": [*catalog, pulumi.Output.concat(tables, LABELS_TABLE_PREFIX, "*")],
+        },
+        {
+            # Where Lake Formation governs the catalog, Athena reads the offline store with
+            # credentials Lake Formation vends to the caller: "anyone who uses Athena to query
+            # data registered with Lake Formation must have an IAM permissions policy that
+            # allows the lakeformation:GetDataAccess action" (Athena user guide, "Manage Lake
+            # Formation and Athena user permissions"). The action takes no resource ARN; what
+            # it vends stays bounded by the Lake Formation grants on the team's tables.
+            "Sid": "LakeFormationDataAccess",
+            "Effect": "Allow",
+            "Action": ["lakeformation:GetDataAccess"],
+            "Resource": "*",
         },
         {
             "Sid": "TrainingSetUploads",

@@ -31,7 +31,7 @@ from components.serving_pod import (
     container_security_context,
     pod_security_context,
 )
-from components.spec import EndpointSpec, PlatformSpec
+from components.spec import EndpointSpec, PlatformSpec, monitor_job_name
 from workloads.monitoring.layout import capture_destination, endpoint_capture_uri, reports_uri
 from workloads.monitoring.scheduled import DATASET_DRIFT_METRIC
 
@@ -63,7 +63,7 @@ def window_of(schedule: str) -> str:
 
 
 def cronjob_name(spec: PlatformSpec, ep: EndpointSpec) -> str:
-    name = f"{spec.prefix}-{ep.name}-monitor"
+    name = monitor_job_name(spec, ep.name)
     if len(name) > NAME_LIMIT:
         raise ValueError(
             f"endpoint {ep.name}: the monitor CronJob name {name!r} is over {NAME_LIMIT} "

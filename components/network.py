@@ -339,7 +339,7 @@ class Network(pulumi.ComponentResource):
             vpc_id,
             "sagemaker",
             "sagemaker-endpoints",
-            "SageMaker endpoints: HTTPS to S3 and to the VPC's service endpoints",
+            "SageMaker endpoints: HTTPS to S3 and to the service endpoints of the VPC",
         )
         # 443 to S3 through its gateway endpoint (model download, data capture), and to
         # the interface endpoints in every CIDR block of the VPC.
@@ -351,7 +351,7 @@ class Network(pulumi.ComponentResource):
                 "out",
                 sg,
                 rule,
-                description="HTTPS to S3 and the VPC's service endpoints",
+                description="HTTPS to S3 and the service endpoints of the VPC",
                 ip_protocol="tcp",
                 from_port=443,
                 to_port=443,

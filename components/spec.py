@@ -28,7 +28,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from components.admission import (
     FETCH_MODEL_RESOURCES,
@@ -105,8 +105,25 @@ def _matches(pattern: re.Pattern[str], allowed: str):
     return AfterValidator(check)
 
 
+# Bucket names (`<team>-<env>-raw-<account>`) must not start with these (S3 user guide,
+# "General purpose bucket naming rules").
+S3_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+
+
+def _bucket_prefix(team: str) -> str:
+    reserved = [p for p in S3_RESERVED_PREFIXES if team.startswith(p)]
+    if reserved:
+        raise ValueError(
+            f"{team!r} is not allowed: bucket names start with the team and S3 reserves the "
+            f"prefixes {', '.join(S3_RESERVED_PREFIXES)}"
+        )
+    return team
+
+
 TeamName = Annotated[
-    str, _matches(_TEAM_RE, "2-16 lowercase letters, digits or hyphens, starting with a letter")
+    str,
+    _matches(_TEAM_RE, "2-16 lowercase letters, digits or hyphens, starting with a letter"),
+    AfterValidator(_bucket_prefix),
 ]
 EnvironmentName = Annotated[str, _matches(_ENV_RE, "one of dev, staging, prod, or pr-<number>")]
 ResourceName = Annotated[
@@ -175,9 +192,10 @@ def _label_problems(key: str, value: str) -> list[str]:
             f"label key {key!r}: prefixes {', '.join(RESERVED_LABEL_PREFIXES)} are reserved "
             "for Kubernetes and the platform"
         )
-    if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE_RE.fullmatch(value):
+    # EKS takes label values of 1-63 characters (CreateNodegroup labels), Kubernetes 0-63.
+    if not isinstance(value, str) or not value or not _LABEL_VALUE_RE.fullmatch(value):
         problems.append(
-            f"label {key!r}: value {value!r} must be at most 63 letters, digits, '-', '_' or "
+            f"label {key!r}: value {value!r} must be 1 to 63 letters, digits, '-', '_' or "
             "'.', starting and ending with a letter or digit"
         )
     return problems
@@ -422,6 +440,29 @@ class ClusterSpec(_Spec):
 
 FeatureType = Literal["string", "integral", "fractional"]
 
+# The longest description each SageMaker API takes (CreateFeatureGroup.Description: 128;
+# CreateModelPackageGroup.ModelPackageGroupDescription: 1024, of which the registry appends
+# up to 300 characters naming the approval gate).
+MAX_DESCRIPTION = {"featureGroup": 128, "modelGroup": 700}
+# Columns Feature Store adds to every record; CreateFeatureGroup refuses features so named.
+RESERVED_FEATURE_NAMES = ("is_deleted", "write_time", "api_invocation_time")
+
+
+def _printable(value: str) -> str:
+    """SageMaker descriptions take letters, marks, spaces, symbols, digits and punctuation
+    ([\\p{L}\\p{M}\\p{Z}\\p{S}\\p{N}\\p{P}]*): no line breaks, tabs or other controls."""
+    if not value.isprintable():
+        raise ValueError(f"{value!r} is not allowed: one line of printable characters")
+    return value
+
+
+FeatureGroupDescription = Annotated[
+    str, Field(max_length=MAX_DESCRIPTION["featureGroup"]), AfterValidator(_printable)
+]
+ModelGroupDescription = Annotated[
+    str, Field(max_length=MAX_DESCRIPTION["modelGroup"]), AfterValidator(_printable)
+]
+
 
 class FeatureSpec(_Spec):
     name: FeatureName
@@ -430,7 +471,7 @@ class FeatureSpec(_Spec):
 
 class FeatureGroupSpec(_Spec):
     name: ResourceName
-    description: str = ""
+    description: FeatureGroupDescription = ""
     record_identifier: str
     event_time: str
     features: list[FeatureSpec] = Field(min_length=2)
@@ -443,6 +484,12 @@ class FeatureGroupSpec(_Spec):
         types = {f.name: f.type for f in self.features}
         if len(types) != len(self.features):
             raise ValueError("features: feature names must be unique")
+        reserved = sorted(set(types) & set(RESERVED_FEATURE_NAMES))
+        if reserved:
+            raise ValueError(
+                f"features: {', '.join(reserved)} is a column Feature Store adds to every "
+                f"record; these names are reserved: {', '.join(RESERVED_FEATURE_NAMES)}"
+            )
         if self.record_identifier not in types:
             raise ValueError(
                 f"recordIdentifier: {self.record_identifier!r} is not among the features "
@@ -480,7 +527,7 @@ class ApprovalGateSpec(_Spec):
 
 class ModelGroupSpec(_Spec):
     name: ResourceName
-    description: str = ""
+    description: ModelGroupDescription = ""
     approval_gate: ApprovalGateSpec | None = None
 
 
@@ -707,7 +754,20 @@ NAME_LIMITS: dict[str, tuple[int, str]] = {
     "featureGroup": (64, "SageMaker feature group names"),
     "modelGroup": (63, "SageMaker model package group names"),
     "endpoint": (63, "SageMaker endpoint names and Kubernetes DNS labels"),
+    # A pinned SageMaker endpoint's model and endpoint config are autonamed by Pulumi,
+    # `<endpoint>-<7 random characters>` (so a change creates the new one first); SageMaker
+    # takes 63 characters (CreateModel.ModelName, CreateEndpointConfig.EndpointConfigName).
+    "autonamed": (63, "SageMaker model and endpoint config names"),
+    # The controller appends 11 characters to a CronJob's name for its Jobs (63 at most).
+    "cronJob": (52, "Kubernetes CronJob names"),
 }
+# What Pulumi's autonaming appends to a logical name: "-" and 7 random characters.
+AUTONAME_SUFFIX = "-" + "x" * 7
+
+
+def monitor_job_name(spec: PlatformSpec, endpoint: str) -> str:
+    """The CronJob that monitors an endpoint's captured traffic."""
+    return f"{spec.physical(endpoint)}-monitor"
 
 
 def derived_names(spec: PlatformSpec) -> list[tuple[tuple[Any, ...], str, str]]:
@@ -728,23 +788,34 @@ def derived_names(spec: PlatformSpec) -> list[tuple[tuple[Any, ...], str, str]]:
         loc = ("modelRegistry", "modelGroups", i, "name")
         out.append((loc, "modelGroup", spec.physical(group.name)))
     for i, ep in enumerate(spec.endpoints):
-        out.append((("endpoints", i, "name"), "endpoint", spec.physical(ep.name)))
+        loc = ("endpoints", i, "name")
+        out.append((loc, "endpoint", spec.physical(ep.name)))
+        if ep.kind == "sagemaker":
+            out.append((loc, "autonamed", spec.physical(ep.name) + AUTONAME_SUFFIX))
+        if ep.data_capture.enabled:
+            out.append((loc, "cronJob", monitor_job_name(spec, ep.name)))
     return out
 
 
+def _chosen(spec: PlatformSpec, loc: tuple[Any, ...]) -> str:
+    """The value at a field location (camelCase keys, as in the stack file)."""
+    value: Any = spec
+    for part in loc:
+        value = value[part] if isinstance(part, int) else getattr(value, to_snake(part))
+    return str(value)
+
+
 def _name_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
-    problems = []
+    """One problem per field: the tightest limit among the names made from it."""
+    worst: dict[tuple[Any, ...], tuple[int, str]] = {}
     for loc, kind, name in derived_names(spec):
         limit, who = NAME_LIMITS[kind]
         if len(name) > limit:
-            room = limit - len(spec.prefix) - 1
-            problems.append(
-                (
-                    _path(loc),
-                    f"{name} is longer than {who} may be ({limit}); use at most {room} characters",
-                )
-            )
-    return problems
+            room = limit - (len(name) - len(_chosen(spec, loc)))
+            message = f"{name} is longer than {who} may be ({limit}); use at most {room} characters"
+            if loc not in worst or room < worst[loc][0]:
+                worst[loc] = (room, message)
+    return [(_path(loc), message) for loc, (_, message) in worst.items()]
 
 
 _QUOTA_FIELD = {"gpus": GPU_RESOURCE, "memory": "memory", "cpu": "cpu"}

@@ -40,8 +40,10 @@ from components.spec import (
     MAX_BUDGET_NOTIFICATIONS,
     PlatformSpec,
     load_stack_file,
+    parse_spec,
 )
 from components.storage import ACCESS_LOGS
+from tests.longest_names import longest_config, longest_stack
 from tests.stack_support import STACK_FILES, STACKS_DIR, rendered_stack, stack_name
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -58,9 +60,18 @@ SSE = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryption
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 
 
-@pytest.fixture(params=STACK_FILES, ids=stack_name)
+@pytest.fixture(
+    params=[(p, longest) for p in STACK_FILES for longest in (False, True)],
+    ids=lambda p: stack_name(p[0]) + ("-longest" if p[1] else ""),
+)
 def stack(request) -> tuple[PlatformSpec, Rendered]:
-    return load_stack_file(request.param), rendered_stack(stack_name(request.param))
+    """Each stack as configured, and with its team and every chosen name at the longest the
+    spec accepts (`tests.longest_names`): what holds for one must hold for the other."""
+    path, longest = request.param
+    if longest:
+        name = stack_name(path)
+        return parse_spec(longest_config(name), str(path)), longest_stack(name)
+    return load_stack_file(path), rendered_stack(stack_name(path))
 
 
 def _policy(resource: RenderedResource, key: str = "policy") -> dict[str, Any]:

@@ -110,6 +110,28 @@ def _both(*changes: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any
 
 # (stack to start from, the one change, the exact field path SpecError must name)
 BAD_CONFIGS = [
+    # S3 reserves bucket names starting xn-- (and sthree-, amzn-s3-demo-).
+    ("vision-dev", _set("mlinfra:team", "xn--vision"), "mlinfra:team"),
+    # CreateFeatureGroup.Description takes 128 characters.
+    (
+        "vision-dev",
+        _set("mlinfra:featureGroups[0].description", "x" * 129),
+        "mlinfra:featureGroups[0].description",
+    ),
+    # ModelPackageGroupDescription: letters, marks, spaces, symbols, digits, punctuation.
+    (
+        "vision-dev",
+        _set("mlinfra:modelRegistry.modelGroups[0].description", "first line\nsecond line"),
+        "mlinfra:modelRegistry.modelGroups[0].description",
+    ),
+    # Feature Store adds is_deleted, write_time and api_invocation_time to every record.
+    (
+        "vision-dev",
+        _set("mlinfra:featureGroups[0].features[2].name", "write_time"),
+        "mlinfra:featureGroups[0].features",
+    ),
+    # The monitor CronJob `<prefix>-<endpoint>-monitor`: 52 characters at most.
+    ("vision-dev", _set("mlinfra:endpoints[0].name", "d" * 34), "mlinfra:endpoints[0].name"),
     ("vision-dev", _set("mlinfra:endpoint", []), "mlinfra:endpoint"),
     ("vision-dev", _set("mlinfra:team", "Vision_Team"), "mlinfra:team"),
     ("vision-dev", _set("mlinfra:environment", "production"), "mlinfra:environment"),
@@ -299,6 +321,12 @@ BAD_CONFIGS = [
         _set("mlinfra:cluster.gpuPools[0].labels", {"tier": "v" * 64}),
         "mlinfra:cluster.gpuPools[0].labels",
     ),
+    # EKS CreateNodegroup takes label values of 1-63 characters (Kubernetes takes empty).
+    (
+        "vision-dev",
+        _set("mlinfra:cluster.gpuPools[0].labels", {"tier": ""}),
+        "mlinfra:cluster.gpuPools[0].labels",
+    ),
     (
         "vision-dev",
         _set("mlinfra:cluster.kubernetesVersion", "1.00"),
@@ -387,6 +415,30 @@ def test_bad_config_registers_no_resource(case):
     assert isinstance(rendered.error, SpecError), rendered.error
     assert rendered.error.fields == [field]
     assert rendered.resources == []
+
+
+@pytest.mark.parametrize(
+    ("stack", "length", "room", "limit"),
+    [
+        # vision-dev's first endpoint is monitored: vision-dev-<name>-monitor <= 52.
+        ("vision-dev", 34, 33, "Kubernetes CronJob names may be (52)"),
+        # nlp-dev's SageMaker endpoint, without its capture: Pulumi autonames its model
+        # and endpoint config nlp-dev-<name>-<7 characters>, SageMaker takes 63.
+        ("nlp-dev", 48, 47, "SageMaker model and endpoint config names may be (63)"),
+    ],
+)
+def test_a_long_endpoint_name_is_told_its_tightest_room(stack, length, room, limit):
+    def long_name(config: dict[str, Any]) -> None:
+        endpoint = config["mlinfra:endpoints"][0]
+        endpoint["name"] = "e" * length
+        if stack == "nlp-dev":
+            endpoint["dataCapture"] = {"enabled": False}
+
+    with pytest.raises(SpecError) as err:
+        parse_spec(mutated(stack, long_name), stack)
+    (problem,) = err.value.problems
+    assert problem[0] == "mlinfra:endpoints[0].name"
+    assert limit in problem[1] and f"use at most {room} characters" in problem[1], problem[1]
 
 
 def test_the_unbroken_config_renders():
