@@ -1088,6 +1088,8 @@ def stack_file(stack: str, stacks_dir: str | Path = "stacks") -> Path:
 def load_stack_file(path: str | Path) -> PlatformSpec:
     """Parse a `Pulumi.<stack>.yaml` file into the spec."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(str(path), [("file", "is a folder, not a stack config file")])
     if not path.is_file():
         raise SpecError(str(path), [("file", "no such stack config")])
     try:

@@ -173,6 +173,9 @@ def test_unknown_and_unparseable_stacks(tmp_path):
     assert "Pulumi.nope.yaml" in str(err.value)
     stacks = tmp_path / "stacks"
     stacks.mkdir()
+    (stacks / "Pulumi.folder.yaml").mkdir()  # was "no such stack config"
+    with pytest.raises(SpecError, match="is a folder, not a stack config file"):
+        localenv.up("folder", state, stacks_dir=stacks)
     (stacks / "Pulumi.bad.yaml").write_text("config: {mlinfra:team: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         localenv.up("bad", state, stacks_dir=stacks)
