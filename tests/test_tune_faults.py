@@ -276,6 +276,10 @@ def test_cli_bad_input_is_one_line_never_a_traceback(tmp_path, stack, data):  # 
     platform.write_text("{not json")
     output = one_error(tune(stack, "--space", str(good), *common, "--platform", str(platform)))
     assert "not a platform descriptor" in output
+    platform.write_text('{"stack": 5}')  # JSON, not a descriptor: pydantic's text was 20 lines
+    output = one_error(tune(stack, "--space", str(good), *common, "--platform", str(platform)))
+    assert "not a platform descriptor: " in output and "pydantic.dev" not in output, output
+    assert len(output.strip().splitlines()) == 1, output
     # nothing was started: no study folder, nothing outside the state dir
     assert not (stack / "local" / "tuning").exists()
     assert not (stack / "escape").exists() and not (stack.parent / "escape").exists()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from workloads.storage import atomic_write
 
@@ -215,6 +215,16 @@ class NotDeclaredError(KeyError):
             f"{self.kind} {self.name!r} is not declared in the platform; declared: "
             f"{', '.join(self.declared) or 'none'}"
         )
+
+
+def first_problem(exc: Exception) -> str:
+    """One line for a document that does not validate: the first field pydantic names and
+    what is wrong with it (its own text spans lines and links its docs)."""
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        where = ".".join(str(x) for x in error["loc"]) or "document"
+        return f"{where}: {error['msg']}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def load_descriptor(source: str | Path | None = None) -> PlatformDescriptor:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workloads.jobs.base import JobBackend, JobError, JobRequest, JobStatus, get_backend
-from workloads.platform import DESCRIPTOR_ENV, PlatformDescriptor, load_descriptor
+from workloads.platform import DESCRIPTOR_ENV, PlatformDescriptor, first_problem, load_descriptor
 
 
 @dataclass
@@ -139,7 +139,9 @@ def stack_descriptor(
             f"file from `pulumi stack output platform --json -s {stack}`"
         ) from None
     except ValueError as exc:  # not JSON, or not a descriptor
-        raise JobError(f"platform descriptor {source}: not a platform descriptor: {exc}") from None
+        raise JobError(
+            f"platform descriptor {source}: not a platform descriptor: {first_problem(exc)}"
+        ) from None
     if descriptor.stack != stack:
         raise JobError(
             f"the platform descriptor is stack {descriptor.stack!r}, not {stack!r} "

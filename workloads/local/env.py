@@ -49,6 +49,7 @@ from workloads.platform import (
     NodePoolRef,
     PlatformDescriptor,
     Registry,
+    first_problem,
     load_descriptor,
 )
 from workloads.storage import CorruptStoreError, StorageError, atomic_write
@@ -143,18 +144,10 @@ def read_descriptor(paths: StackPaths) -> PlatformDescriptor:
     except (ValidationError, ValueError) as exc:
         raise CorruptStoreError(
             f"{paths.descriptor} is not a readable platform descriptor "
-            f"({_first_line(exc)}): `mlinfra up --stack {stack}` writes it again from the spec"
+            f"({first_problem(exc)}): `mlinfra up --stack {stack}` writes it again from the spec"
         ) from None
     except OSError as exc:
         raise StorageError(f"{paths.descriptor} cannot be read: {exc.strerror}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        error = exc.errors()[0]
-        where = ".".join(str(x) for x in error["loc"]) or "document"
-        return f"{where}: {error['msg']}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 # --- the descriptor ---------------------------------------------------------------------------
@@ -292,7 +285,7 @@ def read_process(paths: StackPaths, name: str) -> EndpointProcess | None:
     except ValidationError as exc:
         stack = paths.root.name
         raise CorruptStoreError(
-            f"{path} is not a readable endpoint record ({_first_line(exc)}): "
+            f"{path} is not a readable endpoint record ({first_problem(exc)}): "
             f"`mlinfra down --stack {stack}` stops the endpoint's server and writes it "
             f"again; then `mlinfra up --stack {stack}`"
         ) from None
