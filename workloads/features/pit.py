@@ -36,12 +36,15 @@ IN_MEMORY_ROWS: int | str = os.environ.get("MLINFRA_PIT_IN_MEMORY_ROWS", "20e6")
 ENGINE = os.environ.get("MLINFRA_PIT_ENGINE", "auto")
 
 
-def to_utc(values: pd.Series, what: str) -> pd.Series:
-    """Normalise a time column to naive UTC datetime64[us] (naive input is taken as UTC)."""
+def to_utc(values: pd.Series, what: str, *, keep_ns: bool = False) -> pd.Series:
+    """Normalise a time column to naive UTC datetime64[us] (naive input is taken as UTC);
+    with `keep_ns`, datetime64[ns] when the column holds nanoseconds (so that two times in
+    one microsecond still compare as they are)."""
     try:
         if pd.api.types.is_datetime64_any_dtype(values.dtype):
+            unit = "ns" if keep_ns and values.dt.unit == "ns" else "us"
             # tz-aware datetimes are stored as UTC instants: this is a view, not a copy.
-            return pd.Series(values.to_numpy(dtype="datetime64[us]"), index=values.index)
+            return pd.Series(values.to_numpy(dtype=f"datetime64[{unit}]"), index=values.index)
         if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(
             values.dtype
         ):
@@ -54,15 +57,41 @@ def to_utc(values: pd.Series, what: str) -> pd.Series:
         raise ValueError(
             f"{what}: not a time column (datetimes, ISO-8601 strings or epoch seconds): {exc}"
         ) from None
-    return out.astype("datetime64[us]")
+    return out.astype("datetime64[ns]" if keep_ns and out.dt.unit == "ns" else "datetime64[us]")
 
 
-def _micros(times: pd.Series) -> pa.Array:
-    """Naive UTC datetime64[us] -> int64 microseconds since the epoch (NaT -> null)."""
-    values = times.to_numpy(dtype="datetime64[us]")
+# Integer times since the epoch and their unit, "us" or "ns" (null: no time).
+EpochTimes = tuple[pa.Array, str]
+
+
+def _epoch(times: pd.Series) -> EpochTimes:
+    """Naive UTC datetime64[us] or [ns] -> int64 since the epoch in that unit (NaT -> null)."""
+    unit = "ns" if times.dtype == "datetime64[ns]" else "us"
+    values = times.to_numpy(dtype=f"datetime64[{unit}]")
     missing = np.isnat(values)
     # Without nulls the int64 view goes to Arrow without a copy.
-    return pa.array(values.view(np.int64), mask=missing if missing.any() else None)
+    return pa.array(values.view(np.int64), mask=missing if missing.any() else None), unit
+
+
+def _one_unit(label: EpochTimes, feature: EpochTimes) -> tuple[pa.Array, pa.Array]:
+    """Label and feature times in one unit, so that `feature <= label` holds exactly as for
+    the instants: nanoseconds when both sides have them; else microseconds, the label times
+    rounded down and the feature times up (exact, as the other side holds whole microseconds:
+    a feature row 1 ns after a label time in the same microsecond stays after it)."""
+    (label_values, label_unit), (feature_values, feature_unit) = label, feature
+    if label_unit == "ns" and feature_unit != "ns":
+        label_values = _ns_to_us(label_values, np.floor_divide)
+    if feature_unit == "ns" and label_unit != "ns":
+        feature_values = _ns_to_us(feature_values, lambda v, d: -np.floor_divide(-v, d))
+    return label_values, feature_values
+
+
+def _ns_to_us(values: pa.Array | pa.ChunkedArray, divide) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    ints = values.fill_null(0).to_numpy()
+    missing = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
+    return pa.array(divide(ints, 1000), mask=missing)
 
 
 def _entity_kind(values: pd.Series) -> str:
@@ -74,18 +103,19 @@ def _entity_kind(values: pd.Series) -> str:
 
 
 def _label_time(labels: pd.DataFrame, label_time_column: str) -> pd.Series:
-    label_time = to_utc(labels[label_time_column], f"labels column {label_time_column!r}")
+    what = f"labels column {label_time_column!r}"
+    label_time = to_utc(labels[label_time_column], what, keep_ns=True)
     if label_time.isna().any():
         row = int(np.flatnonzero(label_time.isna().to_numpy())[0])
         raise ValueError(f"labels column {label_time_column!r}: null time at row {row}")
     return label_time
 
 
-def _label_keys(labels: pd.DataFrame, entity_column: str, label_time: pd.Series) -> pa.Table:
+def _label_keys(labels: pd.DataFrame, entity_column: str, label_time: pa.Array) -> pa.Table:
     return pa.table(
         {
             _ENTITY: pa.array(labels[entity_column], from_pandas=True),
-            _TIME: _micros(label_time),
+            _TIME: label_time,
             _LABEL_INDEX: pa.array(np.arange(len(labels), dtype=np.int64)),
         }
     )
@@ -233,14 +263,16 @@ def point_in_time_join(
         )
 
     label_time = _label_time(labels, label_time_column)
-    feature_time = to_utc(features[feature_time_column], f"features column {feature_time_column!r}")
+    what = f"features column {feature_time_column!r}"
+    feature_time = to_utc(features[feature_time_column], what, keep_ns=True)
+    label_ints, feature_ints = _one_unit(_epoch(label_time), _epoch(feature_time))
 
     # Only the join keys go to DuckDB; feature values are gathered afterwards by row number,
-    # so wide feature frames are never copied into the engine. Times are int64 microseconds.
+    # so wide feature frames are never copied into the engine. Times are int64 (us or ns).
     rows = _match_rows(
-        _label_keys(labels, entity_column, label_time),
+        _label_keys(labels, entity_column, label_ints),
         pa.array(features[entity_column], from_pandas=True),
-        _micros(feature_time),
+        feature_ints,
     )
     found = rows >= 0
     rows[~found] = 0

@@ -17,12 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workloads.features.pit import (
+    EpochTimes,
     _engine,
     _entity_kind,
+    _epoch,
     _label_keys,
     _label_time,
     _match_rows,
-    _micros,
+    _one_unit,
     to_utc,
 )
 
@@ -35,15 +37,16 @@ def _arrow_kind(type_: pa.DataType) -> str:
     return str(type_)
 
 
-def _arrow_micros(values: pa.ChunkedArray, what: str) -> pa.Array:
-    """A time column read from parquet -> int64 microseconds since the epoch, UTC."""
+def _arrow_epoch(values: pa.ChunkedArray, what: str) -> EpochTimes:
+    """A time column read from parquet -> int64 since the epoch, UTC, in us or ns."""
     if pa.types.is_timestamp(values.type):
         # Arrow keeps tz-aware timestamps as UTC instants and naive ones are taken as UTC:
         # either way the stored integers are the instants; only the unit changes.
-        if values.type.unit != "us":
-            values = values.cast(pa.timestamp("us", values.type.tz), safe=False)
-        return pa.chunked_array([c.view(pa.int64()) for c in values.chunks], pa.int64())
-    return _micros(to_utc(values.to_pandas(), what))  # strings, numbers, dates
+        unit = "ns" if values.type.unit == "ns" else "us"
+        if values.type.unit != unit:  # s and ms: exact in us
+            values = values.cast(pa.timestamp(unit, values.type.tz))
+        return pa.chunked_array([c.view(pa.int64()) for c in values.chunks], pa.int64()), unit
+    return _epoch(to_utc(values.to_pandas(), what, keep_ns=True))  # strings, numbers, dates
 
 
 def point_in_time_join_parquet(
@@ -104,12 +107,13 @@ def point_in_time_join_parquet(
     table = pa.concat_tables(parts) if parts else key_schema.empty_table()
     del parts
     entity = table.column(feature_entity_column).combine_chunks()
-    micros = _arrow_micros(
-        table.column(feature_time_column), f"features column {feature_time_column!r}"
+    label_ints, feature_ints = _one_unit(
+        _epoch(label_time),
+        _arrow_epoch(table.column(feature_time_column), f"features column {feature_time_column!r}"),
     )
     del table
-    rows = _match_rows(_label_keys(labels, entity_column, label_time), entity, micros)
-    del entity, micros
+    rows = _match_rows(_label_keys(labels, entity_column, label_ints), entity, feature_ints)
+    del entity, feature_ints
     gathered = _gather(files, rows, value_schema)
     return pd.concat([labels.reset_index(drop=True), gathered.to_pandas()], axis=1)
 
