@@ -11,6 +11,7 @@ reference; then a table of bad inputs that must be a `ValueError` naming the col
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,60 @@ def test_nanosecond_rows_against_microsecond_labels_and_back(tmp_path):
     features.loc[1, "event_time"] = label + pd.Timedelta(1, "us")
     for how, rows in join_both(labels, features, tmp_path).items():
         assert rows == [0.0], how
+
+
+T0 = pd.Timestamp("2024-03-01")
+LABELS = pd.DataFrame({"id": [1], "label_time": [T0]})
+FEATURES = pd.DataFrame({"id": [1], "event_time": [T0], "row": [0.0]})
+L, F = LABELS.assign, FEATURES.assign
+LABEL_TIME, EVENT_TIME = "labels column 'label_time'", "features column 'event_time'"
+BAD = {
+    # name: (labels, features, what the message must say)
+    "label time of bools": (L(label_time=[True]), FEATURES, LABEL_TIME),
+    "feature time of bools": (LABELS, F(event_time=[True]), EVENT_TIME),
+    "label time not ISO": (L(label_time=["soon"]), FEATURES, LABEL_TIME),
+    "feature time not ISO": (LABELS, F(event_time=["soon"]), EVENT_TIME),
+    "null label time": (L(label_time=[pd.NaT]), FEATURES, "null time at row 0"),
+    "epoch seconds past datetime": (L(label_time=[1e300]), FEATURES, LABEL_TIME),
+    "infinite epoch seconds": (LABELS, F(event_time=[np.inf]), EVENT_TIME),
+    "durations, not times": (L(label_time=[pd.Timedelta(1)]), FEATURES, LABEL_TIME),
+    "string ids against numbers": (L(id=["1"]), FEATURES, "entity column 'id'"),
+    "ids of mixed types": (
+        pd.DataFrame({"id": [1, "a"], "label_time": [T0, T0]}),
+        F(id=["1"]),
+        "labels column 'id': entity ids of mixed types",
+    ),
+    "list ids": (L(id=[[1]]), F(id=["1"]), "labels column 'id'"),
+    "label time twice": (
+        pd.concat([LABELS, LABELS[["label_time"]]], axis=1),
+        FEATURES,
+        "labels: column 'label_time' appears 2 times",
+    ),
+    "no entity column": (LABELS.rename(columns={"id": "user"}), FEATURES, "labels: no column 'id'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_is_an_error_naming_the_column(name, tmp_path, monkeypatch):
+    labels, features, message = BAD[name]
+    path = tmp_path / "features.parquet"
+    pq.write_table(pa.Table.from_pandas(features, preserve_index=False), path)
+    for engine in ENGINES:
+        monkeypatch.setattr(pit, "ENGINE", engine)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            point_in_time_join(
+                labels,
+                features,
+                entity_column="id",
+                label_time_column="label_time",
+                feature_time_column="event_time",
+            )
+        with pytest.raises(ValueError, match=re.escape(message)):
+            point_in_time_join_parquet(
+                labels,
+                [path],
+                entity_column="id",
+                label_time_column="label_time",
+                feature_entity_column="id",
+                feature_time_column="event_time",
+            )

@@ -94,6 +94,29 @@ def _ns_to_us(values: pa.Array | pa.ChunkedArray, divide) -> pa.Array:
     return pa.array(divide(ints, 1000), mask=missing)
 
 
+def check_key_columns(frame: pd.DataFrame, name: str, columns: tuple[str, ...]) -> None:
+    """Each key column is in `frame` exactly once."""
+    for column in columns:
+        count = int((frame.columns == column).sum())
+        if count == 0:
+            raise ValueError(
+                f"{name}: no column {column!r}; columns are {', '.join(map(str, frame))}"
+            )
+        if count > 1:
+            raise ValueError(f"{name}: column {column!r} appears {count} times")
+
+
+def _entity_array(values: pd.Series, what: str) -> pa.Array:
+    """Entity ids -> Arrow: one type of plain values (numbers, strings), never lists."""
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"{what}: entity ids of mixed types ({exc})") from None
+    if pa.types.is_nested(array.type):
+        raise ValueError(f"{what}: entity ids are {array.type} values; use numbers or strings")
+    return array
+
+
 def _entity_kind(values: pd.Series) -> str:
     if pd.api.types.is_integer_dtype(values.dtype) or pd.api.types.is_float_dtype(values.dtype):
         return "number"
@@ -114,7 +137,7 @@ def _label_time(labels: pd.DataFrame, label_time_column: str) -> pd.Series:
 def _label_keys(labels: pd.DataFrame, entity_column: str, label_time: pa.Array) -> pa.Table:
     return pa.table(
         {
-            _ENTITY: pa.array(labels[entity_column], from_pandas=True),
+            _ENTITY: _entity_array(labels[entity_column], f"labels column {entity_column!r}"),
             _TIME: label_time,
             _LABEL_INDEX: pa.array(np.arange(len(labels), dtype=np.int64)),
         }
@@ -238,15 +261,8 @@ def point_in_time_join(
     feature rows share an entity and an event time, the last one in `features` wins (the
     latest written). A feature column that is also a label column is an error.
     """
-    for frame, name, columns in (
-        (labels, "labels", (entity_column, label_time_column)),
-        (features, "features", (entity_column, feature_time_column)),
-    ):
-        for column in columns:
-            if column not in frame.columns:
-                raise ValueError(
-                    f"{name}: no column {column!r}; columns are {', '.join(map(str, frame))}"
-                )
+    check_key_columns(labels, "labels", (entity_column, label_time_column))
+    check_key_columns(features, "features", (entity_column, feature_time_column))
     feature_columns = [c for c in features.columns if c not in (entity_column, feature_time_column)]
     clashes = sorted(set(feature_columns) & set(labels.columns))
     if clashes:
@@ -271,7 +287,7 @@ def point_in_time_join(
     # so wide feature frames are never copied into the engine. Times are int64 (us or ns).
     rows = _match_rows(
         _label_keys(labels, entity_column, label_ints),
-        pa.array(features[entity_column], from_pandas=True),
+        _entity_array(features[entity_column], f"features column {entity_column!r}"),
         feature_ints,
     )
     found = rows >= 0

@@ -25,6 +25,7 @@ from workloads.features.pit import (
     _label_time,
     _match_rows,
     _one_unit,
+    check_key_columns,
     to_utc,
 )
 
@@ -80,11 +81,7 @@ def point_in_time_join_parquet(
             raise ValueError(
                 f"features: no column {column!r}; columns are {', '.join(schema.names)}"
             )
-    for column in (entity_column, label_time_column):
-        if column not in labels.columns:
-            raise ValueError(
-                f"labels: no column {column!r}; columns are {', '.join(map(str, labels))}"
-            )
+    check_key_columns(labels, "labels", (entity_column, label_time_column))
     value_schema = pa.schema(
         [f for f in schema if f.name not in (feature_entity_column, feature_time_column)]
     )
