@@ -57,13 +57,19 @@ def reference(
     return out
 
 
-def time_column(ns: list, unit: str, zone: str | None) -> pd.Series:
-    """Times (ns since the epoch, None: NaT) as datetime64[unit], in `zone` (None: naive)."""
+def time_column(ns: list, unit: str, how: tuple[str | None, bool]) -> pd.Series:
+    """Times (ns since the epoch, None: NaT) as datetime64[unit], in a zone (None: naive),
+    or as their ISO-8601 text (with the zone's offset; None where null)."""
+    zone, text = how
     raw = np.array(
         [np.iinfo(np.int64).min if v is None else v // 1000 ** (unit == "us") for v in ns]
     )
     values = pd.Series(raw.view(f"datetime64[{unit}]"))
-    return values if zone is None else values.dt.tz_localize("UTC").dt.tz_convert(zone)
+    if zone is not None:
+        values = values.dt.tz_localize("UTC").dt.tz_convert(zone)
+    if text:
+        return pd.Series([None if pd.isna(t) else t.isoformat() for t in values], dtype=object)
+    return values
 
 
 @st.composite
@@ -82,7 +88,9 @@ def cases(draw):
         picked = draw(st.lists(st.sampled_from(steps[not nulls :]), min_size=n, max_size=n))
         return [None if k is None else base + k * step for k in picked]
 
-    zones = st.one_of(st.none(), st.sampled_from(ZONES)) if unit == "ns" else st.none()
+    zones = st.tuples(st.one_of(st.none(), st.sampled_from(ZONES)), st.booleans())
+    if unit == "us":  # far future: naive datetime64[us] only
+        zones = st.just((None, False))
     labels = (
         draw(st.lists(entity, min_size=n_labels, max_size=n_labels)),
         times(n_labels, nulls=False),
