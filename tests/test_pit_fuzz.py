@@ -294,3 +294,48 @@ def test_bad_input_is_an_error_naming_the_column(name, tmp_path, monkeypatch):
                 feature_entity_column="id",
                 feature_time_column="event_time",
             )
+
+
+WRITTEN = pd.Timestamp("2024-03-01").as_unit("ns")
+BAD_FILES = {
+    # name: (the second file's feature rows, what the message must say)
+    "values that are not numbers": (
+        pd.DataFrame({"id": [1], "event_time": [WRITTEN], "row": pd.Series(["one"], dtype="str")}),
+        "column 'row' (large_string) does not convert to double",
+    ),
+    "a time past the first file's ns": (
+        pd.DataFrame(
+            {
+                "id": [1],
+                "event_time": pd.Series([np.datetime64("3000-01-01", "us")]),
+                "row": [1.0],
+            }
+        ),
+        "column 'event_time' (timestamp[us]) does not convert to timestamp[ns]",
+    ),
+    "no entity column": (
+        pd.DataFrame({"user": [1], "event_time": [WRITTEN], "row": [1.0]}),
+        "no column 'id'",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_file_that_does_not_fit_the_first_is_an_error_naming_it(name, tmp_path, monkeypatch):
+    second, message = BAD_FILES[name]
+    first = pd.DataFrame({"id": [1], "event_time": [WRITTEN], "row": [0.0]})
+    files = [tmp_path / "first.parquet", tmp_path / "second.parquet"]
+    for frame, path in zip([first, second], files, strict=True):
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    labels = pd.DataFrame({"id": [1], "label_time": [WRITTEN + pd.Timedelta("1D")]})
+    for engine in ENGINES:
+        monkeypatch.setattr(pit, "ENGINE", engine)
+        with pytest.raises(ValueError, match=re.escape(f"{files[1]}: {message}")):
+            point_in_time_join_parquet(
+                labels,
+                files,
+                entity_column="id",
+                label_time_column="label_time",
+                feature_entity_column="id",
+                feature_time_column="event_time",
+            )

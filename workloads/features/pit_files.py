@@ -131,13 +131,7 @@ def _gather(files: list[Path], rows: np.ndarray, schema: pa.Schema) -> pa.Table:
             lo, hi = np.searchsorted(wanted, [offset + start, offset + start + size])
             if hi > lo:
                 chunk = rows_of().take(wanted[lo:hi] - offset - start)
-                columns = [
-                    chunk.column(f.name).cast(f.type)
-                    if f.name in present
-                    else pa.nulls(chunk.num_rows, f.type)
-                    for f in schema
-                ]
-                pieces.append(pa.table(columns, schema=schema))
+                pieces.append(_as_schema(chunk, schema, path))
         offset += pq.ParquetFile(path).metadata.num_rows
     taken = pa.concat_tables(pieces) if pieces else schema.empty_table()
     # taken[i] belongs to label found[order[i]]: scatter back into label order, nulls elsewhere.
@@ -154,12 +148,34 @@ def _polars_reads() -> bool:
 
 
 def _read_columns(path: Path, schema: pa.Schema) -> pa.Table:
-    """The columns of `schema` from one parquet file, as its types."""
+    """The columns of `schema` (the join keys) from one parquet file, as its types."""
+    names = pq.read_schema(path).names
+    for column in schema.names:
+        if column not in names:
+            raise ValueError(f"{path}: no column {column!r}; columns are {', '.join(names)}")
     if _polars_reads():
         import polars as pl
 
-        return pl.read_parquet(path, columns=schema.names).to_arrow().cast(schema)
-    return pq.read_table(path, columns=schema.names, schema=schema)
+        return _as_schema(pl.read_parquet(path, columns=schema.names).to_arrow(), schema, path)
+    return _as_schema(pq.read_table(path, columns=schema.names), schema, path)
+
+
+def _as_schema(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
+    """`table`'s columns cast to `schema`'s types (nulls for a column it lacks); a column that
+    does not convert is an error naming the file and the column."""
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        try:
+            columns.append(table.column(field.name).cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(
+                f"{path}: column {field.name!r} ({table.schema.field(field.name).type}) does "
+                f"not convert to {field.type}, the type of the schema or first file: {exc}"
+            ) from None
+    return pa.table(columns, schema=schema)
 
 
 RowGroups = Iterator[tuple[int, int, Callable[[], pa.Table]]]
