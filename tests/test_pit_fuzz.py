@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fuzz_support import fuzz_settings
+from tests.test_pit import join
 from workloads.features import pit
-from workloads.features.pit import point_in_time_join
 from workloads.features.pit_files import point_in_time_join_parquet
 
 pytestmark = pytest.mark.usefixtures("fixed_constant_pool")  # conftest
@@ -37,6 +37,17 @@ BASES = {
     "3000": (int(np.datetime64("3000-01-01", "us").astype(np.int64)) * 1000, "us"),
 }
 ZONES = ("UTC", "Asia/Kolkata", "America/New_York")
+
+
+def join_parquet(labels: pd.DataFrame, files: list[Path]) -> pd.DataFrame:
+    return point_in_time_join_parquet(
+        labels,
+        files,
+        entity_column="id",
+        label_time_column="label_time",
+        feature_entity_column="id",
+        feature_time_column="event_time",
+    )
 
 
 def reference(
@@ -154,22 +165,9 @@ def test_both_joins_take_the_newest_row_at_or_before_the_label_time(case, tmp_pa
     with pytest.MonkeyPatch.context() as patch:
         for engine in ENGINES:
             patch.setattr(pit, "ENGINE", engine)
-            out = point_in_time_join(
-                labels,
-                features,
-                entity_column="id",
-                label_time_column="label_time",
-                feature_time_column="event_time",
-            )
+            out = join(labels, features)
             check(out, labels, expected, f"{engine} in memory")
-            out = point_in_time_join_parquet(
-                labels,
-                files,
-                entity_column="id",
-                label_time_column="label_time",
-                feature_entity_column="id",
-                feature_time_column="event_time",
-            )
+            out = join_parquet(labels, files)
             check(out, labels, expected, f"{engine} parquet")
 
 
@@ -181,22 +179,9 @@ def join_both(labels: pd.DataFrame, features: pd.DataFrame, folder: Path) -> dic
     with pytest.MonkeyPatch.context() as patch:
         for engine in ENGINES:
             patch.setattr(pit, "ENGINE", engine)
-            joined = point_in_time_join(
-                labels,
-                features,
-                entity_column="id",
-                label_time_column="label_time",
-                feature_time_column="event_time",
-            )
+            joined = join(labels, features)
             out[engine, "memory"] = joined["row"].tolist()
-            joined = point_in_time_join_parquet(
-                labels,
-                [path],
-                entity_column="id",
-                label_time_column="label_time",
-                feature_entity_column="id",
-                feature_time_column="event_time",
-            )
+            joined = join_parquet(labels, [path])
             out[engine, "parquet"] = joined["row"].tolist()
     return out
 
@@ -278,22 +263,9 @@ def test_bad_input_is_an_error_naming_the_column(name, tmp_path, monkeypatch):
     for engine in ENGINES:
         monkeypatch.setattr(pit, "ENGINE", engine)
         with pytest.raises(ValueError, match=re.escape(message)):
-            point_in_time_join(
-                labels,
-                features,
-                entity_column="id",
-                label_time_column="label_time",
-                feature_time_column="event_time",
-            )
+            join(labels, features)
         with pytest.raises(ValueError, match=re.escape(message)):
-            point_in_time_join_parquet(
-                labels,
-                [path],
-                entity_column="id",
-                label_time_column="label_time",
-                feature_entity_column="id",
-                feature_time_column="event_time",
-            )
+            join_parquet(labels, [path])
 
 
 WRITTEN = pd.Timestamp("2024-03-01").as_unit("ns")
@@ -331,11 +303,4 @@ def test_a_file_that_does_not_fit_the_first_is_an_error_naming_it(name, tmp_path
     for engine in ENGINES:
         monkeypatch.setattr(pit, "ENGINE", engine)
         with pytest.raises(ValueError, match=re.escape(f"{files[1]}: {message}")):
-            point_in_time_join_parquet(
-                labels,
-                files,
-                entity_column="id",
-                label_time_column="label_time",
-                feature_entity_column="id",
-                feature_time_column="event_time",
-            )
+            join_parquet(labels, files)
