@@ -13,7 +13,7 @@ is at or before the label's time; among rows with the same entity and event time
 written (`write_time`, then `api_invocation_time`) wins; rows that SageMaker marked deleted
 (`is_deleted`) are skipped, as `SageMakerFeatureStore.read_offline` skips them; a label with
 no such row keeps its row, with nulls. Times are compared as whole microseconds since the
-epoch, as the local join compares them.
+epoch, as the local join compares them (it keeps nanoseconds only where both sides hold them).
 
 The SQL (`point_in_time_sql`) is written in the Trino dialect Athena speaks, using only
 functions DuckDB also has or that a test defines as DuckDB macros with Trino's meaning

@@ -11,7 +11,8 @@ scale. Both give the same answer (tests/test_pit.py runs every case on both).
 `workloads.features.pit_files` joins straight from parquet files (the local offline store).
 
 Time columns may be datetimes (naive = UTC, or tz-aware), ISO-8601 strings, or epoch seconds
-(numbers); all are normalised to UTC before comparing.
+(numbers); all are normalised to UTC before comparing, as whole microseconds, or nanoseconds
+when both sides hold them (a feature row 1 ns after its label is never taken).
 """
 
 from __future__ import annotations
