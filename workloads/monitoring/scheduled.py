@@ -43,7 +43,10 @@ def metric_data(report: dict[str, Any], endpoint: str, when: datetime) -> list[d
     dims = [{"Name": "Endpoint", "Value": endpoint}]
 
     def datum(name: str, value: float, unit: str = "None") -> dict[str, Any]:
-        return {"MetricName": name, "Dimensions": dims, "Timestamp": when, "Value": float(value),
+        value = float(value)
+        if abs(value) < 1 / MAX_METRIC_VALUE:  # a p-value of 1e-300: older API docs refuse it
+            value = 0.0
+        return {"MetricName": name, "Dimensions": dims, "Timestamp": when, "Value": value,
                 "Unit": unit}  # fmt: skip
 
     data = [
@@ -74,8 +77,6 @@ def _publishable(datum: dict[str, Any]) -> bool:
     value, name = datum["Value"], datum["MetricName"]
     if not math.isfinite(value) or abs(value) > MAX_METRIC_VALUE:
         return False  # NaN (an AUC of one class), a distance or an error past the range
-    if abs(value) < 1 / MAX_METRIC_VALUE:  # a p-value of 1e-300: older API docs refuse it
-        datum["Value"] = 0.0
     if len(name) > MAX_METRIC_NAME:
         log.warning("metric %.60s... not published: names are at most 255 characters", name)
         return False
