@@ -20,10 +20,10 @@ import pandas as pd
 Problem = Literal["binary", "multiclass", "regression"]
 PROBLEMS: tuple[str, ...] = ("binary", "multiclass", "regression")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl"}
-# An integer label with at most this many distinct values is a class label.
 # What one label may hold, in any task (numpy's scalars come out of numeric and categorical
 # columns): lists, objects, bytes and dates neither sort, index classes nor go into JSON.
 LABEL_SCALARS = (str, bool, int, float, np.bool_, np.integer, np.floating)
+# An integer label with at most this many distinct values is a class label.
 MAX_INTEGER_CLASSES = 20
 
 
