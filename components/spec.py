@@ -805,17 +805,26 @@ def _chosen(spec: PlatformSpec, loc: tuple[Any, ...]) -> str:
     return str(value)
 
 
+def name_rooms(spec: PlatformSpec) -> dict[tuple[Any, ...], tuple[int, str, str]]:
+    """Per field a physical name is made from: (its room, the most characters the field may
+    have under the tightest limit of the names made from it; that name's kind; the name)."""
+    rooms: dict[tuple[Any, ...], tuple[int, str, str]] = {}
+    for loc, kind, name in derived_names(spec):
+        room = NAME_LIMITS[kind][0] - (len(name) - len(_chosen(spec, loc)))
+        if loc not in rooms or room < rooms[loc][0]:
+            rooms[loc] = (room, kind, name)
+    return rooms
+
+
 def _name_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
     """One problem per field: the tightest limit among the names made from it."""
-    worst: dict[tuple[Any, ...], tuple[int, str]] = {}
-    for loc, kind, name in derived_names(spec):
+    problems = []
+    for loc, (room, kind, name) in name_rooms(spec).items():
         limit, who = NAME_LIMITS[kind]
         if len(name) > limit:
-            room = limit - (len(name) - len(_chosen(spec, loc)))
             message = f"{name} is longer than {who} may be ({limit}); use at most {room} characters"
-            if loc not in worst or room < worst[loc][0]:
-                worst[loc] = (room, message)
-    return [(_path(loc), message) for loc, (_, message) in worst.items()]
+            problems.append((_path(loc), message))
+    return problems
 
 
 _QUOTA_FIELD = {"gpus": GPU_RESOURCE, "memory": "memory", "cpu": "cpu"}

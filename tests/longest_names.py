@@ -19,10 +19,9 @@ from typing import Any
 from components.mockrun import Rendered, render_stack, stack_config
 from components.spec import (
     MAX_DESCRIPTION,
-    NAME_LIMITS,
     PlatformSpec,
-    derived_names,
     load_stack_file,
+    name_rooms,
     parse_spec,
 )
 from tests.stack_support import STACKS_DIR
@@ -42,14 +41,9 @@ def _stretch(name: str, length: int) -> str:
 
 def _rooms(config: dict[str, str]) -> dict[tuple[Any, ...], int]:
     """Per spec field a physical name is made from: the most characters it may have (the
-    tightest of the limits of the names made from it, `components.spec.derived_names`)."""
-    spec = parse_spec(config, "longest")
-    rooms: dict[tuple[Any, ...], int] = {}
-    for loc, kind, name in derived_names(spec):
-        chosen = _at(json.loads(config[f"mlinfra:{loc[0]}"]), loc[1:])
-        room = NAME_LIMITS[kind][0] - (len(name) - len(chosen))
-        rooms[loc] = min(room, rooms.get(loc, room))
-    return rooms
+    tightest of the limits of the names made from it, `components.spec.name_rooms`)."""
+    rooms = name_rooms(parse_spec(config, "longest"))
+    return {loc: room for loc, (room, _, _) in rooms.items()}
 
 
 def _at(value: Any, loc: tuple[Any, ...]) -> Any:
